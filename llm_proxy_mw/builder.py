@@ -1,0 +1,131 @@
+"""``build_proxy``: the whole stack from one config, as one ASGI app with a lifespan.
+
+It is only a composition of public pieces, read outermost first, as the request flows:
+request context, then routing, then the upstream app; the proxy's own endpoints sit beside
+the ``/v1`` pipeline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from llm_proxy_mw.config import ProxyConfig, load_config, parse_config
+from llm_proxy_mw.context import RequestContextMiddleware, get_context
+from llm_proxy_mw.errors import NotFoundError
+from llm_proxy_mw.providers import Provider
+from llm_proxy_mw.routing import Router, RoutingMiddleware
+from llm_proxy_mw.transports import UpstreamTransport
+from llm_proxy_mw.upstream import UpstreamApp
+from llm_proxy_mw.wire import send_json
+
+__all__ = ["LLMProxy", "build_proxy"]
+
+logger = logging.getLogger("llm_proxy_mw")
+
+
+class LLMProxy:
+    """The mounted proxy: ``/v1/*`` through the pipeline, ``/healthz`` beside it.
+
+    Pass ``proxy.lifespan`` to the host app so the provider pools are closed on shutdown;
+    Starlette runs no lifespan for mounted apps. Served directly by an ASGI server, the
+    proxy also answers the lifespan protocol itself.
+    """
+
+    def __init__(
+        self, *, pipeline: ASGIApp, providers: list[Provider], config: ProxyConfig
+    ) -> None:
+        self.pipeline = pipeline
+        self.providers = providers
+        self.config = config
+        self._lifespan_entered = False
+        self._warned = False
+        self._app = RequestContextMiddleware(self._dispatch)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            if not self._lifespan_entered and not self._warned:
+                self._warned = True
+                logger.warning(
+                    "llm_proxy_mw: the proxy's lifespan was not entered, so its provider "
+                    "connection pools open lazily and are not closed on shutdown. Pass it on: "
+                    "Starlette(..., lifespan=proxy.lifespan)."
+                )
+            await self._app(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await self._serve_lifespan(receive, send)
+
+    async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = get_context(scope).route_path
+        if path.startswith("/v1/"):
+            await self.pipeline(scope, receive, send)
+        elif path == "/healthz":
+            await send_json(send, 200, json.dumps(self.health()).encode())
+        else:
+            raise NotFoundError(f"No such endpoint: {path[:200]}")
+
+    def health(self) -> dict[str, Any]:
+        """Liveness, and what each provider is."""
+        return {
+            "status": "ok",
+            "providers": {
+                p.name: {"kind": p.config.kind, "models": p.config.models} for p in self.providers
+            },
+        }
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: object = None) -> AsyncIterator[None]:
+        """The host app's lifespan hook: pools close when the host shuts down."""
+        self._lifespan_entered = True
+        try:
+            yield
+        finally:
+            await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close every provider's connection pool."""
+        for provider in self.providers:
+            await provider.transport.aclose()
+
+    async def _serve_lifespan(self, receive: Receive, send: Send) -> None:
+        message = await receive()
+        assert message["type"] == "lifespan.startup"
+        self._lifespan_entered = True
+        await send({"type": "lifespan.startup.complete"})
+        message = await receive()
+        await self.aclose()
+        await send({"type": "lifespan.shutdown.complete"})
+
+
+def build_proxy(
+    config: ProxyConfig | Mapping[str, Any] | str | os.PathLike[str],
+    *,
+    transports: Mapping[str, UpstreamTransport] | None = None,
+) -> LLMProxy:
+    """Build the proxy from a config object, a mapping, or the path of a TOML file.
+
+    ``transports`` overrides the transport of named providers (tests plug respx through
+    ``HttpxTransport``); the others get aiohttp, or the echo transport for ``kind = "echo"``.
+    """
+    if isinstance(config, str | os.PathLike):
+        config = load_config(config)
+    elif not isinstance(config, ProxyConfig):
+        config = parse_config(config)
+    transports = transports or {}
+    unknown = set(transports) - set(config.providers)
+    if unknown:
+        raise ValueError(f"transports given for unknown providers: {sorted(unknown)}")
+    providers = [
+        Provider.from_config(name, provider, transports.get(name))
+        for name, provider in config.providers.items()
+    ]
+    limit = config.max_body_bytes
+    pipeline: ASGIApp = UpstreamApp(providers, max_body_bytes=limit)
+    pipeline = RoutingMiddleware(pipeline, router=Router(providers), max_body_bytes=limit)
+    return LLMProxy(pipeline=pipeline, providers=providers, config=config)

@@ -1,0 +1,254 @@
+"""Configuration: pydantic v2 models in the shape of DESIGN.md, loaded from TOML.
+
+Only this module and the builder know about TOML, environment variables and pydantic;
+middlewares take typed objects. Secrets are ``SecretStr`` so they never show in a repr,
+a log record or a validation message. Unknown keys are errors: a typo must not pass silently.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+__all__ = [
+    "ApiKeyConfig",
+    "AuthConfig",
+    "ConfigError",
+    "MetricsConfig",
+    "PoolConfig",
+    "ProviderConfig",
+    "ProxyConfig",
+    "RetryConfig",
+    "StoreConfig",
+    "TimeoutConfig",
+    "load_config",
+    "parse_config",
+]
+
+ProviderKind = Literal["openai", "anthropic", "echo"]
+
+DEFAULT_BASE_URLS: dict[str, str] = {
+    "openai": "https://api.openai.com/v1",
+    "anthropic": "https://api.anthropic.com/v1",
+    "echo": "http://echo.invalid/v1",
+}
+
+_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
+_ENV_REF = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be used; the message names every offending field."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PoolConfig(_Model):
+    """Connection pool of one provider."""
+
+    max_connections: int = Field(100, ge=1)
+    max_keepalive_connections: int = Field(20, ge=0)
+    keepalive_expiry: float = Field(5.0, gt=0)
+
+
+class TimeoutConfig(_Model):
+    """Upstream timeouts in seconds. ``read`` bounds the wait for each chunk, not the call."""
+
+    connect: float = Field(5.0, gt=0)
+    read: float = Field(600.0, gt=0)
+    write: float = Field(30.0, gt=0)
+    pool: float = Field(10.0, gt=0)
+
+
+class RetryConfig(_Model):
+    """Per-provider retry policy."""
+
+    max_attempts: int = Field(3, ge=1, le=10)
+    backoff_base: float = Field(0.5, ge=0)
+    backoff_max: float = Field(20.0, ge=0)
+    max_retry_after: float = Field(60.0, ge=0)
+    retry_read_timeouts: bool = True
+
+
+class ProviderConfig(_Model):
+    """One upstream deployment: where it is, what it serves, how to reach it."""
+
+    kind: ProviderKind
+    base_url: str | None = None
+    api_key: SecretStr | None = None
+    models: list[str] = Field(default_factory=lambda: ["*"], min_length=1)
+    weight: float = Field(1.0, gt=0)
+    fallbacks: list[str] = Field(default_factory=list)
+    headers: dict[str, str] = Field(default_factory=dict)
+    pool: PoolConfig = Field(default_factory=PoolConfig)
+    timeout: TimeoutConfig = Field(default_factory=TimeoutConfig)
+    retry: RetryConfig = Field(default_factory=RetryConfig)
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not re.match(r"^https?://[^/?#\s]+(/[^?#\s]*)?$", value):
+            raise ValueError("must be an http:// or https:// URL without query or fragment")
+        return value.rstrip("/")
+
+    @field_validator("models")
+    @classmethod
+    def _model_names(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not name or any(ord(c) < 0x20 or c == "\x7f" for c in name):
+                raise ValueError("model names must be non-empty and free of control characters")
+        return value
+
+    @field_validator("headers")
+    @classmethod
+    def _header_values(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, header in value.items():
+            if not re.fullmatch(r"[A-Za-z0-9\-]+", name) or re.search(r"[\r\n\x00]", header):
+                raise ValueError(f"header {name!r} is not a valid HTTP header")
+        return value
+
+    @property
+    def url(self) -> str:
+        """The base URL, defaulted by kind; it includes the version segment (``/v1``)."""
+        return self.base_url or DEFAULT_BASE_URLS[self.kind]
+
+
+class ApiKeyConfig(_Model):
+    """A client API key: the key itself (from the environment) or its SHA-256."""
+
+    name: str = Field(pattern=_NAME)
+    key: SecretStr | None = None
+    key_sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$")
+    admin: bool = False
+
+    @model_validator(mode="after")
+    def _one_secret(self) -> ApiKeyConfig:
+        if (self.key is None) == (self.key_sha256 is None):
+            raise ValueError("give exactly one of key or key_sha256")
+        if self.key is not None and len(self.key.get_secret_value()) < 16:
+            raise ValueError("key must be at least 16 characters long")
+        return self
+
+
+class AuthConfig(_Model):
+    api_keys: list[ApiKeyConfig] = Field(min_length=1)
+
+    @field_validator("api_keys")
+    @classmethod
+    def _unique_names(cls, value: list[ApiKeyConfig]) -> list[ApiKeyConfig]:
+        names = [key.name for key in value]
+        if len(set(names)) != len(names):
+            raise ValueError("api key names must be unique")
+        return value
+
+
+class StoreConfig(_Model):
+    url: str = Field("sqlite:///llm-proxy.db", pattern=r"^(sqlite|redis|rediss)://")
+
+
+class MetricsConfig(_Model):
+    retention_days: int = Field(30, ge=1)
+    public: bool = False
+
+
+class ProxyConfig(_Model):
+    """The whole proxy: providers by name, plus auth, store and metrics settings."""
+
+    providers: dict[str, ProviderConfig] = Field(min_length=1)
+    auth: AuthConfig | None = None
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)
+
+    @field_validator("providers")
+    @classmethod
+    def _provider_names(cls, value: dict[str, ProviderConfig]) -> dict[str, ProviderConfig]:
+        for name in value:
+            if not re.match(_NAME, name):
+                raise ValueError(f"provider name {name!r} may use only letters, digits, _ . -")
+        return value
+
+    @model_validator(mode="after")
+    def _fallbacks_exist(self) -> ProxyConfig:
+        for name, provider in self.providers.items():
+            for fallback in provider.fallbacks:
+                target = self.providers.get(fallback)
+                if target is None:
+                    raise ValueError(f"providers.{name}.fallbacks: no provider named {fallback!r}")
+                if fallback == name:
+                    raise ValueError(
+                        f"providers.{name}.fallbacks: a provider cannot fall back to itself"
+                    )
+                if "echo" not in (provider.kind, target.kind) and target.kind != provider.kind:
+                    raise ValueError(
+                        f"providers.{name}.fallbacks: {fallback!r} speaks another wire format"
+                    )
+        return self
+
+
+def _expand(value: Any, env: Mapping[str, str], path: str) -> Any:
+    if isinstance(value, str):
+
+        def substitute(match: re.Match[str]) -> str:
+            if match.group(0) == "$$":
+                return "$"
+            name = match.group(1)
+            if name not in env:
+                raise ConfigError(f"{path}: environment variable {name} is not set")
+            return env[name]
+
+        return _ENV_REF.sub(substitute, value)
+    if isinstance(value, dict):
+        return {k: _expand(v, env, f"{path}.{k}" if path else k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand(v, env, f"{path}[{i}]") for i, v in enumerate(value)]
+    return value
+
+
+def parse_config(data: Mapping[str, Any], *, source: str = "config") -> ProxyConfig:
+    """Validate already-expanded data, turning every failure into one readable message."""
+    try:
+        return ProxyConfig.model_validate(data)
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors(include_url=False, include_input=False):
+            location = ".".join(str(part) for part in error["loc"]) or "(top level)"
+            lines.append(f"  {location}: {error['msg']}")
+        raise ConfigError(f"{source} is invalid:\n" + "\n".join(lines)) from None
+
+
+def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> ProxyConfig:
+    """Read a TOML file, expand ``${ENV_VAR}`` references in strings, and validate it.
+
+    ``$$`` stands for a literal ``$``. A missing variable is an error naming it and where.
+    """
+    source = str(path)
+    try:
+        raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{source}: cannot read: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+    try:
+        expanded = _expand(raw, os.environ if env is None else env, "")
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    return parse_config(expanded, source=source)

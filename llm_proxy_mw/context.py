@@ -1,0 +1,224 @@
+"""The per-request context every layer reads and fills, and the layer that creates it.
+
+One typed object lives at ``scope["state"]["llm_proxy_mw"]``. Whichever layer runs first
+creates it, so each middleware also works on its own. What one layer parsed (the body, its
+JSON, the model) is never parsed again by another.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from llm_proxy_mw.errors import InvalidRequestError, ProxyError, RequestTooLargeError
+from llm_proxy_mw.wire import WireFormat, log_error, send_error, wire_format_of
+
+__all__ = [
+    "Attempt",
+    "ClientDisconnected",
+    "RequestContext",
+    "RequestContextMiddleware",
+    "Usage",
+    "current_request_id",
+    "get_context",
+    "read_body",
+]
+
+STATE_KEY = "llm_proxy_mw"
+DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
+
+#: The request id of the request being handled, for log records.
+current_request_id: contextvars.ContextVar[str] = contextvars.ContextVar(
+    "llm_proxy_request_id", default="-"
+)
+
+_SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+
+
+class ClientDisconnected(Exception):
+    """The client went away; the request ends without a response."""
+
+
+@dataclass(slots=True)
+class Attempt:
+    """One upstream attempt: which provider, how it ended, how long it took."""
+
+    provider: str
+    outcome: str
+    status: int | None
+    latency: float
+    wait: float = 0.0
+
+
+@dataclass(slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+@dataclass(slots=True)
+class RequestContext:
+    """Everything known about one proxied request."""
+
+    request_id: str
+    route_path: str
+    wire_format: WireFormat
+    started: float = field(default_factory=time.perf_counter)
+    principal: Any = None
+    body: bytes | None = None
+    model: str | None = None
+    provider: str | None = None
+    excluded: set[str] = field(default_factory=set)
+    attempts: list[Attempt] = field(default_factory=list)
+    usage: Usage = field(default_factory=Usage)
+    ttfb: float | None = None
+    status: int | None = None
+    watching_disconnect: bool = False
+    _json: dict[str, Any] | None = None
+    _json_parsed: bool = False
+
+    def json(self) -> dict[str, Any] | None:
+        """The body parsed as a JSON object, once; ``None`` for an empty body.
+
+        Raises ``InvalidRequestError`` for malformed JSON, invalid UTF-8 or a non-object.
+        """
+        if not self._json_parsed:
+            self._json = _parse_object(self.body or b"")
+            self._json_parsed = True
+        return self._json
+
+
+def _parse_object(body: bytes) -> dict[str, Any] | None:
+    if not body.strip():
+        return None
+    try:
+        parsed = json.loads(body)
+    except UnicodeDecodeError:
+        raise InvalidRequestError("The request body is not valid UTF-8.") from None
+    except json.JSONDecodeError as exc:
+        raise InvalidRequestError(f"The request body is not valid JSON: {exc.msg}.") from None
+    except RecursionError:
+        raise InvalidRequestError("The request body is nested too deeply.") from None
+    if not isinstance(parsed, dict):
+        raise InvalidRequestError("The request body must be a JSON object.")
+    return parsed
+
+
+def _route_path(scope: Scope) -> str:
+    path: str = scope["path"]
+    root_path: str = scope.get("root_path", "")
+    if root_path and path.startswith(root_path):
+        path = path[len(root_path) :] or "/"
+    return path
+
+
+def _request_id(scope: Scope) -> str:
+    for name, value in scope["headers"]:
+        if name == b"x-request-id":
+            candidate: str = value.decode("latin-1")
+            if _SANE_REQUEST_ID.fullmatch(candidate):
+                return candidate
+            break
+    return os.urandom(12).hex()
+
+
+def get_context(scope: Scope) -> RequestContext:
+    """The request's context, created on first use."""
+    state = scope.get("state")
+    if state is None:
+        state = scope["state"] = {}
+    ctx: RequestContext | None = state.get(STATE_KEY)
+    if ctx is None:
+        route_path = _route_path(scope)
+        ctx = RequestContext(
+            request_id=_request_id(scope),
+            route_path=route_path,
+            wire_format=wire_format_of(route_path),
+        )
+        state[STATE_KEY] = ctx
+    return ctx
+
+
+async def read_body(
+    ctx: RequestContext, scope: Scope, receive: Receive, limit: int = DEFAULT_MAX_BODY_BYTES
+) -> bytes:
+    """Buffer the request body into the context, once, refusing more than ``limit`` bytes.
+
+    A declared ``content-length`` over the limit is refused before anything is read.
+    """
+    if ctx.body is not None:
+        return ctx.body
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            try:
+                declared = int(value)
+            except ValueError:
+                raise InvalidRequestError("The content-length header is not a number.") from None
+            if declared < 0:
+                raise InvalidRequestError("The content-length header is negative.")
+            if declared > limit:
+                raise RequestTooLargeError(f"The request body exceeds {limit} bytes.")
+            break
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnected
+        chunk = message.get("body", b"")
+        if chunk:
+            size += len(chunk)
+            if size > limit:
+                raise RequestTooLargeError(f"The request body exceeds {limit} bytes.")
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    ctx.body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    return ctx.body
+
+
+class RequestContextMiddleware:
+    """Creates the request context, tags every response with ``x-request-id``, and renders
+    any ``ProxyError`` an inner layer raised in the caller's wire format.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        ctx = get_context(scope)
+        token = current_request_id.set(ctx.request_id)
+        request_id_header = (b"x-request-id", ctx.request_id.encode())
+        started = False
+
+        async def send_with_request_id(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                ctx.status = message["status"]
+                message["headers"] = [*message.get("headers", ()), request_id_header]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_request_id)
+        except ClientDisconnected:
+            pass
+        except ProxyError as error:
+            if started:
+                # Too late for an error response: end without completing it, so the client
+                # sees a broken response rather than one that looks whole.
+                log_error(error, ctx.request_id)
+                return
+            await send_error(send_with_request_id, error, ctx.wire_format, ctx.request_id)
+        finally:
+            current_request_id.reset(token)

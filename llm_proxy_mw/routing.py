@@ -1,0 +1,156 @@
+"""Routing: wire format and ``model`` choose the provider deployment.
+
+The model is read from the JSON body, parsed once into the request context. Among the
+providers that speak the request's wire format and serve the model, exact model names win
+over ``"*"``; several candidates share the load by ``weight``. Providers a request already
+excluded (the retry layer excludes failed ones) are skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable, Sequence
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from llm_proxy_mw.context import DEFAULT_MAX_BODY_BYTES, RequestContext, get_context, read_body
+from llm_proxy_mw.errors import (
+    InvalidRequestError,
+    ModelNotFoundError,
+    NotFoundError,
+    ProviderUnavailableError,
+)
+from llm_proxy_mw.providers import Provider
+from llm_proxy_mw.wire import WireFormat, send_json
+
+__all__ = ["Router", "RoutingMiddleware"]
+
+
+class Router:
+    """Chooses a provider for a wire format and model; pure, no I/O."""
+
+    def __init__(
+        self, providers: Sequence[Provider], *, random: Callable[[], float] = random.random
+    ) -> None:
+        self.providers = list(providers)
+        self._random = random
+        self._exact: dict[tuple[WireFormat, str], list[Provider]] = {}
+        self._wildcard: dict[WireFormat, list[Provider]] = {wf: [] for wf in WireFormat}
+        self._default: dict[WireFormat, Provider] = {}
+        for provider in self.providers:
+            for wire_format in provider.wire_formats:
+                self._default.setdefault(wire_format, provider)
+                for model in provider.config.models:
+                    if model == "*":
+                        self._wildcard[wire_format].append(provider)
+                    else:
+                        self._exact.setdefault((wire_format, model), []).append(provider)
+
+    def models(self) -> list[tuple[str, str]]:
+        """Every configured model name with the provider that serves it, in config order."""
+        seen: dict[str, str] = {}
+        for provider in self.providers:
+            for model in provider.config.models:
+                if model != "*":
+                    seen.setdefault(model, provider.name)
+        return list(seen.items())
+
+    def candidates(self, wire_format: WireFormat, model: str | None) -> list[Provider]:
+        if model is None:
+            default = self._default.get(wire_format)
+            return [default] if default else []
+        return self._exact.get((wire_format, model)) or self._wildcard[wire_format]
+
+    def choose(
+        self,
+        wire_format: WireFormat,
+        model: str | None,
+        exclude: set[str] | frozenset[str] = frozenset(),
+    ) -> Provider:
+        candidates = self.candidates(wire_format, model)
+        if not candidates:
+            if model is None:
+                raise NotFoundError("No provider serves this API.")
+            raise ModelNotFoundError(f"The model {json.dumps(model)[:200]} does not exist.")
+        if exclude:
+            candidates = [p for p in candidates if p.name not in exclude]
+            if not candidates:
+                raise ProviderUnavailableError("No provider serving this model is available.")
+        if len(candidates) == 1:
+            return candidates[0]
+        total = sum(p.config.weight for p in candidates)
+        point = self._random() * total
+        for provider in candidates:
+            point -= provider.config.weight
+            if point < 0:
+                return provider
+        return candidates[-1]
+
+
+def _is_json(scope: Scope) -> bool:
+    for name, value in scope["headers"]:
+        if name == b"content-type":
+            return b"json" in value
+    return True
+
+
+class RoutingMiddleware:
+    """Sets ``ctx.model`` and ``ctx.provider``; answers ``GET /v1/models`` itself."""
+
+    def __init__(
+        self, app: ASGIApp, *, router: Router, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    ) -> None:
+        self.app = app
+        self.router = router
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        ctx = get_context(scope)
+        if ctx.route_path == "/v1/models" and scope["method"] == "GET":
+            await self._list_models(scope, send)
+            return
+        if ctx.model is None and scope["method"] not in ("GET", "HEAD", "DELETE"):
+            await read_body(ctx, scope, receive, self.max_body_bytes)
+            if _is_json(scope):
+                ctx.model = _model_of(ctx)
+        ctx.provider = self.router.choose(ctx.wire_format, ctx.model, ctx.excluded).name
+        await self.app(scope, receive, send)
+
+    async def _list_models(self, scope: Scope, send: Send) -> None:
+        anthropic = any(name == b"anthropic-version" for name, _ in scope["headers"])
+        models = self.router.models()
+        if anthropic:
+            data = [
+                {"type": "model", "id": m, "display_name": m, "created_at": "1970-01-01T00:00:00Z"}
+                for m, _ in models
+            ]
+            payload: dict[str, object] = {
+                "data": data,
+                "has_more": False,
+                "first_id": data[0]["id"] if data else None,
+                "last_id": data[-1]["id"] if data else None,
+            }
+        else:
+            payload = {
+                "object": "list",
+                "data": [
+                    {"id": m, "object": "model", "created": 0, "owned_by": p} for m, p in models
+                ],
+            }
+        await send_json(send, 200, json.dumps(payload).encode())
+
+
+def _model_of(ctx: RequestContext) -> str | None:
+    body = ctx.json()
+    if body is None:
+        return None
+    model = body.get("model")
+    if model is None:
+        return None
+    if not isinstance(model, str) or not model:
+        raise InvalidRequestError("The 'model' field must be a non-empty string.")
+    return model

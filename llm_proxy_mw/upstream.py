@@ -1,0 +1,142 @@
+"""The terminal app: send the request to the chosen provider, stream its answer back.
+
+Bytes flow chunk by chunk as they arrive; nothing is buffered, decoded or re-encoded. When
+the provider fails after the response started, an SSE client gets a terminal error event in
+its wire format and any other client a response that visibly breaks off, never a clean end
+that looks like success.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+
+from starlette.types import Receive, Scope, Send
+
+from llm_proxy_mw._disconnect import cancel_on_disconnect
+from llm_proxy_mw.context import (
+    DEFAULT_MAX_BODY_BYTES,
+    Attempt,
+    RequestContext,
+    get_context,
+    read_body,
+)
+from llm_proxy_mw.errors import ProviderUnavailableError, ProxyError, outcome_for_status
+from llm_proxy_mw.providers import HOP_BY_HOP, Provider, connection_listed
+from llm_proxy_mw.transports import UpstreamRequest
+from llm_proxy_mw.wire import error_event, log_error
+
+__all__ = ["UpstreamApp"]
+
+_HOP_BY_HOP_BYTES = frozenset(name.encode() for name in HOP_BY_HOP)
+
+
+def response_headers(
+    raw: Sequence[tuple[bytes, bytes]],
+) -> tuple[list[tuple[bytes, bytes]], int | None, bool]:
+    """Forwardable response headers, the content length if declared, and whether it is SSE."""
+    headers: list[tuple[bytes, bytes]] = []
+    length: int | None = None
+    sse = False
+    listed: frozenset[str] = frozenset()
+    for name, value in raw:
+        lower = name.lower()
+        if lower in _HOP_BY_HOP_BYTES:
+            if lower == b"connection":
+                listed = connection_listed([(lower, value)])
+            continue
+        if lower == b"content-length":
+            length = int(value)
+        elif lower == b"content-type":
+            sse = value.startswith(b"text/event-stream")
+        headers.append((lower, value))
+    if listed:
+        headers = [(n, v) for n, v in headers if n.decode("latin-1") not in listed]
+    return headers, length, sse
+
+
+class UpstreamApp:
+    """ASGI app that proxies the request to the provider that Routing chose.
+
+    Without Routing in front (used alone), it serves a single provider.
+    """
+
+    def __init__(
+        self,
+        providers: Mapping[str, Provider] | Sequence[Provider],
+        *,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    ) -> None:
+        if not isinstance(providers, Mapping):
+            providers = {p.name: p for p in providers}
+        self.providers = dict(providers)
+        self.max_body_bytes = max_body_bytes
+        self._only = next(iter(self.providers.values())) if len(self.providers) == 1 else None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        ctx = get_context(scope)
+        provider = self.providers.get(ctx.provider) if ctx.provider else self._only
+        if provider is None:
+            raise ProviderUnavailableError("No provider was chosen for this request.")
+        body = await read_body(ctx, scope, receive, self.max_body_bytes)
+        request = UpstreamRequest(
+            scope["method"],
+            provider.url_for(ctx.route_path, scope["query_string"]),
+            provider.request_headers(scope["headers"]),
+            body,
+        )
+        async with cancel_on_disconnect(ctx, receive):
+            await self._exchange(ctx, provider, request, send)
+
+    async def _exchange(
+        self, ctx: RequestContext, provider: Provider, request: UpstreamRequest, send: Send
+    ) -> None:
+        started = time.perf_counter()
+        try:
+            response = await provider.transport.send(request)
+        except ProxyError as error:
+            error.provider = provider.name
+            ctx.attempts.append(
+                Attempt(provider.name, error.code, None, time.perf_counter() - started)
+            )
+            raise
+        attempt = Attempt(
+            provider.name,
+            outcome_for_status(response.status),
+            response.status,
+            time.perf_counter() - started,
+        )
+        ctx.attempts.append(attempt)
+        ctx.provider = provider.name
+        try:
+            headers, remaining, sse = response_headers(response.headers)
+            headers.append((b"x-llm-proxy-provider", provider.name.encode()))
+            headers.append((b"x-llm-proxy-attempts", str(len(ctx.attempts)).encode()))
+            await send(
+                {"type": "http.response.start", "status": response.status, "headers": headers}
+            )
+            try:
+                while chunk := await response.read_chunk():
+                    if ctx.ttfb is None:
+                        ctx.ttfb = time.perf_counter() - ctx.started
+                    if remaining is not None:
+                        remaining -= len(chunk)
+                        if remaining <= 0:
+                            await send({"type": "http.response.body", "body": chunk})
+                            return
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            except ProxyError as error:
+                error.provider = provider.name
+                attempt.outcome = error.code
+                if not sse:
+                    raise
+                log_error(error, ctx.request_id)
+                await send(
+                    {"type": "http.response.body", "body": error_event(error, ctx.wire_format)}
+                )
+                return
+            await send({"type": "http.response.body", "body": b""})
+        finally:
+            await response.aclose()

@@ -1,0 +1,112 @@
+"""The two client wire formats, and how an error looks in each.
+
+A request's wire format follows from its path alone: ``/v1/messages`` and below speak
+Anthropic's Messages API, every other ``/v1/*`` path speaks OpenAI's. Errors are rendered in
+the caller's format, so the official SDKs raise their own typed exceptions for them.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import logging
+
+from starlette.types import Send
+
+from llm_proxy_mw.errors import ProxyError
+
+__all__ = [
+    "WireFormat",
+    "error_body",
+    "error_event",
+    "log_error",
+    "send_error",
+    "send_json",
+    "wire_format_of",
+]
+
+logger = logging.getLogger("llm_proxy_mw")
+
+
+class WireFormat(enum.Enum):
+    OPENAI = "openai"
+    ANTHROPIC = "anthropic"
+
+
+def wire_format_of(route_path: str) -> WireFormat:
+    """Anthropic for ``/v1/messages`` and below, OpenAI otherwise."""
+    if route_path == "/v1/messages" or route_path.startswith("/v1/messages/"):
+        return WireFormat.ANTHROPIC
+    return WireFormat.OPENAI
+
+
+def error_body(error: ProxyError, wire_format: WireFormat) -> bytes:
+    """The JSON error body the caller's SDK expects."""
+    if wire_format is WireFormat.ANTHROPIC:
+        payload: dict[str, object] = {
+            "type": "error",
+            "error": {"type": error.anthropic_type, "message": error.message},
+        }
+    else:
+        payload = {
+            "error": {
+                "message": error.message,
+                "type": error.openai_type,
+                "param": None,
+                "code": error.code,
+            }
+        }
+    return json.dumps(payload, separators=(",", ":")).encode()
+
+
+def error_event(error: ProxyError, wire_format: WireFormat) -> bytes:
+    """A terminal SSE event that makes the caller's SDK raise, for a stream that broke.
+
+    The leading blank line ends whatever partial event the upstream left behind, so the
+    error is parsed as an event of its own.
+    """
+    body = error_body(error, wire_format)
+    if wire_format is WireFormat.ANTHROPIC:
+        return b"\n\nevent: error\ndata: " + body + b"\n\n"
+    return b"\n\ndata: " + body + b"\n\n"
+
+
+async def send_json(
+    send: Send,
+    status: int,
+    body: bytes,
+    headers: list[tuple[bytes, bytes]] | None = None,
+) -> None:
+    """Send a complete JSON response."""
+    raw = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    if headers:
+        raw.extend(headers)
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+def log_error(error: ProxyError, request_id: str) -> None:
+    """One log record per failed request: id, class, provider; messages carry no secrets."""
+    level = logging.WARNING if error.status_code >= 500 else logging.INFO
+    if logger.isEnabledFor(level):
+        logger.log(
+            level,
+            "request %s failed: %s (%s) provider=%s status=%d",
+            request_id,
+            type(error).__name__,
+            error.message,
+            error.provider or "-",
+            error.status_code,
+        )
+
+
+async def send_error(
+    send: Send, error: ProxyError, wire_format: WireFormat, request_id: str = "-"
+) -> None:
+    """Log the error once and send it in the caller's wire format."""
+    log_error(error, request_id)
+    headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in error.headers.items()]
+    await send_json(send, error.status_code, error_body(error, wire_format), headers)
