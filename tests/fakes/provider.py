@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import gzip
 import hashlib
 import json
@@ -59,36 +60,66 @@ class _HideStreamCut(logging.Filter):
         return not isinstance(exc, StreamCut)
 
 
-class StreamHold:
-    """Parks a stream before event ``after`` (default: before the last event) until released.
+class _Flag:
+    """A ``threading.Event`` that can also be awaited from any asyncio loop (any thread)."""
 
-    ``reached`` is set once the provider is parked, i.e. everything before it was handed to
-    the server. Waiting is bounded by ``timeout`` (then the stream just continues).
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self._lock = threading.Lock()
+        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+    def set(self) -> None:
+        with self._lock:
+            self._event.set()
+            waiters, self._waiters = self._waiters, []
+        for loop, event in waiters:
+            with contextlib.suppress(RuntimeError):  # that loop is already closed
+                loop.call_soon_threadsafe(event.set)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._event.wait(timeout)
+
+    async def wait_async(self) -> None:
+        waiter = (asyncio.get_running_loop(), asyncio.Event())
+        with self._lock:
+            if self._event.is_set():
+                return
+            self._waiters.append(waiter)
+        try:
+            await waiter[1].wait()
+        finally:
+            with self._lock, contextlib.suppress(ValueError):
+                self._waiters.remove(waiter)
+
+
+class StreamHold:
+    """Parks a stream before event ``after`` (default: the last event) until ``release()``.
+
+    ``reached`` is set once the provider is parked, i.e. all earlier events were handed to
+    uvicorn. The park is bounded by ``timeout`` (then the stream just continues), and using
+    the hold as a context manager releases it on exit, so a failing test cannot wedge shutdown.
     """
 
     def __init__(self, after: int | None = None, timeout: float = 30.0) -> None:
         self.after = after
         self.timeout = timeout
-        self.reached = threading.Event()
-        self.released = threading.Event()
+        self.reached = _Flag()
+        self.released = _Flag()
 
     def release(self) -> None:
         self.released.set()
 
     def wait_reached(self, timeout: float = 5.0) -> bool:
+        """Blocking wait; use ``await hold.reached.wait_async()`` from async tests."""
         return self.reached.wait(timeout)
-
-    async def wait_reached_async(self, timeout: float = 5.0) -> bool:
-        deadline = time.monotonic() + timeout
-        while not self.reached.is_set() and time.monotonic() < deadline:
-            await asyncio.sleep(0.005)
-        return self.reached.is_set()
 
     async def _park(self) -> None:
         self.reached.set()
-        deadline = time.monotonic() + self.timeout
-        while not self.released.is_set() and time.monotonic() < deadline:
-            await asyncio.sleep(0.005)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.released.wait_async(), self.timeout)
 
     def __enter__(self) -> StreamHold:
         return self
@@ -139,6 +170,14 @@ def _sse(data: Any, event: str | None = None) -> bytes:
     return f"{head}data: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
 
 
+def _event(kind: str, **fields: Any) -> bytes:
+    return _sse({"type": kind, **fields}, kind)
+
+
+def _block(text: str, kind: str = "text") -> dict[str, str]:
+    return {"type": kind, "text": text}
+
+
 def _text(content: Any) -> str:
     if isinstance(content, str):
         return content
@@ -149,6 +188,13 @@ def _text(content: Any) -> str:
 
 def _tokens(text: str) -> int:
     return max(1, len(text.split()))
+
+
+def _prompt_tokens(req: dict[str, Any]) -> int:
+    texts = [_text(req.get("system"))] + [
+        _text(m.get("content")) for m in req.get("messages") or []
+    ]
+    return _tokens(" ".join(texts))
 
 
 def _header_action(h: Mapping[str, str]) -> Action:
@@ -176,6 +222,7 @@ class FakeProvider:
         self.requests: list[RecordedRequest] = []
         self._cond = threading.Condition()
         self._script: deque[Action] = deque()
+        self._holds: list[StreamHold] = []
         self.app = Starlette(
             routes=[
                 Route("/v1/chat/completions", self._chat, methods=["POST"]),
@@ -198,6 +245,8 @@ class FakeProvider:
     def hold_stream(self, after: int | None = None, timeout: float = 30.0) -> StreamHold:
         """Queue a normal answer whose stream parks before event ``after`` until released."""
         hold = StreamHold(after, timeout)
+        with self._cond:
+            self._holds.append(hold)
         self.script(Action(hold=hold))
         return hold
 
@@ -219,12 +268,13 @@ class FakeProvider:
             return list(self.requests)
 
     def reset(self) -> None:
+        """Forget recorded requests and queued actions; release every hold (even in-flight)."""
         with self._cond:
-            for action in self._script:
-                if action.hold is not None:
-                    action.hold.release()
+            holds = self._holds + [a.hold for a in self._script if a.hold is not None]
+            self._holds, self.requests[:] = [], []
             self._script.clear()
-            self.requests.clear()
+        for hold in holds:
+            hold.release()
 
     # ---- ASGI ------------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -263,7 +313,11 @@ class FakeProvider:
             self.requests.append(record)
             action = self._script.popleft() if self._script else _header_action(headers)
             self._cond.notify_all()
-        if scope["method"] == "POST" and not isinstance(parsed, dict):
+        if (
+            scope["method"] == "POST"
+            and not isinstance(parsed, dict)
+            and not action.overrides_answer
+        ):
             action = replace(action, status=400)  # the real APIs reject non-JSON bodies too
 
         replayed = False
@@ -347,104 +401,65 @@ class FakeProvider:
     async def _chat(self, request: Request) -> Response:
         action, req = await self._parse(request)
         text, parts = self._reply(action, req.get("messages"))
-        prompt = _tokens(" ".join(_text(m.get("content")) for m in req.get("messages") or []))
-        usage = {
-            "prompt_tokens": prompt,
-            "completion_tokens": _tokens(text),
-            "total_tokens": prompt + _tokens(text),
-        }
-        base = {
+        prompt, completion = _prompt_tokens(req), _tokens(text)
+        usage = dict(prompt_tokens=prompt, completion_tokens=completion)
+        usage["total_tokens"] = prompt + completion
+        base: dict[str, Any] = {
             "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
             "created": int(time.time()),
-            "model": req.get("model", "fake-model"),
-            "system_fingerprint": "fp_fake",
         }
+        base |= {"model": req.get("model", "fake-model"), "system_fingerprint": "fp_fake"}
         if not req.get("stream"):
-            choice = {
-                "index": 0,
-                "message": {"role": "assistant", "content": text, "refusal": None},
-                "logprobs": None,
-                "finish_reason": "stop",
-            }
+            message = {"role": "assistant", "content": text, "refusal": None}
+            choice = dict(index=0, message=message, logprobs=None, finish_reason="stop")
             body = {**base, "object": "chat.completion", "choices": [choice], "usage": usage}
             return self._json(action, body)
+        base["object"] = "chat.completion.chunk"
         with_usage = bool((req.get("stream_options") or {}).get("include_usage"))
-        extra: dict[str, Any] = {"usage": None} if with_usage else {}
+        if with_usage:
+            base["usage"] = None  # like the real API: null on every chunk but the last one
 
         def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
-            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
-            return _sse({**base, "object": "chat.completion.chunk", "choices": [choice], **extra})
+            choice = dict(index=0, delta=delta, logprobs=None, finish_reason=finish)
+            return _sse({**base, "choices": [choice]})
 
         events = [chunk({"role": "assistant", "content": "", "refusal": None})]
         events += [chunk({"content": p}) for p in parts] + [chunk({}, "stop")]
         if with_usage:
-            events.append(
-                _sse({**base, "object": "chat.completion.chunk", "choices": [], "usage": usage})
-            )
+            events.append(_sse({**base, "choices": [], "usage": usage}))
         return self._stream(action, [*events, b"data: [DONE]\n\n"])
 
     async def _messages(self, request: Request) -> Response:
         action, req = await self._parse(request)
         text, parts = self._reply(action, req.get("messages"))
-        prompt = _tokens(
-            _text(req.get("system"))
-            + " "
-            + " ".join(_text(m.get("content")) for m in req.get("messages") or [])
-        )
-        msg = {
+        prompt, completion = _prompt_tokens(req), _tokens(text)
+        msg: dict[str, Any] = {
             "id": f"msg_{uuid.uuid4().hex[:24]}",
             "type": "message",
             "role": "assistant",
-            "model": req.get("model", "fake-model"),
-            "content": [{"type": "text", "text": text}],
-            "stop_reason": "end_turn",
-            "stop_sequence": None,
-            "usage": {"input_tokens": prompt, "output_tokens": _tokens(text)},
         }
+        msg |= {"model": req.get("model", "fake-model"), "content": [_block(text)]}
+        msg |= {"stop_reason": "end_turn", "stop_sequence": None}
+        msg["usage"] = {"input_tokens": prompt, "output_tokens": completion}
         if not req.get("stream"):
             return self._json(action, msg)
-        start = {
-            **msg,
-            "content": [],
-            "stop_reason": None,
-            "usage": {"input_tokens": prompt, "output_tokens": 1},
-        }
-        block = {"type": "text", "text": ""}
+        start: dict[str, Any] = {**msg, "content": [], "stop_reason": None}
+        start["usage"] = {"input_tokens": prompt, "output_tokens": 1}
+        end = {"stop_reason": "end_turn", "stop_sequence": None}
         events = [
-            _sse({"type": "message_start", "message": start}, "message_start"),
-            _sse(
-                {"type": "content_block_start", "index": 0, "content_block": block},
-                "content_block_start",
-            ),
-            _sse({"type": "ping"}, "ping"),
-            *(
-                _sse(
-                    {
-                        "type": "content_block_delta",
-                        "index": 0,
-                        "delta": {"type": "text_delta", "text": p},
-                    },
-                    "content_block_delta",
-                )
-                for p in parts
-            ),
-            _sse({"type": "content_block_stop", "index": 0}, "content_block_stop"),
-            _sse(
-                {
-                    "type": "message_delta",
-                    "delta": {"stop_reason": "end_turn", "stop_sequence": None},
-                    "usage": {"output_tokens": _tokens(text)},
-                },
-                "message_delta",
-            ),
-            _sse({"type": "message_stop"}, "message_stop"),
+            _event("message_start", message=start),
+            _event("content_block_start", index=0, content_block=_block("")),
+            _event("ping"),
+            *(_event("content_block_delta", index=0, delta=_block(p, "text_delta")) for p in parts),
+            _event("content_block_stop", index=0),
+            _event("message_delta", delta=end, usage={"output_tokens": completion}),
+            _event("message_stop"),
         ]
         return self._stream(action, events)
 
     async def _count_tokens(self, request: Request) -> Response:
         action, req = await self._parse(request)
-        text = " ".join(_text(m.get("content")) for m in req.get("messages") or [])
-        return self._json(action, {"input_tokens": _tokens(text)})
+        return self._json(action, {"input_tokens": _prompt_tokens(req)})
 
     async def _embeddings(self, request: Request) -> Response:
         action, req = await self._parse(request)
@@ -455,36 +470,25 @@ class FakeProvider:
         data = []
         for i, item in enumerate(inputs):
             seed = hashlib.sha256(json.dumps(item).encode()).digest()
-            vec = [(seed[j % 32] - 128) / 128 for j in range(dims)]
-            emb: Any = vec
-            if req.get("encoding_format") == "base64":
-                emb = base64.b64encode(struct.pack(f"<{dims}f", *vec)).decode()
-            data.append({"object": "embedding", "index": i, "embedding": emb})
+            vector = [(seed[j % 32] - 128) / 128 for j in range(dims)]
+            embedding: Any = vector
+            if req.get("encoding_format") == "base64":  # the openai SDK's default!
+                embedding = base64.b64encode(struct.pack(f"<{dims}f", *vector)).decode()
+            data.append({"object": "embedding", "index": i, "embedding": embedding})
         n = sum(_tokens(json.dumps(x)) for x in inputs)
-        return self._json(
-            action,
-            {
-                "object": "list",
-                "data": data,
-                "model": req.get("model"),
-                "usage": {"prompt_tokens": n, "total_tokens": n},
-            },
-        )
+        body = {"object": "list", "data": data, "model": req.get("model")}
+        return self._json(action, {**body, "usage": {"prompt_tokens": n, "total_tokens": n}})
 
     async def _models(self, request: Request) -> Response:
         action: Action = request.scope["fake.action"]
         ids = ["fake-gpt", "fake-claude"]
-        if "anthropic-version" in request.headers:
-            data = [
-                {"type": "model", "id": i, "display_name": i, "created_at": "2025-01-01T00:00:00Z"}
-                for i in ids
-            ]
-            return self._json(
-                action, {"data": data, "has_more": False, "first_id": ids[0], "last_id": ids[-1]}
-            )
-        data = [
-            {"id": i, "object": "model", "created": 1735689600, "owned_by": "fake"} for i in ids
-        ]
+        if "anthropic-version" in request.headers:  # Anthropic's list shape
+            created = "2025-01-01T00:00:00Z"
+            models = [dict(type="model", id=i, display_name=i, created_at=created) for i in ids]
+            page = {"has_more": False, "first_id": ids[0], "last_id": ids[-1]}
+            return self._json(action, {"data": models, **page})
+        data: list[dict[str, Any]]
+        data = [dict(id=i, object="model", created=1735689600, owned_by="fake") for i in ids]
         return self._json(action, {"object": "list", "data": data})
 
 

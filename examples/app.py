@@ -1,0 +1,56 @@
+"""A host Starlette app with its own routes that mounts the LLM proxy at ``/llm``.
+
+Run it with ``make demo`` (or ``uvicorn examples.app:app``). It reads the TOML file named by
+``LLM_PROXY_CONFIG``; without one it serves the offline ``echo`` provider, plus OpenAI and
+Anthropic when ``OPENAI_API_KEY`` / ``ANTHROPIC_API_KEY`` are set.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Mount, Route
+
+from llm_proxy_mw import LLMProxy, build_proxy, load_config
+
+
+def default_config(env: Mapping[str, str] = os.environ) -> dict[str, Any]:
+    """The echo provider for any model, plus the real providers whose keys are set."""
+    providers: dict[str, Any] = {}
+    if env.get("OPENAI_API_KEY"):
+        providers["openai"] = {
+            "kind": "openai",
+            "api_key": env["OPENAI_API_KEY"],
+            "models": ["gpt-4o-mini", "gpt-4o", "gpt-4.1-mini"],
+        }
+    if env.get("ANTHROPIC_API_KEY"):
+        providers["anthropic"] = {
+            "kind": "anthropic",
+            "api_key": env["ANTHROPIC_API_KEY"],
+            "models": ["claude-sonnet-4-5", "claude-haiku-4-5"],
+        }
+    providers["echo"] = {"kind": "echo", "models": ["*"]}
+    return {"providers": providers}
+
+
+def make_proxy(env: Mapping[str, str] = os.environ) -> LLMProxy:
+    path = env.get("LLM_PROXY_CONFIG")
+    return build_proxy(load_config(path) if path else default_config(env))
+
+
+proxy = make_proxy()
+
+
+async def homepage(request: Request) -> JSONResponse:
+    return JSONResponse({"app": "host", "llm_proxy": str(request.url_for("llm", path="/v1"))})
+
+
+app = Starlette(
+    routes=[Route("/", homepage), Mount("/llm", app=proxy, name="llm")],
+    lifespan=proxy.lifespan,
+)
