@@ -3,7 +3,9 @@
 from llm_proxy_mw.builder import LLMProxy, build_proxy
 from llm_proxy_mw.config import ProxyConfig, load_config
 from llm_proxy_mw.context import RequestContext, RequestContextMiddleware, get_context
+from llm_proxy_mw.health import HealthPolicy, HealthRegistry
 from llm_proxy_mw.providers import Provider
+from llm_proxy_mw.retry import RetryMiddleware, RetryPolicy
 from llm_proxy_mw.routing import Router, RoutingMiddleware
 from llm_proxy_mw.transports import (
     AiohttpTransport,
@@ -19,12 +21,16 @@ from llm_proxy_mw.wire import WireFormat
 __all__ = [
     "AiohttpTransport",
     "EchoTransport",
+    "HealthPolicy",
+    "HealthRegistry",
     "HttpxTransport",
     "LLMProxy",
     "Provider",
     "ProxyConfig",
     "RequestContext",
     "RequestContextMiddleware",
+    "RetryMiddleware",
+    "RetryPolicy",
     "Router",
     "RoutingMiddleware",
     "UpstreamApp",

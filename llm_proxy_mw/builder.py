@@ -1,8 +1,8 @@
 """``build_proxy``: the whole stack from one config, as one ASGI app with a lifespan.
 
 It is only a composition of public pieces, read outermost first, as the request flows:
-request context, then routing, then the upstream app; the proxy's own endpoints sit beside
-the ``/v1`` pipeline.
+request context, then retry, then routing, then the upstream app; the proxy's own endpoints
+sit beside the ``/v1`` pipeline.
 """
 
 from __future__ import annotations
@@ -19,7 +19,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from llm_proxy_mw.config import ProxyConfig, load_config, parse_config
 from llm_proxy_mw.context import RequestContextMiddleware, get_context
 from llm_proxy_mw.errors import NotFoundError
+from llm_proxy_mw.health import HealthRegistry
 from llm_proxy_mw.providers import Provider
+from llm_proxy_mw.retry import RetryMiddleware, RetryPolicy
 from llm_proxy_mw.routing import Router, RoutingMiddleware
 from llm_proxy_mw.transports import UpstreamTransport
 from llm_proxy_mw.upstream import UpstreamApp
@@ -39,9 +41,15 @@ class LLMProxy:
     """
 
     def __init__(
-        self, *, pipeline: ASGIApp, providers: list[Provider], config: ProxyConfig
+        self,
+        *,
+        pipeline: ASGIApp,
+        providers: list[Provider],
+        config: ProxyConfig,
+        health: HealthRegistry | None = None,
     ) -> None:
         self.pipeline = pipeline
+        self.health = health
         self.providers = providers
         self.config = config
         self._lifespan_entered = False
@@ -66,16 +74,22 @@ class LLMProxy:
         if path.startswith("/v1/"):
             await self.pipeline(scope, receive, send)
         elif path == "/healthz":
-            await send_json(send, 200, json.dumps(self.health()).encode())
+            await send_json(send, 200, json.dumps(self.health_report()).encode())
         else:
             raise NotFoundError(f"No such endpoint: {path[:200]}")
 
-    def health(self) -> dict[str, Any]:
-        """Liveness, and what each provider is."""
+    def health_report(self) -> dict[str, Any]:
+        """Liveness, and each provider's kind, models, circuit, success rate and budget."""
+        states = self.health.snapshot() if self.health is not None else {}
         return {
             "status": "ok",
             "providers": {
-                p.name: {"kind": p.config.kind, "models": p.config.models} for p in self.providers
+                p.name: {
+                    "kind": p.config.kind,
+                    "models": p.config.models,
+                    **states.get(p.name, {}),
+                }
+                for p in self.providers
             },
         }
 
@@ -126,6 +140,17 @@ def build_proxy(
         for name, provider in config.providers.items()
     ]
     limit = config.max_body_bytes
+    router = Router(providers)
+    health = HealthRegistry(config.providers)
+    policies = {name: RetryPolicy.from_config(p.retry) for name, p in config.providers.items()}
     pipeline: ASGIApp = UpstreamApp(providers, max_body_bytes=limit)
-    pipeline = RoutingMiddleware(pipeline, router=Router(providers), max_body_bytes=limit)
-    return LLMProxy(pipeline=pipeline, providers=providers, config=config)
+    pipeline = RoutingMiddleware(pipeline, router=router, health=health, max_body_bytes=limit)
+    pipeline = RetryMiddleware(
+        pipeline,
+        policy=policies,
+        health=health,
+        router=router,
+        deadline=config.request_deadline,
+        max_body_bytes=limit,
+    )
+    return LLMProxy(pipeline=pipeline, providers=providers, config=config, health=health)

@@ -177,6 +177,7 @@ class ProxyConfig(_Model):
     store: StoreConfig = Field(default_factory=StoreConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)
+    request_deadline: float = Field(600.0, gt=0)
 
     @field_validator("providers")
     @classmethod

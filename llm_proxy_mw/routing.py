@@ -21,6 +21,7 @@ from llm_proxy_mw.errors import (
     NotFoundError,
     ProviderUnavailableError,
 )
+from llm_proxy_mw.health import HealthRegistry
 from llm_proxy_mw.providers import Provider
 from llm_proxy_mw.wire import WireFormat, send_json
 
@@ -38,6 +39,7 @@ class Router:
         self._exact: dict[tuple[WireFormat, str], list[Provider]] = {}
         self._wildcard: dict[WireFormat, list[Provider]] = {wf: [] for wf in WireFormat}
         self._default: dict[WireFormat, Provider] = {}
+        self._by_name = {p.name: p for p in self.providers}
         for provider in self.providers:
             for wire_format in provider.wire_formats:
                 self._default.setdefault(wire_format, provider)
@@ -67,25 +69,73 @@ class Router:
         wire_format: WireFormat,
         model: str | None,
         exclude: set[str] | frozenset[str] = frozenset(),
+        *,
+        after: str | None = None,
+        health: HealthRegistry | None = None,
     ) -> Provider:
+        """The provider for the next attempt.
+
+        After a failure on ``after``, its ``fallbacks`` come first, in order. Otherwise the
+        candidates share the load by weight. Excluded providers and open circuits are
+        skipped; when every candidate is out, the candidates' own fallbacks are tried.
+        """
         candidates = self.candidates(wire_format, model)
         if not candidates:
             if model is None:
                 raise NotFoundError("No provider serves this API.")
             raise ModelNotFoundError(f"The model {json.dumps(model)[:200]} does not exist.")
-        if exclude:
-            candidates = [p for p in candidates if p.name not in exclude]
-            if not candidates:
-                raise ProviderUnavailableError("No provider serving this model is available.")
-        if len(candidates) == 1:
-            return candidates[0]
-        total = sum(p.config.weight for p in candidates)
+        if after is not None and after in self._by_name:
+            chosen = self._first_admitted(self._fallbacks(after, exclude), health)
+            if chosen is not None:
+                return chosen
+        pool = [p for p in candidates if p.name not in exclude]
+        while pool:
+            provider = self._weighted(pool)
+            if health is None or health[provider.name].admit():
+                return provider
+            pool.remove(provider)
+        fallbacks = [f for c in candidates for f in self._fallbacks(c.name, exclude)]
+        chosen = self._first_admitted(fallbacks, health)
+        if chosen is not None:
+            return chosen
+        headers = {}
+        if health is not None:
+            headers["retry-after"] = str(health.retry_after(p.name for p in candidates))
+        raise ProviderUnavailableError(
+            "No provider serving this model is available right now.", headers=headers
+        )
+
+    def _fallbacks(self, name: str, exclude: set[str] | frozenset[str]) -> list[Provider]:
+        return [self._by_name[f] for f in self._by_name[name].config.fallbacks if f not in exclude]
+
+    @staticmethod
+    def _first_admitted(
+        providers: list[Provider], health: HealthRegistry | None
+    ) -> Provider | None:
+        for provider in providers:
+            if health is None or health[provider.name].admit():
+                return provider
+        return None
+
+    def _weighted(self, pool: list[Provider]) -> Provider:
+        if len(pool) == 1:
+            return pool[0]
+        total = sum(p.config.weight for p in pool)
         point = self._random() * total
-        for provider in candidates:
+        for provider in pool:
             point -= provider.config.weight
             if point < 0:
                 return provider
-        return candidates[-1]
+        return pool[-1]
+
+    def has_alternative(
+        self, wire_format: WireFormat, model: str | None, failed: str, exclude: set[str]
+    ) -> bool:
+        """Whether another deployment than ``failed`` could take the next attempt."""
+        out = exclude | {failed}
+        if failed in self._by_name and self._fallbacks(failed, out):
+            return True
+        return any(p.name not in out for p in self.candidates(wire_format, model))
 
 
 def _is_json(scope: Scope) -> bool:
@@ -99,10 +149,16 @@ class RoutingMiddleware:
     """Sets ``ctx.model`` and ``ctx.provider``; answers ``GET /v1/models`` itself."""
 
     def __init__(
-        self, app: ASGIApp, *, router: Router, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+        self,
+        app: ASGIApp,
+        *,
+        router: Router,
+        health: HealthRegistry | None = None,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     ) -> None:
         self.app = app
         self.router = router
+        self.health = health
         self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -117,7 +173,12 @@ class RoutingMiddleware:
             await read_body(ctx, scope, receive, self.max_body_bytes)
             if _is_json(scope):
                 ctx.model = _model_of(ctx)
-        ctx.provider = self.router.choose(ctx.wire_format, ctx.model, ctx.excluded).name
+        after = None
+        if ctx.attempts and ctx.attempts[-1].outcome != "success":
+            after = ctx.attempts[-1].provider
+        ctx.provider = self.router.choose(
+            ctx.wire_format, ctx.model, ctx.excluded, after=after, health=self.health
+        ).name
         await self.app(scope, receive, send)
 
     async def _list_models(self, scope: Scope, send: Send) -> None:

@@ -1,0 +1,330 @@
+"""Retry: replay the buffered request on retryable outcomes, before the client saw anything.
+
+The body is buffered once (bounded; 413 past the limit) and every attempt gets a ``receive``
+that replays it. ``http.response.start`` is held back while a retryable status could still
+be retried, with its (small) error body; anything else streams straight through, and once a
+start reached the client nothing is retried. One deadline covers every attempt and wait.
+
+What is retried:
+
+- connect errors, connect and pool timeouts: at once;
+- read timeouts, resets and protocol errors before the response started: at once, unless
+  the provider's policy turns that off (``retry_read_timeouts = false``);
+- 408, 409, 429, 500, 502, 503, 504, 529 (the set the official SDKs retry): after the wait the
+  provider asked for (``retry-after-ms``, ``retry-after``, rate-limit reset headers), else
+  exponential backoff with full jitter; a wait above ``max_retry_after`` or past the deadline
+  is not slept: the response goes back to the client with its headers;
+- ``x-should-retry: true|false`` from the provider wins over the status rule; Anthropic's
+  ``enforced_spend_limit_reached`` 429 is never retried.
+
+When another deployment serves the model (another provider, or the failed one's
+``fallbacks``), the failed provider is excluded and the retry goes there at once. Each retry
+on the same provider spends its retry budget (``health.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Generator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import backoff
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from llm_proxy_mw._disconnect import cancel_on_disconnect
+from llm_proxy_mw._retry_after import retry_after_seconds
+from llm_proxy_mw.config import RetryConfig
+from llm_proxy_mw.context import (
+    DEFAULT_MAX_BODY_BYTES,
+    Attempt,
+    RequestContext,
+    get_context,
+    read_body,
+)
+from llm_proxy_mw.errors import (
+    ProviderUnavailableError,
+    UpstreamConnectError,
+    UpstreamConnectTimeout,
+    UpstreamError,
+    UpstreamPoolTimeout,
+    UpstreamTimeout,
+)
+from llm_proxy_mw.health import HealthRegistry
+from llm_proxy_mw.routing import Router
+
+__all__ = ["RETRYABLE_STATUSES", "RetryMiddleware", "RetryPolicy"]
+
+RETRYABLE_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504, 529})
+
+#: Error bodies held back while deciding; a larger body is passed through as it comes.
+_HOLD_LIMIT = 64 * 1024
+
+_ALWAYS_RETRIED = (UpstreamConnectError, UpstreamConnectTimeout, UpstreamPoolTimeout)
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """One provider's retry policy; see ``RetryConfig`` for the meaning of each field."""
+
+    max_attempts: int = 3
+    backoff_base: float = 0.5
+    backoff_max: float = 20.0
+    max_retry_after: float = 60.0
+    retry_read_timeouts: bool = True
+
+    @classmethod
+    def from_config(cls, config: RetryConfig) -> RetryPolicy:
+        return cls(**config.model_dump())
+
+
+class _HeldResponse:
+    """The ``send`` of one attempt: forwards, or holds a retryable response back."""
+
+    __slots__ = ("_send", "on_forward", "start", "parts", "size", "holding", "forwarded")
+
+    def __init__(self, send: Send, on_forward: Callable[[], None] | None) -> None:
+        self._send = send
+        #: Disarms the deadline once the client is being answered; gone after the attempt.
+        self.on_forward = on_forward
+        self.start: Message | None = None
+        self.parts: list[bytes] = []
+        self.size = 0
+        self.holding = False
+        self.forwarded = False
+
+    async def __call__(self, message: Message) -> None:
+        if self.holding:
+            if message["type"] != "http.response.body":
+                return
+            chunk = message.get("body", b"")
+            self.size += len(chunk)
+            self.parts.append(chunk)
+            if self.size > _HOLD_LIMIT:
+                await self.flush(more_body=message.get("more_body", False))
+            return
+        if message["type"] == "http.response.start" and _may_retry(message):
+            self.start = message
+            self.holding = True
+            return
+        if not self.forwarded:
+            self.forwarded = True
+            if self.on_forward is not None:
+                self.on_forward()
+        await self._send(message)
+
+    async def flush(self, *, more_body: bool = False) -> None:
+        """Send what was held, and pass the rest of the response through."""
+        assert self.start is not None
+        self.holding = False
+        self.forwarded = True
+        if self.on_forward is not None:
+            self.on_forward()
+        await self._send(self.start)
+        await self._send(
+            {"type": "http.response.body", "body": b"".join(self.parts), "more_body": more_body}
+        )
+
+    @property
+    def status(self) -> int:
+        assert self.start is not None
+        return int(self.start["status"])
+
+    @property
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        assert self.start is not None
+        return list(self.start.get("headers", ()))
+
+
+def _should_retry_header(headers: Any) -> bool | None:
+    for name, value in headers:
+        if name.lower() == b"x-should-retry":
+            if value == b"true":
+                return True
+            if value == b"false":
+                return False
+    return None
+
+
+def _may_retry(start: Message) -> bool:
+    told = _should_retry_header(start.get("headers", ()))
+    return told if told is not None else start["status"] in RETRYABLE_STATUSES
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    replayed = False
+
+    async def replay_receive() -> Message:
+        nonlocal replayed
+        if not replayed:
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay_receive
+
+
+class RetryMiddleware:
+    """Retries, fallbacks and one deadline around Routing and the upstream app."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        policy: RetryPolicy | Mapping[str, RetryPolicy] | None = None,
+        health: HealthRegistry | None = None,
+        router: Router | None = None,
+        deadline: float = 600.0,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+        jitter: Callable[[float], float] = backoff.full_jitter,
+    ) -> None:
+        self.app = app
+        self._default = policy if isinstance(policy, RetryPolicy) else RetryPolicy()
+        self._policies = dict(policy) if isinstance(policy, Mapping) else {}
+        self.health = health
+        self.router = router
+        self.deadline = deadline
+        self.max_body_bytes = max_body_bytes
+        self._sleep = sleep
+        self._clock = clock
+        self._wall_clock = wall_clock
+        self._jitter = jitter
+
+    def policy_for(self, provider: str) -> RetryPolicy:
+        return self._policies.get(provider, self._default)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        ctx = get_context(scope)
+        body = await read_body(ctx, scope, receive, self.max_body_bytes)
+        async with cancel_on_disconnect(ctx, receive):
+            await self._attempts(ctx, scope, body, receive, send)
+
+    async def _attempts(
+        self, ctx: RequestContext, scope: Scope, body: bytes, receive: Receive, send: Send
+    ) -> None:
+        deadline = self._clock() + self.deadline
+        waits: Generator[float, Any, None] | None = None
+        wait = 0.0
+        while True:
+            first = len(ctx.attempts)
+            started = self._clock()
+            remaining = deadline - started
+            try:
+                async with asyncio.timeout(max(remaining, 0.0)) as timer:
+                    response = _HeldResponse(send, lambda: timer.reschedule(None))
+                    await self.app(scope, _replay(body, receive), response)
+                response.on_forward = None
+            except TimeoutError:
+                if len(ctx.attempts) == first and ctx.provider is not None:
+                    ctx.attempts.append(
+                        Attempt(ctx.provider, "timeout", None, self._clock() - started)
+                    )
+                self._record(ctx, first, wait)
+                raise UpstreamTimeout(
+                    "The request deadline passed before a provider answered.",
+                    provider=ctx.provider,
+                ) from None
+            except UpstreamError as error:
+                response.on_forward = None
+                self._record(ctx, first, wait)
+                if response.forwarded:
+                    raise
+                wait_or_none = self._after_error(ctx, error, deadline)
+                if wait_or_none is None:
+                    raise
+                wait = wait_or_none
+            else:
+                self._record(ctx, first, wait)
+                if not response.holding:
+                    return
+                if waits is None:
+                    waits = backoff.expo(factor=1.0)
+                    next(waits)
+                wait_or_none = self._after_status(ctx, response, deadline, waits)
+                if wait_or_none is None:
+                    await response.flush()
+                    return
+                wait = wait_or_none
+            if wait > 0:
+                await self._sleep(wait)
+
+    def _record(self, ctx: RequestContext, first: int, wait: float) -> None:
+        """Feed the attempts this round made into health, and note the wait before them."""
+        new = ctx.attempts[first:]
+        if new:
+            new[0].wait = wait
+        if self.health is not None:
+            for attempt in new:
+                if attempt.provider in self.health.providers:
+                    self.health[attempt.provider].record(attempt.outcome)
+
+    def _switch_or_budget(self, ctx: RequestContext, failed: str) -> bool:
+        """Exclude ``failed`` when another deployment can take the retry; else ask its budget.
+
+        Returns whether the retry goes elsewhere.
+        """
+        if self.router is not None and self.router.has_alternative(
+            ctx.wire_format, ctx.model, failed, ctx.excluded
+        ):
+            ctx.excluded.add(failed)
+            return True
+        return False
+
+    def _budget_allows(self, failed: str) -> bool:
+        if self.health is None or failed not in self.health.providers:
+            return True
+        return self.health[failed].can_retry()
+
+    def _after_error(
+        self, ctx: RequestContext, error: UpstreamError, deadline: float
+    ) -> float | None:
+        """The wait before retrying after a transport error, or ``None`` to give up."""
+        if isinstance(error, ProviderUnavailableError) or not ctx.attempts:
+            return None
+        failed = ctx.attempts[-1].provider
+        policy = self.policy_for(failed)
+        if len(ctx.attempts) >= policy.max_attempts or self._clock() >= deadline:
+            return None
+        if not isinstance(error, _ALWAYS_RETRIED) and not policy.retry_read_timeouts:
+            return None
+        if not self._switch_or_budget(ctx, failed) and not self._budget_allows(failed):
+            return None
+        return 0.0
+
+    def _after_status(
+        self,
+        ctx: RequestContext,
+        response: _HeldResponse,
+        deadline: float,
+        waits: Generator[float, Any, None],
+    ) -> float | None:
+        """The wait before retrying a held retryable response, or ``None`` to pass it on."""
+        failed = ctx.attempts[-1].provider
+        policy = self.policy_for(failed)
+        if len(ctx.attempts) >= policy.max_attempts:
+            return None
+        status = response.status
+        if status == 429 and any(b"enforced_spend_limit_reached" in p for p in response.parts):
+            return None
+        if self._switch_or_budget(ctx, failed):
+            return 0.0
+        if not self._budget_allows(failed):
+            return None
+        asked = retry_after_seconds(status, response.headers, self._wall_clock())
+        if asked is not None:
+            if asked > policy.max_retry_after:
+                return None
+            wait = asked
+        else:
+            step = min(policy.backoff_max, policy.backoff_base * next(waits))
+            wait = self._jitter(step)
+        if self._clock() + wait > deadline:
+            return None
+        return wait
