@@ -1,7 +1,7 @@
 """``build_proxy``: the whole stack from one config, as one ASGI app with a lifespan.
 
 It is only a composition of public pieces, read outermost first, as the request flows:
-request context, then retry, then routing, then the upstream app; the proxy's own endpoints
+request context, metrics, auth, retry, routing, then the upstream app; the proxy's own endpoints
 sit beside the ``/v1`` pipeline.
 """
 
@@ -14,12 +14,15 @@ import os
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
+from prometheus_client import CollectorRegistry
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from llm_proxy_mw.auth import ApiKeyAuthenticator, AuthMiddleware
 from llm_proxy_mw.config import ProxyConfig, load_config, parse_config
 from llm_proxy_mw.context import RequestContextMiddleware, get_context
-from llm_proxy_mw.errors import NotFoundError
+from llm_proxy_mw.errors import NotFoundError, PermissionDeniedError
 from llm_proxy_mw.health import HealthRegistry
+from llm_proxy_mw.metrics import MetricsMiddleware, ProxyMetrics, exposition
 from llm_proxy_mw.providers import Provider
 from llm_proxy_mw.retry import RetryMiddleware, RetryPolicy
 from llm_proxy_mw.routing import Router, RoutingMiddleware
@@ -47,9 +50,15 @@ class LLMProxy:
         providers: list[Provider],
         config: ProxyConfig,
         health: HealthRegistry | None = None,
+        metrics: ProxyMetrics | None = None,
+        auth: AuthMiddleware | None = None,
+        multiprocess_dir: str | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.health = health
+        self.metrics = metrics
+        self.auth = auth
+        self.multiprocess_dir = multiprocess_dir
         self.providers = providers
         self.config = config
         self._lifespan_entered = False
@@ -75,8 +84,29 @@ class LLMProxy:
             await self.pipeline(scope, receive, send)
         elif path == "/healthz":
             await send_json(send, 200, json.dumps(self.health_report()).encode())
+        elif path == "/metrics" and self.metrics is not None:
+            await self._require_admin(scope, self.config.metrics.public)
+            body, content_type = exposition(self.metrics, multiprocess_dir=self.multiprocess_dir)
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [(b"content-type", content_type.encode())],
+                }
+            )
+            await send({"type": "http.response.body", "body": body})
         else:
             raise NotFoundError(f"No such endpoint: {path[:200]}")
+
+    async def _require_admin(self, scope: Scope, public: bool) -> None:
+        """Operator endpoints need an admin principal, unless public or auth is off."""
+        if public or self.auth is None:
+            return
+        ctx = get_context(scope)
+        if ctx.principal is None:
+            ctx.principal = await self.auth.authenticate(scope)
+        if not ctx.principal.admin:
+            raise PermissionDeniedError("This endpoint needs an admin principal.")
 
     def health_report(self) -> dict[str, Any]:
         """Liveness, and each provider's kind, models, circuit, success rate and budget."""
@@ -121,11 +151,13 @@ def build_proxy(
     config: ProxyConfig | Mapping[str, Any] | str | os.PathLike[str],
     *,
     transports: Mapping[str, UpstreamTransport] | None = None,
+    registry: CollectorRegistry | None = None,
 ) -> LLMProxy:
     """Build the proxy from a config object, a mapping, or the path of a TOML file.
 
     ``transports`` overrides the transport of named providers (tests plug respx through
     ``HttpxTransport``); the others get aiohttp, or the echo transport for ``kind = "echo"``.
+    Metrics go to ``registry``, or to a registry of the proxy's own (never the global one).
     """
     if isinstance(config, str | os.PathLike):
         config = load_config(config)
@@ -153,4 +185,23 @@ def build_proxy(
         deadline=config.request_deadline,
         max_body_bytes=limit,
     )
-    return LLMProxy(pipeline=pipeline, providers=providers, config=config, health=health)
+    auth = None
+    if config.auth is not None:
+        authenticators = [ApiKeyAuthenticator(config.auth.api_keys)]
+        pipeline = auth = AuthMiddleware(pipeline, authenticators=authenticators)
+    else:
+        logger.warning(
+            "llm_proxy_mw: no [auth] configured: the proxy is open to anyone who can reach it."
+        )
+    models = [m for p in config.providers.values() for m in p.models]
+    metrics = ProxyMetrics(registry or CollectorRegistry(), models=models, health=health)
+    pipeline = MetricsMiddleware(pipeline, metrics=metrics)
+    return LLMProxy(
+        pipeline=pipeline,
+        providers=providers,
+        config=config,
+        health=health,
+        metrics=metrics,
+        auth=auth,
+        multiprocess_dir=os.environ.get("PROMETHEUS_MULTIPROC_DIR"),
+    )

@@ -95,7 +95,8 @@ class ProviderConfig(_Model):
     models: list[str] = Field(default_factory=lambda: ["*"], min_length=1)
     weight: float = Field(1.0, gt=0)
     fallbacks: list[str] = Field(default_factory=list)
-    headers: dict[str, str] = Field(default_factory=dict)
+    # Extra headers often carry credentials (Azure's ``api-key``): kept out of the repr.
+    headers: dict[str, str] = Field(default_factory=dict, repr=False)
     pool: PoolConfig = Field(default_factory=PoolConfig)
     timeout: TimeoutConfig = Field(default_factory=TimeoutConfig)
     retry: RetryConfig = Field(default_factory=RetryConfig)

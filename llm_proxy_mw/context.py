@@ -206,7 +206,10 @@ class RequestContextMiddleware:
             if message["type"] == "http.response.start":
                 started = True
                 ctx.status = message["status"]
-                message["headers"] = [*message.get("headers", ()), request_id_header]
+                # Ours replaces any the inner app set (OpenAI answers carry their own), so
+                # the client sees exactly one.
+                headers = [h for h in message.get("headers", ()) if h[0].lower() != b"x-request-id"]
+                message["headers"] = [*headers, request_id_header]
             await send(message)
 
         try:

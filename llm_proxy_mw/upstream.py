@@ -119,8 +119,6 @@ class UpstreamApp:
             )
             try:
                 while chunk := await response.read_chunk():
-                    if ctx.ttfb is None:
-                        ctx.ttfb = time.perf_counter() - ctx.started
                     if remaining is not None:
                         remaining -= len(chunk)
                         if remaining <= 0:

@@ -78,7 +78,8 @@ class HttpxTransport:
         httpx_request = httpx.Request(
             request.method,
             request.url,
-            headers=request.headers,
+            # Header values are latin-1 (as ASGI gives them); httpx would encode str as ASCII.
+            headers=[(n.encode("latin-1"), v.encode("latin-1")) for n, v in request.headers],
             content=request.body,
             extensions={"timeout": self._timeout},
         )

@@ -1,0 +1,62 @@
+"""Token usage read from a response as it streams past, without holding any of it back.
+
+OpenAI JSON and its final stream chunk carry ``prompt_tokens`` / ``completion_tokens``;
+Anthropic's JSON, ``message_start`` and ``message_delta`` carry ``input_tokens`` /
+``output_tokens`` (the latter cumulative). Both put usage at the end of a JSON body, so a
+JSON body keeps only a short rolling tail; an SSE stream is searched chunk by chunk, with
+the previous chunk's tail prepended so an event split across reads is still found. The
+latest value wins, so a number seen twice is not counted twice. Compressed bodies are not
+decoded here: their usage is not counted.
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = ["UsageReader"]
+
+_PROMPT = re.compile(rb'"(?:prompt_tokens|input_tokens)"\s*:\s*(\d+)')
+_COMPLETION = re.compile(rb'"(?:completion_tokens|output_tokens)"\s*:\s*(\d+)')
+_TAIL = 4096
+_OVERLAP = 128
+
+
+class UsageReader:
+    """Feed it every body chunk; read ``prompt_tokens`` and ``completion_tokens`` at the end."""
+
+    __slots__ = ("sse", "enabled", "prompt_tokens", "completion_tokens", "_tail")
+
+    def __init__(self, *, sse: bool, enabled: bool = True) -> None:
+        self.sse = sse
+        self.enabled = enabled
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+        self._tail = b""
+
+    def feed(self, chunk: bytes) -> None:
+        if not self.enabled or not chunk:
+            return
+        if self.sse:
+            window = self._tail + chunk if self._tail else chunk
+            if b'_tokens"' in window:
+                self._scan(window)
+            self._tail = chunk[-_OVERLAP:]
+        else:
+            if len(chunk) >= _TAIL:
+                self._tail = chunk[-_TAIL:]
+            else:
+                self._tail = (self._tail + chunk)[-_TAIL:]
+
+    def finish(self) -> None:
+        """Scan what a JSON body left in its tail."""
+        if self.enabled and not self.sse and self._tail:
+            self._scan(self._tail)
+        self._tail = b""
+
+    def _scan(self, data: bytes) -> None:
+        prompt = _PROMPT.findall(data)
+        if prompt:
+            self.prompt_tokens = int(prompt[-1])
+        completion = _COMPLETION.findall(data)
+        if completion:
+            self.completion_tokens = int(completion[-1])

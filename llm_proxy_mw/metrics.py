@@ -1,0 +1,266 @@
+"""Metrics: Prometheus families for every request and attempt, recorded at the end.
+
+``MetricsMiddleware`` sits outside Auth, so rejected requests count too. It never holds a
+response back: it watches ``send`` for the status, the first body byte and the token usage
+(``_usage.py``), and records once the request ended, from the request context. Metric
+objects are created once per ``CollectorRegistry`` passed in (the library has no global
+registry), and label children are bound once per label set, so a request costs a few dict
+lookups and increments. Labels are bounded by construction: models only from config (any
+other is ``other``), providers from config, outcomes from the closed error-code set.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from llm_proxy_mw._usage import UsageReader
+from llm_proxy_mw.context import ClientDisconnected, RequestContext, get_context
+from llm_proxy_mw.errors import ProxyError
+from llm_proxy_mw.health import HealthRegistry
+from llm_proxy_mw.history import DURATION_BUCKETS
+
+__all__ = ["MetricsMiddleware", "ProxyMetrics", "exposition"]
+
+#: nginx's code for "the client closed the request": the status of a request whose client left.
+CLIENT_CLOSED = 499
+
+
+class _HealthCollector(Collector):
+    """Success ratio and circuit state per provider, read from the health state at scrape."""
+
+    def __init__(self, health: HealthRegistry) -> None:
+        self.health = health
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        ratio = GaugeMetricFamily(
+            "llm_proxy_provider_success_ratio",
+            "Share of successful upstream attempts in the health window.",
+            labels=["provider"],
+        )
+        circuit = GaugeMetricFamily(
+            "llm_proxy_circuit_state",
+            "Circuit breaker state: 0 closed, 1 half-open, 2 open.",
+            labels=["provider"],
+        )
+        budget = GaugeMetricFamily(
+            "llm_proxy_retry_budget_tokens",
+            "Tokens left in the provider's retry budget.",
+            labels=["provider"],
+        )
+        for name, state in self.health.providers.items():
+            ratio.add_metric([name], state.success_ratio())
+            circuit.add_metric([name], int(state.current_state()))
+            budget.add_metric([name], state.tokens)
+        yield ratio
+        yield circuit
+        yield budget
+
+
+class ProxyMetrics:
+    """The metric families of one proxy, registered in ``registry``."""
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        *,
+        models: Iterable[str] = (),
+        health: HealthRegistry | None = None,
+    ) -> None:
+        self.registry = registry
+        self.models = frozenset(m for m in models if m != "*")
+        labels = ["provider", "model"]
+        self.requests = Counter(
+            "llm_proxy_requests",
+            "Client-visible requests by HTTP status.",
+            [*labels, "status"],
+            registry=registry,
+        )
+        self.duration = Histogram(
+            "llm_proxy_request_duration_seconds",
+            "Client-visible request latency, to the last byte.",
+            labels,
+            buckets=DURATION_BUCKETS,
+            registry=registry,
+        )
+        self.ttfb = Histogram(
+            "llm_proxy_time_to_first_byte_seconds",
+            "Time from the request to the first response body byte.",
+            labels,
+            buckets=DURATION_BUCKETS,
+            registry=registry,
+        )
+        self.attempts = Counter(
+            "llm_proxy_upstream_attempts",
+            "Upstream attempts by outcome.",
+            [*labels, "outcome"],
+            registry=registry,
+        )
+        self.tokens = Counter(
+            "llm_proxy_tokens",
+            "Tokens reported by the provider.",
+            [*labels, "kind"],
+            registry=registry,
+        )
+        self.retries = Counter(
+            "llm_proxy_retries",
+            "Retries, by the outcome of the attempt that was retried.",
+            ["provider", "reason"],
+            registry=registry,
+        )
+        self.in_flight = Gauge(
+            "llm_proxy_requests_in_flight",
+            "Requests being handled now.",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        #: Collectors that describe this process only (not kept in multiprocess files).
+        self.local_collectors: list[Collector] = []
+        if health is not None:
+            self.local_collectors.append(_HealthCollector(health))
+            registry.register(self.local_collectors[-1])
+        self._children: dict[tuple[Any, ...], Any] = {}
+
+    def model_label(self, model: str | None) -> str:
+        if model is None:
+            return "none"
+        return model if model in self.models else "other"
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        key = (id(metric), *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
+    def observe(self, ctx: RequestContext, status: int, duration: float) -> None:
+        """Record one finished request from its context."""
+        provider = ctx.provider or "none"
+        model = self.model_label(ctx.model)
+        child = self._child
+        child(self.requests, provider, model, str(status)).inc()
+        child(self.duration, provider, model).observe(duration)
+        if ctx.ttfb is not None:
+            child(self.ttfb, provider, model).observe(ctx.ttfb)
+        previous = None
+        for attempt in ctx.attempts:
+            child(self.attempts, attempt.provider, model, attempt.outcome).inc()
+            if previous is not None:
+                child(self.retries, previous.provider, previous.outcome).inc()
+            previous = attempt
+        usage = ctx.usage
+        if usage.prompt_tokens:
+            child(self.tokens, provider, model, "prompt").inc(usage.prompt_tokens)
+        if usage.completion_tokens:
+            child(self.tokens, provider, model, "completion").inc(usage.completion_tokens)
+
+
+def exposition(metrics: ProxyMetrics, *, multiprocess_dir: str | None = None) -> tuple[bytes, str]:
+    """The Prometheus text exposition and its content type.
+
+    Under ``uvicorn --workers N`` with ``PROMETHEUS_MULTIPROC_DIR`` set (pass it as
+    ``multiprocess_dir``), prometheus_client keeps counters in files shared by the workers:
+    they are collected from there, the health gauges from this worker, which keeps its own
+    health view.
+    """
+    if multiprocess_dir:
+        combined = CollectorRegistry()
+        multiprocess.MultiProcessCollector(combined, path=multiprocess_dir)  # type: ignore[no-untyped-call]
+        for collector in metrics.local_collectors:
+            combined.register(collector)
+        return generate_latest(combined), CONTENT_TYPE_LATEST
+    return generate_latest(metrics.registry), CONTENT_TYPE_LATEST
+
+
+class MetricsMiddleware:
+    """Counts every request through it; ``on_request`` also receives each finished one."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        metrics: ProxyMetrics,
+        on_request: Callable[[RequestContext, int, float], None] | None = None,
+    ) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.on_request = on_request
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        ctx = get_context(scope)
+        responder = _Responder(send, ctx)
+        self.metrics.in_flight.inc()
+        try:
+            await self.app(scope, receive, responder)
+        except ProxyError as error:
+            if responder.status is None:
+                responder.status = error.status_code
+            raise
+        except ClientDisconnected:
+            responder.status = CLIENT_CLOSED
+            raise
+        finally:
+            self.metrics.in_flight.dec()
+            status = responder.status or CLIENT_CLOSED
+            if responder.usage is not None:
+                responder.usage.finish()
+                ctx.usage.prompt_tokens = responder.usage.prompt_tokens
+                ctx.usage.completion_tokens = responder.usage.completion_tokens
+            duration = time.perf_counter() - ctx.started
+            self.metrics.observe(ctx, status, duration)
+            if self.on_request is not None:
+                self.on_request(ctx, status, duration)
+
+
+class _Responder:
+    """The wrapped ``send`` of one request: status, first byte, usage; forwards at once."""
+
+    __slots__ = ("_send", "_ctx", "status", "usage")
+
+    def __init__(self, send: Send, ctx: RequestContext) -> None:
+        self._send = send
+        self._ctx = ctx
+        self.status: int | None = None
+        self.usage: UsageReader | None = None
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.body":
+            body = message.get("body", b"")
+            if body:
+                if self._ctx.ttfb is None:
+                    self._ctx.ttfb = time.perf_counter() - self._ctx.started
+                if self.usage is not None:
+                    self.usage.feed(body)
+        elif message["type"] == "http.response.start":
+            self.status = message["status"]
+            self.usage = _usage_reader(message.get("headers", ()))
+        await self._send(message)
+
+
+def _usage_reader(headers: Iterable[tuple[bytes, bytes]]) -> UsageReader | None:
+    sse = False
+    json_body = False
+    for name, value in headers:
+        if name == b"content-type":
+            sse = value.startswith(b"text/event-stream")
+            json_body = b"json" in value
+        elif name == b"content-encoding" and value != b"identity":
+            return None
+    return UsageReader(sse=sse) if sse or json_body else None
