@@ -40,7 +40,7 @@ def default_config(env: Mapping[str, str] = os.environ) -> dict[str, Any]:
 
 def make_proxy(env: Mapping[str, str] = os.environ) -> LLMProxy:
     path = env.get("LLM_PROXY_CONFIG")
-    return build_proxy(load_config(path) if path else default_config(env))
+    return build_proxy(load_config(path, env) if path else default_config(env))
 
 
 proxy = make_proxy()

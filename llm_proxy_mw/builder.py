@@ -7,6 +7,7 @@ sit beside the ``/v1`` pipeline.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -20,12 +21,15 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from llm_proxy_mw.auth import ApiKeyAuthenticator, AuthMiddleware
 from llm_proxy_mw.config import ProxyConfig, load_config, parse_config
 from llm_proxy_mw.context import RequestContextMiddleware, get_context
+from llm_proxy_mw.dashboard import DashboardApp
 from llm_proxy_mw.errors import NotFoundError, PermissionDeniedError
 from llm_proxy_mw.health import HealthRegistry
+from llm_proxy_mw.history import HistoryRecorder
 from llm_proxy_mw.metrics import MetricsMiddleware, ProxyMetrics, exposition
 from llm_proxy_mw.providers import Provider
 from llm_proxy_mw.retry import RetryMiddleware, RetryPolicy
 from llm_proxy_mw.routing import Router, RoutingMiddleware
+from llm_proxy_mw.store import open_metrics_store
 from llm_proxy_mw.transports import UpstreamTransport
 from llm_proxy_mw.upstream import UpstreamApp
 from llm_proxy_mw.wire import send_json
@@ -36,7 +40,8 @@ logger = logging.getLogger("llm_proxy_mw")
 
 
 class LLMProxy:
-    """The mounted proxy: ``/v1/*`` through the pipeline, ``/healthz`` beside it.
+    """The mounted proxy: ``/v1/*`` through the pipeline; ``/healthz``, ``/metrics``,
+    ``/dashboard`` and ``/metrics/history`` beside it.
 
     Pass ``proxy.lifespan`` to the host app so the provider pools are closed on shutdown;
     Starlette runs no lifespan for mounted apps. Served directly by an ASGI server, the
@@ -53,6 +58,8 @@ class LLMProxy:
         metrics: ProxyMetrics | None = None,
         auth: AuthMiddleware | None = None,
         multiprocess_dir: str | None = None,
+        history: HistoryRecorder | None = None,
+        dashboard: DashboardApp | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.health = health
@@ -61,8 +68,11 @@ class LLMProxy:
         self.multiprocess_dir = multiprocess_dir
         self.providers = providers
         self.config = config
+        self.history = history
+        self.dashboard = dashboard
         self._lifespan_entered = False
         self._warned = False
+        self._lazy_start: asyncio.Task[None] | None = None
         self._app = RequestContextMiddleware(self._dispatch)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -70,13 +80,17 @@ class LLMProxy:
             if not self._lifespan_entered and not self._warned:
                 self._warned = True
                 logger.warning(
-                    "llm_proxy_mw: the proxy's lifespan was not entered, so its provider "
-                    "connection pools open lazily and are not closed on shutdown. Pass it on: "
-                    "Starlette(..., lifespan=proxy.lifespan)."
+                    "llm_proxy_mw: the proxy's lifespan was not entered, so it starts lazily "
+                    "and its connection pools and metrics history are not closed or flushed on "
+                    "shutdown. Pass it on: Starlette(..., lifespan=proxy.lifespan)."
                 )
+                self._lazy_start = asyncio.get_running_loop().create_task(self.startup())
             await self._app(scope, receive, send)
         elif scope["type"] == "lifespan":
             await self._serve_lifespan(receive, send)
+        elif scope["type"] == "websocket":
+            # No websocket endpoints: refuse the handshake (the server answers 403).
+            await send({"type": "websocket.close", "code": 1008})
 
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = get_context(scope).route_path
@@ -95,6 +109,9 @@ class LLMProxy:
                 }
             )
             await send({"type": "http.response.body", "body": body})
+        elif self.dashboard is not None and path in DashboardApp.paths:
+            await self._require_admin(scope, self.config.metrics.public)
+            await self.dashboard(scope, receive, send)
         else:
             raise NotFoundError(f"No such endpoint: {path[:200]}")
 
@@ -125,15 +142,30 @@ class LLMProxy:
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: object = None) -> AsyncIterator[None]:
-        """The host app's lifespan hook: pools close when the host shuts down."""
+        """The host app's lifespan hook: history starts (counters restored) with the host,
+        and is flushed and the pools closed when it shuts down."""
         self._lifespan_entered = True
+        await self.startup()
         try:
             yield
         finally:
             await self.aclose()
 
+    async def startup(self) -> None:
+        """Open the metrics history and restore the counters from it."""
+        if self.history is None:
+            return
+        await self.history.start()
+        if self.metrics is not None and not self.multiprocess_dir:
+            # Under multiprocess mode every worker would add the same totals again.
+            self.metrics.restore(await self.history.restore_totals())
+
     async def aclose(self) -> None:
-        """Close every provider's connection pool."""
+        """Flush the metrics history and close every provider's connection pool."""
+        if self._lazy_start is not None:
+            await self._lazy_start
+        if self.history is not None:
+            await self.history.stop()
         for provider in self.providers:
             await provider.transport.aclose()
 
@@ -141,6 +173,7 @@ class LLMProxy:
         message = await receive()
         assert message["type"] == "lifespan.startup"
         self._lifespan_entered = True
+        await self.startup()
         await send({"type": "lifespan.startup.complete"})
         message = await receive()
         await self.aclose()
@@ -194,7 +227,12 @@ def build_proxy(
             "llm_proxy_mw: no [auth] configured: the proxy is open to anyone who can reach it."
         )
     models = [m for p in config.providers.values() for m in p.models]
-    metrics = ProxyMetrics(registry or CollectorRegistry(), models=models, health=health)
+    history = HistoryRecorder(
+        open_metrics_store(config.store.url), retention_days=config.metrics.retention_days
+    )
+    metrics = ProxyMetrics(
+        registry or CollectorRegistry(), models=models, health=health, history=history
+    )
     pipeline = MetricsMiddleware(pipeline, metrics=metrics)
     return LLMProxy(
         pipeline=pipeline,
@@ -204,4 +242,6 @@ def build_proxy(
         metrics=metrics,
         auth=auth,
         multiprocess_dir=os.environ.get("PROMETHEUS_MULTIPROC_DIR"),
+        history=history,
+        dashboard=DashboardApp(history, health=health),
     )

@@ -13,6 +13,7 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -108,6 +109,16 @@ class ProviderConfig(_Model):
             return None
         if not re.match(r"^https?://[^/?#\s]+(/[^?#\s]*)?$", value):
             raise ValueError("must be an http:// or https:// URL without query or fragment")
+        parts = urlsplit(value)
+        try:
+            parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+            host = parts.hostname or ""
+            if not host.startswith("[") and ":" not in host:
+                host.encode("idna")
+        except (ValueError, UnicodeError):
+            raise ValueError("has an invalid host or port") from None
+        if not host or (":" not in host and "" in host.split(".")):
+            raise ValueError("has an invalid host")
         return value.rstrip("/")
 
     @field_validator("models")

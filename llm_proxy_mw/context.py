@@ -206,10 +206,8 @@ class RequestContextMiddleware:
             if message["type"] == "http.response.start":
                 started = True
                 ctx.status = message["status"]
-                # Ours replaces any the inner app set (OpenAI answers carry their own), so
-                # the client sees exactly one.
-                headers = [h for h in message.get("headers", ()) if h[0].lower() != b"x-request-id"]
-                message["headers"] = [*headers, request_id_header]
+                # UpstreamApp drops the provider's own x-request-id, so this is the only one.
+                message["headers"] = [*message.get("headers", ()), request_id_header]
             await send(message)
 
         try:
@@ -222,6 +220,9 @@ class RequestContextMiddleware:
                 # sees a broken response rather than one that looks whole.
                 log_error(error, ctx.request_id)
                 return
+            if ctx.attempts:
+                error.headers.setdefault("x-llm-proxy-attempts", str(len(ctx.attempts)))
+                error.headers.setdefault("x-llm-proxy-provider", ctx.attempts[-1].provider)
             await send_error(send_with_request_id, error, ctx.wire_format, ctx.request_id)
         finally:
             current_request_id.reset(token)

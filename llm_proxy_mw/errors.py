@@ -170,6 +170,10 @@ def outcome_for_status(status: int) -> str:
         return "success"
     if status == 429:
         return "rate_limited"
+    if status == 408:
+        return "timeout"
+    if status == 409:
+        return "conflict"
     if status == 529:
         return "overloaded"
     if status < 500:

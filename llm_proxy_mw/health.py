@@ -2,8 +2,8 @@
 
 Shared by Retry (which records every attempt and asks the budget before retrying) and
 Routing (which skips providers whose circuit is open). Only provider failures count:
-transport errors and 5xx. A 429 spends retry budget but does not open the circuit (a rate
-limit is not an outage), and 4xx client errors count for nothing.
+transport errors, 408 and 5xx. A 429 or 409 spends retry budget but does not open the
+circuit (a rate limit or a conflict is not an outage), and other 4xx count for nothing.
 
 The retry budget is gRPC's token bucket (gRFC A6): each failure takes a token, each success
 gives back ``token_ratio``; retries are allowed while more than half the bucket is left. We
@@ -94,7 +94,7 @@ class ProviderHealth:
         """Feed one attempt's outcome (a code from the closed set)."""
         if outcome == "success":
             self._record_success()
-        elif outcome == "rate_limited":
+        elif outcome in ("rate_limited", "conflict"):
             self.tokens = max(0.0, self.tokens - 1)
         elif outcome != "client_error":
             self._record_failure()

@@ -9,37 +9,34 @@ counters continue where they were instead of dropping to zero.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+import json
+import logging
+import time
+from bisect import bisect_left
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 __all__ = [
     "DURATION_BUCKETS",
     "BucketKey",
+    "HistoryRecorder",
     "MetricsStore",
     "MinuteBucket",
+    "StoreError",
 ]
 
+logger = logging.getLogger("llm_proxy_mw.history")
+
+# fmt: off
 #: Histogram upper bounds in seconds for request duration and time to first byte: LLM
 #: calls take from ten milliseconds (a cached embedding) to ten minutes (a long reasoning
 #: stream).
 DURATION_BUCKETS: tuple[float, ...] = (
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-    30.0,
-    60.0,
-    120.0,
-    300.0,
-    600.0,
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
 )
+# fmt: on
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,13 +80,22 @@ class MinuteBucket:
         self.completion_tokens += other.completion_tokens
 
 
+class StoreError(Exception):
+    """A store operation failed (unreachable, locked, corrupt). The message names the store
+    by its URL with any password redacted; the backend's own exception is the ``__cause__``."""
+
+
 class MetricsStore(Protocol):
     """Where history lives: SQLite for one process, Redis for several workers or replicas.
 
-    ``add_buckets`` adds (merges) the given buckets into stored ones with the same key, and
-    adds ``totals`` deltas to the cumulative counters (keys are opaque strings chosen by the
+    ``add`` adds (merges) the given buckets into stored ones with the same key, and adds
+    ``totals`` deltas to the cumulative counters (keys are opaque strings chosen by the
     metrics layer, e.g. ``"requests_total|openai|gpt-4o|200"``). Both happen atomically per
     call. Implementations never block the event loop (SQLite runs in a worker thread).
+    ``buckets`` returns the buckets whose minute is in ``[since_minute, until_minute)``, the
+    end excluded like ``purge``'s, ordered by minute, provider, model and status. Backend
+    failures raise ``StoreError``; after a failed ``open`` the store still accepts ``close``,
+    and later calls succeed once the backend is back.
     """
 
     async def open(self) -> None: ...
@@ -105,3 +111,275 @@ class MetricsStore(Protocol):
     async def purge(self, before_minute: int) -> int:
         """Delete buckets older than ``before_minute``; totals are kept. Returns the count."""
         ...
+
+
+_Series = tuple[int, str, str, int]
+
+
+def total_key(*parts: object) -> str:
+    """A cumulative counter's key: its name and label values, JSON-encoded, unambiguous."""
+    return json.dumps(parts, separators=(",", ":"))
+
+
+def bucket_totals(bucket: MinuteBucket, into: dict[str, float]) -> dict[str, float]:
+    """Add what a bucket contributes to the all-time totals (requests, latency, tokens)."""
+    key = bucket.key
+    labels = (key.provider, key.model)
+    for name, value in (
+        (total_key("requests", *labels, key.status), bucket.count),
+        (total_key("duration_sum", *labels), bucket.duration_sum),
+        (total_key("tokens", *labels, "prompt"), bucket.prompt_tokens),
+        (total_key("tokens", *labels, "completion"), bucket.completion_tokens),
+    ):
+        if value:
+            into[name] = into.get(name, 0.0) + value
+    for slot, count in enumerate(bucket.duration_counts):
+        if count:
+            name = total_key("duration", *labels, slot)
+            into[name] = into.get(name, 0.0) + count
+    return into
+
+
+def _order(bucket: MinuteBucket) -> _Series:
+    key = bucket.key
+    return (key.minute, key.provider, key.model, key.status)
+
+
+_PURGE_EVERY = 3600.0
+
+
+class HistoryRecorder:
+    """Collects finished requests into minute buckets in memory and writes them in batches.
+
+    ``record`` and ``add_total`` are the hot path: a dict lookup and a few additions, no
+    I/O, no await (about 1 µs). A background task flushes every ``flush_interval`` seconds
+    and ``stop`` flushes once more. So a clean shutdown loses nothing, and a crash (kill -9,
+    OOM) loses what was recorded since the last successful flush began: one flush interval
+    while the store is healthy, everything pending (at most ``max_pending`` buckets) while it
+    is down. Buckets older than ``retention_days`` are purged at start and hourly; totals
+    are never purged.
+
+    Store failures never reach the caller: they are logged (a warning when a failure streak
+    begins, an info when the store is back) and the batch is kept for the next flush. While
+    the store stays down, at most ``max_pending`` buckets are kept; past that the oldest
+    minutes are dropped with a warning (totals are few, one per label set, and always kept).
+    """
+
+    def __init__(
+        self,
+        store: MetricsStore,
+        *,
+        flush_interval: float = 5.0,
+        retention_days: int = 30,
+        clock: Callable[[], float] = time.time,
+        max_pending: int = 20_000,
+    ) -> None:
+        self.store = store
+        self.flush_interval = flush_interval
+        self.retention_days = retention_days
+        self.max_pending = max_pending
+        self._clock = clock
+        self._buckets: dict[_Series, MinuteBucket] = {}
+        self._totals: dict[str, float] = {}
+        # One store conversation at a time, so no batch is ever in flight (neither in memory
+        # nor in the store) while history() merges the two.
+        self._lock = asyncio.Lock()
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._stopped = False
+        self._failing = False
+        self._next_purge = 0.0
+
+    def record(
+        self,
+        provider: str,
+        model: str,
+        status: int,
+        duration: float,
+        ttfb: float | None = None,
+        prompt_tokens: int = 0,
+        completion_tokens: int = 0,
+        error: bool = False,
+    ) -> None:
+        """Count one finished request in the bucket of the current minute."""
+        minute = int(self._clock()) // 60 * 60
+        series = (minute, provider, model, status)
+        bucket = self._buckets.get(series)
+        if bucket is None:
+            bucket = MinuteBucket(BucketKey(minute, provider, model, status))
+            self._buckets[series] = bucket
+        bucket.count += 1
+        if error:
+            bucket.errors += 1
+        bucket.duration_sum += duration
+        bucket.duration_counts[bisect_left(DURATION_BUCKETS, duration)] += 1
+        if ttfb is not None:
+            bucket.ttfb_sum += ttfb
+            bucket.ttfb_count += 1
+        bucket.prompt_tokens += prompt_tokens
+        bucket.completion_tokens += completion_tokens
+
+    def add_total(self, key: str, delta: float) -> None:
+        """Add ``delta`` to the cumulative counter ``key`` (persisted, restored at start)."""
+        self._totals[key] = self._totals.get(key, 0.0) + delta
+
+    async def start(self) -> None:
+        """Open the store and start the background flush (and purge) task. Idempotent."""
+        if self._task is not None:
+            return
+        self._stopped = False
+        # Fresh primitives: asyncio binds them to the loop they first wait in, and a recorder
+        # may be started again under another loop (tests, a restarted host).
+        self._lock, self._stopping = asyncio.Lock(), asyncio.Event()
+        try:
+            await self.store.open()
+        except StoreError as exc:
+            self._failed("open", exc)
+        self._task = asyncio.create_task(self._run(), name="llm_proxy_mw-history-flush")
+
+    async def stop(self) -> None:
+        """Stop the background task, flush what is pending, close the store. Idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
+        task, self._task = self._task, None
+        if task is None:
+            return
+        self._stopping.set()
+        try:
+            await task
+            if not await self.flush():
+                logger.warning(
+                    "llm_proxy_mw: metrics history lost %d unwritten buckets and %d totals "
+                    "at shutdown",
+                    len(self._buckets),
+                    len(self._totals),
+                )
+        finally:
+            await self.store.close()
+
+    async def flush(self) -> bool:
+        """Write pending buckets and totals in one batch; False (logged) if the store failed."""
+        async with self._lock:
+            if not self._buckets and not self._totals:
+                return True
+            buckets, totals = self._buckets, self._totals
+            self._buckets, self._totals = {}, {}
+            batch_totals = dict(totals)
+            for bucket in buckets.values():
+                bucket_totals(bucket, batch_totals)
+            try:
+                await self.store.add(list(buckets.values()), batch_totals)
+            except StoreError as exc:
+                self._requeue(buckets, totals)
+                self._failed("flush", exc)
+                return False
+            self._recovered()
+            return True
+
+    async def purge(self) -> int:
+        """Delete buckets older than the retention, stored and pending; totals stay."""
+        now = self._clock()
+        self._next_purge = now + _PURGE_EVERY
+        before = int(now) // 60 * 60 - self.retention_days * 86_400
+        async with self._lock:
+            for series in [s for s in self._buckets if s[0] < before]:
+                del self._buckets[series]
+            try:
+                purged = await self.store.purge(before)
+            except StoreError as exc:
+                self._failed("purge", exc)
+                return 0
+            self._recovered()
+            return purged
+
+    async def restore_totals(self) -> dict[str, float]:
+        """The cumulative totals: stored plus not yet flushed. Empty (logged) on failure."""
+        async with self._lock:
+            try:
+                totals = await self.store.totals()
+            except StoreError as exc:
+                self._failed("restore totals", exc)
+                totals = {}
+            for key, delta in self._totals.items():
+                totals[key] = totals.get(key, 0.0) + delta
+            for bucket in self._buckets.values():
+                bucket_totals(bucket, totals)
+            return totals
+
+    async def history(self, since_minute: int, until_minute: int) -> list[MinuteBucket]:
+        """Buckets with minute in ``[since_minute, until_minute)``, pending ones merged in.
+
+        If the store fails, this logs and returns only what is still in memory.
+        """
+        async with self._lock:
+            try:
+                stored = await self.store.buckets(since_minute, until_minute)
+            except StoreError as exc:
+                self._failed("history query", exc)
+                stored = []
+            merged = {bucket.key: bucket for bucket in stored}
+            for (minute, *_), pending in self._buckets.items():
+                if since_minute <= minute < until_minute:
+                    target = merged.get(pending.key)
+                    if target is None:
+                        target = merged[pending.key] = MinuteBucket(pending.key)
+                    target.merge(pending)
+        return sorted(merged.values(), key=_order)
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                if self._clock() >= self._next_purge:
+                    await self.purge()
+                try:
+                    await asyncio.wait_for(self._stopping.wait(), self.flush_interval)
+                    return
+                except TimeoutError:
+                    pass
+                await self.flush()
+            except Exception:  # a bug in one round must not stop history for the whole run
+                logger.exception("llm_proxy_mw: metrics history flush failed unexpectedly")
+
+    def _requeue(self, buckets: dict[_Series, MinuteBucket], totals: dict[str, float]) -> None:
+        """Put a failed batch back, merging what was recorded meanwhile, within the bound."""
+        for series, bucket in self._buckets.items():
+            if series in buckets:
+                buckets[series].merge(bucket)
+            else:
+                buckets[series] = bucket
+        for key, delta in self._totals.items():
+            totals[key] = totals.get(key, 0.0) + delta
+        self._buckets, self._totals = buckets, totals
+        excess = len(buckets) - self.max_pending
+        if excess > 0:
+            oldest = sorted(buckets)[:excess]
+            for series in oldest:
+                del buckets[series]
+            logger.warning(
+                "llm_proxy_mw: metrics store still failing; dropped %d buckets of minutes "
+                "%d..%d to keep at most %d in memory",
+                excess,
+                oldest[0][0],
+                oldest[-1][0],
+                self.max_pending,
+            )
+
+    def _failed(self, what: str, exc: StoreError) -> None:
+        if self._failing:
+            logger.debug("llm_proxy_mw: metrics history %s failed again: %s", what, exc)
+            return
+        self._failing = True
+        logger.warning(
+            "llm_proxy_mw: metrics history %s failed, the proxy keeps serving and retries at "
+            "the next flush (%d buckets pending): %s",
+            what,
+            len(self._buckets),
+            exc,
+        )
+
+    def _recovered(self) -> None:
+        # Only writes end a failure streak: a locked SQLite file still serves reads.
+        if self._failing:
+            self._failing = False
+            logger.info("llm_proxy_mw: metrics store is reachable again")

@@ -11,7 +11,9 @@ other is ``other``), providers from config, outcomes from the closed error-code 
 
 from __future__ import annotations
 
+import json
 import time
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -32,7 +34,7 @@ from llm_proxy_mw._usage import UsageReader
 from llm_proxy_mw.context import ClientDisconnected, RequestContext, get_context
 from llm_proxy_mw.errors import ProxyError
 from llm_proxy_mw.health import HealthRegistry
-from llm_proxy_mw.history import DURATION_BUCKETS
+from llm_proxy_mw.history import DURATION_BUCKETS, HistoryRecorder, total_key
 
 __all__ = ["MetricsMiddleware", "ProxyMetrics", "exposition"]
 
@@ -80,8 +82,10 @@ class ProxyMetrics:
         *,
         models: Iterable[str] = (),
         health: HealthRegistry | None = None,
+        history: HistoryRecorder | None = None,
     ) -> None:
         self.registry = registry
+        self.history = history
         self.models = frozenset(m for m in models if m != "*")
         labels = ["provider", "model"]
         self.requests = Counter(
@@ -134,6 +138,7 @@ class ProxyMetrics:
             self.local_collectors.append(_HealthCollector(health))
             registry.register(self.local_collectors[-1])
         self._children: dict[tuple[Any, ...], Any] = {}
+        self._keys: dict[tuple[object, ...], str] = {}
 
     def model_label(self, model: str | None) -> str:
         if model is None:
@@ -147,11 +152,20 @@ class ProxyMetrics:
             child = self._children[key] = metric.labels(*labels)
         return child
 
+    def _total(self, *parts: object) -> None:
+        """Count one in a persisted total that a restart restores (see ``restore``)."""
+        assert self.history is not None
+        key = self._keys.get(parts)
+        if key is None:
+            key = self._keys[parts] = total_key(*parts)
+        self.history.add_total(key, 1.0)
+
     def observe(self, ctx: RequestContext, status: int, duration: float) -> None:
         """Record one finished request from its context."""
         provider = ctx.provider or "none"
         model = self.model_label(ctx.model)
         child = self._child
+        history = self.history
         child(self.requests, provider, model, str(status)).inc()
         child(self.duration, provider, model).observe(duration)
         if ctx.ttfb is not None:
@@ -159,14 +173,70 @@ class ProxyMetrics:
         previous = None
         for attempt in ctx.attempts:
             child(self.attempts, attempt.provider, model, attempt.outcome).inc()
+            if history is not None:
+                self._total("attempts", attempt.provider, model, attempt.outcome)
             if previous is not None:
                 child(self.retries, previous.provider, previous.outcome).inc()
+                if history is not None:
+                    self._total("retries", previous.provider, previous.outcome)
             previous = attempt
         usage = ctx.usage
         if usage.prompt_tokens:
             child(self.tokens, provider, model, "prompt").inc(usage.prompt_tokens)
         if usage.completion_tokens:
             child(self.tokens, provider, model, "completion").inc(usage.completion_tokens)
+        if history is not None:
+            history.record(
+                provider,
+                model,
+                status,
+                duration,
+                ctx.ttfb,
+                usage.prompt_tokens,
+                usage.completion_tokens,
+                status >= 400,
+            )
+            if ctx.ttfb is not None:
+                self._total("ttfb", provider, model, bisect_left(DURATION_BUCKETS, ctx.ttfb))
+                history.add_total(total_key("ttfb_sum", provider, model), ctx.ttfb)
+
+    def restore(self, totals: dict[str, float]) -> int:
+        """Continue the counters from persisted totals; returns how many were restored.
+
+        Histogram slots are restored through prometheus_client's child internals
+        (``_buckets``, ``_sum``): it has no public way to seed a histogram.
+        """
+        restored = 0
+        for key, value in totals.items():
+            try:
+                name, *labels = json.loads(key)
+            except (ValueError, TypeError):
+                continue
+            if not value or not all(isinstance(label, str | int) for label in labels):
+                continue
+            text = [str(label) for label in labels]
+            if name == "requests" and len(text) == 3:
+                self.requests.labels(*text).inc(value)
+            elif name == "tokens" and len(text) == 3:
+                self.tokens.labels(*text).inc(value)
+            elif name == "attempts" and len(text) == 3:
+                self.attempts.labels(*text).inc(value)
+            elif name == "retries" and len(text) == 2:
+                self.retries.labels(*text).inc(value)
+            elif name in ("duration", "ttfb") and len(text) == 3 and text[2].isdigit():
+                histogram = self.duration if name == "duration" else self.ttfb
+                slots = histogram.labels(*text[:2])._buckets
+                slot = int(text[2])
+                if slot >= len(slots):
+                    continue
+                slots[slot].inc(value)
+            elif name in ("duration_sum", "ttfb_sum") and len(text) == 2:
+                histogram = self.duration if name == "duration_sum" else self.ttfb
+                histogram.labels(*text)._sum.inc(value)
+            else:
+                continue
+            restored += 1
+        return restored
 
 
 def exposition(metrics: ProxyMetrics, *, multiprocess_dir: str | None = None) -> tuple[bytes, str]:

@@ -271,7 +271,7 @@ class RetryMiddleware:
         Returns whether the retry goes elsewhere.
         """
         if self.router is not None and self.router.has_alternative(
-            ctx.wire_format, ctx.model, failed, ctx.excluded
+            ctx.wire_format, ctx.model, failed, ctx.excluded, health=self.health
         ):
             ctx.excluded.add(failed)
             return True
@@ -306,12 +306,14 @@ class RetryMiddleware:
         waits: Generator[float, Any, None],
     ) -> float | None:
         """The wait before retrying a held retryable response, or ``None`` to pass it on."""
+        if not ctx.attempts:
+            return None
         failed = ctx.attempts[-1].provider
         policy = self.policy_for(failed)
-        if len(ctx.attempts) >= policy.max_attempts:
+        if len(ctx.attempts) >= policy.max_attempts or self._clock() >= deadline:
             return None
         status = response.status
-        if status == 429 and any(b"enforced_spend_limit_reached" in p for p in response.parts):
+        if status == 429 and b"enforced_spend_limit_reached" in b"".join(response.parts):
             return None
         if self._switch_or_budget(ctx, failed):
             return 0.0

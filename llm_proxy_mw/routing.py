@@ -21,7 +21,7 @@ from llm_proxy_mw.errors import (
     NotFoundError,
     ProviderUnavailableError,
 )
-from llm_proxy_mw.health import HealthRegistry
+from llm_proxy_mw.health import CircuitState, HealthRegistry
 from llm_proxy_mw.providers import Provider
 from llm_proxy_mw.wire import WireFormat, send_json
 
@@ -129,13 +129,29 @@ class Router:
         return pool[-1]
 
     def has_alternative(
-        self, wire_format: WireFormat, model: str | None, failed: str, exclude: set[str]
+        self,
+        wire_format: WireFormat,
+        model: str | None,
+        failed: str,
+        exclude: set[str],
+        *,
+        health: HealthRegistry | None = None,
     ) -> bool:
-        """Whether another deployment than ``failed`` could take the next attempt."""
+        """Whether another deployment than ``failed`` could take the next attempt.
+
+        The same deployments ``choose`` would try (``failed``'s fallbacks, the other
+        candidates, the candidates' fallbacks), minus those whose circuit is open.
+        """
         out = exclude | {failed}
-        if failed in self._by_name and self._fallbacks(failed, out):
-            return True
-        return any(p.name not in out for p in self.candidates(wire_format, model))
+        candidates = self.candidates(wire_format, model)
+        others = [p for p in candidates if p.name not in out]
+        if failed in self._by_name:
+            others += self._fallbacks(failed, out)
+        others += [f for c in candidates for f in self._fallbacks(c.name, out)]
+        return any(
+            health is None or health[p.name].current_state() is not CircuitState.OPEN
+            for p in others
+        )
 
 
 def _is_json(scope: Scope) -> bool:

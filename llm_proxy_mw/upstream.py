@@ -30,6 +30,12 @@ __all__ = ["UpstreamApp"]
 
 _HOP_BY_HOP_BYTES = frozenset(name.encode() for name in HOP_BY_HOP)
 
+#: The server in front of us sets its own ``date`` and ``server``; two of each is invalid
+#: (RFC 9110 §5.3). Our own headers from a proxy further upstream would be misleading.
+_DROPPED_RESPONSE = frozenset(
+    {b"date", b"server", b"x-request-id", b"x-llm-proxy-provider", b"x-llm-proxy-attempts"}
+)
+
 
 def response_headers(
     raw: Sequence[tuple[bytes, bytes]],
@@ -45,8 +51,10 @@ def response_headers(
             if lower == b"connection":
                 listed = connection_listed([(lower, value)])
             continue
+        if lower in _DROPPED_RESPONSE:
+            continue
         if lower == b"content-length":
-            length = int(value)
+            length = int(value) if value.isdigit() else None
         elif lower == b"content-type":
             sse = value.startswith(b"text/event-stream")
         headers.append((lower, value))
@@ -122,6 +130,10 @@ class UpstreamApp:
                     if remaining is not None:
                         remaining -= len(chunk)
                         if remaining <= 0:
+                            # Release the upstream before the last byte goes out: once the
+                            # response is complete the server reports a disconnect, which
+                            # must not interrupt a close still in progress.
+                            await response.aclose()
                             await send({"type": "http.response.body", "body": chunk})
                             return
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
@@ -131,10 +143,12 @@ class UpstreamApp:
                 if not sse:
                     raise
                 log_error(error, ctx.request_id)
+                await response.aclose()
                 await send(
                     {"type": "http.response.body", "body": error_event(error, ctx.wire_format)}
                 )
                 return
+            await response.aclose()
             await send({"type": "http.response.body", "body": b""})
         finally:
             await response.aclose()

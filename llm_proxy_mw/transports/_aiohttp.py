@@ -98,6 +98,9 @@ class AiohttpTransport:
             )
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise _convert(exc) from None
+        except (ValueError, UnicodeError):
+            # yarl and the resolver reject a malformed host or port this way.
+            raise UpstreamConnectError("The provider URL is invalid.") from None
         content = response.content
 
         async def read_chunk() -> bytes:

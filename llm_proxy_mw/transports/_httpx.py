@@ -75,14 +75,17 @@ class HttpxTransport:
         }
 
     async def send(self, request: UpstreamRequest) -> UpstreamResponse:
-        httpx_request = httpx.Request(
-            request.method,
-            request.url,
-            # Header values are latin-1 (as ASGI gives them); httpx would encode str as ASCII.
-            headers=[(n.encode("latin-1"), v.encode("latin-1")) for n, v in request.headers],
-            content=request.body,
-            extensions={"timeout": self._timeout},
-        )
+        try:
+            httpx_request = httpx.Request(
+                request.method,
+                request.url,
+                # Header values are latin-1 (as ASGI gives them); httpx would encode str as ASCII.
+                headers=[(n.encode("latin-1"), v.encode("latin-1")) for n, v in request.headers],
+                content=request.body,
+                extensions={"timeout": self._timeout},
+            )
+        except httpx.InvalidURL:
+            raise UpstreamConnectError("The provider URL is invalid.") from None
         try:
             response = await self._transport.handle_async_request(httpx_request)
         except httpx.HTTPError as exc:

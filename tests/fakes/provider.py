@@ -130,10 +130,14 @@ class StreamHold:
 
 @dataclass(frozen=True)
 class Action:
-    """How to answer one request. Defaults give the normal 200 answer.
+    """How to answer one request; the defaults give the normal 200 answer.
 
-    ``status >= 300`` without ``json_body``/``body`` sends a provider-shaped error envelope.
-    ``cut_after=N`` sends N stream events then aborts the connection (no terminating chunk).
+    * ``status >= 300`` without ``json_body``/``body``: an OpenAI- or Anthropic-shaped error
+      envelope (Anthropic for ``/v1/messages*`` or when ``anthropic-version`` was sent).
+    * ``json_body`` / ``body`` (raw bytes): replace the answer entirely, with ``status``.
+    * ``headers`` are added to any response (e.g. ``{"retry-after": "1"}``).
+    * ``cut_after=N``: send N stream events, then abort the connection mid chunked body.
+    * ``gzip``: really gzip the body (streams too, flushed per event) + ``content-encoding``.
     """
 
     status: int = 200
@@ -214,6 +218,12 @@ class FakeProvider:
 
     Per request: the next queued ``Action`` (see ``script``), else one built from ``x-fake-*``
     request headers (status, delay, event-delay, cut-after, gzip, reply), else the normal answer.
+
+    >>> provider = FakeProvider()
+    >>> with UvicornServer(provider) as srv:
+    ...     provider.script(Action(status=429, headers={"retry-after": "1"}), Action(cut_after=2))
+    ...     ...  # exercise the proxy pointed at srv.url
+    ...     assert provider.wait_for_requests(2)[0].headers["authorization"] == "Bearer x"
     """
 
     def __init__(self, *, reply_prefix: str = "fake reply to: ", chunks: int = 5) -> None:

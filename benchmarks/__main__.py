@@ -1,0 +1,78 @@
+"""``python -m benchmarks [micro|e2e] [--quick]``: print the project's performance tables.
+
+Without a target both run (about 2-3 minutes on the 2-core box); ``--quick`` is a smoke test
+of a few seconds each, for checking that everything works, not for figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+
+from benchmarks import e2e, micro
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("target", nargs="?", choices=("all", "micro", "e2e"), default="all")
+    parser.add_argument("--quick", action="store_true", help="smoke test, seconds not minutes")
+    parser.add_argument(
+        "--load",
+        choices=("auto", "wrk", "python"),
+        default="auto",
+        help="e2e load generator: wrk when installed (auto), or the Python one",
+    )
+    parser.add_argument(
+        "--pool-max",
+        type=int,
+        default=None,
+        metavar="N",
+        help="e2e: set the provider's pool max_connections (default: the config's default)",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="add profiles: cProfile of the full stack (micro), py-spy under load (e2e)",
+    )
+    args = parser.parse_args(argv)
+    started = time.monotonic()
+    print(
+        f"# llm_proxy_mw benchmarks{' (--quick: smoke test, not figures)' if args.quick else ''}"
+        f"\n\nPython {platform.python_version()}, {platform.machine()}, "
+        f"{len(os.sched_getaffinity(0))} CPUs available.\n",
+        flush=True,
+    )
+    busy = _load_average()
+    if busy > 0.5:
+        print(
+            f"**Warning**: load average {busy:.2f} before the run: other processes compete for "
+            "the CPUs, so figures will be noisy (see the run-conditions table).\n",
+            flush=True,
+        )
+    try:
+        if args.target in ("all", "micro"):
+            print(micro.main(quick=args.quick, profile=args.profile) + "\n", flush=True)
+        if args.target in ("all", "e2e"):
+            text = e2e.main(
+                quick=args.quick, load=args.load, pool_max=args.pool_max, profile=args.profile
+            )
+            print(text + "\n", flush=True)
+    except KeyboardInterrupt:
+        print("interrupted; every process this run started was stopped", file=sys.stderr)
+        return 130
+    print(f"_took {time.monotonic() - started:.0f} s_")
+    return 0
+
+
+def _load_average() -> float:
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return 0.0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
