@@ -18,7 +18,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from llm_proxy_mw.auth import ApiKeyAuthenticator, AuthMiddleware
+from llm_proxy_mw.auth import AuthMiddleware
+from llm_proxy_mw.auth._setup import AuthSetup, build_auth
 from llm_proxy_mw.config import ProxyConfig, load_config, parse_config
 from llm_proxy_mw.context import RequestContextMiddleware, get_context
 from llm_proxy_mw.dashboard import DashboardApp
@@ -60,6 +61,7 @@ class LLMProxy:
         multiprocess_dir: str | None = None,
         history: HistoryRecorder | None = None,
         dashboard: DashboardApp | None = None,
+        auth_setup: AuthSetup | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.health = health
@@ -70,6 +72,7 @@ class LLMProxy:
         self.config = config
         self.history = history
         self.dashboard = dashboard
+        self.auth_setup = auth_setup
         self._lifespan_entered = False
         self._warned = False
         self._lazy_start: asyncio.Task[None] | None = None
@@ -109,6 +112,11 @@ class LLMProxy:
                 }
             )
             await send({"type": "http.response.body", "body": body})
+        elif (
+            self.auth_setup is not None
+            and (endpoint := self.auth_setup.endpoint_for(path)) is not None
+        ):
+            await endpoint(scope, receive, send)
         elif self.dashboard is not None and path in DashboardApp.paths:
             await self._require_admin(scope, self.config.metrics.public)
             await self.dashboard(scope, receive, send)
@@ -152,7 +160,10 @@ class LLMProxy:
             await self.aclose()
 
     async def startup(self) -> None:
-        """Open the metrics history and restore the counters from it."""
+        """Start auth's stores and refreshers, open the metrics history, restore counters."""
+        if self.auth_setup is not None:
+            for lifecycle in self.auth_setup.lifecycles:
+                await lifecycle.start()
         if self.history is None:
             return
         await self.history.start()
@@ -166,6 +177,9 @@ class LLMProxy:
             await self._lazy_start
         if self.history is not None:
             await self.history.stop()
+        if self.auth_setup is not None:
+            for lifecycle in reversed(self.auth_setup.lifecycles):
+                await lifecycle.stop()
         for provider in self.providers:
             await provider.transport.aclose()
 
@@ -219,9 +233,10 @@ def build_proxy(
         max_body_bytes=limit,
     )
     auth = None
+    auth_setup = None
     if config.auth is not None:
-        authenticators = [ApiKeyAuthenticator(config.auth.api_keys)]
-        pipeline = auth = AuthMiddleware(pipeline, authenticators=authenticators)
+        auth_setup = build_auth(config.auth, store_url=config.store.url)
+        pipeline = auth = AuthMiddleware(pipeline, authenticators=auth_setup.authenticators)
     else:
         logger.warning(
             "llm_proxy_mw: no [auth] configured: the proxy is open to anyone who can reach it."
@@ -244,4 +259,5 @@ def build_proxy(
         multiprocess_dir=os.environ.get("PROMETHEUS_MULTIPROC_DIR"),
         history=history,
         dashboard=DashboardApp(history, health=health),
+        auth_setup=auth_setup,
     )

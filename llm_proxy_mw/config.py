@@ -29,18 +29,23 @@ __all__ = [
     "ApiKeyConfig",
     "AuthConfig",
     "ConfigError",
+    "JwtIssuerConfig",
     "MetricsConfig",
+    "OAuthConfig",
     "PoolConfig",
     "ProviderConfig",
+    "ProviderOAuthConfig",
     "ProxyConfig",
     "RetryConfig",
     "StoreConfig",
     "TimeoutConfig",
+    "TokensConfig",
     "load_config",
     "parse_config",
 ]
 
 ProviderKind = Literal["openai", "anthropic", "echo"]
+JwsAlgorithm = Literal["RS256", "PS256", "ES256", "EdDSA"]
 
 DEFAULT_BASE_URLS: dict[str, str] = {
     "openai": "https://api.openai.com/v1",
@@ -101,6 +106,7 @@ class ProviderConfig(_Model):
     pool: PoolConfig = Field(default_factory=PoolConfig)
     timeout: TimeoutConfig = Field(default_factory=TimeoutConfig)
     retry: RetryConfig = Field(default_factory=RetryConfig)
+    oauth: ProviderOAuthConfig | None = None
 
     @field_validator("base_url")
     @classmethod
@@ -160,8 +166,64 @@ class ApiKeyConfig(_Model):
         return self
 
 
+class TokensConfig(_Model):
+    """Proxy-issued JWT access tokens and their refresh tokens."""
+
+    issuer: str = Field("llm_proxy_mw", min_length=1)
+    audience: str = Field("llm_proxy_mw", min_length=1)
+    algorithm: Literal["EdDSA", "ES256"] = "EdDSA"
+    access_ttl_seconds: int = Field(900, ge=30, le=86_400)
+    refresh_ttl_seconds: int = Field(30 * 86_400, ge=60)
+    max_ttl_seconds: int = Field(86_400, ge=60)
+    leeway_seconds: int = Field(30, ge=0, le=300)
+    #: A private JWK (JSON) to sign with; without it a key is generated once and kept in
+    #: the store, so every replica sharing the store signs and verifies with the same key.
+    signing_key: SecretStr | None = None
+
+
+class JwtIssuerConfig(_Model):
+    """An external identity provider whose access tokens the proxy accepts."""
+
+    issuer: str = Field(min_length=1)
+    audience: str = Field(min_length=1)
+    jwks_url: str = Field(pattern=r"^https?://")
+    algorithms: list[JwsAlgorithm] = Field(
+        default_factory=lambda: list[JwsAlgorithm](["RS256", "ES256"]), min_length=1
+    )
+    name_claim: str = "sub"
+    admin_subjects: list[str] = Field(default_factory=list)
+    required_scopes: list[str] = Field(default_factory=list)
+
+
+class OAuthConfig(_Model):
+    """A login identity provider: a preset (``github``, ``google``, ``auth0``) or any OIDC
+    issuer through ``server_metadata_url``. The preset defaults to the section's name."""
+
+    preset: Literal["github", "google", "auth0", "oidc"] | None = None
+    client_id: str = Field(min_length=1)
+    client_secret: SecretStr
+    server_metadata_url: str | None = Field(None, pattern=r"^https?://")
+    domain: str | None = None
+    scope: str | None = None
+    redirect_uri: str | None = Field(None, pattern=r"^https?://")
+    allowed_users: list[str] = Field(default_factory=list)
+    allowed_domains: list[str] = Field(default_factory=list)
+    allowed_orgs: list[str] = Field(default_factory=list)
+    admin_users: list[str] = Field(default_factory=list)
+
+
 class AuthConfig(_Model):
-    api_keys: list[ApiKeyConfig] = Field(min_length=1)
+    """Who may call the proxy. Every section is optional; with none at all, no one can."""
+
+    api_keys: list[ApiKeyConfig] = Field(default_factory=list)
+    tokens: TokensConfig = Field(default_factory=TokensConfig)
+    jwt_issuers: dict[str, JwtIssuerConfig] = Field(default_factory=dict)
+    oauth: dict[str, OAuthConfig] = Field(default_factory=dict)
+    #: Signs the browser session cookie of the OAuth login; required with ``oauth``.
+    session_secret: SecretStr | None = None
+    session_ttl_seconds: int = Field(8 * 3600, ge=60)
+    #: Honour ``x-forwarded-proto`` / ``x-forwarded-host`` when deriving redirect URIs.
+    trust_proxy_headers: bool = False
 
     @field_validator("api_keys")
     @classmethod
@@ -170,6 +232,29 @@ class AuthConfig(_Model):
         if len(set(names)) != len(names):
             raise ValueError("api key names must be unique")
         return value
+
+    @model_validator(mode="after")
+    def _session_secret_for_oauth(self) -> AuthConfig:
+        if self.oauth:
+            secret = self.session_secret.get_secret_value() if self.session_secret else ""
+            if len(secret) < 32:
+                raise ValueError("oauth login needs a session_secret of at least 32 characters")
+        for name, idp in self.oauth.items():
+            preset = idp.preset or (name if name in ("github", "google", "auth0") else "oidc")
+            if preset == "oidc" and idp.server_metadata_url is None:
+                raise ValueError(f"oauth.{name}: an OIDC issuer needs server_metadata_url")
+            if preset == "auth0" and idp.domain is None and idp.server_metadata_url is None:
+                raise ValueError(f"oauth.{name}: auth0 needs domain (or server_metadata_url)")
+        return self
+
+
+class ProviderOAuthConfig(_Model):
+    """OAuth2 client credentials a provider authenticates with (e.g. Azure OpenAI, Entra ID)."""
+
+    token_url: str = Field(pattern=r"^https?://")
+    client_id: str = Field(min_length=1)
+    client_secret: SecretStr
+    scope: str | None = None
 
 
 class StoreConfig(_Model):

@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 
+from starlette.types import Scope
+
 from llm_proxy_mw.auth._principal import Principal
 from llm_proxy_mw.config import ApiKeyConfig
 
@@ -29,5 +31,7 @@ class ApiKeyAuthenticator:
                 digest = bytes.fromhex(key.key_sha256)
             self._by_digest[digest] = Principal(name=key.name, kind="api_key", admin=key.admin)
 
-    async def authenticate(self, secret: str) -> Principal | None:
+    async def authenticate(self, scope: Scope, secret: str | None) -> Principal | None:
+        if secret is None:
+            return None
         return self._by_digest.get(hashlib.sha256(secret.encode()).digest())

@@ -23,7 +23,13 @@ MAX_CREDENTIAL_BYTES = 8192
 
 
 class Authenticator(Protocol):
-    async def authenticate(self, secret: str) -> Principal | None: ...
+    """Resolves a request to a principal, or ``None`` when its credentials are not its kind.
+
+    ``secret`` is the presented bearer token or ``x-api-key`` (``None`` when there is none);
+    cookie-based authenticators read the scope instead.
+    """
+
+    async def authenticate(self, scope: Scope, secret: str | None) -> Principal | None: ...
 
 
 def presented_secret(scope: Scope) -> str | None:
@@ -61,9 +67,9 @@ class AuthMiddleware:
 
     async def authenticate(self, scope: Scope) -> Principal:
         secret = presented_secret(scope)
-        if secret is not None and len(secret) <= MAX_CREDENTIAL_BYTES:
+        if secret is None or len(secret) <= MAX_CREDENTIAL_BYTES:
             for authenticator in self.authenticators:
-                principal = await authenticator.authenticate(secret)
+                principal = await authenticator.authenticate(scope, secret)
                 if principal is not None:
                     return principal
         raise AuthenticationError("Invalid or missing credentials.", headers=dict(self._challenge))
