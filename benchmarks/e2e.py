@@ -15,6 +15,7 @@ import os
 import resource
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -63,15 +64,15 @@ class Scenario:
 SCENARIO_ORDER = ("ns32", "st32", "ns1", "delay256")
 
 
-def scenarios(quick: bool) -> list[Scenario]:
-    """Issue 6's four loads; ``quick`` only checks that everything works."""
-    warm, long, short = (1.0, 2.0, 2.0) if quick else (2.0, 10.0, 8.0)
+def scenarios(quick: bool) -> tuple[list[Scenario], int]:
+    """Issue 6's four loads and the number of rounds; ``quick`` only checks that it works."""
+    warm, long, short = (1.0, 2.0, 2.0) if quick else (1.0, 6.0, 5.0)
     return [
         Scenario("ns32", "c32 JSON", 32, long, warm),
         Scenario("st32", "c32 SSE", 32, long, warm, stream=True),
         Scenario("ns1", "c1 JSON", 1, short, warm),
         Scenario("delay256", "c256 100 ms provider", 256, short, warm, model="bench-delay"),
-    ]
+    ], (1 if quick else 3)
 
 
 @dataclass(slots=True)
@@ -95,8 +96,9 @@ class Load:
 
 @dataclass(frozen=True, slots=True)
 class Contender:
+    """A proxy to serve under uvicorn: its import string, URL prefix and environment."""
+
     key: str
-    label: str
     app: str
     prefix: str
     env: dict[str, str]
@@ -107,7 +109,9 @@ class Outcome:
     startup_s: float | None = None
     idle_rss_mb: float | None = None
     peak_rss_mb: float | None = None
+    #: The median over rounds of each load; every round's own figures.
     loads: dict[str, Load] = field(default_factory=dict)
+    rounds: dict[str, list[Load]] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
     #: Per profiled load: py-spy's tables, package shares, and CPU µs/request meanwhile.
     profiles: dict[str, tuple[str, dict[str, float], float | None]] = field(default_factory=dict)
@@ -195,6 +199,7 @@ class _Run:
         self.py_spy = _pyspy.find() if profile else None
         self.proxy_cpu, self.load_cpu = pins
         self.provider_pid = 0
+        self.outcomes: dict[str, Outcome] = {}
 
     def load(self, port: int, path: str, sc: Scenario, duration: float) -> Load:
         if self.tool == "wrk":
@@ -313,8 +318,8 @@ class _Run:
         self.provider_pid = proc.pid
         return int(line)
 
-    def measure(self, contender: Contender, runs: list[Scenario]) -> Outcome:
-        outcome = Outcome()
+    def start(self, contender: Contender, outcome: Outcome) -> _Served | None:
+        """Serve one proxy; ``None`` (and a problem noted) if it never answers."""
         port = free_port()
         argv = [sys.executable, "-m", "uvicorn", contender.app, "--host", HOST]
         argv += ["--port", str(port), "--loop", "uvloop", "--http", "httptools"]
@@ -324,26 +329,82 @@ class _Run:
         proc = self.procs.start(
             contender.key, argv, cpu=self.proxy_cpu, env=contender.env, cwd=ROOT
         )
+        if not wait_ready(proc, port, path, timeout=60):
+            tail = self.procs.log_tail(contender.key)
+            outcome.problems.append(f"did not become ready:\n```\n{tail}\n```")
+            self.procs.stop(proc)
+            return None
+        outcome.startup_s = time.perf_counter() - started
+        outcome.problems += check_bodies(port, path)
+        outcome.idle_rss_mb = rss_mb(proc.pid)
+        return _Served(contender.key, proc, port, path, outcome)
+
+    def measure(self, contenders: list[Contender], runs: list[Scenario], rounds: int) -> None:
+        """Both proxies stay up (the idle one costs nothing); each load runs on one, then
+        straight away on the other, round after round, so that both meet the same machine."""
+        served = []
+        for contender in contenders:
+            outcome = Outcome()
+            self.outcomes[contender.key] = outcome
+            one = self.start(contender, outcome)
+            if one is not None:
+                served.append(one)
         try:
-            if not wait_ready(proc, port, path, timeout=60):
-                tail = self.procs.log_tail(contender.key)
-                outcome.problems.append(f"did not become ready:\n```\n{tail}\n```")
-                return outcome
-            outcome.startup_s = time.perf_counter() - started
-            outcome.problems += check_bodies(port, path)
-            outcome.idle_rss_mb = rss_mb(proc.pid)
-            for sc in runs:
-                self.load(port, path, sc, sc.warmup)
-                outcome.loads[sc.key] = load = self._window(proc.pid, port, path, sc)
-                _progress(f"{contender.key} {sc.key}", load)
-            outcome.peak_rss_mb = peak_rss_mb(proc.pid)
+            for n in range(rounds):
+                for sc in runs:
+                    # Alternate who goes first, so neither always follows the other's load.
+                    for one in served if n % 2 == 0 else served[::-1]:
+                        self.load(one.port, one.path, sc, sc.warmup)
+                        load = self._window(one.proc.pid, one.port, one.path, sc)
+                        one.outcome.rounds.setdefault(sc.key, []).append(load)
+                        _progress(f"round {n + 1} {one.key} {sc.key}", load)
+            for one in served:
+                one.outcome.peak_rss_mb = peak_rss_mb(one.proc.pid)
+                one.outcome.loads = {k: _median(v) for k, v in one.outcome.rounds.items()}
             if self.py_spy:
                 for sc in runs:
                     if sc.key in ("ns32", "st32", "delay256"):
-                        outcome.profiles[sc.key] = self._profile(proc.pid, port, path, sc)
+                        for one in served:
+                            profile = self._profile(one.proc.pid, one.port, one.path, sc)
+                            one.outcome.profiles[sc.key] = profile
         finally:
-            self.procs.stop(proc)
-        return outcome
+            for one in served:
+                self.procs.stop(one.proc)
+
+
+@dataclass(frozen=True, slots=True)
+class _Served:
+    key: str
+    proc: subprocess.Popen[bytes]
+    port: int
+    path: str
+    outcome: Outcome
+
+
+def _median(loads: list[Load]) -> Load:
+    """Per figure, the median over rounds; errors add up; run conditions keep the worst."""
+
+    def med(values: list[float | None]) -> float | None:
+        present = [v for v in values if v is not None]
+        return statistics.median(present) if present else None
+
+    def worst(values: list[float | None]) -> float | None:
+        present = [v for v in values if v is not None]
+        return max(present) if present else None
+
+    return Load(
+        requests=sum(x.requests for x in loads),
+        errors=sum(x.errors for x in loads),
+        rps=statistics.median(x.rps for x in loads),
+        p50_ms=med([x.p50_ms for x in loads]),
+        p99_ms=med([x.p99_ms for x in loads]),
+        ttfb_p50_ms=med([x.ttfb_p50_ms for x in loads]),
+        detail="; ".join(x.detail for x in loads if x.detail),
+        cpu_us=med([x.cpu_us for x in loads]),
+        others_pct=worst([x.others_pct for x in loads]),
+        load_pct=worst([x.load_pct for x in loads]),
+        load_others_pct=worst([x.load_others_pct for x in loads]),
+    )
 
 
 def _progress(what: str, load: Load) -> None:
@@ -502,13 +563,8 @@ def _by_package(
     return table(["package of the running frame", "floor µs/req", "ours µs/req", "Δ µs"], rows)
 
 
-def report(
-    floor: Outcome,
-    ours: Outcome,
-    direct: Load | None,
-    header: str,
-) -> str:
-    python_load = "loadgen" in header
+def report(floor: Outcome, ours: Outcome, direct: Load | None, header: str, tool: str) -> str:
+    python_load = tool == "python"
     rows = []
     for metric in _metrics(direct, python_load):
         a, b = metric.value(floor), metric.value(ours)
@@ -559,7 +615,7 @@ def main(
 ) -> str:
     """Run the end-to-end comparison and return its markdown report."""
     tool = choose_tool(load)
-    runs = scenarios(quick)
+    runs, rounds = scenarios(quick)
     # The orchestrator sleeps while loads run; it stays off the proxies' CPU.
     proxy_cpu, load_cpu, cpu_note = cpus()
     original = os.sched_getaffinity(0)
@@ -577,14 +633,12 @@ def main(
             contenders = [
                 Contender(
                     "floor",
-                    "floor",
                     "benchmarks.floor_aiohttp:app",
                     "",
                     base | {"UPSTREAM": f"http://{HOST}:{provider_port}"},
                 ),
                 Contender(
                     "ours",
-                    "llm_proxy_mw",
                     "examples.app:app",
                     "/llm",
                     base | {"LLM_PROXY_CONFIG": str(config)},
@@ -594,18 +648,19 @@ def main(
             run.load(provider_port, CHAT_PATH, ns1, ns1.warmup)
             direct = run.load(provider_port, CHAT_PATH, ns1, ns1.duration)
             _progress("direct ns1", direct)
-            floor = run.measure(contenders[0], runs)
-            ours = run.measure(contenders[1], runs)
+            run.measure(contenders, runs, rounds)
+            floor, ours = run.outcomes["floor"], run.outcomes["ours"]
     finally:
         os.sched_setaffinity(0, original)
     load_text = "wrk 1 thread" if tool == "wrk" else "benchmarks.loadgen (Python, httptools)"
     durations = ", ".join(f"{sc.key} {sc.duration:g} s" for sc in runs)
     header = (
         f"Proxies: uvicorn, uvloop, httptools, 1 worker, pinned to CPU {proxy_cpu}. Load: "
-        f"{load_text} and the fake provider, pinned to CPU {load_cpu}. Runs after a "
-        f"{runs[0].warmup:g} s warm-up: {durations}. Pool: "
+        f"{load_text} and the fake provider, pinned to CPU {load_cpu}. {rounds} round(s), "
+        f"floor and ours back to back for each load, each after a {runs[0].warmup:g} s "
+        f"warm-up: {durations}; medians over rounds. Pool: "
         + (f"max_connections = {pool_max}" if pool_max else "config defaults")
         + ". CPU µs = the proxy's utime+stime over the window ÷ completed requests."
         + (f" ({cpu_note})" if cpu_note else "")
     )
-    return report(floor, ours, direct, header)
+    return report(floor, ours, direct, header, tool)

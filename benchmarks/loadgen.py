@@ -70,12 +70,11 @@ class _Connection(asyncio.Protocol):
         self._first = 0.0
         self._status = 0
         self._tail = b""
-        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._retired = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, only look alike.
         self._transport = cast(asyncio.Transport, transport)
-        self.ready.set_result(None)
 
     def next_request(self) -> None:
         run = self._run
@@ -134,7 +133,7 @@ class _Connection(asyncio.Protocol):
         if self._transport is not None:
             self._transport.close()
             self._transport = None
-        if not getattr(self, "_retired", False):
+        if not self._retired:
             self._retired = True
             self._run.retire()
 

@@ -468,7 +468,7 @@ def report(rows: list[Row], skipped: list[str], rounds: int) -> str:
     out = []
     for row in rows:
         note = row.note
-        if row.label.endswith("SSE (100 chunks)") and row.median_us is not None:
+        if row.label.endswith(f"SSE ({N_STREAM_CHUNKS} chunks)") and row.median_us is not None:
             json_row = by_label.get(row.label.replace(f"SSE ({N_STREAM_CHUNKS} chunks)", "JSON"))
             if json_row and json_row.median_us is not None:
                 per_chunk = (row.median_us - json_row.median_us) / (N_STREAM_CHUNKS - 1)

@@ -62,6 +62,9 @@ class cancel_on_disconnect:  # noqa: N801 - used as a context manager, reads lik
         self._ctx.watching_disconnect = False
         assert self._watcher is not None
         self._watcher.cancel()
+        # The cancelled task's traceback refers back to this object through _watch's frame:
+        # drop our side of that cycle so the request is freed at once, not by the collector.
+        self._watcher = None
         if self._disconnected:
             self._task.uncancel()
             raise ClientDisconnected from None

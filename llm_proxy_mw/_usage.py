@@ -3,10 +3,11 @@
 OpenAI JSON and its final stream chunk carry ``prompt_tokens`` / ``completion_tokens``;
 Anthropic's JSON, ``message_start`` and ``message_delta`` carry ``input_tokens`` /
 ``output_tokens`` (the latter cumulative). Both put usage at the end of a JSON body, so a
-JSON body keeps only a short rolling tail; an SSE stream is searched chunk by chunk, with
-the previous chunk's tail prepended so an event split across reads is still found. The
-latest value wins, so a number seen twice is not counted twice. Compressed bodies are not
-decoded here: their usage is not counted.
+JSON body keeps only a short rolling tail. A stream chunk costs one substring search: the
+regexes run only on the few bytes around a ``_tokens"`` key, and a key or number split
+across two reads is found by carrying the last bytes over. The latest value wins, so a
+number seen twice is not counted twice. Compressed bodies are not decoded here: their usage
+is not counted.
 """
 
 from __future__ import annotations
@@ -17,8 +18,12 @@ __all__ = ["UsageReader"]
 
 _PROMPT = re.compile(rb'"(?:prompt_tokens|input_tokens)"\s*:\s*(\d+)')
 _COMPLETION = re.compile(rb'"(?:completion_tokens|output_tokens)"\s*:\s*(\d+)')
+_KEY = b'_tokens"'
 _TAIL = 4096
-_OVERLAP = 128
+#: The name before a ``_tokens"`` marker, and what a cut event carries into the next read
+#: (enough for ``"completion_tokens": 1234567``).
+_BEFORE = 16
+_CARRY = 64
 
 
 class UsageReader:
@@ -36,16 +41,22 @@ class UsageReader:
     def feed(self, chunk: bytes) -> None:
         if not self.enabled or not chunk:
             return
-        if self.sse:
-            window = self._tail + chunk if self._tail else chunk
-            if b'_tokens"' in window:
-                self._scan(window)
-            self._tail = chunk[-_OVERLAP:]
-        else:
+        if not self.sse:
             if len(chunk) >= _TAIL:
                 self._tail = chunk[-_TAIL:]
             else:
                 self._tail = (self._tail + chunk)[-_TAIL:]
+            return
+        window = self._tail + chunk if self._tail else chunk
+        first = window.find(_KEY)
+        if first >= 0:
+            self._scan(window[max(0, first - _BEFORE) :])
+        # Providers flush whole events, so a read usually ends one and nothing is carried.
+        # A read that stops mid-event may have cut a key or its number: carry its end over.
+        if chunk.endswith((b"\n\n", b"\r\n\r\n")):
+            self._tail = b""
+        else:
+            self._tail = window[-_CARRY:]
 
     def finish(self) -> None:
         """Scan what a JSON body left in its tail."""

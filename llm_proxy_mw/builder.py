@@ -76,6 +76,7 @@ class LLMProxy:
         self._lifespan_entered = False
         self._warned = False
         self._lazy_start: asyncio.Task[None] | None = None
+        self._restored = False
         self._app = RequestContextMiddleware(self._dispatch)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -167,9 +168,13 @@ class LLMProxy:
         if self.history is None:
             return
         await self.history.start()
-        if self.metrics is not None and not self.multiprocess_dir:
-            # Under multiprocess mode every worker would add the same totals again.
-            self.metrics.restore(await self.history.restore_totals())
+        if self.metrics is not None and not self.multiprocess_dir and not self._restored:
+            # Under multiprocess mode every worker would add the same totals again. Once per
+            # process: a lifespan entered again finds its counters already continued, and
+            # what this process counted (pending, or flushed by an earlier lifespan) is in
+            # them already, so only the stored totals found at the first start are added.
+            self._restored = True
+            self.metrics.restore(await self.history.restore_totals(pending=False))
 
     async def aclose(self) -> None:
         """Flush the metrics history and close every provider's connection pool."""
@@ -182,6 +187,8 @@ class LLMProxy:
                 await lifecycle.stop()
         for provider in self.providers:
             await provider.transport.aclose()
+            if provider.credential_source is not None:
+                await provider.credential_source.aclose()
 
     async def _serve_lifespan(self, receive: Receive, send: Send) -> None:
         message = await receive()
@@ -243,7 +250,9 @@ def build_proxy(
         )
     models = [m for p in config.providers.values() for m in p.models]
     history = HistoryRecorder(
-        open_metrics_store(config.store.url), retention_days=config.metrics.retention_days
+        open_metrics_store(config.store.url),
+        flush_interval=config.metrics.flush_interval_seconds,
+        retention_days=config.metrics.retention_days,
     )
     metrics = ProxyMetrics(
         registry or CollectorRegistry(), models=models, health=health, history=history

@@ -68,7 +68,9 @@ class _Model(BaseModel):
 class PoolConfig(_Model):
     """Connection pool of one provider."""
 
-    max_connections: int = Field(100, ge=1)
+    #: LLM calls last seconds, so a gateway holds many at once: 100 (aiohttp's default)
+    #: would cap a 100 ms provider at 1,000 requests/s.
+    max_connections: int = Field(1000, ge=1)
     max_keepalive_connections: int = Field(20, ge=0)
     keepalive_expiry: float = Field(5.0, gt=0)
 
@@ -264,6 +266,7 @@ class StoreConfig(_Model):
 class MetricsConfig(_Model):
     retention_days: int = Field(30, ge=1)
     public: bool = False
+    flush_interval_seconds: float = Field(5.0, gt=0)
 
 
 class ProxyConfig(_Model):

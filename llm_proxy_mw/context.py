@@ -99,7 +99,9 @@ def _parse_object(body: bytes) -> dict[str, Any] | None:
     if not body.strip():
         return None
     try:
-        parsed = json.loads(body)
+        # Strict UTF-8 (RFC 8259 §8.1): ``json.loads(bytes)`` would also take UTF-16 and
+        # UTF-32, and let UTF-8-encoded surrogates through ("surrogatepass").
+        parsed = json.loads(body.decode("utf-8-sig"))
     except UnicodeDecodeError:
         raise InvalidRequestError("The request body is not valid UTF-8.") from None
     except json.JSONDecodeError as exc:

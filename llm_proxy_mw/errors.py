@@ -3,7 +3,8 @@
 Every failure the proxy itself produces is one of these classes. Each knows its HTTP
 ``status_code`` and a machine ``code``; the codes form the closed set that metrics use as the
 ``outcome`` label. Third-party exceptions (aiohttp, httpx) are converted at exactly one
-boundary each, in ``llm_proxy_mw.transports``; nothing above that sees them.
+boundary each, in ``llm_proxy_mw.transports`` (and, for a provider's OAuth2 token endpoint,
+in the token source of ``llm_proxy_mw.auth``); nothing above that sees them.
 
     ProxyError
     ├── ClientRequestError                 4xx: the caller's request is at fault
@@ -14,6 +15,7 @@ boundary each, in ``llm_proxy_mw.transports``; nothing above that sees them.
     │   │   └── ModelNotFoundError         404 model_not_found
     │   └── RequestTooLargeError           413 request_too_large
     └── UpstreamError                      5xx: the provider could not be reached or failed
+        ├── UpstreamAuthError              502 upstream_auth_error (no OAuth token for it)
         ├── UpstreamConnectError           502 connect_error
         ├── UpstreamProtocolError          502 protocol_error (reset, truncated, malformed)
         ├── UpstreamTimeout                504 timeout
@@ -38,6 +40,7 @@ __all__ = [
     "ProviderUnavailableError",
     "ProxyError",
     "RequestTooLargeError",
+    "UpstreamAuthError",
     "UpstreamConnectError",
     "UpstreamConnectTimeout",
     "UpstreamError",
@@ -124,6 +127,12 @@ class UpstreamError(ProxyError):
 
     status_code = 502
     code = "upstream_error"
+
+
+class UpstreamAuthError(UpstreamError):
+    """The proxy could not obtain its own credentials for the provider (OAuth2 token)."""
+
+    code = "upstream_auth_error"
 
 
 class UpstreamConnectError(UpstreamError):

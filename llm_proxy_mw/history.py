@@ -284,7 +284,8 @@ class HistoryRecorder:
         before = int(now) // 60 * 60 - self.retention_days * 86_400
         async with self._lock:
             for series in [s for s in self._buckets if s[0] < before]:
-                del self._buckets[series]
+                # Never written: keep what it adds to the totals, which are never purged.
+                bucket_totals(self._buckets.pop(series), self._totals)
             try:
                 purged = await self.store.purge(before)
             except StoreError as exc:
@@ -293,14 +294,21 @@ class HistoryRecorder:
             self._recovered()
             return purged
 
-    async def restore_totals(self) -> dict[str, float]:
-        """The cumulative totals: stored plus not yet flushed. Empty (logged) on failure."""
+    async def restore_totals(self, *, pending: bool = True) -> dict[str, float]:
+        """The cumulative totals: stored plus (unless ``pending=False``) not yet flushed.
+
+        Empty (logged) on failure. Counters restored at start take only the stored ones:
+        what is pending was counted by this process already (a request served before a lazy
+        start finished).
+        """
         async with self._lock:
             try:
                 totals = await self.store.totals()
             except StoreError as exc:
                 self._failed("restore totals", exc)
                 totals = {}
+            if not pending:
+                return totals
             for key, delta in self._totals.items():
                 totals[key] = totals.get(key, 0.0) + delta
             for bucket in self._buckets.values():
@@ -355,7 +363,7 @@ class HistoryRecorder:
         if excess > 0:
             oldest = sorted(buckets)[:excess]
             for series in oldest:
-                del buckets[series]
+                bucket_totals(buckets.pop(series), totals)  # the totals are always kept
             logger.warning(
                 "llm_proxy_mw: metrics store still failing; dropped %d buckets of minutes "
                 "%d..%d to keep at most %d in memory",

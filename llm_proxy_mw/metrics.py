@@ -31,7 +31,7 @@ from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llm_proxy_mw._usage import UsageReader
-from llm_proxy_mw.context import ClientDisconnected, RequestContext, get_context
+from llm_proxy_mw.context import Attempt, ClientDisconnected, RequestContext, get_context
 from llm_proxy_mw.errors import ProxyError
 from llm_proxy_mw.health import HealthRegistry
 from llm_proxy_mw.history import DURATION_BUCKETS, HistoryRecorder, total_key
@@ -71,6 +71,31 @@ class _HealthCollector(Collector):
         yield ratio
         yield circuit
         yield budget
+
+
+class _Series:
+    """The label children of one (provider, model), bound once: a request then costs a few
+    attribute reads instead of ``labels()`` lookups."""
+
+    __slots__ = (
+        "requests",
+        "attempts",
+        "duration",
+        "ttfb",
+        "prompt_tokens",
+        "completion_tokens",
+        "ttfb_sum_key",
+    )
+
+    def __init__(self, metrics: ProxyMetrics, provider: str, model: str) -> None:
+        self.requests: dict[int, Any] = {}
+        self.attempts: dict[str, Any] = {}
+        self.duration = metrics.duration.labels(provider, model)
+        self.ttfb: Any = None
+        # Token children are bound on first use, so requests without usage add no series.
+        self.prompt_tokens: Any = None
+        self.completion_tokens: Any = None
+        self.ttfb_sum_key = total_key("ttfb_sum", provider, model)
 
 
 class ProxyMetrics:
@@ -139,6 +164,7 @@ class ProxyMetrics:
             registry.register(self.local_collectors[-1])
         self._children: dict[tuple[Any, ...], Any] = {}
         self._keys: dict[tuple[object, ...], str] = {}
+        self._by_series: dict[tuple[str, str], _Series] = {}
 
     def model_label(self, model: str | None) -> str:
         if model is None:
@@ -160,18 +186,69 @@ class ProxyMetrics:
             key = self._keys[parts] = total_key(*parts)
         self.history.add_total(key, 1.0)
 
+    def _series(self, provider: str, model: str) -> _Series:
+        series = self._by_series.get((provider, model))
+        if series is None:
+            series = self._by_series[(provider, model)] = _Series(self, provider, model)
+        return series
+
     def observe(self, ctx: RequestContext, status: int, duration: float) -> None:
         """Record one finished request from its context."""
         provider = ctx.provider or "none"
         model = self.model_label(ctx.model)
+        series = self._series(provider, model)
+        requests = series.requests.get(status)
+        if requests is None:
+            requests = series.requests[status] = self.requests.labels(provider, model, str(status))
+        requests.inc()
+        series.duration.observe(duration)
+        ttfb = ctx.ttfb
+        if ttfb is not None:
+            if series.ttfb is None:
+                series.ttfb = self.ttfb.labels(provider, model)
+            series.ttfb.observe(ttfb)
+        history = self.history
+        attempts = ctx.attempts
+        if len(attempts) == 1 and attempts[0].provider == provider:
+            outcome = attempts[0].outcome
+            child = series.attempts.get(outcome)
+            if child is None:
+                child = series.attempts[outcome] = self.attempts.labels(provider, model, outcome)
+            child.inc()
+            if history is not None:
+                self._total("attempts", provider, model, outcome)
+        else:
+            self._observe_attempts(attempts, model)
+        usage = ctx.usage
+        if usage.prompt_tokens:
+            if series.prompt_tokens is None:
+                series.prompt_tokens = self.tokens.labels(provider, model, "prompt")
+            series.prompt_tokens.inc(usage.prompt_tokens)
+        if usage.completion_tokens:
+            if series.completion_tokens is None:
+                series.completion_tokens = self.tokens.labels(provider, model, "completion")
+            series.completion_tokens.inc(usage.completion_tokens)
+        if history is not None:
+            history.record(
+                provider,
+                model,
+                status,
+                duration,
+                ttfb,
+                usage.prompt_tokens,
+                usage.completion_tokens,
+                status >= 400,
+            )
+            if ttfb is not None:
+                self._total("ttfb", provider, model, bisect_left(DURATION_BUCKETS, ttfb))
+                history.add_total(series.ttfb_sum_key, ttfb)
+
+    def _observe_attempts(self, attempts: list[Attempt], model: str) -> None:
+        """Attempts and retries of a request that was retried or answered by another."""
         child = self._child
         history = self.history
-        child(self.requests, provider, model, str(status)).inc()
-        child(self.duration, provider, model).observe(duration)
-        if ctx.ttfb is not None:
-            child(self.ttfb, provider, model).observe(ctx.ttfb)
         previous = None
-        for attempt in ctx.attempts:
+        for attempt in attempts:
             child(self.attempts, attempt.provider, model, attempt.outcome).inc()
             if history is not None:
                 self._total("attempts", attempt.provider, model, attempt.outcome)
@@ -180,25 +257,6 @@ class ProxyMetrics:
                 if history is not None:
                     self._total("retries", previous.provider, previous.outcome)
             previous = attempt
-        usage = ctx.usage
-        if usage.prompt_tokens:
-            child(self.tokens, provider, model, "prompt").inc(usage.prompt_tokens)
-        if usage.completion_tokens:
-            child(self.tokens, provider, model, "completion").inc(usage.completion_tokens)
-        if history is not None:
-            history.record(
-                provider,
-                model,
-                status,
-                duration,
-                ctx.ttfb,
-                usage.prompt_tokens,
-                usage.completion_tokens,
-                status >= 400,
-            )
-            if ctx.ttfb is not None:
-                self._total("ttfb", provider, model, bisect_left(DURATION_BUCKETS, ctx.ttfb))
-                history.add_total(total_key("ttfb_sum", provider, model), ctx.ttfb)
 
     def restore(self, totals: dict[str, float]) -> int:
         """Continue the counters from persisted totals; returns how many were restored.

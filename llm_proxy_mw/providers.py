@@ -2,21 +2,29 @@
 
 Everything that depends only on the config is computed once here, so the hot path does no
 string building beyond the request's own path: the URL prefix, the credential headers, the
-set of wire formats it speaks.
+set of wire formats it speaks. Credentials that expire (an OAuth2 token) come from a
+``CredentialSource`` the upstream app awaits per request; static ones are plain headers.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Protocol
 from urllib.parse import quote
 
-from llm_proxy_mw.config import ProviderConfig
+from llm_proxy_mw.config import ConfigError, ProviderConfig
 from llm_proxy_mw.errors import InvalidRequestError
 from llm_proxy_mw.transports import AiohttpTransport, EchoTransport, UpstreamTransport
 from llm_proxy_mw.wire import WireFormat
 
-__all__ = ["HOP_BY_HOP", "Provider", "forward_request_headers", "upstream_path"]
+__all__ = [
+    "CredentialSource",
+    "HOP_BY_HOP",
+    "Provider",
+    "forward_request_headers",
+    "upstream_path",
+]
 
 #: RFC 9110 §7.6.1 connection-specific fields, plus the ones RFC 7230 still lists.
 HOP_BY_HOP = frozenset(
@@ -58,9 +66,13 @@ def connection_listed(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[str]:
     """Header names a ``Connection`` header marks as hop-by-hop."""
     names: set[str] = set()
     for name, value in headers:
-        if name.lower() == b"connection":
+        if name.lower() == b"connection" and value.lower() not in _PLAIN_CONNECTION:
             names.update(n.strip().lower() for n in value.decode("latin-1").split(","))
     return frozenset(names)
+
+
+#: The usual ``Connection`` values name no other header: nothing to parse.
+_PLAIN_CONNECTION = frozenset({b"keep-alive", b"close", b"upgrade"})
 
 
 def upstream_path(route_path: str) -> str:
@@ -69,20 +81,49 @@ def upstream_path(route_path: str) -> str:
     Empty and ``.`` segments are dropped; ``..`` is refused, so no request can leave the
     provider's base path, however it was encoded (the server already decoded ``%2e%2e``).
     """
+    cached = _PATHS.get(route_path)
+    if cached is not None:
+        return cached
     segments = route_path.split("/")[2:]
     kept = []
     for segment in segments:
         if segment in ("", "."):
             continue
-        if segment == ".." or "\\" in segment:
+        # ``..;x`` is ``..`` to servlet-style servers (Tomcat, older Jetty).
+        if segment == ".." or "\\" in segment or segment.split(";", 1)[0] in ("..", "."):
             raise InvalidRequestError("The request path may not contain '..' or '\\'.")
         kept.append(quote(segment, safe=_SEGMENT_SAFE))
-    return "/" + "/".join(kept)
+    path = "/" + "/".join(kept)
+    if len(_PATHS) < _PATHS_CACHED:
+        _PATHS[route_path] = path
+    return path
+
+
+#: A proxy sees few distinct paths; the first ones are kept encoded (bounded: paths with ids
+#: such as ``/v1/files/{id}`` must not grow it without limit).
+_PATHS: dict[str, str] = {}
+_PATHS_CACHED = 256
+
+
+class CredentialSource(Protocol):
+    """Credential headers that change over time, such as an OAuth2 access token.
+
+    ``headers`` is awaited once per upstream request, so it must answer from a cache;
+    it raises an ``UpstreamError`` (``UpstreamAuthError``) when it has no credentials.
+    """
+
+    async def headers(self) -> list[tuple[str, str]]: ...
+
+    async def aclose(self) -> None: ...
 
 
 @dataclass(slots=True)
 class Provider:
-    """One upstream deployment, ready to send to."""
+    """One upstream deployment, ready to send to.
+
+    ``credentials`` are its static credential headers; ``credential_source``, when set
+    (``[providers.<name>.oauth]``), adds the ones fetched at run time.
+    """
 
     name: str
     config: ProviderConfig
@@ -91,11 +132,19 @@ class Provider:
     credentials: list[tuple[str, str]] = field(default_factory=list)
     base_url: str = ""
     dropped_request_headers: frozenset[bytes] = frozenset()
+    credential_source: CredentialSource | None = None
 
     @classmethod
     def from_config(
-        cls, name: str, config: ProviderConfig, transport: UpstreamTransport | None = None
+        cls,
+        name: str,
+        config: ProviderConfig,
+        transport: UpstreamTransport | None = None,
+        *,
+        credential_source: CredentialSource | None = None,
     ) -> Provider:
+        """The provider of ``config``; ``credential_source`` overrides the one built from
+        its ``oauth`` section (tests inject a fake token endpoint and clock this way)."""
         if transport is None:
             if config.kind == "echo":
                 transport = EchoTransport()
@@ -113,10 +162,29 @@ class Provider:
                 credentials.append(("x-api-key", secret))
             else:
                 credentials.append(("authorization", f"Bearer {secret}"))
+        if config.oauth is not None and credential_source is None:
+            # Imported here: only providers with an OAuth section need the token client.
+            from llm_proxy_mw.auth._client_credentials import ClientCredentialsTokenSource
+
+            credential_source = ClientCredentialsTokenSource(config.oauth, provider=name)
+        if credential_source is not None and any(n == "authorization" for n, _ in credentials):
+            raise ConfigError(
+                f"provider {name!r}: its OAuth token and its api_key or headers would both "
+                "set Authorization; keep one"
+            )
         dropped = frozenset(
             n.encode("latin-1") for n in _DROPPED_REQUEST | {n for n, _ in credentials}
         )
-        return cls(name, config, transport, formats, credentials, config.url, dropped)
+        return cls(
+            name,
+            config,
+            transport,
+            formats,
+            credentials,
+            config.url,
+            dropped,
+            credential_source,
+        )
 
     def __repr__(self) -> str:
         return f"Provider(name={self.name!r}, kind={self.config.kind!r}, url={self.base_url!r})"

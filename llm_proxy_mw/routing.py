@@ -221,10 +221,17 @@ class RoutingMiddleware:
         await send_json(send, 200, json.dumps(payload).encode())
 
 
+#: Chat endpoints of both wire formats, whose ``messages`` must be an array. Checked here,
+#: where the body is parsed anyway, so that a wrong type is never forwarded.
+_MESSAGES_PATHS = frozenset({"/v1/chat/completions", "/v1/messages", "/v1/messages/count_tokens"})
+
+
 def _model_of(ctx: RequestContext) -> str | None:
     body = ctx.json()
     if body is None:
         return None
+    if ctx.route_path in _MESSAGES_PATHS and not isinstance(body.get("messages", []), list):
+        raise InvalidRequestError("The 'messages' field must be an array.")
     model = body.get("model")
     if model is None:
         return None

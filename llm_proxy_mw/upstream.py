@@ -22,7 +22,7 @@ from llm_proxy_mw.context import (
     read_body,
 )
 from llm_proxy_mw.errors import ProviderUnavailableError, ProxyError, outcome_for_status
-from llm_proxy_mw.providers import HOP_BY_HOP, Provider, connection_listed
+from llm_proxy_mw.providers import HOP_BY_HOP, CredentialSource, Provider, connection_listed
 from llm_proxy_mw.transports import UpstreamRequest
 from llm_proxy_mw.wire import error_event, log_error
 
@@ -96,7 +96,22 @@ class UpstreamApp:
             body,
         )
         async with cancel_on_disconnect(ctx, receive):
+            if provider.credential_source is not None:
+                await self._add_credentials(ctx, provider.name, provider.credential_source, request)
             await self._exchange(ctx, provider, request, send)
+
+    async def _add_credentials(
+        self, ctx: RequestContext, name: str, source: CredentialSource, request: UpstreamRequest
+    ) -> None:
+        """Credentials fetched at run time (a cached OAuth2 token). A failure counts as an
+        attempt of this provider, so that metrics, health and fallbacks see it."""
+        started = time.perf_counter()
+        try:
+            request.headers += await source.headers()
+        except ProxyError as error:
+            error.provider = name
+            ctx.attempts.append(Attempt(name, error.code, None, time.perf_counter() - started))
+            raise
 
     async def _exchange(
         self, ctx: RequestContext, provider: Provider, request: UpstreamRequest, send: Send

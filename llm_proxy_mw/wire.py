@@ -88,8 +88,19 @@ async def send_json(
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
+#: C0 and C1 controls, DEL and the Unicode line separators, as escapes: a message may quote
+#: the client (a path, a model name), which must not forge a log line or drive a terminal.
+_LOG_ESCAPES = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))} | {
+    0x2028: "\\u2028",
+    0x2029: "\\u2029",
+}
+
+
 def log_error(error: ProxyError, request_id: str) -> None:
-    """One log record per failed request: id, class, provider; messages carry no secrets."""
+    """One log record per failed request: id, class, provider; messages carry no secrets.
+
+    The record is one line, whatever the message quotes: control characters are escaped.
+    """
     level = logging.WARNING if error.status_code >= 500 else logging.INFO
     if logger.isEnabledFor(level):
         logger.log(
@@ -97,7 +108,7 @@ def log_error(error: ProxyError, request_id: str) -> None:
             "request %s failed: %s (%s) provider=%s status=%d",
             request_id,
             type(error).__name__,
-            error.message,
+            error.message.translate(_LOG_ESCAPES),
             error.provider or "-",
             error.status_code,
         )

@@ -111,14 +111,18 @@ def test_full_design_shape_loads(tmp_path: Path) -> None:
     assert config.metrics.public is False
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="package gap: AuthConfig has no `oauth` field, so DESIGN.md's [auth.oauth.github] "
-    "is rejected as an unknown key",
-)
 def test_full_design_shape_with_oauth_section_loads(tmp_path: Path) -> None:
-    config = load(tmp_path, FULL_SHAPE + OAUTH_SECTION)
+    # The OAuth login signs its session cookie, so it needs a session secret beside it.
+    shape = FULL_SHAPE.replace("[auth]\n", '[auth]\nsession_secret = "${SESSION_SECRET}"\n', 1)
+    session_secret = "s" * 32
+    config = load(tmp_path, shape + OAUTH_SECTION, CANARY_ENV | {"SESSION_SECRET": session_secret})
     assert config.auth is not None
+    github = config.auth.oauth["github"]
+    assert github.client_id == "abc"
+    assert github.client_secret.get_secret_value() == CANARY
+    assert config.auth.session_secret is not None
+    assert config.auth.session_secret.get_secret_value() == session_secret
+    assert config.auth.api_keys[0].name == "alice"
 
 
 def test_minimal_config_gets_defaults(tmp_path: Path) -> None:
@@ -419,9 +423,18 @@ def test_duplicate_api_key_names_are_rejected(tmp_path: Path) -> None:
     assert "unique" in message
 
 
-def test_auth_section_needs_at_least_one_key(tmp_path: Path) -> None:
-    message = config_error(tmp_path, PROVIDER + "[auth]\napi_keys = []\n")
-    assert "auth.api_keys" in message
+def test_auth_keys_are_optional_but_oauth_needs_a_long_session_secret(tmp_path: Path) -> None:
+    # Every [auth] section is optional (with none, no one gets in); the OAuth login is not
+    # usable without a secret of 32+ characters to sign its session cookie.
+    config = load(tmp_path, PROVIDER + "[auth]\napi_keys = []\n")
+    assert config.auth is not None and config.auth.api_keys == []
+    oauth = '[auth.oauth.corp]\nclient_id = "c"\nclient_secret = "s"\n'
+    oauth += 'server_metadata_url = "https://idp.example/.well-known/openid-configuration"\n'
+    for auth in ("[auth]\n", '[auth]\nsession_secret = "too-short"\n'):
+        message = config_error(tmp_path, PROVIDER + auth + oauth)
+        assert "session_secret of at least 32 characters" in message
+    long_enough = '[auth]\nsession_secret = "' + "s" * 32 + '"\n'
+    assert load(tmp_path, PROVIDER + long_enough + oauth).auth is not None
 
 
 # -- secrets never leak ----------------------------------------------------------------------

@@ -30,6 +30,7 @@ EXPECTED: dict[str, tuple[int, str]] = {
     "ModelNotFoundError": (404, "model_not_found"),
     "RequestTooLargeError": (413, "request_too_large"),
     "UpstreamError": (502, "upstream_error"),
+    "UpstreamAuthError": (502, "upstream_auth_error"),
     "UpstreamConnectError": (502, "connect_error"),
     "UpstreamProtocolError": (502, "protocol_error"),
     "UpstreamTimeout": (504, "timeout"),
@@ -41,7 +42,15 @@ EXPECTED: dict[str, tuple[int, str]] = {
 }
 
 #: The outcome labels of upstream HTTP answers; together with the error codes, the closed set.
-HTTP_OUTCOMES = {"success", "rate_limited", "overloaded", "client_error", "server_error"}
+HTTP_OUTCOMES = {
+    "success",
+    "rate_limited",
+    "timeout",
+    "conflict",
+    "overloaded",
+    "client_error",
+    "server_error",
+}
 
 #: Error types the Anthropic API documents; its SDK and clients switch on them.
 ANTHROPIC_TYPES = {
@@ -122,8 +131,9 @@ def test_pool_timeout_is_told_apart_from_other_timeouts() -> None:
     assert issubclass(errors.UpstreamPoolTimeout, errors.UpstreamTimeout)
 
 
-def test_http_outcomes_do_not_collide_with_error_codes() -> None:
-    assert not HTTP_OUTCOMES & {cls.code for cls in ERROR_CLASSES}
+def test_http_outcomes_share_only_timeout_with_error_codes() -> None:
+    # Deliberate: a provider's 408 is the same outcome as a timeout the proxy hit itself.
+    assert HTTP_OUTCOMES & {cls.code for cls in ERROR_CLASSES} == {"timeout"}
 
 
 @pytest.mark.parametrize("cls", ERROR_CLASSES, ids=lambda c: c.__name__)
@@ -141,7 +151,10 @@ def test_anthropic_types_are_ones_the_api_documents(cls: type[ProxyError]) -> No
         (400, "client_error"),
         (401, "client_error"),
         (404, "client_error"),
-        (408, "client_error"),
+        (407, "client_error"),
+        (408, "timeout"),
+        (409, "conflict"),
+        (410, "client_error"),
         (413, "client_error"),
         (429, "rate_limited"),
         (499, "client_error"),

@@ -42,6 +42,11 @@ EXAMPLE_ENV = {
     "OPENAI_API_KEY": "sk-test-openai",
     "ANTHROPIC_API_KEY": "sk-ant-test",
     "ALICE_KEY": "alice-0123456789abcdef",
+    "AZURE_CLIENT_SECRET": "azure-test-secret",
+    # A throwaway Ed25519 private JWK, generated for this test only.
+    "LLM_PROXY_SIGNING_KEY": '{"crv": "Ed25519", "kty": "OKP",'
+    ' "x": "L1jcXqjNNDUW_tmlHmH0o2vrh42WCGQT_YEMtNxLLeI",'
+    ' "d": "sKkNjo1p6oEGYV9mwROmr1Nth5q6KY-R_Ky19jhc7uw"}',
 }
 #: Variables that would send the examples or the snippets to a real provider.
 PROVIDER_ENV = (
@@ -208,7 +213,8 @@ def test_make_proxy_loads_the_example_toml(monkeypatch: pytest.MonkeyPatch) -> N
     for name, value in EXAMPLE_ENV.items():
         monkeypatch.setenv(name, value)
     proxy = make_proxy({"LLM_PROXY_CONFIG": str(EXAMPLE_TOML), **EXAMPLE_ENV})
-    assert [p.name for p in proxy.providers] == ["openai", "anthropic", "vllm-a", "vllm-b", "echo"]
+    expected = ["openai", "anthropic", "vllm-a", "vllm-b", "azure", "echo"]
+    assert [p.name for p in proxy.providers] == expected
 
 
 # ---- the example apps under real uvicorn ---------------------------------------------------

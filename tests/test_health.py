@@ -133,10 +133,13 @@ def test_provider_failures_count(outcome: str) -> None:
     assert health.state is CircuitState.OPEN
 
 
-def test_rate_limits_do_not_open_the_circuit_but_spend_budget() -> None:
+@pytest.mark.parametrize("outcome", ["rate_limited", "conflict"])
+def test_rate_limits_and_conflicts_do_not_open_the_circuit_but_spend_budget(
+    outcome: str,
+) -> None:
     health, _ = fresh()
     for _ in range(100):
-        health.record("rate_limited")
+        health.record(outcome)
     assert health.current_state() is CircuitState.CLOSED
     assert health.window() == (0, 0)
     assert health.tokens == 0.0

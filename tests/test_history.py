@@ -78,6 +78,27 @@ def counts(buckets: list[MinuteBucket]) -> list[tuple[int, str, int, int]]:
     return [(b.key.minute, b.key.provider, b.key.status, b.count) for b in buckets]
 
 
+def half_second(provider: str, status: int, n: int, model: str = "m") -> dict[str, float]:
+    """The totals that ``n`` requests of 0.5 s add through their bucket (0.5 s is slot 5)."""
+    return {
+        f'["requests","{provider}","{model}",{status}]': float(n),
+        f'["duration_sum","{provider}","{model}"]': 0.5 * n,
+        f'["duration","{provider}","{model}",5]': float(n),
+    }
+
+
+def merged(*parts: dict[str, float]) -> dict[str, float]:
+    total: dict[str, float] = {}
+    for part in parts:
+        for key, value in part.items():
+            total[key] = total.get(key, 0.0) + value
+    return total
+
+
+def test_half_second_is_histogram_slot_5() -> None:
+    assert DURATION_BUCKETS.index(0.5) == 5
+
+
 async def test_requests_are_bucketed_by_the_minute_of_the_clock(tmp_path: Path) -> None:
     clock = Clock(M0 + 5)
     recorder = HistoryRecorder(SqliteMetricsStore(str(tmp_path / "m.db")), clock=clock)
@@ -137,9 +158,16 @@ async def test_flush_writes_everything_pending_as_one_batch(tmp_path: Path) -> N
         assert store.batches == []  # record() does no I/O
         assert await recorder.flush()
         assert await recorder.flush()  # nothing pending: no call
-        assert store.batches == [(6, 1)]
+        # One call: 6 buckets (3 providers x 2 minutes), the added total and 3 x 3 totals
+        # derived from the buckets (requests, duration sum, one histogram slot).
+        assert store.batches == [(6, 10)]
         assert sum(b.count for b in await store.buckets(M0, M0 + 120)) == 100
-        assert await store.totals() == {"requests_total": 100.0}
+        assert await store.totals() == {
+            "requests_total": 100.0,
+            **half_second("a", 200, 34),  # i = 0, 3, ..., 99
+            **half_second("b", 200, 33),
+            **half_second("c", 200, 33),
+        }
     finally:
         await recorder.stop()
 
@@ -171,7 +199,44 @@ async def test_stop_flushes_what_is_pending(tmp_path: Path) -> None:
     await recorder.stop()
     async with opened(SqliteMetricsStore(path)) as store:
         assert counts(await store.buckets(M0, M0 + 60)) == [(M0, "p", 200, 1)]
-        assert await store.totals() == {"t": 1.0}
+        assert await store.totals() == {"t": 1.0, **half_second("p", 200, 1)}
+
+
+async def test_flush_derives_totals_from_each_bucket(tmp_path: Path) -> None:
+    clock = Clock(M0)
+    store = SqliteMetricsStore(str(tmp_path / "m.db"))
+    recorder = HistoryRecorder(store, flush_interval=3600, clock=clock)
+    await recorder.start()
+    try:
+        recorder.record("p", "m", 200, 0.005, ttfb=0.001, prompt_tokens=3, completion_tokens=7)
+        recorder.record("p", "m", 200, 700.0, prompt_tokens=2)
+        clock.now = M0 + 60  # another minute, same series: the totals add up across buckets
+        recorder.record("p", "m", 200, 0.005, completion_tokens=1)
+        recorder.record("p", "m", 503, 2.0, error=True)
+        recorder.record("q", "other", 401, 0.0)
+        assert await recorder.flush()
+        expected = {
+            '["requests","p","m",200]': 3.0,
+            '["requests","p","m",503]': 1.0,
+            '["requests","q","other",401]': 1.0,
+            '["duration_sum","p","m"]': 702.01,
+            '["duration","p","m",0]': 2.0,
+            '["duration","p","m",7]': 1.0,
+            '["duration","p","m",15]': 1.0,  # past the last bound: +Inf
+            '["duration","q","other",0]': 1.0,
+            '["tokens","p","m","prompt"]': 5.0,
+            '["tokens","p","m","completion"]': 8.0,
+        }
+        # Zero sums and zero token counts are not written; TTFB totals are the metrics
+        # layer's (add_total), not derived here.
+        assert await store.totals() == pytest.approx(expected)
+        assert await recorder.restore_totals() == pytest.approx(expected)
+        recorder.record("q", "other", 401, 0.0)  # pending: restore_totals counts it too
+        expected['["requests","q","other",401]'] += 1
+        expected['["duration","q","other",0]'] += 1
+        assert await recorder.restore_totals() == pytest.approx(expected)
+    finally:
+        await recorder.stop()
 
 
 async def test_history_merges_pending_buckets_into_stored_ones(tmp_path: Path) -> None:
@@ -218,7 +283,10 @@ async def test_retention_purges_old_buckets_and_keeps_totals(tmp_path: Path) -> 
 
         found = await recorder.history(0, M0 + 32 * DAY)
         assert counts(found) == [(M0 + 31 * DAY, "p", 200, 1)]
-        assert await recorder.restore_totals() == {"t": 1.0}
+        # The purged buckets still count in the totals, the one never written included.
+        assert await recorder.restore_totals() == merged(
+            {"t": 1.0}, half_second("p", 200, 2), half_second("p", 500, 1)
+        )
     finally:
         await recorder.stop()
 
@@ -266,8 +334,8 @@ async def test_totals_are_restored_after_a_restart(tmp_path: Path) -> None:
         return restored
 
     assert await serve(n) == {}
-    assert await serve(1) == {key: float(n)}
-    assert await serve(0) == {key: float(n + 1)}
+    assert await serve(1) == {key: float(n), **half_second("echo", 200, n)}
+    assert await serve(0) == {key: float(n + 1), **half_second("echo", 200, n + 1)}
     async with opened(SqliteMetricsStore(path)) as store:
         assert counts(await store.buckets(M0, M0 + 60)) == [(M0, "echo", 200, n + 1)]
 
@@ -303,7 +371,7 @@ async def test_a_redis_outage_keeps_the_data_until_redis_is_back(
             with redis_server(port=port):
                 assert await recorder.flush()
                 assert counts(await store.buckets(M0, M0 + 60)) == [(M0, "p", 200, 4)]
-                assert await store.totals() == {"t": 4.0}
+                assert await store.totals() == {"t": 4.0, **half_second("p", 200, 4)}
                 await recorder.stop()
         finally:
             await recorder.stop()
@@ -334,7 +402,8 @@ async def test_pending_buckets_are_bounded_while_the_store_fails(
         assert await recorder.flush()
         minutes = [b.key.minute for b in await store.buckets(0, M0 + 3600)]
         assert minutes == [M0 + 60 * m for m in range(6, 10)]  # the newest four
-        assert await store.totals() == {"t": 10.0}  # totals are never dropped
+        # Totals are never dropped: the six dropped buckets still count in them.
+        assert await store.totals() == {"t": 10.0, **half_second("p", 200, 10)}
     finally:
         holder.close()
         await recorder.stop()
@@ -383,7 +452,11 @@ async def test_requests_recorded_during_a_failing_flush_are_merged_back(tmp_path
         holder.execute("ROLLBACK")
         assert await recorder.flush()
         assert counts(await store.buckets(M0, M0 + 60)) == [(M0, "p", 200, 2), (M0, "q", 200, 1)]
-        assert await store.totals() == {"t": 2.0}
+        assert await store.totals() == {
+            "t": 2.0,
+            **half_second("p", 200, 2),
+            **half_second("q", 200, 1),
+        }
     finally:
         holder.close()
         await recorder.stop()

@@ -14,6 +14,7 @@ MODULES = [
     "llm_proxy_mw",
     "llm_proxy_mw.builder",
     "llm_proxy_mw.config",
+    "llm_proxy_mw.client",
     "llm_proxy_mw.context",
     "llm_proxy_mw.errors",
     "llm_proxy_mw.providers",

@@ -16,3 +16,12 @@ class Principal:
     admin: bool = False
     scopes: frozenset[str] = field(default_factory=frozenset)
     subject: str | None = None
+
+    @property
+    def owner_id(self) -> str:
+        """Who owns what this principal mints: namespaced by kind, so an API key named
+        ``alice`` and a GitHub user ``alice`` never share tokens. A proxy token acts for the
+        principal that minted it, whose id is its ``sub``."""
+        if self.kind == "token":
+            return self.subject or self.name
+        return f"{self.kind}:{self.subject or self.name}"

@@ -16,6 +16,9 @@ from starlette.types import Receive, Scope, Send
 from llm_proxy_mw.auth._api_keys import ApiKeyAuthenticator
 from llm_proxy_mw.auth._middleware import Authenticator, presented_secret
 from llm_proxy_mw.auth._principal import Principal
+from llm_proxy_mw.auth._token_api import TokenApi
+from llm_proxy_mw.auth._tokens import TokenService
+from llm_proxy_mw.auth.token_store import open_token_store
 from llm_proxy_mw.config import AuthConfig
 
 __all__ = ["AuthEndpoints", "AuthSetup", "Lifecycle", "build_auth"]
@@ -65,4 +68,45 @@ def build_auth(config: AuthConfig, *, store_url: str) -> AuthSetup:
     """Compose API keys, proxy-issued tokens, external JWTs and the OAuth login."""
     setup = AuthSetup()
     setup.authenticators.append(ApiKeyAuthenticator(config.api_keys))
+    _add_tokens(setup, config, store_url)
+    _add_external_jwt(setup, config)
+    _add_oauth_login(setup, config)
     return setup
+
+
+def _add_tokens(setup: AuthSetup, config: AuthConfig, store_url: str) -> None:
+    """Proxy-issued tokens: their verifier, their API and JWKS, and their store."""
+    service = TokenService(config.tokens, open_token_store(store_url))
+    setup.authenticators.append(service.authenticator)
+    setup.endpoints.append(TokenApi(service, resolve=setup.resolve))
+    setup.lifecycles.append(service)
+
+
+def _add_external_jwt(setup: AuthSetup, config: AuthConfig) -> None:
+    """Bearer tokens of the ``[auth.jwt_issuers]``; their JWKS client closes with the proxy."""
+    if config.jwt_issuers:
+        from llm_proxy_mw.auth._external_jwt import ExternalJwtAuthenticator
+
+        authenticator = ExternalJwtAuthenticator(config.jwt_issuers)
+        setup.authenticators.append(authenticator)
+        setup.lifecycles.append(authenticator)
+
+
+def _add_oauth_login(setup: AuthSetup, config: AuthConfig) -> None:
+    """The ``[auth.oauth]`` login endpoints and their session cookie, tried last.
+
+    Imported only when configured: Authlib's client is needed for nothing else.
+    """
+    if config.oauth and config.session_secret is not None:
+        from llm_proxy_mw.auth._oauth_login import OAuthLogin
+        from llm_proxy_mw.auth._sessions import SessionManager
+
+        sessions = SessionManager(
+            secret=config.session_secret.get_secret_value(),
+            ttl_seconds=config.session_ttl_seconds,
+            trust_proxy_headers=config.trust_proxy_headers,
+        )
+        login = OAuthLogin(config, sessions)
+        setup.authenticators.append(login.authenticator)
+        setup.endpoints.append(login)
+        setup.lifecycles.append(login)

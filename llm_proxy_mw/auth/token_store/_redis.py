@@ -1,0 +1,271 @@
+"""Redis token store: one set of families and revocations for several replicas.
+
+Layout, under a key prefix (default ``llm_proxy_mw:tokens:``, apart from the metrics keys):
+
+- ``signing_key:<algorithm>``: the private JWK, written with ``SET NX`` so that of two
+  replicas generating a key at once, the first write wins and both use it;
+- ``family:<id>``: a hash (owner, name, admin, scope, access_ttl, created, expires, revoked);
+- ``families``: a sorted set of family ids scored by their expiry, for listing and purging;
+- ``refresh:<sha256>``: a hash (family, issued, used) per refresh token;
+- ``revoked``: a sorted set of revoked family ids scored by their expiry;
+- channel ``revocations``: each revoked family id, published as it is revoked.
+
+Family and refresh keys expire with their family (``EXPIREAT``), so Redis forgets them by
+itself. Rotation and revocation are Lua scripts: a refresh token is rotated exactly once,
+and its reuse revokes the family and tells every replica in the same atomic step.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from typing import Any, cast
+
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import RedisError
+from redis.typing import EncodableT, FieldT
+
+from llm_proxy_mw.auth.token_store._base import Family, RefreshRecord, Rotation, StoreError
+from llm_proxy_mw.store import redact_url
+
+__all__ = ["RedisTokenStore"]
+
+# KEYS: old refresh, new refresh, revoked set. ARGV: now, family key prefix, channel.
+_ROTATE = """
+local family_id = redis.call('HGET', KEYS[1], 'family')
+if not family_id then return {'unknown'} end
+local family_key = ARGV[2] .. family_id
+local fields = redis.call('HGETALL', family_key)
+if #fields == 0 then return {'unknown'} end
+local family = {}
+for i = 1, #fields, 2 do family[fields[i]] = fields[i + 1] end
+local status = 'rotated'
+if family['revoked'] then
+  status = 'revoked'
+elseif tonumber(family['expires']) <= tonumber(ARGV[1]) then
+  status = 'expired'
+elseif redis.call('HEXISTS', KEYS[1], 'used') == 1 then
+  status = 'reused'
+  redis.call('HSET', family_key, 'revoked', ARGV[1])
+  redis.call('ZADD', KEYS[3], family['expires'], family_id)
+  redis.call('PUBLISH', ARGV[3], family_id)
+  fields = redis.call('HGETALL', family_key)
+else
+  redis.call('HSET', KEYS[1], 'used', ARGV[1])
+  redis.call('HSET', KEYS[2], 'family', family_id, 'issued', ARGV[1])
+  redis.call('EXPIREAT', KEYS[2], math.ceil(tonumber(family['expires'])))
+end
+return {status, family_id, unpack(fields)}
+"""
+# KEYS: family, revoked set. ARGV: now, family id, channel.
+_REVOKE = """
+local expires = redis.call('HGET', KEYS[1], 'expires')
+if not expires then return 0 end
+redis.call('HSETNX', KEYS[1], 'revoked', ARGV[1])
+redis.call('ZADD', KEYS[2], expires, ARGV[2])
+redis.call('PUBLISH', ARGV[3], ARGV[2])
+return 1
+"""
+
+
+class RedisTokenStore:
+    """A ``TokenStore`` in Redis; ``timeout`` bounds every connect and command (seconds)."""
+
+    def __init__(
+        self, url: str, *, prefix: str = "llm_proxy_mw:tokens:", timeout: float = 5.0
+    ) -> None:
+        self.url = redact_url(url)
+        self.prefix = prefix
+        self._raw_url = url
+        self._timeout = timeout
+        self._client: Redis | None = None
+
+    async def open(self) -> None:
+        if self._client is None:
+            self._client = Redis.from_url(
+                self._raw_url,
+                decode_responses=True,
+                socket_timeout=self._timeout,
+                socket_connect_timeout=self._timeout,
+                retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), retries=2),
+            )
+        with self._errors("open"):
+            await self._client.ping()
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            with self._errors("close"):
+                await client.aclose()
+
+    async def signing_key(self, algorithm: str, candidate: str) -> str:
+        client = self._redis()
+        key = f"{self.prefix}signing_key:{algorithm}"
+        with self._errors("signing key"):
+            await client.set(key, candidate, nx=True)
+            stored = cast("str | None", await client.get(key))
+        if stored is None:
+            raise StoreError(f"{self.url}: the signing key vanished right after it was stored")
+        return stored
+
+    async def add_family(self, family: Family, refresh_hash: str) -> None:
+        client = self._redis()
+        family_key = f"{self.prefix}family:{family.id}"
+        refresh_key = f"{self.prefix}refresh:{refresh_hash}"
+        expires_at = math.ceil(family.expires)
+        with self._errors("add family"):
+            async with client.pipeline(transaction=True) as pipe:
+                pipe.hset(family_key, mapping=_fields(family))
+                pipe.expireat(family_key, expires_at)
+                pipe.zadd(f"{self.prefix}families", {family.id: family.expires})
+                pipe.hset(refresh_key, mapping={"family": family.id, "issued": family.created})
+                pipe.expireat(refresh_key, expires_at)
+                await pipe.execute()
+
+    async def family(self, family_id: str) -> Family | None:
+        with self._errors("get family"):
+            key = f"{self.prefix}family:{family_id}"
+            fields = cast("dict[str, str]", await self._redis().hgetall(key))
+        return _family(family_id, fields) if fields else None
+
+    async def families(self, owner: str | None, now: float) -> list[Family]:
+        client = self._redis()
+        with self._errors("list families"):
+            ids = cast(
+                "list[str]",
+                await client.zrangebyscore(f"{self.prefix}families", f"({now}", "+inf"),
+            )
+            async with client.pipeline(transaction=False) as pipe:
+                for family_id in ids:
+                    pipe.hgetall(f"{self.prefix}family:{family_id}")
+                hashes: list[dict[str, str]] = await pipe.execute()
+        found = [_family(i, fields) for i, fields in zip(ids, hashes, strict=True) if fields]
+        found = [f for f in found if owner is None or f.owner == owner]
+        return sorted(found, key=lambda f: (f.created, f.id))
+
+    async def refresh_record(self, refresh_hash: str) -> RefreshRecord | None:
+        client = self._redis()
+        with self._errors("get refresh token"):
+            key = f"{self.prefix}refresh:{refresh_hash}"
+            record = cast("dict[str, str]", await client.hgetall(key))
+            if not record:
+                return None
+            family = await self.family(record["family"])
+        if family is None:
+            return None
+        used = record.get("used")
+        return RefreshRecord(family, float(record["issued"]), float(used) if used else None)
+
+    async def rotate(self, old_hash: str, new_hash: str, now: float) -> Rotation:
+        keys = [
+            f"{self.prefix}refresh:{old_hash}",
+            f"{self.prefix}refresh:{new_hash}",
+            f"{self.prefix}revoked",
+        ]
+        args = [repr(now), f"{self.prefix}family:", self._channel]
+        with self._errors("rotate"):
+            result = cast("list[str]", await self._redis().eval(_ROTATE, len(keys), *keys, *args))
+        status, rest = result[0], result[1:]
+        if not rest:
+            return Rotation("unknown")
+        fields = dict(zip(rest[1::2], rest[2::2], strict=True))
+        return Rotation(cast("Any", status), _family(rest[0], fields))
+
+    async def revoke(self, family_id: str, now: float) -> bool:
+        keys = [f"{self.prefix}family:{family_id}", f"{self.prefix}revoked"]
+        with self._errors("revoke"):
+            done = await self._redis().eval(
+                _REVOKE, len(keys), *keys, repr(now), family_id, self._channel
+            )
+        return bool(done)
+
+    async def revoked(self, now: float) -> dict[str, float]:
+        with self._errors("load revocations"):
+            pairs = cast(
+                "list[tuple[str, float]]",
+                await self._redis().zrangebyscore(
+                    f"{self.prefix}revoked", f"({now}", "+inf", withscores=True
+                ),
+            )
+        return {family_id: float(expires) for family_id, expires in pairs}
+
+    async def revocations(self) -> AsyncIterator[str | None]:
+        pubsub = self._redis().pubsub()
+        try:
+            with self._errors("subscribe"):
+                await pubsub.subscribe(self._channel)
+            while True:
+                with self._errors("listen"):
+                    # A bounded wait, so that a dead connection surfaces as an error.
+                    message = await pubsub.get_message(timeout=1.0)
+                if message is None:
+                    continue
+                if message.get("type") == "subscribe":
+                    # Confirmed: from here on no revocation is missed, so reload now.
+                    yield None
+                elif message.get("type") == "message":
+                    yield str(message["data"])
+        finally:
+            try:
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
+            except (RedisError, OSError):
+                pass  # the connection is gone already, which is all aclose would achieve
+
+    async def purge(self, now: float) -> int:
+        client = self._redis()
+        with self._errors("purge"):
+            async with client.pipeline(transaction=True) as pipe:
+                pipe.zremrangebyscore(f"{self.prefix}families", "-inf", now)
+                pipe.zremrangebyscore(f"{self.prefix}revoked", "-inf", now)
+                purged, _ = await pipe.execute()
+        return int(purged)
+
+    @property
+    def _channel(self) -> str:
+        return f"{self.prefix}revocations"
+
+    def _redis(self) -> Redis:
+        if self._client is None:
+            raise StoreError(f"{self.url}: the token store is not open")
+        return self._client
+
+    @contextmanager
+    def _errors(self, operation: str) -> Iterator[None]:
+        """The one place where redis-py's exceptions become ours (timeouts are OSErrors)."""
+        try:
+            yield
+        except (RedisError, OSError) as exc:
+            raise StoreError(f"{self.url}: token store {operation} failed: {exc}") from exc
+
+
+def _fields(family: Family) -> dict[FieldT, EncodableT]:
+    fields: dict[FieldT, EncodableT] = {
+        "owner": family.owner,
+        "name": family.name,
+        "admin": int(family.admin),
+        "scope": family.scope,
+        "access_ttl": family.access_ttl,
+        "created": repr(family.created),
+        "expires": repr(family.expires),
+    }
+    if family.revoked is not None:
+        fields["revoked"] = repr(family.revoked)
+    return fields
+
+
+def _family(family_id: str, fields: dict[str, str]) -> Family:
+    revoked = fields.get("revoked")
+    return Family(
+        id=family_id,
+        owner=fields["owner"],
+        name=fields["name"],
+        admin=fields["admin"] == "1",
+        scope=fields["scope"],
+        access_ttl=int(fields["access_ttl"]),
+        created=float(fields["created"]),
+        expires=float(fields["expires"]),
+        revoked=float(revoked) if revoked else None,
+    )

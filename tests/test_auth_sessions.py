@@ -1,0 +1,252 @@
+"""Browser sessions: the signed cookie and its attributes, expiry, capacity, and the
+same-origin rule that keeps a cookie from authenticating another site's unsafe requests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from llm_proxy_mw.auth import Principal
+from llm_proxy_mw.auth._sessions import (
+    PENDING_TTL,
+    Session,
+    SessionAuthenticator,
+    SessionManager,
+    request_origin,
+    same_origin,
+)
+
+SECRET = "session-secret-0123456789abcdef-0123456789"
+ALICE = Principal(name="alice", kind="session", subject="gh:1")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def manager(clock: Clock | None = None, **kwargs: Any) -> SessionManager:
+    return SessionManager(secret=SECRET, ttl_seconds=3600, clock=clock or Clock(), **kwargs)
+
+
+def scope(
+    method: str = "GET",
+    *,
+    cookie: str | None = None,
+    scheme: str = "http",
+    root_path: str = "/llm",
+    **headers: str,
+) -> dict[str, Any]:
+    raw = [(b"host", b"app.example")]
+    if cookie is not None:
+        raw.append((b"cookie", cookie.encode()))
+    raw += [(k.replace("_", "-").encode(), v.encode()) for k, v in headers.items()]
+    return {
+        "type": "http",
+        "method": method,
+        "scheme": scheme,
+        "root_path": root_path,
+        "path": root_path + "/v1/models",
+        "headers": raw,
+        "server": ("10.0.0.1", 8000),
+    }
+
+
+def cookie_of(sessions: SessionManager, session: Session, **kwargs: Any) -> str:
+    _, value = sessions.set_cookie(scope(**kwargs), session)
+    return value.decode().split(";", 1)[0]
+
+
+def test_cookie_attributes_on_http() -> None:
+    sessions = manager()
+    session = sessions.create(principal=ALICE)
+    name, value = sessions.set_cookie(scope(), session)
+    assert name == b"set-cookie"
+    attributes = value.decode().split("; ")
+    assert attributes[0].startswith("llm_proxy_session=")
+    assert set(attributes[1:]) == {"Path=/llm", "Max-Age=3600", "HttpOnly", "SameSite=Lax"}
+
+
+def test_cookie_is_secure_on_https_and_behind_a_trusted_proxy_only() -> None:
+    sessions = manager()
+    session = sessions.create(principal=ALICE)
+    assert b"; Secure" in sessions.set_cookie(scope(scheme="https"), session)[1]
+    forwarded = scope(x_forwarded_proto="https")
+    assert b"Secure" not in sessions.set_cookie(forwarded, session)[1]
+    trusting = manager(trust_proxy_headers=True)
+    assert b"; Secure" in trusting.set_cookie(forwarded, session)[1]
+
+
+def test_cookie_path_is_the_mount_root() -> None:
+    sessions = manager()
+    session = sessions.create(principal=ALICE)
+    assert b"Path=/;" in sessions.set_cookie(scope(root_path=""), session)[1]
+    assert b"Path=/;" in sessions.set_cookie(scope(root_path="/a;b"), session)[1]
+
+
+def test_clear_cookie_expires_it() -> None:
+    _, value = manager().clear_cookie(scope())
+    assert value.startswith(b"llm_proxy_session=;") and b"Max-Age=0" in value
+
+
+def test_cookie_holds_only_a_signed_random_id() -> None:
+    sessions = manager()
+    session = sessions.create(principal=ALICE, token={"access_token": "gho_secret"})
+    cookie = cookie_of(sessions, session)
+    assert "gho_secret" not in cookie and "alice" not in cookie
+    assert sessions.load(scope(cookie=cookie)) is session
+
+
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        lambda c: c[:-2] + ("AA" if not c.endswith("AA") else "BB"),
+        lambda c: c.split(".")[0],
+        lambda c: "llm_proxy_session=" + "x" * 43 + "." + c.split(".")[1],
+        lambda c: "llm_proxy_session=",
+    ],
+)
+def test_tampered_cookies_are_refused(tamper: Any) -> None:
+    sessions = manager()
+    cookie = cookie_of(sessions, sessions.create(principal=ALICE))
+    assert sessions.load(scope(cookie=tamper(cookie))) is None
+
+
+def test_a_cookie_signed_with_another_secret_is_refused() -> None:
+    other = SessionManager(secret="another-secret-0123456789abcdef-xyz", ttl_seconds=60)
+    sessions = manager()
+    session = sessions.create(principal=ALICE)
+    forged = cookie_of(other, session)  # the right id, signed with the wrong key
+    assert sessions.load(scope(cookie=forged)) is None
+
+
+def test_the_right_cookie_is_found_among_others() -> None:
+    sessions = manager()
+    session = sessions.create(principal=ALICE)
+    cookie = cookie_of(sessions, session)
+    jar = f"theme=dark; llm_proxy_session=junk; {cookie}; other=1"
+    assert sessions.load(scope(cookie=jar)) is session
+
+
+def test_sessions_expire() -> None:
+    clock = Clock()
+    sessions = manager(clock)
+    live = sessions.create(principal=ALICE)
+    pending = sessions.create()
+    live_cookie, pending_cookie = cookie_of(sessions, live), cookie_of(sessions, pending)
+    clock.now += PENDING_TTL
+    assert sessions.load(scope(cookie=pending_cookie)) is None
+    assert sessions.load(scope(cookie=live_cookie)) is live
+    assert b"Max-Age=3000" in sessions.set_cookie(scope(), live)[1]
+    clock.now += 3600
+    assert sessions.load(scope(cookie=live_cookie)) is None
+    assert len(sessions) == 0
+
+
+def test_a_login_flood_does_not_push_out_signed_in_users() -> None:
+    sessions = manager(max_sessions=3, max_pending=5)
+    users = [sessions.create(principal=ALICE) for _ in range(3)]
+    for _ in range(100):
+        sessions.create()
+    assert len(sessions) == 3 + 5
+    assert all(sessions.load(scope(cookie=cookie_of(sessions, u))) is u for u in users)
+    newest = sessions.create(principal=ALICE)
+    assert len(sessions) == 3 + 5  # the oldest signed-in session made room
+    assert sessions.load(scope(cookie=cookie_of(sessions, users[0]))) is None
+    assert sessions.load(scope(cookie=cookie_of(sessions, newest))) is newest
+
+
+def test_delete_ends_a_session() -> None:
+    sessions = manager()
+    session = sessions.create(principal=ALICE)
+    cookie = cookie_of(sessions, session)
+    sessions.delete(session)
+    sessions.delete(session)  # idempotent
+    assert sessions.load(scope(cookie=cookie)) is None
+
+
+# ---- origins and CSRF ----------------------------------------------------------------------
+
+
+def test_request_origin() -> None:
+    assert request_origin(scope(), trust_proxy_headers=False) == "http://app.example"
+    https = scope(scheme="https")
+    assert request_origin(https, trust_proxy_headers=False) == "https://app.example"
+    forwarded = scope(x_forwarded_host="public.example, inner", x_forwarded_proto="https")
+    assert request_origin(forwarded, trust_proxy_headers=False) == "http://app.example"
+    assert request_origin(forwarded, trust_proxy_headers=True) == "https://public.example"
+    bad = scope()
+    bad["headers"] = [(b"host", b"evil.example/path")]
+    assert request_origin(bad, trust_proxy_headers=False) is None
+    bare = scope()
+    bare["headers"] = []
+    assert request_origin(bare, trust_proxy_headers=False) == "http://10.0.0.1:8000"
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ({"origin": "http://app.example"}, True),
+        ({"origin": "http://APP.example:80"}, True),
+        ({"origin": "https://app.example"}, False),
+        ({"origin": "http://app.example:8080"}, False),
+        ({"origin": "http://app.example.evil.example"}, False),
+        ({"origin": "null"}, False),
+        ({"referer": "http://app.example/page?x=1"}, True),
+        ({"referer": "https://evil.example/app.example"}, False),
+        ({"origin": "https://evil.example", "referer": "http://app.example/"}, False),
+        ({}, False),
+    ],
+)
+def test_same_origin(headers: dict[str, str], expected: bool) -> None:
+    assert same_origin(scope("POST", **headers), trust_proxy_headers=False) is expected
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("method", ["POST", "PUT", "PATCH", "DELETE"])
+async def test_unsafe_methods_need_a_same_origin_request(method: str) -> None:
+    sessions = manager()
+    authenticator = SessionAuthenticator(sessions)
+    cookie = cookie_of(sessions, sessions.create(principal=ALICE))
+    own = scope(method, cookie=cookie, origin="http://app.example")
+    assert await authenticator.authenticate(own, None) is ALICE
+    foreign = scope(method, cookie=cookie, origin="https://evil.example")
+    assert await authenticator.authenticate(foreign, None) is None
+    assert await authenticator.authenticate(scope(method, cookie=cookie), None) is None
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("method", ["GET", "HEAD", "OPTIONS"])
+async def test_safe_methods_need_no_origin(method: str) -> None:
+    sessions = manager()
+    cookie = cookie_of(sessions, sessions.create(principal=ALICE))
+    request = scope(method, cookie=cookie, origin="https://evil.example")
+    assert await SessionAuthenticator(sessions).authenticate(request, None) is ALICE
+
+
+@pytest.mark.anyio
+async def test_pending_logins_authenticate_no_one() -> None:
+    sessions = manager()
+    cookie = cookie_of(sessions, sessions.create())
+    assert await SessionAuthenticator(sessions).authenticate(scope(cookie=cookie), None) is None
+
+
+@pytest.mark.anyio
+async def test_a_refused_refresh_ends_the_session() -> None:
+    sessions = manager()
+    session = sessions.create(principal=ALICE)
+    cookie = cookie_of(sessions, session)
+    verdicts = [True, False]
+
+    async def refresher(seen: Session) -> bool:
+        assert seen is session
+        return verdicts.pop(0)
+
+    authenticator = SessionAuthenticator(sessions, refresher=refresher)
+    assert await authenticator.authenticate(scope(cookie=cookie), None) is ALICE
+    assert await authenticator.authenticate(scope(cookie=cookie), None) is None
+    assert sessions.load(scope(cookie=cookie)) is None
