@@ -1,6 +1,6 @@
-"""``python -m benchmarks [micro|e2e] [--quick]``: print the project's performance tables.
+"""``python -m benchmarks [micro|e2e|resilience|load] [--quick]``: print the benchmark tables.
 
-Without a target both run (about 2-3 minutes on the 2-core box); ``--quick`` is a smoke test
+Without a target all four run (about 5-6 minutes on the 2-core box); ``--quick`` is a smoke test
 of a few seconds each, for checking that everything works, not for figures.
 """
 
@@ -12,12 +12,14 @@ import platform
 import sys
 import time
 
-from benchmarks import e2e, micro
+from benchmarks import e2e, load_memory, micro, resilience
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
-    parser.add_argument("target", nargs="?", choices=("all", "micro", "e2e"), default="all")
+    parser.add_argument(
+        "target", nargs="?", choices=("all", "micro", "e2e", "resilience", "load"), default="all"
+    )
     parser.add_argument("--quick", action="store_true", help="smoke test, seconds not minutes")
     parser.add_argument(
         "--load",
@@ -60,6 +62,10 @@ def main(argv: list[str] | None = None) -> int:
                 quick=args.quick, load=args.load, pool_max=args.pool_max, profile=args.profile
             )
             print(text + "\n", flush=True)
+        if args.target in ("all", "resilience"):
+            print(resilience.main(quick=args.quick) + "\n", flush=True)
+        if args.target in ("all", "load"):
+            print(load_memory.main(quick=args.quick) + "\n", flush=True)
     except KeyboardInterrupt:
         print("interrupted; every process this run started was stopped", file=sys.stderr)
         return 130

@@ -9,7 +9,7 @@ it costs far less per request than the proxy in front of it. It serves:
   echoed in the answer and in every event (OpenAI: each chunk's ``id`` and text; Anthropic:
   the message id, the texts, and a ``marker`` field on the events that carry no text), so that
   a client can tell its answer from anyone else's. ``[DONE]`` alone carries none.
-- a model containing ``paced``: the same stream, one event every ``--pace-ms`` (30 ms), so
+- a model containing ``paced``: the same stream, one event every ``--pace-ms`` (80 ms), so
   that many streams are open at once.
 - a model ``big-<bytes>``: an OpenAI stream of that many bytes in 64 KiB events, written as
   fast as the connection takes them and no faster (it pauses when its transport's buffer is
@@ -384,7 +384,7 @@ async def serve(port: int, pace: float) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
-    parser.add_argument("--pace-ms", type=float, default=30.0)
+    parser.add_argument("--pace-ms", type=float, default=80.0)
     args = parser.parse_args()
     try:
         import uvloop

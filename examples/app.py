@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import logging
 import os
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
@@ -19,6 +20,19 @@ from starlette.responses import JSONResponse
 from starlette.routing import Mount, Route
 
 from llm_proxy_mw import LLMProxy, build_proxy, load_config
+from llm_proxy_mw.logging_filters import RedactQuerySecrets
+
+
+def redact_logged_urls() -> None:
+    """Keep ``?key=``, ``?code=``, ``?state=`` and other query secrets out of uvicorn's logs:
+    its access log and its log of refused websocket handshakes quote each URL in full."""
+    for name in ("uvicorn.access", "uvicorn.error"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RedactQuerySecrets) for f in logger.filters):
+            logger.addFilter(RedactQuerySecrets())
+
+
+redact_logged_urls()
 
 
 def default_config(env: Mapping[str, str] = os.environ) -> dict[str, Any]:

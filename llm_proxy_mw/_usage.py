@@ -59,9 +59,10 @@ class UsageReader:
             self._tail = window[-_CARRY:]
 
     def finish(self) -> None:
-        """Scan what a JSON body left in its tail."""
+        """Scan what a JSON body left in its tail, from its ``usage`` object on."""
         if self.enabled and not self.sse and self._tail:
-            self._scan(self._tail)
+            start = self._tail.rfind(b'"usage"')
+            self._scan(self._tail[start:] if start >= 0 else self._tail)
         self._tail = b""
 
     def _scan(self, data: bytes) -> None:

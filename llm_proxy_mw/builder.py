@@ -24,7 +24,7 @@ from llm_proxy_mw.config import ProxyConfig, load_config, parse_config
 from llm_proxy_mw.context import RequestContextMiddleware, get_context
 from llm_proxy_mw.dashboard import DashboardApp
 from llm_proxy_mw.errors import NotFoundError, PermissionDeniedError
-from llm_proxy_mw.health import HealthRegistry
+from llm_proxy_mw.health import HealthPolicy, HealthRegistry
 from llm_proxy_mw.history import HistoryRecorder
 from llm_proxy_mw.metrics import MetricsMiddleware, ProxyMetrics, exposition
 from llm_proxy_mw.providers import Provider
@@ -227,7 +227,12 @@ def build_proxy(
     ]
     limit = config.max_body_bytes
     router = Router(providers)
-    health = HealthRegistry(config.providers)
+    health = HealthRegistry(
+        config.providers,
+        policies={
+            name: HealthPolicy(**p.health.model_dump()) for name, p in config.providers.items()
+        },
+    )
     policies = {name: RetryPolicy.from_config(p.retry) for name, p in config.providers.items()}
     pipeline: ASGIApp = UpstreamApp(providers, max_body_bytes=limit)
     pipeline = RoutingMiddleware(pipeline, router=router, health=health, max_body_bytes=limit)

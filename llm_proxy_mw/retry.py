@@ -51,7 +51,7 @@ from llm_proxy_mw.errors import (
     UpstreamPoolTimeout,
     UpstreamTimeout,
 )
-from llm_proxy_mw.health import HealthRegistry
+from llm_proxy_mw.health import CircuitState, HealthRegistry
 from llm_proxy_mw.routing import Router
 
 __all__ = ["RETRYABLE_STATUSES", "RetryMiddleware", "RetryPolicy"]
@@ -68,7 +68,7 @@ _ALWAYS_RETRIED = (UpstreamConnectError, UpstreamConnectTimeout, UpstreamPoolTim
 class RetryPolicy:
     """One provider's retry policy; see ``RetryConfig`` for the meaning of each field."""
 
-    max_attempts: int = 3
+    max_attempts: int = 4
     backoff_base: float = 0.5
     backoff_max: float = 20.0
     max_retry_after: float = 60.0
@@ -278,9 +278,13 @@ class RetryMiddleware:
         return False
 
     def _budget_allows(self, failed: str) -> bool:
+        """A retry on the same provider: its budget must allow it, and its circuit must not
+        have just opened (the retry would only fail fast, and the client would get a 503
+        instead of the provider's own answer)."""
         if self.health is None or failed not in self.health.providers:
             return True
-        return self.health[failed].can_retry()
+        health = self.health[failed]
+        return health.can_retry() and health.current_state() is not CircuitState.OPEN
 
     def _after_error(
         self, ctx: RequestContext, error: UpstreamError, deadline: float

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import traceback
 from pathlib import Path
 
@@ -14,6 +15,8 @@ from llm_proxy_mw.config import (
     load_config,
     parse_config,
 )
+from llm_proxy_mw.health import HealthPolicy
+from llm_proxy_mw.retry import RetryPolicy
 
 CANARY = "sk-canary-7f3a9c1e5b2d4f60"
 CANARY_ENV = {"OPENAI_API_KEY": CANARY, "ALICE_KEY": CANARY, "GITHUB_CLIENT_SECRET": CANARY}
@@ -149,6 +152,58 @@ def test_minimal_config_gets_defaults(tmp_path: Path) -> None:
     assert config.auth is None
     assert config.store.url.startswith("sqlite://")
     assert config.metrics.public is False
+
+
+def test_retry_and_health_defaults(tmp_path: Path) -> None:
+    provider = load(tmp_path, '[providers.o]\nkind = "openai"\n').providers["o"]
+    assert provider.retry.max_attempts == 4
+    defaults = {
+        "budget_max_tokens": 50.0,
+        "budget_token_ratio": 0.5,
+        "window_seconds": 30,
+        "min_calls": 10,
+        "failure_rate": 0.75,
+        "cooldown_seconds": 10.0,
+        "half_open_probes": 3,
+    }
+    assert provider.health.model_dump() == defaults
+    # The middlewares' own defaults, used without a config, are the same numbers.
+    assert RetryPolicy().max_attempts == 4
+    assert RetryPolicy.from_config(provider.retry) == RetryPolicy()
+    assert dataclasses.asdict(HealthPolicy()) == defaults
+
+
+def test_health_section_loads_and_is_validated(tmp_path: Path) -> None:
+    provider = load(
+        tmp_path,
+        """
+        [providers.o]
+        kind = "openai"
+        [providers.o.health]
+        budget_max_tokens = 20
+        failure_rate = 0.6
+        """,
+    ).providers["o"]
+    health = provider.health
+    assert (health.budget_max_tokens, health.failure_rate) == (20.0, 0.6)
+    assert (health.min_calls, health.cooldown_seconds) == (10, 10.0)  # the rest defaulted
+    message = config_error(
+        tmp_path,
+        """
+        [providers.o]
+        kind = "openai"
+        [providers.o.health]
+        budget_max_tokens = 0
+        window_seconds = 0
+        min_calls = 0
+        failure_rate = 1.5
+        min_cals = 3
+        """,
+    )
+    lines = message.splitlines()[1:]
+    for field in ("budget_max_tokens", "window_seconds", "min_calls", "failure_rate", "min_cals"):
+        assert sum(f"providers.o.health.{field}:" in line for line in lines) == 1, message
+    assert len(lines) == 5
 
 
 def test_base_url_trailing_slash_is_dropped(tmp_path: Path) -> None:

@@ -121,7 +121,8 @@ async def test_connection_refused_is_a_502_connect_error_after_bounded_retries()
         elapsed = time.monotonic() - started
     assert driver.status == 502
     assert driver.json()["error"]["code"] == "connect_error"
-    assert driver.headers["x-llm-proxy-attempts"] == "3"  # retried at once, then given up
+    # The default max_attempts (4): retried at once, then given up.
+    assert driver.headers["x-llm-proxy-attempts"] == "4"
     assert elapsed < GUARD_SECONDS
     assert_no_canary(driver.body)
 
@@ -138,7 +139,7 @@ async def test_reset_before_headers_is_a_502_protocol_error() -> None:
         driver = await call(proxy, chat())
     assert driver.status == 502
     assert driver.json()["error"]["code"] == "protocol_error"
-    assert len(server.requests) == 3
+    assert len(server.requests) == 4  # the default max_attempts
 
 
 @pytest.mark.parametrize("status", [301, 302, 303, 307, 308])

@@ -6,6 +6,8 @@ with 503 and ``retry-after``), and how ``/healthz`` shows it.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import httpx
 import pytest
 import respx
@@ -83,24 +85,27 @@ def test_slots_are_reused_when_the_clock_wraps_around() -> None:
 
 def test_opens_at_the_failure_rate_over_min_calls() -> None:
     health, _ = fresh()
-    for _ in range(5):
+    for _ in range(2):
         health.record("success")
-    for _ in range(4):
+    for _ in range(7):
         health.record("server_error")
-    assert health.state is CircuitState.CLOSED  # 9 calls: under min_calls
+    assert health.state is CircuitState.CLOSED  # 9 calls, 78% failed: under min_calls
     health.record("server_error")
-    assert health.state is CircuitState.OPEN  # 10 calls, 50% failed
+    assert health.state is CircuitState.OPEN  # 10 calls, 80% failed
     assert not health.admit()
 
 
-def test_stays_closed_under_the_failure_rate() -> None:
+def test_stays_closed_under_the_failure_rate_and_opens_at_it() -> None:
     health, _ = fresh()
-    for _ in range(6):
+    for _ in range(3):
         health.record("success")
-    for _ in range(5):
+    for _ in range(8):
         health.record("server_error")
-    assert health.window() == (6, 5)
-    assert health.state is CircuitState.CLOSED
+    assert health.window() == (3, 8)
+    assert health.state is CircuitState.CLOSED  # 73% failed: under 75%
+    health.record("server_error")
+    assert health.window() == (3, 9)
+    assert health.state is CircuitState.OPEN  # exactly 75% failed
 
 
 def test_stays_closed_under_min_calls() -> None:
@@ -280,20 +285,24 @@ def test_custom_policy() -> None:
 
 def test_budget_is_a_token_bucket() -> None:
     health, _ = fresh(HealthPolicy(min_calls=1000))
-    assert health.tokens == 10
-    for expected in [9, 8, 7, 6]:
+    assert health.tokens == 50
+    for expected in range(49, 25, -1):
         health.record("server_error")
         assert health.tokens == expected
         assert health.can_retry()
     health.record("server_error")
-    assert health.tokens == 5
+    assert health.tokens == 25
     assert not health.can_retry()  # retries need more than half the bucket
     health.record("success")
-    assert health.tokens == 5.5
+    assert health.tokens == 25.5
     assert health.can_retry()
-    for _ in range(20):
+    for _ in range(48):
         health.record("success")
-    assert health.tokens == 10  # capped
+    assert health.tokens == 49.5
+    health.record("success")
+    assert health.tokens == 50
+    health.record("success")
+    assert health.tokens == 50  # capped
 
 
 def test_budget_never_goes_below_zero() -> None:
@@ -321,8 +330,8 @@ def test_snapshot() -> None:
     registry["a"].record("server_error")
     registry["a"].record("rate_limited")
     assert registry.snapshot() == {
-        "a": {"circuit": "closed", "success_ratio": 0.5, "window_calls": 2, "retry_budget": 8.0},
-        "b": {"circuit": "closed", "success_ratio": 1.0, "window_calls": 0, "retry_budget": 10.0},
+        "a": {"circuit": "closed", "success_ratio": 0.5, "window_calls": 2, "retry_budget": 48.0},
+        "b": {"circuit": "closed", "success_ratio": 1.0, "window_calls": 0, "retry_budget": 50.0},
     }
     trip(registry["b"])
     assert registry.snapshot()["b"]["circuit"] == "open"
@@ -427,15 +436,21 @@ async def test_open_provider_fails_fast_with_503_and_retry_after() -> None:
     per_request = []
     while stack.health["a"].current_state() is CircuitState.CLOSED:
         before = stack.calls("a")
-        assert (await stack.post()).status_code == 503
+        last = await stack.post()
+        assert last.status_code == 503
         per_request.append(stack.calls("a") - before)
-    # Three attempts, two (the budget is down to half), then one each until 10 failures.
-    assert per_request == [3, 2, 1, 1, 1, 1, 1]
+    # Four attempts each (the budget, 50 tokens, stays above half) until the 10th failure,
+    # the third request's second attempt, opens the circuit: that request is not retried
+    # (a retry would only fail fast) and the client gets the provider's own 503.
+    assert per_request == [4, 4, 2]
+    assert stack.sleep.waits == [0.5, 1.0, 2.0, 0.5, 1.0, 2.0, 0.5]
+    assert last.json()["error"]["code"] != "provider_unavailable"
+    assert "retry-after" not in last.headers
     stack.clock.advance(4)
     response = await stack.post()
     assert response.status_code == 503
     assert response.json()["error"]["code"] == "provider_unavailable"
-    assert response.headers["retry-after"] == "6"
+    assert response.headers["retry-after"] == "6"  # opened 4 s ago
     assert stack.calls("a") == 10
     assert stack.attempts == []
 
@@ -541,7 +556,7 @@ async def test_healthz_shows_each_providers_health() -> None:
         "circuit": "open",
         "success_ratio": 0.0,
         "window_calls": 10,
-        "retry_budget": 0.0,
+        "retry_budget": 40.0,
     }
     assert report["providers"]["up"] == {
         "kind": "openai",
@@ -549,5 +564,87 @@ async def test_healthz_shows_each_providers_health() -> None:
         "circuit": "closed",
         "success_ratio": 1.0,
         "window_calls": 3,
-        "retry_budget": 10.0,
+        "retry_budget": 50.0,
     }
+
+
+# -- per-provider policies from the config ---------------------------------------------------
+
+PER_PROVIDER_HEALTH = """
+[providers.strict]
+kind = "openai"
+models = ["gpt-strict"]
+retry = { max_attempts = 1 }
+
+[providers.strict.health]
+budget_max_tokens = 4
+budget_token_ratio = 0.25
+window_seconds = 60
+min_calls = 2
+failure_rate = 1.0
+cooldown_seconds = 30
+half_open_probes = 1
+
+[providers.lenient]
+kind = "openai"
+models = ["gpt-lenient"]
+retry = { max_attempts = 1 }
+
+[providers.lenient.health]
+min_calls = 50
+failure_rate = 0.9
+
+[providers.plain]
+kind = "openai"
+models = ["gpt-plain"]
+
+[store]
+url = "sqlite:///:memory:"
+"""
+
+
+@pytest.mark.anyio
+async def test_health_sections_from_the_config_reach_each_provider(tmp_path: Path) -> None:
+    path = tmp_path / "proxy.toml"
+    path.write_text(PER_PROVIDER_HEALTH, encoding="utf-8")
+    mocks = {name: respx.MockRouter(using=None) for name in ["strict", "lenient", "plain"]}
+    routes = {name: mock.route() for name, mock in mocks.items()}
+    for route in routes.values():
+        route.side_effect = lambda request: status(503)
+    proxy = build_proxy(
+        path,
+        transports={
+            name: HttpxTransport(httpx.MockTransport(mock.async_handler))
+            for name, mock in mocks.items()
+        },
+    )
+    assert proxy.health["strict"].policy == HealthPolicy(
+        budget_max_tokens=4,
+        budget_token_ratio=0.25,
+        window_seconds=60,
+        min_calls=2,
+        failure_rate=1.0,
+        cooldown_seconds=30,
+        half_open_probes=1,
+    )
+    assert proxy.health["lenient"].policy == HealthPolicy(min_calls=50, failure_rate=0.9)
+    assert proxy.health["plain"].policy == HealthPolicy()
+    # The policies act: two failures open strict (min_calls 2), not lenient (min_calls 50).
+    async with proxy.lifespan():
+        transport = httpx.ASGITransport(app=proxy)
+        async with httpx.AsyncClient(transport=transport, base_url="http://proxy") as client:
+            for model in ["gpt-strict", "gpt-lenient"] * 2:
+                response = await client.post("/v1/chat/completions", content=openai_body(model))
+                assert response.status_code == 503
+            refused = await client.post("/v1/chat/completions", content=openai_body("gpt-strict"))
+            report = (await client.get("/healthz")).json()["providers"]
+    assert refused.json()["error"]["code"] == "provider_unavailable"
+    assert refused.headers["retry-after"] == "30"
+    assert {name: route.call_count for name, route in routes.items()} == {
+        "strict": 2,
+        "lenient": 2,
+        "plain": 0,
+    }
+    assert (report["strict"]["circuit"], report["strict"]["retry_budget"]) == ("open", 2.0)
+    assert (report["lenient"]["circuit"], report["lenient"]["retry_budget"]) == ("closed", 48.0)
+    assert (report["plain"]["circuit"], report["plain"]["retry_budget"]) == ("closed", 50.0)

@@ -323,8 +323,8 @@ async def test_health_gauges_after_a_known_set_of_requests() -> None:
     circuit = exposed.series("llm_proxy_circuit_state", "provider")
     assert circuit == {("echo",): 0, ("mock",): 0, ("down",): 2}  # closed, closed, open
     budget = exposed.series("llm_proxy_retry_budget_tokens", "provider")
-    # mock: 10 - 1 (503) + 0.5 - 1 (429) - 1 (409) + 0.5 + 0.5; down: ten failures.
-    assert budget == {("echo",): 10.0, ("mock",): 8.5, ("down",): 0.0}
+    # mock: 50 - 1 (503) + 0.5 - 1 (429) - 1 (409) + 0.5 + 0.5; down: 50 - ten failures.
+    assert budget == {("echo",): 50.0, ("mock",): 48.5, ("down",): 40.0}
 
 
 async def test_promtool_accepts_the_exposition() -> None:

@@ -86,23 +86,22 @@ class Provider_:
         return httpx.Response(200, json={"object": "chat.completion", "choices": []})
 
 
-def config(**retry: Any) -> dict[str, Any]:
+def config(health: dict[str, Any] | None = None, **retry: Any) -> dict[str, Any]:
     retry = retry or {"max_attempts": 1}
+    common = {"oauth": OAUTH, "retry": retry, **({"health": health} if health else {})}
     return {
         "providers": {
             "azure": {
                 "kind": "openai",
                 "base_url": "https://azure.example/openai/v1",
                 "models": ["gpt"],
-                "oauth": OAUTH,
-                "retry": retry,
+                **common,
             },
             "claude": {
                 "kind": "anthropic",
                 "base_url": "https://claude.example/v1",
                 "models": ["claude"],
-                "oauth": OAUTH,
-                "retry": retry,
+                **common,
             },
         },
         "store": {"url": "sqlite:///:memory:"},
@@ -110,13 +109,13 @@ def config(**retry: Any) -> dict[str, Any]:
 
 
 def oauth_proxy(
-    endpoint: TokenEndpoint, clock: Clock, **retry: Any
+    endpoint: TokenEndpoint, clock: Clock, health: dict[str, Any] | None = None, **retry: Any
 ) -> tuple[LLMProxy, Provider_, CollectorRegistry]:
     """The stack, each provider's token source pointed at ``endpoint`` and ``clock``."""
     upstream = Provider_(endpoint)
     registry = CollectorRegistry()
     proxy = build_proxy(
-        config(**retry),
+        config(health, **retry),
         transports={
             name: HttpxTransport(httpx.MockTransport(upstream)) for name in ("azure", "claude")
         },
@@ -310,12 +309,16 @@ async def test_one_fetch_for_twenty_concurrent_requests_that_fail(
     endpoint.failure = httpx.Response(503)
     endpoint.delay = 0.05
     # Retries allowed: the retried attempts find the failure remembered, not a new fetch.
-    proxy, _, _ = oauth_proxy(endpoint, clock, max_attempts=3)
+    # Neither the retry budget nor the breaker cuts them short: every request makes all 3.
+    health = {"budget_max_tokens": 1000, "min_calls": 1000}
+    proxy, _, _ = oauth_proxy(endpoint, clock, health, max_attempts=3)
     async for client in client_for(proxy):
         replies = await asyncio.gather(
             *(client.post("/v1/chat/completions", json=CHAT) for _ in range(20))
         )
     assert [r.status_code for r in replies] == [502] * 20
+    assert [r.json()["error"]["code"] for r in replies] == ["upstream_auth_error"] * 20
+    assert [r.headers["x-llm-proxy-attempts"] for r in replies] == ["3"] * 20
     assert len(endpoint.forms) == 1
 
 

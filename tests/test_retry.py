@@ -647,21 +647,43 @@ async def test_open_alternative_does_not_steal_the_retry() -> None:
 # -- the retry budget ------------------------------------------------------------------------
 
 
-async def test_budget_drains_against_a_dead_provider() -> None:
-    stack = build_stack(ONE, health_policy=HealthPolicy(min_calls=10**6))
+async def dead_provider_attempts(
+    policy: RetryPolicy, health_policy: HealthPolicy, requests: int = 50
+) -> tuple[list[int], HealthRegistry]:
+    """Attempts per request against a provider that answers every call with 503."""
+    stack = build_stack(ONE, policy=policy, health_policy=health_policy)
     stack.routes["a"].side_effect = lambda request: status(503)
     per_request = []
-    for _ in range(50):
+    for _ in range(requests):
         before = stack.calls("a")
         response = await stack.post()
         assert response.status_code == 503
         per_request.append(stack.calls("a") - before)
         stack.clock.advance(0.1)
-    # 3 attempts, then the bucket is down to half; from then on one attempt per request.
-    assert per_request[:2] == [3, 2]
-    assert set(per_request[2:]) == {1}
-    assert stack.calls("a") / 50 <= 1.2
-    assert not stack.health["a"].can_retry()
+    return per_request, stack.health
+
+
+async def test_budget_drains_against_a_dead_provider() -> None:
+    # A small bucket (10 tokens), 3 attempts, and no breaker: the budget alone.
+    per_request, health = await dead_provider_attempts(
+        RetryPolicy(max_attempts=3), HealthPolicy(budget_max_tokens=10, min_calls=10**6)
+    )
+    # 3 attempts, then 2: the bucket is down to half; from then on one attempt per request.
+    assert per_request == [3, 2] + [1] * 48
+    assert sum(per_request) / 50 <= 1.2
+    assert not health["a"].can_retry()
+    assert health["a"].tokens == 0.0
+
+
+async def test_default_budget_drains_against_a_dead_provider() -> None:
+    # The default bucket (50 tokens) and attempts (4), without the breaker.
+    per_request, health = await dead_provider_attempts(RetryPolicy(), HealthPolicy(min_calls=10**6))
+    # Six requests make 4 attempts (50 -> 26 tokens); the 25th failure leaves exactly half
+    # the bucket, so from the seventh request on there is one attempt per request.
+    assert per_request == [4] * 6 + [1] * 44
+    assert sum(per_request) == 68
+    assert not health["a"].can_retry()
+    assert health["a"].tokens == 0.0
 
 
 async def test_dead_provider_with_the_circuit_costs_little() -> None:
