@@ -67,6 +67,24 @@ _SELECT = (
 )
 
 
+def immediate_transaction(conn: sqlite3.Connection, function: Callable[..., _T], *args: Any) -> _T:
+    """Run ``function(conn, *args)`` in one ``BEGIN IMMEDIATE`` transaction.
+
+    IMMEDIATE takes the write lock up front: a busy database fails (after the busy timeout)
+    before anything was applied, never halfway through a batch, and two writers never both
+    read the same row as unchanged (a refresh token can be rotated only once).
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        result = function(conn, *args)
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return result
+
+
 class SqliteMetricsStore:
     """A ``MetricsStore`` in one SQLite file (or ``:memory:``).
 
@@ -140,18 +158,7 @@ class SqliteMetricsStore:
         return self._conn
 
     def _write(self, function: Callable[..., _T], *args: Any) -> _T:
-        conn = self._connection()
-        # IMMEDIATE takes the write lock up front, so a busy database fails (after the busy
-        # timeout) before anything was applied, never halfway through a batch.
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            result = function(conn, *args)
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-        return result
+        return immediate_transaction(self._connection(), function, *args)
 
     def _read(self, sql: str, params: tuple[int, ...]) -> list[Any]:
         return self._connection().execute(sql, params).fetchall()

@@ -18,6 +18,7 @@ from dataclasses import replace
 from typing import Any, TypeVar
 
 from llm_proxy_mw.auth.token_store._base import Family, RefreshRecord, Rotation, StoreError
+from llm_proxy_mw.store._sqlite import immediate_transaction
 
 __all__ = ["SqliteTokenStore"]
 
@@ -150,18 +151,7 @@ class SqliteTokenStore:
         return self._conn
 
     def _write(self, function: Callable[..., _T], *args: Any) -> _T:
-        conn = self._connection()
-        # IMMEDIATE takes the write lock up front: two writers never both read a refresh
-        # token as unused, so a token can be rotated only once.
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            result = function(conn, *args)
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-        return result
+        return immediate_transaction(self._connection(), function, *args)
 
     def _read(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
         return self._connection().execute(sql, params).fetchall()
