@@ -78,7 +78,7 @@ def immediate_transaction(conn: sqlite3.Connection, function: Callable[..., _T],
     try:
         result = function(conn, *args)
         conn.execute("COMMIT")
-    except BaseException:
+    except BaseException:  # whatever interrupted the batch: undo it, then re-raise
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
@@ -230,7 +230,7 @@ class SqliteMetricsStore:
             (version,) = conn.execute("PRAGMA user_version").fetchone()
             if version < _SCHEMA_VERSION:
                 conn.executescript(f"BEGIN IMMEDIATE; {_SCHEMA} COMMIT;")
-        except BaseException:
+        except BaseException:  # any failure (even a cancellation): close, then re-raise
             conn.close()
             raise
         return conn

@@ -135,7 +135,7 @@ class SqliteTokenStore:
                 conn.execute("PRAGMA journal_mode = WAL")
                 conn.execute("PRAGMA synchronous = NORMAL")
             conn.executescript(f"BEGIN IMMEDIATE; {_SCHEMA} COMMIT;")
-        except BaseException:
+        except BaseException:  # any failure (even a cancellation): close, then re-raise
             conn.close()
             raise
         self._conn = conn
