@@ -21,17 +21,11 @@ the client reconnects by itself, so a store that failed to open works once Redis
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import Any, cast
 
-from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialWithJitterBackoff
-from redis.exceptions import RedisError
-
 from llm_proxy_mw.history import DURATION_BUCKETS, BucketKey, MinuteBucket, StoreError
-from llm_proxy_mw.store._urls import redact_url
+from llm_proxy_mw.store._redis_client import RedisStoreBase
 
 __all__ = ["RedisMetricsStore"]
 
@@ -41,37 +35,17 @@ _SLOTS = len(DURATION_BUCKETS) + 1
 _PURGE_CHUNK = 500
 
 
-class RedisMetricsStore:
+class RedisMetricsStore(RedisStoreBase):
     """A ``MetricsStore`` in Redis; ``timeout`` bounds every connect and command (seconds).
 
     The client decodes responses, so the ``cast``s below only narrow redis-py's wide types.
     """
 
+    error = StoreError
+    label = "store"
+
     def __init__(self, url: str, *, prefix: str = "llm_proxy_mw:", timeout: float = 5.0) -> None:
-        self.url = redact_url(url)
-        self.prefix = prefix
-        self._raw_url = url
-        self._timeout = timeout
-        self._client: Redis | None = None
-
-    async def open(self) -> None:
-        if self._client is None:
-            self._client = Redis.from_url(
-                self._raw_url,
-                decode_responses=True,
-                socket_timeout=self._timeout,
-                socket_connect_timeout=self._timeout,
-                # Few, short retries: a flush that fails is retried by the recorder anyway.
-                retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), retries=2),
-            )
-        with self._errors("open"):
-            await self._client.ping()
-
-    async def close(self) -> None:
-        client, self._client = self._client, None
-        if client is not None:
-            with self._errors("close"):
-                await client.aclose()
+        super().__init__(url, prefix=prefix, timeout=timeout)
 
     async def add(self, buckets: Sequence[MinuteBucket], totals: dict[str, float]) -> None:
         client = self._redis()
@@ -150,19 +124,6 @@ class RedisMetricsStore:
                     1 for fields in results[: len(names)] for f in fields if f.endswith("|count")
                 )
         return purged
-
-    def _redis(self) -> Redis:
-        if self._client is None:
-            raise StoreError(f"{self.url}: the store is not open")
-        return self._client
-
-    @contextmanager
-    def _errors(self, operation: str) -> Iterator[None]:
-        """The one place where redis-py's exceptions become ours (timeouts are OSErrors)."""
-        try:
-            yield
-        except (RedisError, OSError) as exc:
-            raise StoreError(f"{self.url}: {operation} failed: {exc}") from exc
 
 
 def _set(bucket: MinuteBucket, name: str, value: str) -> None:

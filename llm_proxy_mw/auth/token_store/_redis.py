@@ -18,18 +18,14 @@ and its reuse revokes the family and tells every replica in the same atomic step
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator
 from typing import Any, cast
 
-from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import RedisError
 from redis.typing import EncodableT, FieldT
 
 from llm_proxy_mw.auth.token_store._base import Family, RefreshRecord, Rotation, StoreError
-from llm_proxy_mw.store import redact_url
+from llm_proxy_mw.store._redis_client import RedisStoreBase
 
 __all__ = ["RedisTokenStore"]
 
@@ -71,35 +67,17 @@ return 1
 """
 
 
-class RedisTokenStore:
+class RedisTokenStore(RedisStoreBase):
     """A ``TokenStore`` in Redis; ``timeout`` bounds every connect and command (seconds)."""
+
+    error = StoreError
+    label = "token store"
+    operation_prefix = "token store "
 
     def __init__(
         self, url: str, *, prefix: str = "llm_proxy_mw:tokens:", timeout: float = 5.0
     ) -> None:
-        self.url = redact_url(url)
-        self.prefix = prefix
-        self._raw_url = url
-        self._timeout = timeout
-        self._client: Redis | None = None
-
-    async def open(self) -> None:
-        if self._client is None:
-            self._client = Redis.from_url(
-                self._raw_url,
-                decode_responses=True,
-                socket_timeout=self._timeout,
-                socket_connect_timeout=self._timeout,
-                retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), retries=2),
-            )
-        with self._errors("open"):
-            await self._client.ping()
-
-    async def close(self) -> None:
-        client, self._client = self._client, None
-        if client is not None:
-            with self._errors("close"):
-                await client.aclose()
+        super().__init__(url, prefix=prefix, timeout=timeout)
 
     async def signing_key(self, algorithm: str, candidate: str) -> str:
         client = self._redis()
@@ -226,19 +204,6 @@ class RedisTokenStore:
     @property
     def _channel(self) -> str:
         return f"{self.prefix}revocations"
-
-    def _redis(self) -> Redis:
-        if self._client is None:
-            raise StoreError(f"{self.url}: the token store is not open")
-        return self._client
-
-    @contextmanager
-    def _errors(self, operation: str) -> Iterator[None]:
-        """The one place where redis-py's exceptions become ours (timeouts are OSErrors)."""
-        try:
-            yield
-        except (RedisError, OSError) as exc:
-            raise StoreError(f"{self.url}: token store {operation} failed: {exc}") from exc
 
 
 def _fields(family: Family) -> dict[FieldT, EncodableT]:
