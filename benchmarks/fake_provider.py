@@ -14,39 +14,31 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import email.utils
 import re
 from typing import cast
 
 import httptools
 
+from benchmarks._raw_http import chunk, head, run, serve
 from benchmarks.fixtures import CHAT, CHAT_SSE_EVENTS
+
+
+def _h(status: str, headers: list[tuple[str, str]]) -> bytes:
+    return head(status, headers, server="fake-provider")
+
 
 _STREAM = re.compile(rb'"stream"\s*:\s*true')
 _DELAY = re.compile(rb'"model"\s*:\s*"[^"]*delay')
 _CHAT_PATHS = (b"/v1/chat/completions", b"/chat/completions")
 
 
-def _chunk(data: bytes) -> bytes:
-    return b"%x\r\n%s\r\n" % (len(data), data)
-
-
-def _head(status: str, headers: list[tuple[str, str]]) -> bytes:
-    date = email.utils.formatdate(usegmt=True)
-    lines = [f"HTTP/1.1 {status}", "Server: fake-provider", f"Date: {date}"]
-    lines += [f"{k}: {v}" for k, v in headers]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode()
-
-
 _KEEP = ("Connection", "keep-alive")
 _JSON_TYPE = ("Content-Type", "application/json")
-_JSON = _head("200 OK", [_JSON_TYPE, ("Content-Length", str(len(CHAT))), _KEEP]) + CHAT
+_JSON = _h("200 OK", [_JSON_TYPE, ("Content-Length", str(len(CHAT))), _KEEP]) + CHAT
 _JSON_CHUNKED = (
-    _head("200 OK", [_JSON_TYPE, ("Transfer-Encoding", "chunked"), _KEEP])
-    + _chunk(CHAT)
-    + b"0\r\n\r\n"
+    _h("200 OK", [_JSON_TYPE, ("Transfer-Encoding", "chunked"), _KEEP]) + chunk(CHAT) + b"0\r\n\r\n"
 )
-_SSE_HEAD = _head(
+_SSE_HEAD = _h(
     "200 OK",
     [
         ("Content-Type", "text/event-stream"),
@@ -55,11 +47,11 @@ _SSE_HEAD = _head(
         ("Cache-Control", "no-cache"),
     ],
 )
-_SSE_CHUNKS = [_chunk(event) for event in CHAT_SSE_EVENTS] + [b"0\r\n\r\n"]
-_HEALTH = _head("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "3"), _KEEP])
+_SSE_CHUNKS = [chunk(event) for event in CHAT_SSE_EVENTS] + [b"0\r\n\r\n"]
+_HEALTH = _h("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "3"), _KEEP])
 _HEALTH += b"ok\n"
-_NOT_FOUND = _head("404 Not Found", [("Content-Length", "0"), _KEEP])
-_BAD = _head("400 Bad Request", [("Content-Length", "0"), ("Connection", "close")])
+_NOT_FOUND = _h("404 Not Found", [("Content-Length", "0"), _KEEP])
+_BAD = _h("400 Bad Request", [("Content-Length", "0"), ("Connection", "close")])
 
 
 class _Provider(asyncio.Protocol):
@@ -132,28 +124,12 @@ class _Provider(asyncio.Protocol):
             transport.close()
 
 
-async def serve(port: int, delay: float) -> None:
-    loop = asyncio.get_running_loop()
-    server = await loop.create_server(
-        lambda: _Provider(delay), "127.0.0.1", port, backlog=4096, reuse_address=True
-    )
-    print(server.sockets[0].getsockname()[1], flush=True)
-    async with server:
-        await server.serve_forever()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
     parser.add_argument("--delay-ms", type=float, default=100.0)
     args = parser.parse_args()
-    try:
-        import uvloop
-    except ImportError:
-        runner = asyncio.run
-    else:
-        runner = uvloop.run
-    runner(serve(args.port, args.delay_ms / 1000))
+    run(serve(lambda: _Provider(args.delay_ms / 1000), args.port))
 
 
 if __name__ == "__main__":

@@ -23,13 +23,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import email.utils
 import json
 import re
 import time
 from typing import Any, cast
 
 import httptools
+
+from benchmarks._raw_http import chunk, head, run, serve
+
+
+def _h(status: str, headers: list[tuple[str, str]]) -> bytes:
+    return head(status, headers, server="load-provider")
+
 
 __all__ = ["BIG_EVENT", "DELTAS", "MARKER", "PLACEHOLDER", "main"]
 
@@ -47,17 +53,6 @@ _OPENAI, _ANTHROPIC = b"/v1/chat/completions", b"/v1/messages"
 
 def _dumps(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":")).encode()
-
-
-def _chunk(data: bytes) -> bytes:
-    return b"%x\r\n%s\r\n" % (len(data), data)
-
-
-def _head(status: str, headers: list[tuple[str, str]]) -> bytes:
-    date = email.utils.formatdate(usegmt=True)
-    lines = [f"HTTP/1.1 {status}", "Server: load-provider", f"Date: {date}"]
-    lines += [f"{k}: {v}" for k, v in headers]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
 _M = PLACEHOLDER.decode()
@@ -169,7 +164,7 @@ def _anthropic_events() -> list[bytes]:
 
 
 _KEEP = ("Connection", "keep-alive")
-_SSE_HEAD = _head(
+_SSE_HEAD = _h(
     "200 OK",
     [("Content-Type", "text/event-stream"), ("Transfer-Encoding", "chunked"), _KEEP],
 )
@@ -177,7 +172,7 @@ _END = b"0\r\n\r\n"
 
 
 def _json_answer(body: bytes) -> bytes:
-    return _head("200 OK", [("Content-Type", "application/json"), _len(body), _KEEP]) + body
+    return _h("200 OK", [("Content-Type", "application/json"), _len(body), _KEEP]) + body
 
 
 def _len(body: bytes) -> tuple[str, str]:
@@ -186,10 +181,10 @@ def _len(body: bytes) -> tuple[str, str]:
 
 #: Per path: the JSON answer, and the stream as framed parts (head, events, end).
 _ANSWERS = {
-    _OPENAI: (_json_answer(_openai_json()), [_SSE_HEAD, *map(_chunk, _openai_events()), _END]),
+    _OPENAI: (_json_answer(_openai_json()), [_SSE_HEAD, *map(chunk, _openai_events()), _END]),
     _ANTHROPIC: (
         _json_answer(_anthropic_json()),
-        [_SSE_HEAD, *map(_chunk, _anthropic_events()), _END],
+        [_SSE_HEAD, *map(chunk, _anthropic_events()), _END],
     ),
 }
 
@@ -201,12 +196,12 @@ def _big_event() -> bytes:
     return shell % (PLACEHOLDER, b"x" * padding)
 
 
-_BIG_CHUNK = _chunk(_big_event())
-_BIG_TAIL = _chunk(b"data: [DONE]\n\n") + _END
+_BIG_CHUNK = chunk(_big_event())
+_BIG_TAIL = chunk(b"data: [DONE]\n\n") + _END
 _PLAIN = ("Content-Type", "text/plain")
-_HEALTH = _head("200 OK", [_PLAIN, ("Content-Length", "3"), _KEEP]) + b"ok\n"
-_NOT_FOUND = _head("404 Not Found", [("Content-Length", "0"), _KEEP])
-_BAD = _head("400 Bad Request", [("Content-Length", "0"), ("Connection", "close")])
+_HEALTH = _h("200 OK", [_PLAIN, ("Content-Length", "3"), _KEEP]) + b"ok\n"
+_NOT_FOUND = _h("404 Not Found", [("Content-Length", "0"), _KEEP])
+_BAD = _h("400 Bad Request", [("Content-Length", "0"), ("Connection", "close")])
 
 
 class _Big:
@@ -291,7 +286,7 @@ class _Provider(asyncio.Protocol):
             self._write([_HEALTH], keep_alive)
         elif method == b"GET" and path == b"/stats":
             body = _dumps(_stats())
-            self._write([_head("200 OK", [_PLAIN, _len(body), _KEEP]) + body], keep_alive)
+            self._write([_h("200 OK", [_PLAIN, _len(body), _KEEP]) + body], keep_alive)
         elif method == b"POST" and path in _ANSWERS:
             self._answer(path, b"".join(self._body), keep_alive)
         else:
@@ -371,28 +366,12 @@ def _stats() -> dict[str, Any]:
     return out
 
 
-async def serve(port: int, pace: float) -> None:
-    loop = asyncio.get_running_loop()
-    server = await loop.create_server(
-        lambda: _Provider(pace), "127.0.0.1", port, backlog=4096, reuse_address=True
-    )
-    print(server.sockets[0].getsockname()[1], flush=True)
-    async with server:
-        await server.serve_forever()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
     parser.add_argument("--pace-ms", type=float, default=80.0)
     args = parser.parse_args()
-    try:
-        import uvloop
-    except ImportError:
-        runner = asyncio.run
-    else:
-        runner = uvloop.run
-    runner(serve(args.port, args.pace_ms / 1000))
+    run(serve(lambda: _Provider(args.pace_ms / 1000), args.port))
 
 
 if __name__ == "__main__":

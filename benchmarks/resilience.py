@@ -46,6 +46,7 @@ from typing import Any
 import httpx
 
 from benchmarks._procs import Processes, cpus
+from benchmarks._raw_http import serve
 from benchmarks._table import num, table
 from benchmarks.fake_provider import _Provider
 from benchmarks.fixtures import CHAT, CLIENT_KEY, UPSTREAM_KEY
@@ -178,13 +179,7 @@ class _FaultyProvider(_Provider):
 
 async def _serve_provider() -> None:
     faults = _Faults()
-    loop = asyncio.get_running_loop()
-    server = await loop.create_server(
-        lambda: _FaultyProvider(faults), HOST, 0, backlog=4096, reuse_address=True
-    )
-    print(server.sockets[0].getsockname()[1], flush=True)
-    async with server:
-        await server.serve_forever()
+    await serve(lambda: _FaultyProvider(faults), 0)
 
 
 # -- driving the proxy ----------------------------------------------------------------------
