@@ -75,7 +75,7 @@ class RequestContext:
     body: bytes | None = None
     model: str | None = None
     provider: str | None = None
-    excluded: set[str] = field(default_factory=set)
+    excluded: frozenset[str] = frozenset()
     attempts: list[Attempt] = field(default_factory=list)
     usage: Usage = field(default_factory=Usage)
     ttfb: float | None = None
@@ -200,24 +200,13 @@ class RequestContextMiddleware:
             return
         ctx = get_context(scope)
         token = current_request_id.set(ctx.request_id)
-        request_id_header = (b"x-request-id", ctx.request_id.encode())
-        started = False
-
-        async def send_with_request_id(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-                ctx.status = message["status"]
-                # UpstreamApp drops the provider's own x-request-id, so this is the only one.
-                message["headers"] = [*message.get("headers", ()), request_id_header]
-            await send(message)
-
+        tagged = _TaggedSend(send, ctx)
         try:
-            await self.app(scope, receive, send_with_request_id)
+            await self.app(scope, receive, tagged.send)
         except ClientDisconnected:
             pass
         except ProxyError as error:
-            if started:
+            if tagged.started:
                 # Too late for an error response: end without completing it, so the client
                 # sees a broken response rather than one that looks whole.
                 log_error(error, ctx.request_id)
@@ -225,6 +214,31 @@ class RequestContextMiddleware:
             if ctx.attempts:
                 error.headers.setdefault("x-llm-proxy-attempts", str(len(ctx.attempts)))
                 error.headers.setdefault("x-llm-proxy-provider", ctx.attempts[-1].provider)
-            await send_error(send_with_request_id, error, ctx.wire_format, ctx.request_id)
+            await send_error(tagged.send, error, ctx.wire_format, ctx.request_id)
         finally:
             current_request_id.reset(token)
+
+
+class _TaggedSend:
+    """The request's ``send``: adds ``x-request-id`` to the response start, notes the status.
+
+    Passed on as the bound method: a call through ``__call__`` costs more, per message.
+    """
+
+    __slots__ = ("_send", "_ctx", "started")
+
+    def __init__(self, send: Send, ctx: RequestContext) -> None:
+        self._send = send
+        self._ctx = ctx
+        self.started = False
+
+    async def send(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.started = True
+            self._ctx.status = message["status"]
+            # UpstreamApp drops the provider's own x-request-id, so this is the only one.
+            message["headers"] = [
+                *message.get("headers", ()),
+                (b"x-request-id", self._ctx.request_id.encode()),
+            ]
+        await self._send(message)

@@ -336,7 +336,7 @@ class MetricsMiddleware:
         responder = _Responder(send, ctx)
         self.metrics.in_flight.inc()
         try:
-            await self.app(scope, receive, responder)
+            await self.app(scope, receive, responder.send)
         except ProxyError as error:
             if responder.status is None:
                 responder.status = error.status_code
@@ -368,7 +368,7 @@ class _Responder:
         self.status: int | None = None
         self.usage: UsageReader | None = None
 
-    async def __call__(self, message: Message) -> None:
+    async def send(self, message: Message) -> None:
         if message["type"] == "http.response.body":
             body = message.get("body", b"")
             if body:

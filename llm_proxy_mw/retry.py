@@ -82,19 +82,19 @@ class RetryPolicy:
 class _HeldResponse:
     """The ``send`` of one attempt: forwards, or holds a retryable response back."""
 
-    __slots__ = ("_send", "on_forward", "start", "parts", "size", "holding", "forwarded")
+    __slots__ = ("_send", "_guard", "start", "parts", "size", "holding", "forwarded")
 
-    def __init__(self, send: Send, on_forward: Callable[[], None] | None) -> None:
+    def __init__(self, send: Send, guard: cancel_on_disconnect) -> None:
         self._send = send
-        #: Disarms the deadline once the client is being answered; gone after the attempt.
-        self.on_forward = on_forward
+        #: Its deadline is disarmed once the client is being answered.
+        self._guard = guard
         self.start: Message | None = None
         self.parts: list[bytes] = []
         self.size = 0
         self.holding = False
         self.forwarded = False
 
-    async def __call__(self, message: Message) -> None:
+    async def send(self, message: Message) -> None:
         if self.holding:
             if message["type"] != "http.response.body":
                 return
@@ -104,14 +104,13 @@ class _HeldResponse:
             if self.size > _HOLD_LIMIT:
                 await self.flush(more_body=message.get("more_body", False))
             return
-        if message["type"] == "http.response.start" and _may_retry(message):
-            self.start = message
-            self.holding = True
-            return
         if not self.forwarded:
+            if message["type"] == "http.response.start" and _may_retry(message):
+                self.start = message
+                self.holding = True
+                return
             self.forwarded = True
-            if self.on_forward is not None:
-                self.on_forward()
+            self._guard.disarm_deadline()
         await self._send(message)
 
     async def flush(self, *, more_body: bool = False) -> None:
@@ -119,8 +118,7 @@ class _HeldResponse:
         assert self.start is not None
         self.holding = False
         self.forwarded = True
-        if self.on_forward is not None:
-            self.on_forward()
+        self._guard.disarm_deadline()
         await self._send(self.start)
         await self._send(
             {"type": "http.response.body", "body": b"".join(self.parts), "more_body": more_body}
@@ -152,17 +150,27 @@ def _may_retry(start: Message) -> bool:
     return told if told is not None else start["status"] in RETRYABLE_STATUSES
 
 
-def _replay(body: bytes, receive: Receive) -> Receive:
-    replayed = False
+class _Replay:
+    """The ``receive`` of one attempt: the buffered body, then the client's own messages."""
 
-    async def replay_receive() -> Message:
-        nonlocal replayed
-        if not replayed:
-            replayed = True
+    __slots__ = ("_body", "_receive")
+
+    def __init__(self, body: bytes, receive: Receive) -> None:
+        self._body: bytes | None = body
+        self._receive = receive
+
+    async def receive(self) -> Message:
+        body = self._body
+        if body is not None:
+            self._body = None
             return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
+        return await self._receive()
 
-    return replay_receive
+
+def _deadline_passed(ctx: RequestContext) -> UpstreamTimeout:
+    return UpstreamTimeout(
+        "The request deadline passed before a provider answered.", provider=ctx.provider
+    )
 
 
 class RetryMiddleware:
@@ -203,57 +211,54 @@ class RetryMiddleware:
             return
         ctx = get_context(scope)
         body = await read_body(ctx, scope, receive, self.max_body_bytes)
-        async with cancel_on_disconnect(ctx, receive):
-            await self._attempts(ctx, scope, body, receive, send)
-
-    async def _attempts(
-        self, ctx: RequestContext, scope: Scope, body: bytes, receive: Receive, send: Send
-    ) -> None:
         deadline = self._clock() + self.deadline
         waits: Generator[float, Any, None] | None = None
         wait = 0.0
-        while True:
-            first = len(ctx.attempts)
-            started = self._clock()
-            remaining = deadline - started
-            try:
-                async with asyncio.timeout(max(remaining, 0.0)) as timer:
-                    response = _HeldResponse(send, lambda: timer.reschedule(None))
-                    await self.app(scope, _replay(body, receive), response)
-                response.on_forward = None
-            except TimeoutError:
-                if len(ctx.attempts) == first and ctx.provider is not None:
-                    ctx.attempts.append(
-                        Attempt(ctx.provider, "timeout", None, self._clock() - started)
-                    )
-                self._record(ctx, first, wait)
-                raise UpstreamTimeout(
-                    "The request deadline passed before a provider answered.",
-                    provider=ctx.provider,
-                ) from None
-            except UpstreamError as error:
-                response.on_forward = None
-                self._record(ctx, first, wait)
-                if response.forwarded:
-                    raise
-                wait_or_none = self._after_error(ctx, error, deadline)
-                if wait_or_none is None:
-                    raise
-                wait = wait_or_none
-            else:
-                self._record(ctx, first, wait)
-                if not response.holding:
-                    return
-                if waits is None:
-                    waits = backoff.expo(factor=1.0)
-                    next(waits)
-                wait_or_none = self._after_status(ctx, response, deadline, waits)
-                if wait_or_none is None:
-                    await response.flush()
-                    return
-                wait = wait_or_none
-            if wait > 0:
-                await self._sleep(wait)
+        # One guard for every attempt and wait: it notices the client leaving, and its
+        # deadline cancels whatever runs when it passes, until the client is being answered.
+        async with cancel_on_disconnect(ctx, receive, deadline=self.deadline) as guard:
+            while True:
+                first = len(ctx.attempts)
+                started = self._clock()
+                response = _HeldResponse(send, guard)
+                try:
+                    await self.app(scope, _Replay(body, receive).receive, response.send)
+                except asyncio.CancelledError:
+                    if not guard.deadline_expired():
+                        raise
+                    if len(ctx.attempts) == first and ctx.provider is not None:
+                        ctx.attempts.append(
+                            Attempt(ctx.provider, "timeout", None, self._clock() - started)
+                        )
+                    self._record(ctx, first, wait)
+                    raise _deadline_passed(ctx) from None
+                except UpstreamError as error:
+                    self._record(ctx, first, wait)
+                    if response.forwarded:
+                        raise
+                    wait_or_none = self._after_error(ctx, error, deadline)
+                    if wait_or_none is None:
+                        raise
+                    wait = wait_or_none
+                else:
+                    self._record(ctx, first, wait)
+                    if not response.holding:
+                        return
+                    if waits is None:
+                        waits = backoff.expo(factor=1.0)
+                        next(waits)
+                    wait_or_none = self._after_status(ctx, response, deadline, waits)
+                    if wait_or_none is None:
+                        await response.flush()
+                        return
+                    wait = wait_or_none
+                if wait > 0:
+                    try:
+                        await self._sleep(wait)
+                    except asyncio.CancelledError:
+                        if not guard.deadline_expired():
+                            raise
+                        raise _deadline_passed(ctx) from None
 
     def _record(self, ctx: RequestContext, first: int, wait: float) -> None:
         """Feed the attempts this round made into health, and note the wait before them."""
@@ -273,7 +278,7 @@ class RetryMiddleware:
         if self.router is not None and self.router.has_alternative(
             ctx.wire_format, ctx.model, failed, ctx.excluded, health=self.health
         ):
-            ctx.excluded.add(failed)
+            ctx.excluded = ctx.excluded | {failed}
             return True
         return False
 

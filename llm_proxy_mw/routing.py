@@ -133,7 +133,7 @@ class Router:
         wire_format: WireFormat,
         model: str | None,
         failed: str,
-        exclude: set[str],
+        exclude: set[str] | frozenset[str],
         *,
         health: HealthRegistry | None = None,
     ) -> bool:

@@ -95,9 +95,11 @@ class UpstreamApp:
             provider.request_headers(scope["headers"]),
             body,
         )
+        if ctx.watching_disconnect:
+            # Retry in front already guards the request (and owns its one watcher).
+            await self._exchange(ctx, provider, request, send)
+            return
         async with cancel_on_disconnect(ctx, receive):
-            if provider.credential_source is not None:
-                await self._add_credentials(ctx, provider.name, provider.credential_source, request)
             await self._exchange(ctx, provider, request, send)
 
     async def _add_credentials(
@@ -116,6 +118,8 @@ class UpstreamApp:
     async def _exchange(
         self, ctx: RequestContext, provider: Provider, request: UpstreamRequest, send: Send
     ) -> None:
+        if provider.credential_source is not None:
+            await self._add_credentials(ctx, provider.name, provider.credential_source, request)
         started = time.perf_counter()
         try:
             response = await provider.transport.send(request)

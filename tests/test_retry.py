@@ -827,6 +827,39 @@ async def test_hung_attempt_ends_at_the_deadline_with_504(path: str, body: bytes
     assert stack.health["a"].window() == (0, 1)
 
 
+async def test_a_backoff_that_overruns_the_deadline_is_cut_at_the_deadline() -> None:
+    # Real time: a loop too busy to wake the sleeper on time must not stretch the deadline.
+    async def overrunning_sleep(seconds: float) -> None:
+        await asyncio.sleep(seconds * 100)
+
+    stack = build_stack(ONE, deadline=0.3, sleep=overrunning_sleep)
+    stack.script("a", status(503, retry_after="0.01"), ok())
+    started = time.monotonic()
+    with anyio.fail_after(5):
+        response = await stack.post()
+    assert time.monotonic() - started < 2.0
+    assert response.status_code == 504
+    assert stack.calls("a") == 1
+
+
+async def test_a_cancellation_from_elsewhere_is_not_taken_for_the_deadline() -> None:
+    never = asyncio.Event()
+
+    async def hang(request: httpx.Request) -> httpx.Response:
+        await never.wait()
+        raise AssertionError("unreachable")
+
+    stack = build_stack(ONE, deadline=600.0, transports={"a": httpx.MockTransport(hang)})
+    body = openai_body()
+    sent, send = recorder()
+    task = asyncio.create_task(stack.app(http_scope(body), body_then_wait(body), send))
+    await asyncio.sleep(0.1)  # past the watcher's arming too
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert sent == []
+
+
 # -- the client leaves -----------------------------------------------------------------------
 
 
