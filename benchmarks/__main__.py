@@ -1,6 +1,7 @@
-"""``python -m benchmarks [micro|e2e|resilience|load] [--quick]``: print the benchmark tables.
+"""``python -m benchmarks [micro|e2e|resilience|load|scaling] [--quick]``: print the benchmark
+tables.
 
-Without a target all four run (about 5-6 minutes on the 2-core box); ``--quick`` is a smoke test
+Without a target all five run (about 7-8 minutes on the 2-core box); ``--quick`` is a smoke test
 of a few seconds each, for checking that everything works, not for figures.
 """
 
@@ -12,20 +13,23 @@ import platform
 import sys
 import time
 
-from benchmarks import e2e, load_memory, micro, resilience
+from benchmarks import e2e, load_memory, micro, resilience, scaling
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument(
-        "target", nargs="?", choices=("all", "micro", "e2e", "resilience", "load"), default="all"
+        "target",
+        nargs="?",
+        choices=("all", "micro", "e2e", "resilience", "load", "scaling"),
+        default="all",
     )
     parser.add_argument("--quick", action="store_true", help="smoke test, seconds not minutes")
     parser.add_argument(
         "--load",
         choices=("auto", "wrk", "python"),
         default="auto",
-        help="e2e load generator: wrk when installed (auto), or the Python one",
+        help="e2e and scaling load generator: wrk when installed (auto), or the Python one",
     )
     parser.add_argument(
         "--pool-max",
@@ -66,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
             print(resilience.main(quick=args.quick) + "\n", flush=True)
         if args.target in ("all", "load"):
             print(load_memory.main(quick=args.quick) + "\n", flush=True)
+        if args.target in ("all", "scaling"):
+            print(scaling.main(quick=args.quick, load=args.load) + "\n", flush=True)
     except KeyboardInterrupt:
         print("interrupted; every process this run started was stopped", file=sys.stderr)
         return 130

@@ -15,9 +15,24 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import IO, Any
 
-__all__ = ["Processes", "cpu_busy_seconds", "cpu_seconds", "cpus", "peak_rss_mb", "rss_mb"]
+__all__ = [
+    "Pin",
+    "Processes",
+    "cpu_busy_seconds",
+    "cpu_seconds",
+    "cpus",
+    "peak_rss_mb",
+    "rss_mb",
+]
 
 _TICKS = os.sysconf("SC_CLK_TCK")
+
+#: Where a process may run: one CPU, or a set of them (every CPU = not pinned).
+Pin = int | frozenset[int]
+
+
+def _cpu_set(pin: Pin) -> frozenset[int]:
+    return frozenset((pin,)) if isinstance(pin, int) else pin
 
 
 def cpus() -> tuple[int, int, str]:
@@ -57,13 +72,17 @@ def cpu_seconds(pid: int) -> float:
     return ticks / _TICKS
 
 
-def cpu_busy_seconds(cpu: int) -> float:
-    """Time CPU ``cpu`` spent running anything (``/proc/stat``), to see who else used it."""
+def cpu_busy_seconds(cpu: Pin) -> float:
+    """Time CPU ``cpu`` (or, summed, a set of CPUs) spent running anything (``/proc/stat``),
+    to see who else used it."""
+    wanted = {f"cpu{n}" for n in _cpu_set(cpu)}
+    ticks = 0
     for line in Path("/proc/stat").read_text().splitlines():
-        if line.startswith(f"cpu{cpu} "):
-            user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, line.split()[1:9])
-            return (user + nice + system + irq + softirq + steal) / _TICKS
-    return 0.0
+        name, _, values = line.partition(" ")
+        if name in wanted:
+            user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, values.split()[:8])
+            ticks += user + nice + system + irq + softirq + steal
+    return ticks / _TICKS
 
 
 def _status_kb(pid: int, key: str) -> int:
@@ -130,12 +149,14 @@ class Processes:
         name: str,
         argv: Sequence[str],
         *,
-        cpu: int,
+        cpu: Pin,
         env: dict[str, str] | None = None,
         cwd: Path | None = None,
         stdout_pipe: bool = False,
     ) -> subprocess.Popen[bytes]:
-        """Start ``argv`` pinned to ``cpu``; stderr (and stdout unless piped) go to a log."""
+        """Start ``argv`` pinned to ``cpu`` (one, or a set); stderr (and stdout unless piped)
+        go to a log."""
+        allowed = _cpu_set(cpu)
         log = (self._log_dir / f"{name}.log").open("ab")
         self._logs.append(log)
         proc = subprocess.Popen(
@@ -147,7 +168,7 @@ class Processes:
             cwd=cwd,
             start_new_session=True,
             # Pinned before exec, so every thread and child inherits the CPU.
-            preexec_fn=lambda: os.sched_setaffinity(0, {cpu}),
+            preexec_fn=lambda: os.sched_setaffinity(0, allowed),
         )
         self._running.append(proc)
         return proc
@@ -170,12 +191,15 @@ class Processes:
         if proc.stdout is not None:
             proc.stdout.close()
 
-    def log_tail(self, name: str, lines: int = 15) -> str:
-        path = self._log_dir / f"{name}.log"
+    def log(self, name: str) -> str:
+        """Everything the child ``name`` logged so far (``""`` if nothing)."""
         try:
-            return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+            return (self._log_dir / f"{name}.log").read_text(errors="replace")
         except OSError:
             return ""
+
+    def log_tail(self, name: str, lines: int = 15) -> str:
+        return "\n".join(self.log(name).splitlines()[-lines:])
 
     @staticmethod
     def wait_line(proc: subprocess.Popen[bytes], timeout: float) -> str:

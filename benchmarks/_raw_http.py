@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import email.utils
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, TypeVar
+
+_T = TypeVar("_T")
 
 
 def chunk(data: bytes) -> bytes:
@@ -30,11 +32,10 @@ async def serve(factory: Callable[[], asyncio.Protocol], port: int) -> None:
         await server.serve_forever()
 
 
-def run(main: Coroutine[Any, Any, None]) -> None:
-    """Run on uvloop when it is installed."""
+def run(main: Coroutine[Any, Any, _T]) -> _T:
+    """Run on uvloop when it is installed; return what ``main`` returns."""
     try:
         import uvloop
     except ImportError:
-        asyncio.run(main)
-    else:
-        uvloop.run(main)
+        return asyncio.run(main)
+    return uvloop.run(main)

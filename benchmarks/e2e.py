@@ -26,6 +26,7 @@ from pathlib import Path
 
 from benchmarks import _pyspy
 from benchmarks._procs import (
+    Pin,
     Processes,
     cpu_busy_seconds,
     cpu_seconds,
@@ -42,7 +43,22 @@ from benchmarks.fixtures import (
     request_body,
 )
 
-__all__ = ["main"]
+__all__ = [
+    "CHAT_PATH",
+    "HOST",
+    "ROOT",
+    "Contender",
+    "Load",
+    "Outcome",
+    "Run",
+    "Scenario",
+    "choose_tool",
+    "floor_contender",
+    "free_port",
+    "main",
+    "ours_contender",
+    "write_config",
+]
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
@@ -87,8 +103,11 @@ class Load:
     ttfb_p50_ms: float | None = None
     detail: str = ""
     cpu_us: float | None = None
-    #: % of the window: other processes on the proxy's CPU; our load generator and fake
-    #: provider on theirs; other processes there.
+    #: % of the window (100 = one CPU): the proxy (all its processes); other processes on
+    #: the proxy's CPU; our load generator and fake provider on theirs; other processes there.
+    #: When proxy and load share their CPUs, ``others_pct`` counts every other process on
+    #: them and ``load_others_pct`` stays empty.
+    proxy_pct: float | None = None
     others_pct: float | None = None
     load_pct: float | None = None
     load_others_pct: float | None = None
@@ -102,6 +121,23 @@ class Contender:
     app: str
     prefix: str
     env: dict[str, str]
+    workers: int = 1
+
+
+def floor_contender(provider_port: int, *, key: str = "floor", workers: int = 1) -> Contender:
+    """The aiohttp passthrough in front of the fake provider."""
+    env = dict(os.environ, UPSTREAM=f"http://{HOST}:{provider_port}")
+    return Contender(key, "benchmarks.floor_aiohttp:app", "", env, workers)
+
+
+def ours_contender(
+    config: Path, *, key: str = "ours", workers: int = 1, env: dict[str, str] | None = None
+) -> Contender:
+    """The examples app (the proxy mounted at ``/llm``) serving ``config``; in multiprocess
+    metrics mode only if ``env`` sets ``PROMETHEUS_MULTIPROC_DIR`` (not from the shell)."""
+    base = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    full = {**base, **(env or {}), "LLM_PROXY_CONFIG": str(config)}
+    return Contender(key, "examples.app:app", "/llm", full, workers)
 
 
 @dataclass(slots=True)
@@ -187,11 +223,12 @@ url = "sqlite:///{workdir}/llm-proxy.db"
     return path
 
 
-class _Run:
-    """The processes of one run, and how to load a proxy."""
+class Run:
+    """The processes of one run, and how to load a proxy. ``pins`` = (proxy CPU, load CPU):
+    two CPUs, or one CPU or set of CPUs that both share."""
 
     def __init__(
-        self, procs: Processes, workdir: Path, tool: str, profile: bool, pins: tuple[int, int]
+        self, procs: Processes, workdir: Path, tool: str, profile: bool, pins: tuple[Pin, Pin]
     ) -> None:
         self.procs = procs
         self.workdir = workdir
@@ -263,21 +300,29 @@ class _Run:
 
     def _window(self, pid: int, port: int, path: str, sc: Scenario) -> Load:
         """One measured load, with the proxy's CPU and who else used the CPUs meanwhile."""
+        return self.watch(pid, lambda: self.load(port, path, sc, sc.duration))
+
+    def watch(self, pid: int, work: Callable[[], Load]) -> Load:
+        """Run ``work`` (a load against the proxy ``pid``, 0 for none) and add to what it
+        returns the proxy's CPU per request and who used the CPUs meanwhile."""
         started = time.monotonic()
         proxy_before = cpu_seconds(pid)
         load_before = self._load_side_seconds()
         busy_before = cpu_busy_seconds(self.proxy_cpu), cpu_busy_seconds(self.load_cpu)
-        load = self.load(port, path, sc, sc.duration)
+        load = work()
         spent = cpu_seconds(pid) - proxy_before
         load_side = self._load_side_seconds() - load_before
         wall = time.monotonic() - started
         load.cpu_us = spent / load.requests * 1e6 if load.requests else None
+        load.proxy_pct = spent / wall * 100
+        load.load_pct = load_side / wall * 100
+        proxy_busy = cpu_busy_seconds(self.proxy_cpu) - busy_before[0]
         if self.proxy_cpu != self.load_cpu:
-            proxy_busy = cpu_busy_seconds(self.proxy_cpu) - busy_before[0]
             load_busy = cpu_busy_seconds(self.load_cpu) - busy_before[1]
             load.others_pct = max(0.0, proxy_busy - spent) / wall * 100
-            load.load_pct = load_side / wall * 100
             load.load_others_pct = max(0.0, load_busy - load_side) / wall * 100
+        else:
+            load.others_pct = max(0.0, proxy_busy - spent - load_side) / wall * 100
         return load
 
     def _load_side_seconds(self) -> float:
@@ -318,18 +363,21 @@ class _Run:
         self.provider_pid = proc.pid
         return int(line)
 
-    def start(self, contender: Contender, outcome: Outcome) -> _Served | None:
+    def start(self, contender: Contender, outcome: Outcome) -> Served | None:
         """Serve one proxy; ``None`` (and a problem noted) if it never answers."""
         port = free_port()
         argv = [sys.executable, "-m", "uvicorn", contender.app, "--host", HOST]
         argv += ["--port", str(port), "--loop", "uvloop", "--http", "httptools"]
-        argv += ["--no-access-log", "--workers", "1"]
+        argv += ["--no-access-log", "--workers", str(contender.workers)]
         path = contender.prefix + CHAT_PATH
         started = time.perf_counter()
         proc = self.procs.start(
             contender.key, argv, cpu=self.proxy_cpu, env=contender.env, cwd=ROOT
         )
-        if not wait_ready(proc, port, path, timeout=60):
+        ready = wait_ready(proc, port, path, timeout=60)
+        if ready and contender.workers > 1:
+            ready = self._workers_started(contender.key, contender.workers, timeout=60)
+        if not ready:
             tail = self.procs.log_tail(contender.key)
             outcome.problems.append(f"did not become ready:\n```\n{tail}\n```")
             self.procs.stop(proc)
@@ -337,7 +385,17 @@ class _Run:
         outcome.startup_s = time.perf_counter() - started
         outcome.problems += check_bodies(port, path)
         outcome.idle_rss_mb = rss_mb(proc.pid)
-        return _Served(contender.key, proc, port, path, outcome)
+        return Served(contender.key, proc, port, path, outcome)
+
+    def _workers_started(self, key: str, workers: int, timeout: float) -> bool:
+        """The first 200 came from one worker: wait until uvicorn logged every worker's
+        start-up, so that the measured windows meet all of them."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.procs.log(key).count("Application startup complete") >= workers:
+                return True
+            time.sleep(0.05)
+        return False
 
     def measure(self, contenders: list[Contender], runs: list[Scenario], rounds: int) -> None:
         """Both proxies stay up (the idle one costs nothing); each load runs on one, then
@@ -360,7 +418,7 @@ class _Run:
                         _progress(f"round {n + 1} {one.key} {sc.key}", load)
             for one in served:
                 one.outcome.peak_rss_mb = peak_rss_mb(one.proc.pid)
-                one.outcome.loads = {k: _median(v) for k, v in one.outcome.rounds.items()}
+                one.outcome.loads = {k: median(v) for k, v in one.outcome.rounds.items()}
             if self.py_spy:
                 for sc in runs:
                     if sc.key in ("ns32", "st32", "delay256"):
@@ -373,7 +431,7 @@ class _Run:
 
 
 @dataclass(frozen=True, slots=True)
-class _Served:
+class Served:
     key: str
     proc: subprocess.Popen[bytes]
     port: int
@@ -381,7 +439,7 @@ class _Served:
     outcome: Outcome
 
 
-def _median(loads: list[Load]) -> Load:
+def median(loads: list[Load]) -> Load:
     """Per figure, the median over rounds; errors add up; run conditions keep the worst."""
 
     def med(values: list[float | None]) -> float | None:
@@ -401,6 +459,7 @@ def _median(loads: list[Load]) -> Load:
         ttfb_p50_ms=med([x.ttfb_p50_ms for x in loads]),
         detail="; ".join(x.detail for x in loads if x.detail),
         cpu_us=med([x.cpu_us for x in loads]),
+        proxy_pct=med([x.proxy_pct for x in loads]),
         others_pct=worst([x.others_pct for x in loads]),
         load_pct=worst([x.load_pct for x in loads]),
         load_others_pct=worst([x.load_others_pct for x in loads]),
@@ -506,8 +565,8 @@ def _goals(floor: Outcome, ours: Outcome, direct: Load | None) -> list[str]:
         line("c256 on a 100 ms provider vs floor", c256, "{:.2f}x", "≥ 0.9x", c256 and c256 >= 0.9),
         line("peak RSS under load", rss, "{:.1f} MB", "≤ 80 MB", rss and rss <= 80),
         line("start-up", startup, "{:.2f} s", "< 1 s", startup and startup < 1),
-        "- not measured here: per-event added latency p99 ≤ 5 ms; `--workers 2` scaling ≥ 1.7x "
-        "(both need the cores this run gives to the load).",
+        "- measured by `python -m benchmarks scaling` instead (they need the cores this run "
+        "gives to the load): per-event added latency p99 ≤ 5 ms; `--workers 2` scaling ≥ 1.7x.",
     ]
 
 
@@ -626,24 +685,10 @@ def main(
             Processes(Path(tmp)) as procs,
         ):
             workdir = Path(tmp)
-            run = _Run(procs, workdir, tool, profile, (proxy_cpu, load_cpu))
+            run = Run(procs, workdir, tool, profile, (proxy_cpu, load_cpu))
             provider_port = run.start_provider()
-            base = dict(os.environ)
             config = write_config(workdir, provider_port, pool_max)
-            contenders = [
-                Contender(
-                    "floor",
-                    "benchmarks.floor_aiohttp:app",
-                    "",
-                    base | {"UPSTREAM": f"http://{HOST}:{provider_port}"},
-                ),
-                Contender(
-                    "ours",
-                    "examples.app:app",
-                    "/llm",
-                    base | {"LLM_PROXY_CONFIG": str(config)},
-                ),
-            ]
+            contenders = [floor_contender(provider_port), ours_contender(config)]
             ns1 = next(sc for sc in runs if sc.key == "ns1")
             run.load(provider_port, CHAT_PATH, ns1, ns1.warmup)
             direct = run.load(provider_port, CHAT_PATH, ns1, ns1.duration)

@@ -5,7 +5,11 @@ under test; a Starlette mock costs ~50x more than nginx, which would make it the
 Serves ``POST /v1/chat/completions`` (and ``/chat/completions``): the 678-byte JSON, or the
 100-event SSE stream when the body has ``"stream": true`` (each event written separately, as
 nginx's ``echo_flush`` does); a body whose model contains ``delay`` is answered after
-``--delay-ms`` (100 ms, sent chunked like nginx). ``GET /health`` answers ``ok``.
+``--delay-ms`` (100 ms, sent chunked like nginx). A streaming request whose model contains
+``paced`` (``bench-paced``) gets ``PACED_EVENTS`` chunks ``PACE_MS`` apart, then
+``data: [DONE]``; each chunk carries its number (``seq``) and the ``time.monotonic_ns()`` at
+which it was written (``sent_ns``: CLOCK_MONOTONIC, comparable across the processes of one
+machine), for measuring how late each event reaches a client. ``GET /health`` answers ``ok``.
 
 Run: ``python -m benchmarks.fake_provider [--port 0]``; it prints the bound port on stdout.
 """
@@ -14,8 +18,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import re
-from typing import cast
+import time
+from typing import Any, cast
 
 import httptools
 
@@ -29,6 +35,7 @@ def _h(status: str, headers: list[tuple[str, str]]) -> bytes:
 
 _STREAM = re.compile(rb'"stream"\s*:\s*true')
 _DELAY = re.compile(rb'"model"\s*:\s*"[^"]*delay')
+_PACED = re.compile(rb'"model"\s*:\s*"[^"]*paced')
 _CHAT_PATHS = (b"/v1/chat/completions", b"/chat/completions")
 
 
@@ -48,6 +55,42 @@ _SSE_HEAD = _h(
     ],
 )
 _SSE_CHUNKS = [chunk(event) for event in CHAT_SSE_EVENTS] + [b"0\r\n\r\n"]
+
+#: The paced stream: how many stamped chunks, how far apart.
+PACED_EVENTS = 50
+PACE_MS = 5.0
+
+
+def _paced_templates(n: int = PACED_EVENTS) -> list[tuple[bytes, bytes]]:
+    """Per chunk, the bytes before and after its ``sent_ns`` digits (an OpenAI chunk as in
+    ``fixtures``: role first, content tokens, a finish chunk with usage)."""
+    templates = []
+    for seq in range(n):
+        fin: str | None
+        if seq == 0:
+            delta, fin = {"role": "assistant", "content": ""}, None
+        elif seq == n - 1:
+            delta, fin = {}, "stop"
+        else:
+            delta, fin = {"content": f" tok{seq:03d}"}, None
+        event: dict[str, Any] = {
+            "sent_ns": 0,
+            "seq": seq,
+            "id": "chatcmpl-bench-paced",
+            "object": "chat.completion.chunk",
+            "created": 1700000000,
+            "model": "gpt-4o-mini-2024-07-18",
+            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": fin}],
+        }
+        if seq == n - 1:
+            event["usage"] = {"prompt_tokens": 25, "completion_tokens": n, "total_tokens": 25 + n}
+        before, after = json.dumps(event, separators=(",", ":")).encode().split(b"0", 1)
+        templates.append((b"data: " + before, after + b"\n\n"))
+    return templates
+
+
+_PACED_TEMPLATES = _paced_templates()
+_PACED_END = chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n"
 _HEALTH = _h("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "3"), _KEEP])
 _HEALTH += b"ok\n"
 _NOT_FOUND = _h("404 Not Found", [("Content-Length", "0"), _KEEP])
@@ -101,7 +144,10 @@ class _Provider(asyncio.Protocol):
         elif method == b"POST" and path in _CHAT_PATHS:
             body = b"".join(self._body)
             stream = _STREAM.search(body) is not None
-            if _DELAY.search(body):
+            if stream and _PACED.search(body):
+                self._write([_SSE_HEAD], keep_alive=True)
+                self._paced(0, keep_alive)
+            elif _DELAY.search(body):
                 parts = [_SSE_HEAD, *_SSE_CHUNKS] if stream else [_JSON_CHUNKED]
                 loop = asyncio.get_running_loop()
                 self._timer = loop.call_later(self._delay, self._write, parts, keep_alive)
@@ -111,6 +157,21 @@ class _Provider(asyncio.Protocol):
                 self._write([_JSON], keep_alive)
         else:
             self._write([_NOT_FOUND], keep_alive)
+
+    def _paced(self, seq: int, keep_alive: bool) -> None:
+        """Chunk ``seq`` now, stamped with the time of its write; the next one ``PACE_MS``
+        later (the timer is cancelled if the client goes away)."""
+        self._timer = None
+        transport = self._transport
+        if transport is None:
+            return
+        if seq == len(_PACED_TEMPLATES):
+            self._write([_PACED_END], keep_alive)
+            return
+        before, after = _PACED_TEMPLATES[seq]
+        transport.write(chunk(b"%s%d%s" % (before, time.monotonic_ns(), after)))
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(PACE_MS / 1000, self._paced, seq + 1, keep_alive)
 
     def _write(self, parts: list[bytes], keep_alive: bool) -> None:
         self._timer = None
