@@ -48,6 +48,7 @@ from llm_proxy_mw import (
     build_proxy,
 )
 from llm_proxy_mw.config import ProxyConfig, parse_config
+from llm_proxy_mw.mount import mount
 
 __all__ = ["LAYERS", "Layer", "NoopTransport", "main"]
 
@@ -431,7 +432,15 @@ async def _cases(env: Env) -> tuple[list[Case], list[str], Any]:
             "host app: Starlette Mount('/llm') + full stack, JSON",
             host,
             path="/llm/v1/chat/completions",
-            note="what the e2e run's examples app adds",
+            note="the proxy in the host's route table",
+        )
+    )
+    cases.append(
+        Case(
+            "host app: mount(host, '/llm', proxy) + full stack, JSON",
+            mount(host, "/llm", proxy),
+            path="/llm/v1/chat/completions",
+            note="in front of the host's router, as the examples app serves it",
         )
     )
     return cases, skipped, proxy

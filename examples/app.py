@@ -21,6 +21,7 @@ from starlette.routing import Mount, Route
 
 from llm_proxy_mw import LLMProxy, build_proxy, load_config
 from llm_proxy_mw.logging_filters import RedactQuerySecrets
+from llm_proxy_mw.mount import mount
 
 
 def redact_logged_urls() -> None:
@@ -72,10 +73,24 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
         # Everything built at start-up lives as long as the process: moving it out of the
         # garbage collector's generations keeps every later collection short.
         gc.freeze()
-        yield
+        # A proxy keeps tens of objects alive per request in flight. At CPython's default
+        # first-generation threshold (700 new objects) hundreds of concurrent requests make
+        # the collector run every few requests and walk all of them again: 10-15% of the
+        # CPU at 256 connections. The proxy frees its objects without the collector's help
+        # (no reference cycles per request), so collecting less often costs no memory.
+        thresholds = gc.get_threshold()
+        gc.set_threshold(50_000, 10, 10)
+        try:
+            yield
+        finally:
+            gc.set_threshold(*thresholds)
 
 
-app = Starlette(
+host = Starlette(
     routes=[Route("/", homepage), Mount("/llm", app=proxy, name="llm")],
     lifespan=lifespan,
 )
+
+#: ``/llm/...`` goes straight to the proxy, in front of the host's router (which keeps its
+#: Mount for ``url_for``): a Starlette Mount alone costs each proxied request ~20 µs more.
+app = mount(host, "/llm", proxy)

@@ -1,0 +1,55 @@
+"""``mount(host, "/llm", proxy)``: the proxy beside a host app, in front of the host's router.
+
+Starlette's ``Mount`` works, and is the way to embed the proxy in a host's route table. It
+also costs every proxied request about 60 µs of CPU (the host's error and exception
+middlewares, the router's regex match, a child scope, a wrapper closure per layer) and keeps
+about 30 more objects alive per waiting request for the garbage collector to walk: a tenth
+of what the whole proxy stack costs. ``mount`` decides by path prefix alone and hands the
+request straight to the proxy; everything else, the lifespan included, goes to the host.
+
+The proxy sees the scope a ``Mount`` would give it (``root_path`` extended by the prefix), so
+the two are interchangeable; a host may keep its ``Mount`` for ``url_for``.
+"""
+
+from __future__ import annotations
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+__all__ = ["PrefixMount", "mount"]
+
+
+class PrefixMount:
+    """Requests under ``prefix`` go to ``app``; all others, and the lifespan, to ``host``."""
+
+    __slots__ = ("host", "app", "prefix", "_under")
+
+    def __init__(self, host: ASGIApp, prefix: str, app: ASGIApp) -> None:
+        stripped = prefix.strip("/")
+        if not stripped:
+            raise ValueError("The mount prefix must name a path, like '/llm'.")
+        self.host = host
+        self.app = app
+        self.prefix = "/" + stripped
+        self._under = self.prefix + "/"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            path: str = scope["path"]
+            root_path: str = scope.get("root_path", "")
+            if root_path and path.startswith(root_path):
+                path = path[len(root_path) :]
+            if path.startswith(self._under):
+                child = dict(scope)
+                child["root_path"] = root_path + self.prefix
+                child.setdefault("app_root_path", root_path)
+                await self.app(child, receive, send)
+                return
+        await self.host(scope, receive, send)
+
+
+def mount(host: ASGIApp, prefix: str, app: ASGIApp) -> PrefixMount:
+    """Serve ``app`` (the proxy) under ``prefix`` and everything else with ``host``.
+
+    The host keeps its own lifespan; pass it ``proxy.lifespan`` as with a ``Mount``.
+    """
+    return PrefixMount(host, prefix, app)
