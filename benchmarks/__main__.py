@@ -1,7 +1,7 @@
 """``python -m benchmarks [micro|e2e|resilience|load|scaling] [--quick]``: print the benchmark
 tables.
 
-Without a target all five run (about 7-8 minutes on the 2-core box); ``--quick`` is a smoke test
+Without a target all five run (about 8-9 minutes on the 2-core box); ``--quick`` is a smoke test
 of a few seconds each, for checking that everything works, not for figures.
 """
 

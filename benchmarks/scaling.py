@@ -405,8 +405,9 @@ def report(
         "",
         _workers_table(outcomes, p.load.key),
         "",
-        f"Run conditions, % of each window, median over rounds (100 = one CPU; the {ncpu} "
-        f"CPUs make {ncpu * 100}):",
+        f"Run conditions, % of each window (100 = one CPU; the {ncpu} CPUs make "
+        f"{ncpu * 100}): the proxy's median over rounds, the others' worst round. Trust the "
+        "ratio when other processes took ~0:",
         "",
         _workers_conditions(outcomes, p.load.key),
         "",
