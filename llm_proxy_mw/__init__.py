@@ -1,5 +1,9 @@
 """llm_proxy_mw: an LLM proxy as composable pure-ASGI middlewares over a pluggable transport."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 from llm_proxy_mw.auth import ApiKeyAuthenticator, AuthMiddleware, Principal
 from llm_proxy_mw.builder import LLMProxy, build_proxy
 from llm_proxy_mw.config import ProxyConfig, load_config
@@ -12,13 +16,15 @@ from llm_proxy_mw.routing import Router, RoutingMiddleware
 from llm_proxy_mw.transports import (
     AiohttpTransport,
     EchoTransport,
-    HttpxTransport,
     UpstreamRequest,
     UpstreamResponse,
     UpstreamTransport,
 )
 from llm_proxy_mw.upstream import UpstreamApp
 from llm_proxy_mw.wire import WireFormat
+
+if TYPE_CHECKING:
+    from llm_proxy_mw.transports._httpx import HttpxTransport
 
 __all__ = [
     "AiohttpTransport",
@@ -49,3 +55,12 @@ __all__ = [
     "get_context",
     "load_config",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # The httpx adapter (and httpx) load only when asked for: see llm_proxy_mw.transports.
+    if name == "HttpxTransport":
+        from llm_proxy_mw.transports._httpx import HttpxTransport
+
+        return HttpxTransport
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -13,13 +13,12 @@ import json
 import logging
 import os
 from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from llm_proxy_mw.auth import AuthMiddleware
-from llm_proxy_mw.auth._setup import AuthSetup, build_auth
 from llm_proxy_mw.config import ProxyConfig, load_config, parse_config
 from llm_proxy_mw.context import RequestContextMiddleware, get_context
 from llm_proxy_mw.dashboard import DashboardApp
@@ -34,6 +33,9 @@ from llm_proxy_mw.store import open_metrics_store
 from llm_proxy_mw.transports import UpstreamTransport
 from llm_proxy_mw.upstream import UpstreamApp
 from llm_proxy_mw.wire import send_json
+
+if TYPE_CHECKING:
+    from llm_proxy_mw.auth._setup import AuthSetup
 
 __all__ = ["LLMProxy", "build_proxy"]
 
@@ -247,6 +249,8 @@ def build_proxy(
     auth = None
     auth_setup = None
     if config.auth is not None:
+        from llm_proxy_mw.auth._setup import build_auth  # the token machinery: only with [auth]
+
         auth_setup = build_auth(config.auth, store_url=config.store.url)
         pipeline = auth = AuthMiddleware(pipeline, authenticators=auth_setup.authenticators)
     else:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -64,6 +63,9 @@ class ConfigError(ValueError):
 
 
 class _Model(BaseModel):
+    # Empty collections default to ``[]`` and ``{}`` (pydantic copies them per instance), not
+    # to ``default_factory=list``: pydantic inspects each factory's signature when it builds
+    # the model, and a builtin's means tokenizing its text signature, milliseconds at import.
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
@@ -118,10 +120,10 @@ class ProviderConfig(_Model):
     api_key: SecretStr | None = None
     models: list[str] = Field(default_factory=lambda: ["*"], min_length=1)
     weight: float = Field(1.0, gt=0)
-    fallbacks: list[str] = Field(default_factory=list)
+    fallbacks: list[str] = []
     # Extra headers often carry credentials (Azure's ``api-key``): kept out of the repr and
     # of JSON dumps.
-    headers: dict[str, str] = Field(default_factory=dict, repr=False)
+    headers: dict[str, str] = Field({}, repr=False)
     pool: PoolConfig = Field(default_factory=PoolConfig)
     timeout: TimeoutConfig = Field(default_factory=TimeoutConfig)
     retry: RetryConfig = Field(default_factory=RetryConfig)
@@ -217,8 +219,8 @@ class JwtIssuerConfig(_Model):
         default_factory=lambda: list[JwsAlgorithm](["RS256", "ES256"]), min_length=1
     )
     name_claim: str = "sub"
-    admin_subjects: list[str] = Field(default_factory=list)
-    required_scopes: list[str] = Field(default_factory=list)
+    admin_subjects: list[str] = []
+    required_scopes: list[str] = []
 
 
 class OAuthConfig(_Model):
@@ -232,19 +234,19 @@ class OAuthConfig(_Model):
     domain: str | None = None
     scope: str | None = None
     redirect_uri: str | None = Field(None, pattern=r"^https?://")
-    allowed_users: list[str] = Field(default_factory=list)
-    allowed_domains: list[str] = Field(default_factory=list)
-    allowed_orgs: list[str] = Field(default_factory=list)
-    admin_users: list[str] = Field(default_factory=list)
+    allowed_users: list[str] = []
+    allowed_domains: list[str] = []
+    allowed_orgs: list[str] = []
+    admin_users: list[str] = []
 
 
 class AuthConfig(_Model):
     """Who may call the proxy. Every section is optional; with none at all, no one can."""
 
-    api_keys: list[ApiKeyConfig] = Field(default_factory=list)
+    api_keys: list[ApiKeyConfig] = []
     tokens: TokensConfig = Field(default_factory=TokensConfig)
-    jwt_issuers: dict[str, JwtIssuerConfig] = Field(default_factory=dict)
-    oauth: dict[str, OAuthConfig] = Field(default_factory=dict)
+    jwt_issuers: dict[str, JwtIssuerConfig] = {}
+    oauth: dict[str, OAuthConfig] = {}
     #: Signs the browser session cookie of the OAuth login; required with ``oauth``.
     session_secret: SecretStr | None = None
     session_ttl_seconds: int = Field(8 * 3600, ge=60)
@@ -365,6 +367,8 @@ def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = No
 
     ``$$`` stands for a literal ``$``. A missing variable is an error naming it and where.
     """
+    import tomllib  # here: a config given as a mapping never needs it
+
     source = str(path)
     try:
         raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))

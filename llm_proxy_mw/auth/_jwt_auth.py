@@ -6,10 +6,9 @@ as an access token, a ``kid`` that must name one of our keys exactly, and only t
 parameters we write (``alg``, ``kid``, ``typ``): ``crit``, ``jku``, ``jwk``, ``x5u``, ``b64``
 and anything unknown are refused. ``iss`` and ``aud`` compare exactly; ``exp``, ``nbf`` and
 ``iat`` are required and checked with a small leeway. Oversized tokens are refused before
-any decoding.
-
-Config's ``EdDSA`` signs with Ed25519 under the fully specified JWS name ``Ed25519``
-(RFC 9864), which joserfc recommends over the deprecated polymorphic ``EdDSA``.
+any decoding. The keys that sign and check the signatures are ``SigningKey``s
+(``_signing_key``, over joserfc); this module needs neither joserfc nor cryptography, so
+they load only with the first key.
 
 A verified token is cached until it expires, so the hot path costs a dictionary lookup,
 a clock read and a revocation-set lookup instead of a signature check; revocation is
@@ -23,17 +22,16 @@ import json
 import math
 import re
 import time
-from collections.abc import Callable, Container
+from collections.abc import Awaitable, Callable, Container
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from joserfc import jwk, jws, jwt
-from joserfc.errors import JoseError
-from joserfc.jws import JWSRegistry
-from joserfc.registry import JWS_HEADER_REGISTRY
 from starlette.types import Scope
 
 from llm_proxy_mw.auth._principal import Principal
+
+if TYPE_CHECKING:
+    from llm_proxy_mw.auth._signing_key import SigningKey
 
 __all__ = [
     "ACCESS_TOKEN_TYPE",
@@ -47,95 +45,9 @@ ACCESS_TOKEN_TYPE = "at+jwt"
 #: Longer tokens are refused before any decoding (RFC 8725 §3.5 spirit; ours are ~500 B).
 MAX_TOKEN_BYTES = 8192
 
-_JWS_ALGORITHM = {"EdDSA": "Ed25519", "ES256": "ES256"}
-_KEY_TYPE: dict[str, tuple[str, str]] = {"EdDSA": ("OKP", "Ed25519"), "ES256": ("EC", "P-256")}
-_HEADER = frozenset({"alg", "kid", "typ"})
-_TYPES = frozenset({ACCESS_TOKEN_TYPE, "application/" + ACCESS_TOKEN_TYPE})
+#: The only header parameters our tokens carry; a token with any other one is refused.
+HEADER_PARAMETERS = frozenset({"alg", "kid", "typ"})
 _B64URL = re.compile(r"[A-Za-z0-9_-]+")
-
-
-class _Registry(JWSRegistry):
-    # Only the header parameters our tokens carry; joserfc refuses any other one.
-    default_header_registry = {name: JWS_HEADER_REGISTRY[name] for name in sorted(_HEADER)}
-
-
-class SigningKey:
-    """The proxy's private signing key; its public half is the JWKS. ``kid`` is the key's
-    RFC 7638 thumbprint, so it changes exactly when the key does."""
-
-    def __init__(self, key: jwk.OKPKey | jwk.ECKey, algorithm: str) -> None:
-        self.algorithm = algorithm
-        self.jws_algorithm = _JWS_ALGORITHM[algorithm]
-        self.kid = key.thumbprint()
-        self.registry = _Registry(algorithms=[self.jws_algorithm])
-        self._key = key
-        public = {k: v for k, v in key.as_dict(private=False).items() if k != "kid"}
-        self.public_jwk: dict[str, Any] = {
-            **public,
-            "kid": self.kid,
-            "alg": self.jws_algorithm,
-            "use": "sig",
-        }
-        self.public_key = type(key).import_key(public)
-
-    @classmethod
-    def generate(cls, algorithm: str) -> SigningKey:
-        kty, curve = _KEY_TYPE[algorithm]
-        if kty == "OKP":
-            return cls(jwk.generate_key("OKP", "Ed25519"), algorithm)
-        return cls(jwk.generate_key("EC", "P-256"), algorithm)
-
-    @classmethod
-    def from_jwk(cls, text: str, algorithm: str) -> SigningKey:
-        """Import a private JWK. Errors say what is wrong, never what the key holds."""
-        kty, curve = _KEY_TYPE[algorithm]
-        try:
-            data = json.loads(text)
-        except ValueError:
-            raise ValueError("the signing key is not a JSON object (a private JWK)") from None
-        if not isinstance(data, dict) or data.get("kty") != kty or data.get("crv") != curve:
-            raise ValueError(f"the signing key must be a {kty} {curve} JWK for {algorithm}")
-        if "d" not in data:
-            raise ValueError('the signing key must be a private JWK (with "d")')
-        members = {k: data[k] for k in ("kty", "crv", "x", "y", "d") if k in data}
-        try:
-            imported = jwk.import_key(members, "OKP" if kty == "OKP" else "EC")
-            key = cls(imported, algorithm)
-            probe = key.sign({"probe": True})
-            valid = key.decode(probe) is not None
-        except (JoseError, ValueError, TypeError):
-            valid = False
-        if not valid:
-            raise ValueError(f"the signing key is not a valid {kty} {curve} private JWK")
-        return key
-
-    def to_jwk(self) -> str:
-        """The private JWK, for the store only."""
-        return json.dumps(self._key.as_dict(private=True), separators=(",", ":"))
-
-    def sign(self, claims: dict[str, Any]) -> str:
-        header = {"alg": self.jws_algorithm, "kid": self.kid, "typ": ACCESS_TOKEN_TYPE}
-        return jwt.encode(header, claims, self._key, registry=self.registry)
-
-    def decode(self, token: str, header: dict[str, Any] | None = None) -> dict[str, Any] | None:
-        """The claims of a token this key signed, after every header check, else ``None``.
-        ``header`` is the token's header when the caller parsed it already. Claims are not
-        validated here."""
-        header = header if header is not None else token_header(token)
-        if (
-            header is None
-            or not header.keys() <= _HEADER
-            or header.get("alg") != self.jws_algorithm
-            or header.get("kid") != self.kid
-            or str(header.get("typ")).lower() not in _TYPES
-        ):
-            return None
-        try:
-            signed = jws.deserialize_compact(token, self.public_key, registry=self.registry)
-            claims = json.loads(signed.payload or b"")
-        except (JoseError, ValueError, RecursionError):
-            return None
-        return claims if isinstance(claims, dict) else None
 
 
 def token_header(token: str) -> dict[str, Any] | None:
@@ -163,7 +75,11 @@ class AccessToken:
 
 class ProxyTokenAuthenticator:
     """Resolves proxy-issued access tokens. ``revoked`` holds the revoked family ids (kept
-    current by the token service); ``keys`` maps each accepted ``kid`` to its key."""
+    current by the token service); ``keys`` maps each accepted ``kid`` to its key.
+
+    ``load_keys``, when set, is awaited while there is no key yet and a token-shaped secret
+    comes in: the token service loads its key on demand that way (``use_key``).
+    """
 
     def __init__(
         self,
@@ -174,6 +90,7 @@ class ProxyTokenAuthenticator:
         revoked: Container[str],
         clock: Callable[[], float] = time.time,
         cache_size: int = 10_000,
+        load_keys: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.issuer = issuer
         self.audience = audience
@@ -182,6 +99,7 @@ class ProxyTokenAuthenticator:
         self.clock = clock
         self.cache_size = cache_size
         self.keys: dict[str, SigningKey] = {}
+        self.load_keys = load_keys
         # token -> (accepted until, family, verified token); dicts keep insertion order,
         # so the first entry is the oldest one to evict.
         self._cache: dict[str, tuple[float, str, AccessToken]] = {}
@@ -193,6 +111,8 @@ class ProxyTokenAuthenticator:
     async def authenticate(self, scope: Scope, secret: str | None) -> Principal | None:
         if secret is None:
             return None
+        if not self.keys and self.load_keys is not None and _token_shaped(secret):
+            await self.load_keys()
         verified = self.verify(secret)
         return verified.principal if verified is not None else None
 
@@ -255,7 +175,22 @@ class ProxyTokenAuthenticator:
         return AccessToken(principal, fam, float(exp), claims)
 
 
+def _token_shaped(secret: str) -> bool:
+    # The length first, as in ``verify``: an oversized secret is never decoded. An API key
+    # or a refresh token is not shaped like a JWS, so it never loads the key.
+    return len(secret) <= MAX_TOKEN_BYTES and token_header(secret) is not None
+
+
 def _is_time(*values: float) -> bool:
     # NumericDate is a finite JSON number; a bool is an int to Python but not a date.
     # An int is always finite (and math.isfinite overflows on a huge one).
     return all(not isinstance(v, bool) and (isinstance(v, int) or math.isfinite(v)) for v in values)
+
+
+def __getattr__(name: str) -> object:
+    # ``SigningKey`` lives with joserfc, which loads with the first key, not with this module.
+    if name == "SigningKey":
+        from llm_proxy_mw.auth._signing_key import SigningKey
+
+        return SigningKey
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

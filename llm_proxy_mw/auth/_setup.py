@@ -75,8 +75,13 @@ def build_auth(config: AuthConfig, *, store_url: str) -> AuthSetup:
 
 
 def _add_tokens(setup: AuthSetup, config: AuthConfig, store_url: str) -> None:
-    """Proxy-issued tokens: their verifier, their API and JWKS, and their store."""
-    service = TokenService(config.tokens, open_token_store(store_url))
+    """Proxy-issued tokens: their verifier, their API and JWKS, and their store.
+
+    Always available; without an ``[auth.tokens]`` section they start on demand, so that
+    a proxy whose clients use API keys only never loads joserfc and cryptography.
+    """
+    on_demand = "tokens" not in config.model_fields_set
+    service = TokenService(config.tokens, open_token_store(store_url), on_demand=on_demand)
     setup.authenticators.append(service.authenticator)
     setup.endpoints.append(TokenApi(service, resolve=setup.resolve))
     setup.lifecycles.append(service)

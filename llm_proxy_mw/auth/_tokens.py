@@ -10,6 +10,11 @@ revoked family ids live in memory, loaded at start, updated in-process as they h
 pushed between replicas by the store (Redis pub/sub) and reloaded periodically as a safety
 net. The signing key comes from config, or is generated once and kept in the store, so
 replicas sharing the store share the key and tokens survive restarts.
+
+On demand (no ``[auth.tokens]`` section), nothing starts with the proxy: the first token
+operation or token-shaped credential opens the store, loads the key (and with it joserfc
+and cryptography) and starts the revocation sync, so a proxy whose clients use API keys
+only never loads them.
 """
 
 from __future__ import annotations
@@ -22,13 +27,16 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
-from llm_proxy_mw.auth._jwt_auth import AccessToken, ProxyTokenAuthenticator, SigningKey
+from llm_proxy_mw.auth._jwt_auth import AccessToken, ProxyTokenAuthenticator
 from llm_proxy_mw.auth._principal import Principal
 from llm_proxy_mw.auth.token_store import Family, RevocationSync, StoreError, TokenStore
 from llm_proxy_mw.config import ConfigError, TokensConfig
 from llm_proxy_mw.errors import ProxyError
+
+if TYPE_CHECKING:
+    from llm_proxy_mw.auth._signing_key import SigningKey
 
 __all__ = ["IssuedTokens", "TokenGrantError", "TokenService", "TokenStoreUnavailableError"]
 
@@ -74,7 +82,8 @@ class TokenService:
     """The lifecycle (``start``/``stop``) and the operations behind the token API.
 
     ``clock`` gives epoch seconds (tests move it); ``resync_interval`` is how often the
-    revocations are reloaded and a failed store is retried.
+    revocations are reloaded and a failed store is retried. ``on_demand`` defers all of
+    ``start`` to the first call of ``ready`` (see the module docstring).
     """
 
     def __init__(
@@ -84,8 +93,10 @@ class TokenService:
         *,
         clock: Callable[[], float] = time.time,
         resync_interval: float = 10.0,
+        on_demand: bool = False,
     ) -> None:
         self.config = config
+        self.on_demand = on_demand
         self.store = store
         self.revocations = RevocationSync(
             store,
@@ -101,9 +112,12 @@ class TokenService:
             leeway=config.leeway_seconds,
             revoked=self.revoked,
             clock=clock,
+            load_keys=self._load_on_demand if on_demand else None,
         )
         self._configured: SigningKey | None = None
         if config.signing_key is not None:
+            from llm_proxy_mw.auth._signing_key import SigningKey
+
             # A configured key that cannot be used is a config error: raise at build time.
             try:
                 secret = config.signing_key.get_secret_value()
@@ -113,6 +127,7 @@ class TokenService:
         self.key: SigningKey | None = None
         self._ready = asyncio.Lock()
         self._healthy = True
+        self._running = False
         self._sync: asyncio.Task[None] | None = None
 
     @property
@@ -126,12 +141,24 @@ class TokenService:
 
     async def start(self) -> None:
         self._ready = asyncio.Lock()  # of this event loop: a host may run several in turn
+        self._running = True
+        if self.on_demand and not self.authenticator.keys:
+            return  # until the first ``ready``; once tokens were used, they are kept in sync
         with contextlib.suppress(TokenStoreUnavailableError):  # logged; retried in the loop
             await self.ready()
-        sync = self.revocations.run(self.ready)
-        self._sync = asyncio.create_task(sync, name="llm_proxy_mw-token-revocations")
+        self._sync_revocations()
+
+    def _sync_revocations(self) -> None:
+        if self._running and self._sync is None:
+            sync = self.revocations.run(self.ready)
+            self._sync = asyncio.create_task(sync, name="llm_proxy_mw-token-revocations")
+
+    async def _load_on_demand(self) -> None:
+        with contextlib.suppress(TokenStoreUnavailableError):  # logged; the caller gets 401
+            await self.ready()
 
     async def stop(self) -> None:
+        self._running = False
         task, self._sync = self._sync, None
         if task is not None:
             task.cancel()
@@ -151,9 +178,12 @@ class TokenService:
                 await self._guard(self.revocations.reload())
                 self.authenticator.use_key(key)
                 self.key = key
+        self._sync_revocations()  # on demand, the first token operation starts it
         return self.key
 
     async def _stored_key(self) -> SigningKey:
+        from llm_proxy_mw.auth._signing_key import SigningKey
+
         algorithm = self.config.algorithm
         candidate = SigningKey.generate(algorithm).to_jwk()
         stored = await self._guard(self.store.signing_key(algorithm, candidate))

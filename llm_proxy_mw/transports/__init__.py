@@ -1,9 +1,15 @@
 """Upstream transports: the protocol, the aiohttp default, the httpx adapter, the echo."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 from llm_proxy_mw.transports._aiohttp import AiohttpTransport
 from llm_proxy_mw.transports._base import UpstreamRequest, UpstreamResponse, UpstreamTransport
 from llm_proxy_mw.transports._echo import EchoTransport
-from llm_proxy_mw.transports._httpx import HttpxTransport
+
+if TYPE_CHECKING:
+    from llm_proxy_mw.transports._httpx import HttpxTransport
 
 __all__ = [
     "AiohttpTransport",
@@ -13,3 +19,13 @@ __all__ = [
     "UpstreamResponse",
     "UpstreamTransport",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # Imported on first use: httpx costs start-up time and memory that a proxy on the
+    # default aiohttp transport never needs.
+    if name == "HttpxTransport":
+        from llm_proxy_mw.transports._httpx import HttpxTransport
+
+        return HttpxTransport
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
