@@ -46,9 +46,9 @@ from llm_proxy_mw import (
     UpstreamRequest,
     UpstreamResponse,
     build_proxy,
+    mount,
 )
 from llm_proxy_mw.config import ProxyConfig, parse_config
-from llm_proxy_mw.mount import mount
 
 __all__ = ["LAYERS", "Layer", "NoopTransport", "main"]
 

@@ -19,9 +19,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Mount, Route
 
-from llm_proxy_mw import LLMProxy, build_proxy, load_config
+from llm_proxy_mw import LLMProxy, build_proxy, load_config, mount
 from llm_proxy_mw.logging_filters import RedactQuerySecrets
-from llm_proxy_mw.mount import mount
 
 
 def redact_logged_urls() -> None:

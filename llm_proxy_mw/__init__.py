@@ -10,6 +10,7 @@ from llm_proxy_mw.config import ProxyConfig, load_config
 from llm_proxy_mw.context import RequestContext, RequestContextMiddleware, get_context
 from llm_proxy_mw.health import HealthPolicy, HealthRegistry
 from llm_proxy_mw.metrics import MetricsMiddleware, ProxyMetrics
+from llm_proxy_mw.mounting import PrefixMount, mount
 from llm_proxy_mw.providers import Provider
 from llm_proxy_mw.retry import RetryMiddleware, RetryPolicy
 from llm_proxy_mw.routing import Router, RoutingMiddleware
@@ -36,6 +37,7 @@ __all__ = [
     "HttpxTransport",
     "LLMProxy",
     "MetricsMiddleware",
+    "PrefixMount",
     "Principal",
     "Provider",
     "ProxyConfig",
@@ -54,6 +56,7 @@ __all__ = [
     "build_proxy",
     "get_context",
     "load_config",
+    "mount",
 ]
 
 

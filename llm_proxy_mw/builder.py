@@ -79,7 +79,10 @@ class LLMProxy:
         self._warned = False
         self._lazy_start: asyncio.Task[None] | None = None
         self._restored = False
-        self._app = RequestContextMiddleware(self._dispatch)
+        # /v1/... goes to the pipeline with no dispatching coroutine in between: each layer
+        # of a waiting request is one more object for the garbage collector to walk.
+        self._api = RequestContextMiddleware(pipeline)
+        self._endpoints = RequestContextMiddleware(self._dispatch)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -91,7 +94,10 @@ class LLMProxy:
                     "shutdown. Pass it on: Starlette(..., lifespan=proxy.lifespan)."
                 )
                 self._lazy_start = asyncio.get_running_loop().create_task(self.startup())
-            await self._app(scope, receive, send)
+            if get_context(scope).route_path.startswith("/v1/"):
+                await self._api(scope, receive, send)
+            else:
+                await self._endpoints(scope, receive, send)
         elif scope["type"] == "lifespan":
             await self._serve_lifespan(receive, send)
         elif scope["type"] == "websocket":
@@ -100,9 +106,7 @@ class LLMProxy:
 
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = get_context(scope).route_path
-        if path.startswith("/v1/"):
-            await self.pipeline(scope, receive, send)
-        elif path == "/healthz":
+        if path == "/healthz":
             await send_json(send, 200, json.dumps(self.health_report()).encode())
         elif path == "/metrics" and self.metrics is not None:
             await self._require_admin(scope, self.config.metrics.public)

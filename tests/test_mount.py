@@ -12,8 +12,8 @@ from starlette.routing import Mount, Route
 from starlette.types import Message, Receive, Scope, Send
 from test_builder import CHAT, client_for, mounted_proxy, serving_lifespan
 
+from llm_proxy_mw import mount
 from llm_proxy_mw.context import get_context
-from llm_proxy_mw.mount import mount
 
 pytestmark = pytest.mark.anyio
 

@@ -17,6 +17,7 @@ MODULES = [
     "llm_proxy_mw.client",
     "llm_proxy_mw.context",
     "llm_proxy_mw.errors",
+    "llm_proxy_mw.mounting",
     "llm_proxy_mw.providers",
     "llm_proxy_mw.routing",
     "llm_proxy_mw.transports",
