@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import email.utils
 from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
+
+import httptools
 
 _T = TypeVar("_T")
 
@@ -21,6 +23,49 @@ def head(status: str, headers: list[tuple[str, str]], *, server: str) -> bytes:
     lines = [f"HTTP/1.1 {status}", f"Server: {server}", f"Date: {date}"]
     lines += [f"{k}: {v}" for k, v in headers]
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+class RequestProtocol(asyncio.Protocol):
+    """One client connection, parsed by httptools: URL and body of the request being read.
+
+    Subclasses answer in ``on_message_complete``; ``bad_request`` answers what does not parse.
+    """
+
+    bad_request = b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+
+    def __init__(self) -> None:
+        self._parser = httptools.HttpRequestParser(self)
+        self._transport: asyncio.Transport | None = None
+        self._url = b""
+        self._body: list[bytes] = []
+        self._timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, only look alike.
+        self._transport = cast(asyncio.Transport, transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._transport = None
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError:
+            if self._transport is not None:
+                self._transport.write(self.bad_request)
+                self._transport.close()
+
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._body = []
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+
+    def on_body(self, body: bytes) -> None:
+        self._body.append(body)
 
 
 async def serve(factory: Callable[[], asyncio.Protocol], port: int) -> None:

@@ -21,11 +21,9 @@ import asyncio
 import json
 import re
 import time
-from typing import Any, cast
+from typing import Any
 
-import httptools
-
-from benchmarks._raw_http import chunk, head, run, serve
+from benchmarks._raw_http import RequestProtocol, chunk, head, run, serve
 from benchmarks.fixtures import CHAT, CHAT_SSE_EVENTS
 
 
@@ -94,46 +92,14 @@ _PACED_END = chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n"
 _HEALTH = _h("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "3"), _KEEP])
 _HEALTH += b"ok\n"
 _NOT_FOUND = _h("404 Not Found", [("Content-Length", "0"), _KEEP])
-_BAD = _h("400 Bad Request", [("Content-Length", "0"), ("Connection", "close")])
 
 
-class _Provider(asyncio.Protocol):
+class _Provider(RequestProtocol):
     """One client connection; requests on it are answered in order (no pipelining needed)."""
 
     def __init__(self, delay: float) -> None:
+        super().__init__()
         self._delay = delay
-        self._parser = httptools.HttpRequestParser(self)
-        self._transport: asyncio.Transport | None = None
-        self._url = b""
-        self._body: list[bytes] = []
-        self._timer: asyncio.TimerHandle | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports are not asyncio.Transport subclasses, only look alike.
-        self._transport = cast(asyncio.Transport, transport)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        self._transport = None
-
-    def data_received(self, data: bytes) -> None:
-        try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserError:
-            if self._transport is not None:
-                self._transport.write(_BAD)
-                self._transport.close()
-
-    def on_message_begin(self) -> None:
-        self._url = b""
-        self._body = []
-
-    def on_url(self, url: bytes) -> None:
-        self._url += url
-
-    def on_body(self, body: bytes) -> None:
-        self._body.append(body)
 
     def on_message_complete(self) -> None:
         keep_alive = self._parser.should_keep_alive()

@@ -26,11 +26,9 @@ import asyncio
 import json
 import re
 import time
-from typing import Any, cast
+from typing import Any
 
-import httptools
-
-from benchmarks._raw_http import chunk, head, run, serve
+from benchmarks._raw_http import RequestProtocol, chunk, head, run, serve
 
 
 def _h(status: str, headers: list[tuple[str, str]]) -> bytes:
@@ -201,7 +199,6 @@ _BIG_TAIL = chunk(b"data: [DONE]\n\n") + _END
 _PLAIN = ("Content-Type", "text/plain")
 _HEALTH = _h("200 OK", [_PLAIN, ("Content-Length", "3"), _KEEP]) + b"ok\n"
 _NOT_FOUND = _h("404 Not Found", [("Content-Length", "0"), _KEEP])
-_BAD = _h("400 Bad Request", [("Content-Length", "0"), ("Connection", "close")])
 
 
 class _Big:
@@ -224,30 +221,20 @@ class _Big:
 _BIGS: dict[str, tuple[_Big, _Provider]] = {}
 
 
-class _Provider(asyncio.Protocol):
+class _Provider(RequestProtocol):
     """One client connection; requests on it are answered in order."""
 
     def __init__(self, pace: float) -> None:
+        super().__init__()
         self._pace = pace
-        self._parser = httptools.HttpRequestParser(self)
-        self._transport: asyncio.Transport | None = None
-        self._url = b""
-        self._body: list[bytes] = []
-        self._timer: asyncio.TimerHandle | None = None
         self._paused = False
         self._big: _Big | None = None
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports are not asyncio.Transport subclasses, only look alike.
-        self._transport = cast(asyncio.Transport, transport)
-
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
         if self._big is not None:
             self._big.closed = time.monotonic()
             self._big = None
-        self._transport = None
+        super().connection_lost(exc)
 
     def pause_writing(self) -> None:
         self._paused = True
@@ -259,24 +246,6 @@ class _Provider(asyncio.Protocol):
     def buffered(self) -> int:
         """Bytes handed to the transport that have not reached the kernel yet."""
         return self._transport.get_write_buffer_size() if self._transport is not None else 0
-
-    def data_received(self, data: bytes) -> None:
-        try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserError:
-            if self._transport is not None:
-                self._transport.write(_BAD)
-                self._transport.close()
-
-    def on_message_begin(self) -> None:
-        self._url = b""
-        self._body = []
-
-    def on_url(self, url: bytes) -> None:
-        self._url += url
-
-    def on_body(self, body: bytes) -> None:
-        self._body.append(body)
 
     def on_message_complete(self) -> None:
         keep_alive = self._parser.should_keep_alive()
