@@ -67,6 +67,18 @@ class RequestProtocol(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         self._body.append(body)
 
+    def _write(self, parts: list[bytes], keep_alive: bool) -> None:
+        """Answer; also what a delayed answer's timer calls, so that timer is spent."""
+        self._timer = None
+        transport = self._transport
+        if transport is None:
+            return
+        # One write per part: each SSE event leaves as its own send, as a real provider's do.
+        for part in parts:
+            transport.write(part)
+        if not keep_alive:
+            transport.close()
+
 
 async def serve(factory: Callable[[], asyncio.Protocol], port: int) -> None:
     """Serve on 127.0.0.1 and print the bound port (0 picks a free one) for the parent."""

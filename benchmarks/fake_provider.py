@@ -139,17 +139,6 @@ class _Provider(RequestProtocol):
         loop = asyncio.get_running_loop()
         self._timer = loop.call_later(PACE_MS / 1000, self._paced, seq + 1, keep_alive)
 
-    def _write(self, parts: list[bytes], keep_alive: bool) -> None:
-        self._timer = None
-        transport = self._transport
-        if transport is None:
-            return
-        # One write per part: each SSE event leaves as its own send, as a real provider's do.
-        for part in parts:
-            transport.write(part)
-        if not keep_alive:
-            transport.close()
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

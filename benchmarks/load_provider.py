@@ -307,16 +307,6 @@ class _Provider(RequestProtocol):
         elif not keep_alive:
             self._transport.close()
 
-    def _write(self, parts: list[bytes], keep_alive: bool) -> None:
-        transport = self._transport
-        if transport is None:
-            return
-        # One write per part: each SSE event leaves as its own send, as a real provider's do.
-        for part in parts:
-            transport.write(part)
-        if not keep_alive:
-            transport.close()
-
 
 def _stats() -> dict[str, Any]:
     """Per huge stream: bytes that reached the kernel (``sent``), its size, its times
