@@ -113,7 +113,8 @@ def _parse_object(body: bytes) -> dict[str, Any] | None:
     return parsed
 
 
-def _route_path(scope: Scope) -> str:
+def route_path_of(scope: Scope) -> str:
+    """The path below the app's mount point (``root_path``), as routes see it."""
     path: str = scope["path"]
     root_path: str = scope.get("root_path", "")
     if root_path and path.startswith(root_path):
@@ -138,7 +139,7 @@ def get_context(scope: Scope) -> RequestContext:
         state = scope["state"] = {}
     ctx: RequestContext | None = state.get(STATE_KEY)
     if ctx is None:
-        route_path = _route_path(scope)
+        route_path = route_path_of(scope)
         ctx = RequestContext(
             request_id=_request_id(scope),
             route_path=route_path,
