@@ -22,7 +22,7 @@ bytecode: $(STAMP)
 	$(PY) -m compileall -q llm_proxy_mw examples
 
 demo: bytecode
-	$(VENV)/bin/uvicorn examples.app:app --host $(HOST) --port $(PORT)
+	$(VENV)/bin/uvicorn examples.app:app --host $(HOST) --port $(PORT) --ws none
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -66,7 +66,9 @@ class _Model(BaseModel):
     # Empty collections default to ``[]`` and ``{}`` (pydantic copies them per instance), not
     # to ``default_factory=list``: pydantic inspects each factory's signature when it builds
     # the model, and a builtin's means tokenizing its text signature, milliseconds at import.
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # ``defer_build``: validators are built when first used, so loading a config builds
+    # ProxyConfig's (which inlines its sections') instead of one per class at import.
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
 
 class PoolConfig(_Model):
