@@ -561,6 +561,80 @@ async def test_aiohttp_body_that_stalls_is_a_read_timeout_from_read_chunk() -> N
             await transport.aclose()
 
 
+async def test_aiohttp_read_timeout_bounds_each_wait_not_the_whole_body() -> None:
+    """A stream that keeps sending, each chunk well within ``read``, outlasts ``read`` in
+    total without timing out: the bound is per wait for data, as documented."""
+    chunks = [b"data: %d\n\n" % i for i in range(8)]
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(b"".join(chunks)))
+        for chunk in chunks:
+            await asyncio.sleep(0.1)
+            writer.write(chunk)
+            await writer.drain()
+
+    # 8 chunks 0.1 s apart: 0.8 s in all against a read bound of 0.4 s.
+    transport = AiohttpTransport(timeout=TimeoutConfig(read=0.4))
+    async with RawServer(handler) as server:
+        try:
+            response = await transport.send(raw_request(server))
+            async with asyncio.timeout(GUARD_SECONDS):
+                assert await response.read_all() == b"".join(chunks)
+        finally:
+            await transport.aclose()
+
+
+async def test_aiohttp_read_timeout_does_not_count_time_between_reads() -> None:
+    """While the caller is busy elsewhere (a slow client downstream), nothing waits for the
+    provider, so that time is not a stalled read."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nabc")
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(b"def")
+        await writer.drain()
+
+    transport = AiohttpTransport(timeout=TimeoutConfig(read=0.3))
+    async with RawServer(handler) as server:
+        try:
+            response = await transport.send(raw_request(server))
+            assert await read_at_least(response, 3) == b"abc"
+            await asyncio.sleep(0.6)  # busy for twice the read bound, not reading
+            assert await read_at_least(response, 3) == b"def"
+            assert await response.read_chunk() == b""
+            await response.aclose()
+        finally:
+            await transport.aclose()
+
+
+async def test_aiohttp_cancelling_a_read_is_not_mistaken_for_a_read_timeout() -> None:
+    """A cancellation from elsewhere (the client left) propagates as a cancellation."""
+    never = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+        await writer.drain()
+        await never.wait()
+
+    transport = AiohttpTransport(timeout=TimeoutConfig(read=0.3))
+    async with RawServer(handler) as server:
+        try:
+            response = await transport.send(raw_request(server))
+            assert await read_at_least(response, 3) == b"abc"
+            reading = asyncio.create_task(response.read_chunk())
+            await asyncio.sleep(0.05)
+            reading.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await reading
+            await response.aclose()
+        finally:
+            await transport.aclose()
+
+
 async def test_aiohttp_reset_before_headers_is_a_protocol_error() -> None:
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await server.read_request(reader)
@@ -685,8 +759,9 @@ async def test_aiohttp_session_uses_the_pool_and_timeout_config() -> None:
             assert connector.limit == 7
             assert connector.limit_per_host == 0
             assert connector._keepalive_timeout == 2.5
+            # No sock_read: the read timeout is the transport's own (ReadWatch).
             assert session.timeout == aiohttp.ClientTimeout(
-                total=None, connect=4.0 + 1.5, sock_connect=1.5, sock_read=3.5
+                total=None, connect=4.0 + 1.5, sock_connect=1.5
             )
             assert session.auto_decompress is False
             assert isinstance(session.cookie_jar, aiohttp.DummyCookieJar)

@@ -9,6 +9,9 @@ them.
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 import aiohttp
 from yarl import URL
 
@@ -21,8 +24,12 @@ from llm_proxy_mw.errors import (
     UpstreamReadTimeout,
 )
 from llm_proxy_mw.transports._base import UpstreamRequest, UpstreamResponse
+from llm_proxy_mw.transports._read_watch import ReadWatch, Watched
 
 __all__ = ["AiohttpTransport"]
+
+_NO_HEAD = "Timed out waiting for the provider to answer."
+_NO_DATA = "Timed out waiting for the provider to send data."
 
 
 def _convert(exc: BaseException) -> UpstreamError:
@@ -30,7 +37,7 @@ def _convert(exc: BaseException) -> UpstreamError:
     if isinstance(exc, aiohttp.ConnectionTimeoutError):
         return UpstreamConnectTimeout("Timed out connecting to the provider.")
     if isinstance(exc, aiohttp.ServerTimeoutError | TimeoutError):
-        return UpstreamReadTimeout("Timed out waiting for the provider to send data.")
+        return UpstreamReadTimeout(_NO_DATA)
     if isinstance(exc, aiohttp.ClientConnectorError):
         return UpstreamConnectError("Could not connect to the provider.")
     if isinstance(exc, aiohttp.ServerDisconnectedError):
@@ -42,6 +49,51 @@ def _convert(exc: BaseException) -> UpstreamError:
     return UpstreamProtocolError(f"The provider's response failed: {type(exc).__name__}.")
 
 
+class _Exchange(Watched):
+    """One request and its response, watched for stalls by the transport's ``ReadWatch``."""
+
+    __slots__ = ("_watch", "_loop", "_response", "_content")
+
+    def __init__(
+        self, watch: ReadWatch, loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any]
+    ) -> None:
+        super().__init__(task, loop.time())  # waiting for the response head from the start
+        self._watch = watch
+        self._loop = loop
+
+    def answered(self, response: aiohttp.ClientResponse) -> UpstreamResponse:
+        self.waiting_since = None
+        self._response = response
+        self._content = response.content
+        return UpstreamResponse(response.status, response.raw_headers, self.read_chunk, self.close)
+
+    async def read_chunk(self) -> bytes:
+        task = asyncio.current_task()
+        assert task is not None
+        self.task = task
+        self.waiting_since = self._loop.time()
+        try:
+            return await self._content.readany()
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            self._response.close()
+            raise _convert(exc) from None
+        except asyncio.CancelledError:
+            if self.timed_out():
+                self._response.close()
+                raise UpstreamReadTimeout(_NO_DATA) from None
+            raise
+        finally:
+            self.waiting_since = None
+
+    async def close(self) -> None:
+        self._watch.exchanges.discard(self)
+        if self._content.at_eof():
+            self._response.release()
+        else:
+            # A half-read body cannot be reused: drop the connection.
+            self._response.close()
+
+
 class AiohttpTransport:
     """``UpstreamTransport`` over aiohttp.
 
@@ -49,7 +101,8 @@ class AiohttpTransport:
     connections. aiohttp keeps every idle connection up to that cap, so
     ``max_keepalive_connections`` has no equivalent here. ``timeout.pool + timeout.connect``
     bounds getting a connection, ``timeout.connect`` the TCP/TLS connect, and
-    ``timeout.read`` each wait for data. aiohttp has no write timeout.
+    ``timeout.read`` each wait for data (``ReadWatch``), the wait for the response head
+    included, which starts with the request. aiohttp has no write timeout.
     """
 
     def __init__(
@@ -63,6 +116,7 @@ class AiohttpTransport:
         self._timeout = timeout or TimeoutConfig()
         self._read_chunk_size = read_chunk_size
         self._session: aiohttp.ClientSession | None = None
+        self._watch = ReadWatch(self._timeout.read)
 
     def _open(self) -> aiohttp.ClientSession:
         connector = aiohttp.TCPConnector(
@@ -73,11 +127,12 @@ class AiohttpTransport:
         )
         self._session = aiohttp.ClientSession(
             connector=connector,
+            # aiohttp skips the connect timeout when the pool has a connection ready. No
+            # sock_read: ReadWatch bounds each wait for data, on one timer per transport.
             timeout=aiohttp.ClientTimeout(
                 total=None,
                 connect=self._timeout.pool + self._timeout.connect,
                 sock_connect=self._timeout.connect,
-                sock_read=self._timeout.read,
             ),
             auto_decompress=False,
             skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
@@ -88,6 +143,11 @@ class AiohttpTransport:
 
     async def send(self, request: UpstreamRequest) -> UpstreamResponse:
         session = self._session or self._open()
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task(loop)
+        assert task is not None
+        exchange = _Exchange(self._watch, loop, task)
+        self._watch.add(exchange, loop)
         try:
             response = await session.request(
                 request.method,
@@ -97,29 +157,21 @@ class AiohttpTransport:
                 allow_redirects=False,
             )
         except (TimeoutError, aiohttp.ClientError) as exc:
+            self._watch.exchanges.discard(exchange)
             raise _convert(exc) from None
         except (ValueError, UnicodeError):
+            self._watch.exchanges.discard(exchange)
             # yarl and the resolver reject a malformed host or port this way.
             raise UpstreamConnectError("The provider URL is invalid.") from None
-        content = response.content
-
-        async def read_chunk() -> bytes:
-            try:
-                return await content.readany()
-            except (TimeoutError, aiohttp.ClientError) as exc:
-                response.close()
-                raise _convert(exc) from None
-
-        async def close() -> None:
-            if content.at_eof():
-                response.release()
-            else:
-                # A half-read body cannot be reused: drop the connection.
-                response.close()
-
-        return UpstreamResponse(response.status, response.raw_headers, read_chunk, close)
+        except asyncio.CancelledError:
+            self._watch.exchanges.discard(exchange)
+            if exchange.timed_out():
+                raise UpstreamReadTimeout(_NO_HEAD) from None
+            raise
+        return exchange.answered(response)
 
     async def aclose(self) -> None:
+        self._watch.close()
         if self._session is not None:
             session, self._session = self._session, None
             await session.close()
