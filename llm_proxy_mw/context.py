@@ -7,9 +7,10 @@ JSON, the model) is never parsed again by another.
 
 from __future__ import annotations
 
+import codecs
 import contextvars
 import json
-import os
+import random
 import re
 import time
 from dataclasses import dataclass, field
@@ -100,8 +101,11 @@ def _parse_object(body: bytes) -> dict[str, Any] | None:
         return None
     try:
         # Strict UTF-8 (RFC 8259 §8.1): ``json.loads(bytes)`` would also take UTF-16 and
-        # UTF-32, and let UTF-8-encoded surrogates through ("surrogatepass").
-        parsed = json.loads(body.decode("utf-8-sig"))
+        # UTF-32, and let UTF-8-encoded surrogates through ("surrogatepass"). A leading BOM
+        # is dropped here: the "utf-8-sig" codec does the same in Python, not C.
+        if body.startswith(codecs.BOM_UTF8):
+            body = body[3:]
+        parsed = json.loads(body.decode("utf-8"))
     except UnicodeDecodeError:
         raise InvalidRequestError("The request body is not valid UTF-8.") from None
     except json.JSONDecodeError as exc:
@@ -129,23 +133,31 @@ def _request_id(scope: Scope) -> str:
             if _SANE_REQUEST_ID.fullmatch(candidate):
                 return candidate
             break
-    return os.urandom(12).hex()
+    # Unique, not secret: Mersenne Twister bits (seeded from the OS at start and again in
+    # each forked worker) spare the request a getrandom system call.
+    return f"{random.getrandbits(96):024x}"
 
 
 def get_context(scope: Scope) -> RequestContext:
     """The request's context, created on first use."""
+    try:
+        ctx: RequestContext = scope["state"][STATE_KEY]
+    except KeyError:
+        return _new_context(scope)
+    return ctx
+
+
+def _new_context(scope: Scope) -> RequestContext:
     state = scope.get("state")
     if state is None:
         state = scope["state"] = {}
-    ctx: RequestContext | None = state.get(STATE_KEY)
-    if ctx is None:
-        route_path = route_path_of(scope)
-        ctx = RequestContext(
-            request_id=_request_id(scope),
-            route_path=route_path,
-            wire_format=wire_format_of(route_path),
-        )
-        state[STATE_KEY] = ctx
+    route_path = route_path_of(scope)
+    ctx = RequestContext(
+        request_id=_request_id(scope),
+        route_path=route_path,
+        wire_format=wire_format_of(route_path),
+    )
+    state[STATE_KEY] = ctx
     return ctx
 
 

@@ -66,13 +66,13 @@ def connection_listed(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[str]:
     """Header names a ``Connection`` header marks as hop-by-hop."""
     names: set[str] = set()
     for name, value in headers:
-        if name.lower() == b"connection" and value.lower() not in _PLAIN_CONNECTION:
+        if name.lower() == b"connection" and value.lower() not in PLAIN_CONNECTION_VALUES:
             names.update(n.strip().lower() for n in value.decode("latin-1").split(","))
     return frozenset(names)
 
 
 #: The usual ``Connection`` values name no other header: nothing to parse.
-_PLAIN_CONNECTION = frozenset({b"keep-alive", b"close", b"upgrade"})
+PLAIN_CONNECTION_VALUES = frozenset({b"keep-alive", b"close", b"upgrade"})
 
 
 def upstream_path(route_path: str) -> str:
@@ -209,7 +209,7 @@ def forward_request_headers(
     has_version = False
     for name, value in headers:
         if name in dropped:
-            if name == b"connection":
+            if name == b"connection" and value.lower() not in PLAIN_CONNECTION_VALUES:
                 listed = connection_listed([(name, value)])
                 out = [(n, v) for n, v in out if n not in listed]
                 dropped = dropped | {n.encode("latin-1") for n in listed}

@@ -186,7 +186,8 @@ class RoutingMiddleware:
             await self._list_models(scope, send)
             return
         if ctx.model is None and scope["method"] not in ("GET", "HEAD", "DELETE"):
-            await read_body(ctx, scope, receive, self.max_body_bytes)
+            if ctx.body is None:  # Retry in front has read it already
+                await read_body(ctx, scope, receive, self.max_body_bytes)
             if _is_json(scope):
                 ctx.model = _model_of(ctx)
         after = None

@@ -22,7 +22,13 @@ from llm_proxy_mw.context import (
     read_body,
 )
 from llm_proxy_mw.errors import ProviderUnavailableError, ProxyError, outcome_for_status
-from llm_proxy_mw.providers import HOP_BY_HOP, CredentialSource, Provider, connection_listed
+from llm_proxy_mw.providers import (
+    HOP_BY_HOP,
+    PLAIN_CONNECTION_VALUES,
+    CredentialSource,
+    Provider,
+    connection_listed,
+)
 from llm_proxy_mw.transports import UpstreamRequest
 from llm_proxy_mw.wire import error_event, log_error
 
@@ -48,7 +54,7 @@ def response_headers(
     for name, value in raw:
         lower = name.lower()
         if lower in _HOP_BY_HOP_BYTES:
-            if lower == b"connection":
+            if lower == b"connection" and value.lower() not in PLAIN_CONNECTION_VALUES:
                 listed = connection_listed([(lower, value)])
             continue
         if lower in _DROPPED_RESPONSE:
@@ -88,7 +94,9 @@ class UpstreamApp:
         provider = self.providers.get(ctx.provider) if ctx.provider else self._only
         if provider is None:
             raise ProviderUnavailableError("No provider was chosen for this request.")
-        body = await read_body(ctx, scope, receive, self.max_body_bytes)
+        body = ctx.body  # read once, by whichever layer needed it first
+        if body is None:
+            body = await read_body(ctx, scope, receive, self.max_body_bytes)
         request = UpstreamRequest(
             scope["method"],
             provider.url_for(ctx.route_path, scope["query_string"]),
