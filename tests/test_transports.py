@@ -480,6 +480,32 @@ async def test_aiohttp_chunked_response_streams_chunk_by_chunk() -> None:
             await transport.aclose()
 
 
+async def test_aiohttp_adds_no_headers_of_its_own() -> None:
+    """aiohttp would add Accept, Accept-Encoding, User-Agent and, for a body, Content-Type:
+    the provider gets exactly the headers the proxy forwards, and the body's length."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.read_request(reader)
+        writer.write(b"HTTP/1.1 204 No Content\r\n\r\n")
+        await writer.drain()
+
+    transport = AiohttpTransport()
+    async with RawServer(handler) as server:
+        try:
+            request = UpstreamRequest(
+                "POST", f"{server.url}/v1/embeddings", [("x-trace", "t-1")], b"\x00\x01"
+            )
+            response = await transport.send(request)
+            await response.aclose()
+        finally:
+            await transport.aclose()
+    (sent,) = server.requests
+    names = sorted(name.lower() for name, _ in sent.headers)
+    assert names == ["content-length", "host", "x-trace"]
+    assert sent.header("x-trace") == "t-1"
+    assert sent.body == b"\x00\x01"
+
+
 @pytest.mark.parametrize("framing", ["content-length", "chunked"])
 async def test_aiohttp_gzip_body_passes_through_undecoded(framing: str) -> None:
     compressed = gzip.compress(b'{"text": "' + b"hello " * 200 + b'"}')
