@@ -214,7 +214,7 @@ class ProxyMetrics:
         """Record one finished request from its context."""
         provider = ctx.provider or "none"
         model = self.model_label(ctx.model)
-        series = self._by_series.get((provider, model)) or self._series(provider, model)
+        series = self._series(provider, model)
         requests = series.requests.get(status)
         if requests is None:
             child = self.requests.labels(provider, model, str(status))

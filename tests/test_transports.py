@@ -565,18 +565,20 @@ async def test_aiohttp_server_that_never_answers_is_a_read_timeout() -> None:
     assert len(server.requests) == 1
 
 
+async def answer_abc_then_stall(
+    server: RawServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> None:
+    """Promise 10 body bytes, send 3, then nothing: a body that stalls."""
+    await server.read_request(reader)
+    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+    await writer.drain()
+    await asyncio.Event().wait()
+
+
 async def test_aiohttp_body_that_stalls_is_a_read_timeout_from_read_chunk() -> None:
-    never = asyncio.Event()
-
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await server.read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
-        await writer.drain()
-        await never.wait()
-
     # Not 0.2 as above: here the headers must beat the timer even on a loaded machine.
     transport = AiohttpTransport(timeout=TimeoutConfig(read=0.5))
-    async with RawServer(handler) as server:
+    async with RawServer(lambda r, w: answer_abc_then_stall(server, r, w)) as server:
         try:
             response = await transport.send(raw_request(server))
             assert await read_at_least(response, 3) == b"abc"
@@ -638,16 +640,8 @@ async def test_aiohttp_read_timeout_does_not_count_time_between_reads() -> None:
 
 async def test_aiohttp_cancelling_a_read_is_not_mistaken_for_a_read_timeout() -> None:
     """A cancellation from elsewhere (the client left) propagates as a cancellation."""
-    never = asyncio.Event()
-
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await server.read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
-        await writer.drain()
-        await never.wait()
-
     transport = AiohttpTransport(timeout=TimeoutConfig(read=0.3))
-    async with RawServer(handler) as server:
+    async with RawServer(lambda r, w: answer_abc_then_stall(server, r, w)) as server:
         try:
             response = await transport.send(raw_request(server))
             assert await read_at_least(response, 3) == b"abc"

@@ -75,7 +75,7 @@ class ReadWatch:
 
     def add(self, exchange: Watched, loop: asyncio.AbstractEventLoop) -> None:
         self.exchanges.add(exchange)
-        if self._timer is None:
+        if self._timer is None or self._loop is not loop:  # not ticking, or on a closed loop
             self._loop = loop
             self._timer = loop.call_later(self._tick, self._on_tick, context=_BARE)
 
