@@ -62,13 +62,12 @@ _SEGMENT_SAFE = "!$&'()*+,;=:@-._~"
 ANTHROPIC_VERSION = "2023-06-01"
 
 
-def connection_listed(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[str]:
-    """Header names a ``Connection`` header marks as hop-by-hop."""
-    names: set[str] = set()
-    for name, value in headers:
-        if name.lower() == b"connection" and value.lower() not in PLAIN_CONNECTION_VALUES:
-            names.update(n.strip().lower() for n in value.decode("latin-1").split(","))
-    return frozenset(names)
+def connection_listed(value: bytes) -> frozenset[str]:
+    """Header names a ``Connection`` header value marks as hop-by-hop (none for the usual
+    ``keep-alive``, ``close`` or ``upgrade``; callers on the hot path test those first)."""
+    if value.lower() in PLAIN_CONNECTION_VALUES:
+        return frozenset()
+    return frozenset(n.strip().lower() for n in value.decode("latin-1").split(","))
 
 
 #: The usual ``Connection`` values name no other header: nothing to parse.
@@ -210,7 +209,7 @@ def forward_request_headers(
     for name, value in headers:
         if name in dropped:
             if name == b"connection" and value.lower() not in PLAIN_CONNECTION_VALUES:
-                listed = connection_listed([(name, value)])
+                listed = connection_listed(value)
                 out = [(n, v) for n, v in out if n not in listed]
                 dropped = dropped | {n.encode("latin-1") for n in listed}
             continue

@@ -55,7 +55,7 @@ def response_headers(
         lower = name.lower()
         if lower in _HOP_BY_HOP_BYTES:
             if lower == b"connection" and value.lower() not in PLAIN_CONNECTION_VALUES:
-                listed = connection_listed([(lower, value)])
+                listed = connection_listed(value)
             continue
         if lower in _DROPPED_RESPONSE:
             continue

@@ -11,6 +11,7 @@ tiny raw servers on loopback whose bytes each test writes by hand.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import gzip
 import json
@@ -575,18 +576,25 @@ async def answer_abc_then_stall(
     await asyncio.Event().wait()
 
 
-async def test_aiohttp_body_that_stalls_is_a_read_timeout_from_read_chunk() -> None:
-    # Not 0.2 as above: here the headers must beat the timer even on a loaded machine.
-    transport = AiohttpTransport(timeout=TimeoutConfig(read=0.5))
+@contextlib.asynccontextmanager
+async def stalled_response(read: float) -> AsyncIterator[UpstreamResponse]:
+    """An aiohttp response whose first 3 bytes were read and whose rest never comes."""
+    transport = AiohttpTransport(timeout=TimeoutConfig(read=read))
     async with RawServer(lambda r, w: answer_abc_then_stall(server, r, w)) as server:
         try:
             response = await transport.send(raw_request(server))
             assert await read_at_least(response, 3) == b"abc"
-            with pytest.raises(UpstreamReadTimeout):
-                await response.read_chunk()
+            yield response
             await response.aclose()
         finally:
             await transport.aclose()
+
+
+async def test_aiohttp_body_that_stalls_is_a_read_timeout_from_read_chunk() -> None:
+    # Not 0.2 as above: here the headers must beat the timer even on a loaded machine.
+    async with stalled_response(read=0.5) as response:
+        with pytest.raises(UpstreamReadTimeout):
+            await response.read_chunk()
 
 
 async def test_aiohttp_read_timeout_bounds_each_wait_not_the_whole_body() -> None:
@@ -640,19 +648,12 @@ async def test_aiohttp_read_timeout_does_not_count_time_between_reads() -> None:
 
 async def test_aiohttp_cancelling_a_read_is_not_mistaken_for_a_read_timeout() -> None:
     """A cancellation from elsewhere (the client left) propagates as a cancellation."""
-    transport = AiohttpTransport(timeout=TimeoutConfig(read=0.3))
-    async with RawServer(lambda r, w: answer_abc_then_stall(server, r, w)) as server:
-        try:
-            response = await transport.send(raw_request(server))
-            assert await read_at_least(response, 3) == b"abc"
-            reading = asyncio.create_task(response.read_chunk())
-            await asyncio.sleep(0.05)
-            reading.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await reading
-            await response.aclose()
-        finally:
-            await transport.aclose()
+    async with stalled_response(read=0.3) as response:
+        reading = asyncio.create_task(response.read_chunk())
+        await asyncio.sleep(0.05)
+        reading.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await reading
 
 
 async def test_aiohttp_reset_before_headers_is_a_protocol_error() -> None:
