@@ -13,6 +13,7 @@ import json
 import random
 import re
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -232,7 +233,9 @@ class RequestContextMiddleware:
 class _TaggedSend:
     """The request's ``send``: adds ``x-request-id`` to the response start, notes the status.
 
-    Passed on as the bound method: a call through ``__call__`` costs more, per message.
+    Passed on as the bound method: a call through ``__call__`` costs more, per message. A
+    plain method that returns the server's awaitable: a coroutine of its own per message
+    would be one more frame to create and run for every chunk of a stream.
     """
 
     __slots__ = ("_send", "_ctx", "started")
@@ -242,7 +245,7 @@ class _TaggedSend:
         self._ctx = ctx
         self.started = False
 
-    async def send(self, message: Message) -> None:
+    def send(self, message: Message) -> Awaitable[None]:
         if message["type"] == "http.response.start":
             self.started = True
             self._ctx.status = message["status"]
@@ -251,4 +254,4 @@ class _TaggedSend:
                 *message.get("headers", ()),
                 (b"x-request-id", self._ctx.request_id.encode()),
             ]
-        await self._send(message)
+        return self._send(message)

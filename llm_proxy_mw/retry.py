@@ -80,7 +80,11 @@ class RetryPolicy:
 
 
 class _HeldResponse:
-    """The ``send`` of one attempt: forwards, or holds a retryable response back."""
+    """The ``send`` of one attempt: forwards, or holds a retryable response back.
+
+    Once forwarding, ``send`` hands back the inner ``send``'s awaitable instead of running a
+    coroutine of its own per message (per chunk of a stream).
+    """
 
     __slots__ = ("_send", "_guard", "start", "parts", "size", "holding", "forwarded")
 
@@ -94,7 +98,12 @@ class _HeldResponse:
         self.holding = False
         self.forwarded = False
 
-    async def send(self, message: Message) -> None:
+    def send(self, message: Message) -> Awaitable[None]:
+        if self.forwarded:
+            return self._send(message)
+        return self._deciding(message)
+
+    async def _deciding(self, message: Message) -> None:
         if self.holding:
             if message["type"] != "http.response.body":
                 return
