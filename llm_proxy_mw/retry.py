@@ -99,28 +99,25 @@ class _HeldResponse:
         self.forwarded = False
 
     def send(self, message: Message) -> Awaitable[None]:
-        if self.forwarded:
-            return self._send(message)
-        return self._deciding(message)
-
-    async def _deciding(self, message: Message) -> None:
-        if self.holding:
-            if message["type"] != "http.response.body":
-                return
-            chunk = message.get("body", b"")
-            self.size += len(chunk)
-            self.parts.append(chunk)
-            if self.size > _HOLD_LIMIT:
-                await self.flush(more_body=message.get("more_body", False))
-            return
         if not self.forwarded:
-            if message["type"] == "http.response.start" and _may_retry(message):
-                self.start = message
-                self.holding = True
-                return
+            if self.holding or (message["type"] == "http.response.start" and _may_retry(message)):
+                return self._hold(message)
             self.forwarded = True
             self._guard.disarm_deadline()
-        await self._send(message)
+        return self._send(message)
+
+    async def _hold(self, message: Message) -> None:
+        if not self.holding:
+            self.start = message
+            self.holding = True
+            return
+        if message["type"] != "http.response.body":
+            return
+        chunk = message.get("body", b"")
+        self.size += len(chunk)
+        self.parts.append(chunk)
+        if self.size > _HOLD_LIMIT:
+            await self.flush(more_body=message.get("more_body", False))
 
     async def flush(self, *, more_body: bool = False) -> None:
         """Send what was held, and pass the rest of the response through."""
