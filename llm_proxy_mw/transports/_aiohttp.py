@@ -10,6 +10,7 @@ them.
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Iterable
 from typing import Any
 
@@ -138,12 +139,14 @@ class AiohttpTransport:
         self._read_chunk_size = read_chunk_size
         self._session: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: int | None = None
         self._watch = ReadWatch(self._timeout.read)
 
     def _open(self) -> aiohttp.ClientSession:
         # The session belongs to the loop it was made on; remembered, so that each request
         # finds its task without looking the running loop up (a system call each time).
         self._loop = asyncio.get_running_loop()
+        self._thread = threading.get_ident()
         connector = aiohttp.TCPConnector(
             limit=self._pool.max_connections,
             limit_per_host=0,
@@ -170,7 +173,9 @@ class AiohttpTransport:
         session = self._session or self._open()
         loop = self._loop
         assert loop is not None
-        task = asyncio.current_task(loop)
+        # ``current_task(loop)`` alone is not enough: called from another thread's loop, it
+        # finds the task that the session's loop is running there. The thread id is cheap.
+        task = asyncio.current_task(loop) if threading.get_ident() == self._thread else None
         if task is None:
             raise RuntimeError("The transport is open on another event loop: aclose() it first.")
         exchange = _Exchange(self._watch, loop, task)
