@@ -27,6 +27,7 @@ FLOORS_TABLE = """
 | python-multipart | 0.0.31 | CVE-2024-53981; CVE-2026-42561; CVE-2026-53540 |
 | authlib | 1.6.5 | CVE-2024-37568; CVE-2025-59420; CVE-2025-61920; CVE-2025-62706 |
 | pyjwt | 2.12.0 | CVE-2022-29217; CVE-2024-53861; CVE-2026-32597 |
+| aiohttp | 3.14.1 | CVE-2025-53643; CVE-2025-69223..69230; CVE-2026-22815; CVE-2026-34513..34525; GHSA-4fvr-rgm6-gqmc; GHSA-2fqr-mr3j-6wp8 |
 | h11 | 0.16.0 | CVE-2025-43859 |
 | httpx | 0.28.1 | seed floor (older httpx pins old anyio/h11) |
 | pydantic | 2.11.7 | CVE-2024-3772 |
@@ -50,7 +51,17 @@ def parse_floors(table: str) -> dict[str, Version]:
 FLOORS = parse_floors(FLOORS_TABLE)
 
 #: Installed with the dev extra, so always checked.
-REQUIRED = ["starlette", "authlib", "h11", "httpx", "pydantic", "uvicorn", "anyio", "jinja2"]
+REQUIRED = [
+    "starlette",
+    "aiohttp",
+    "authlib",
+    "h11",
+    "httpx",
+    "pydantic",
+    "uvicorn",
+    "anyio",
+    "jinja2",
+]
 REQUIRED += ["fastapi", "python-multipart"]
 #: Checked when something pulled them in.
 OPTIONAL = ["pyjwt", "black"]
@@ -135,4 +146,13 @@ def test_pyproject_lower_bounds_are_at_or_above_every_floor() -> None:
         assert bound >= floor, f"{requirement}: lower bound {bound} is below the floor {floor}"
         checked.append(name)
     # The ones the project uses directly are declared (with their bounds) at all.
-    assert {"starlette", "httpx", "h11", "anyio", "pydantic", "authlib", "uvicorn"} <= set(checked)
+    assert {
+        "starlette",
+        "aiohttp",
+        "httpx",
+        "h11",
+        "anyio",
+        "pydantic",
+        "authlib",
+        "uvicorn",
+    } <= set(checked)
