@@ -27,7 +27,7 @@ FLOORS_TABLE = """
 | python-multipart | 0.0.31 | CVE-2024-53981; CVE-2026-42561; CVE-2026-53540 |
 | authlib | 1.6.5 | CVE-2024-37568; CVE-2025-59420; CVE-2025-61920; CVE-2025-62706 |
 | pyjwt | 2.12.0 | CVE-2022-29217; CVE-2024-53861; CVE-2026-32597 |
-| aiohttp | 3.14.1 | CVE-2025-53643; CVE-2025-69223..69230; CVE-2026-22815; CVE-2026-34513..34525; GHSA-4fvr-rgm6-gqmc; GHSA-2fqr-mr3j-6wp8 |
+| aiohttp | 3.14.1 | CVE-2025-53643; CVE-2025-69223..69230; CVE-2026-34513..34525; GHSAs |
 | h11 | 0.16.0 | CVE-2025-43859 |
 | httpx | 0.28.1 | seed floor (older httpx pins old anyio/h11) |
 | pydantic | 2.11.7 | CVE-2024-3772 |
