@@ -5,7 +5,8 @@ its JWKS URL. A token is picked up only when its (unverified) ``iss`` is exactly
 issuer; then, before any key is used: size at most ``max_token_bytes``, ``alg`` from that
 issuer's allow-list (never from the token alone), a key by ``kid`` from the cached JWKS, and
 unknown ``crit`` headers refused. The claims need the exact ``iss``, an ``aud`` containing the
-audience, ``exp``, and a valid ``nbf``/``iat``, with a small leeway.
+audience, ``exp``, and a valid ``nbf``/``iat``, with a small leeway. Segments that are not
+JSON, or nested deeper than the parser recurses, are refused like any other junk.
 
 An unknown ``kid`` refetches the JWKS (the provider rotated its keys), at most once per
 ``refetch_interval`` per issuer and one fetch at a time, so junk tokens cannot make us hammer
@@ -163,7 +164,7 @@ class ExternalJwtAuthenticator:
         try:
             header_segment, payload_segment, _ = secret.split(".")
             header, claims = _b64json(header_segment), _b64json(payload_segment)
-        except (ValueError, binascii.Error):
+        except (ValueError, binascii.Error, RecursionError):
             return None
         if not isinstance(header, dict) or not isinstance(claims, dict):
             return None
@@ -189,7 +190,8 @@ class ExternalJwtAuthenticator:
             return None
         principal = issuer.principal(token.claims)
         if principal is not None:
-            self._remember(digest, principal, float(token.claims["exp"]))
+            # ``exp`` as is: an integer past the float range is still a valid NumericDate.
+            self._remember(digest, principal, token.claims["exp"])
         return principal
 
     def _remember(self, digest: bytes, principal: Principal, expires_at: float) -> None:
@@ -235,7 +237,7 @@ class ExternalJwtAuthenticator:
                     if len(body) > MAX_JWKS_BYTES:
                         raise ValueError("JWKS too large")
             issuer.load(json.loads(body))
-        except (httpx.HTTPError, ValueError) as exc:
+        except (httpx.HTTPError, ValueError, RecursionError) as exc:
             logger.warning("jwks of issuer %s not loaded: %s", issuer.name, exc)
             return
         issuer.fetched_at = self.monotonic()
