@@ -236,6 +236,9 @@ class JwtIssuerConfig(_Model):
     name_claim: str = "sub"
     admin_subjects: list[str] = []
     required_scopes: list[str] = []
+    #: Take OpenID Connect ID tokens as bearer tokens too. Off by default: an ID token tells
+    #: a client who signed in; with our audience as that client's id it would pass as ours.
+    accept_id_tokens: bool = False
 
 
 class OAuthConfig(_Model):

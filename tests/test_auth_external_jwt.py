@@ -445,6 +445,76 @@ async def test_the_verified_cache_is_bounded(idp: Idp, clocks: Clocks) -> None:
     assert len(auth._verified) == 3
 
 
+# ---- only access tokens: the token type and ID-token claims ---------------------------------
+
+
+def typed(typ: Any, **kw: Any) -> str:
+    """A valid token of ours whose header carries ``typ`` (any JSON value)."""
+    return raw_token({"alg": "RS256", "kid": "rsa-1", "typ": typ}, claims(**kw), rsa_sign)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "typ",
+    [
+        "JWT",
+        "jwt",
+        "at+jwt",
+        "AT+JWT",
+        "application/at+jwt",
+        "Application/At+JWT",
+        "application/jwt",
+    ],
+)
+async def test_access_token_types_are_accepted(idp: Idp, clocks: Clocks, typ: str) -> None:
+    assert await authenticator(idp, clocks).authenticate(SCOPE, typed(typ)) is not None
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "typ",
+    [
+        "logout+jwt",  # an OIDC back-channel logout token: our audience, signed by the issuer
+        "secevent+jwt",
+        "dpop+jwt",
+        "id_token+jwt",
+        "JOSE",
+        "at+jwt ",
+        "application/application/at+jwt",
+        "",
+        None,
+        1,
+        ["at+jwt"],
+    ],
+)
+async def test_other_token_types_are_refused(idp: Idp, clocks: Clocks, typ: Any) -> None:
+    assert await authenticator(idp, clocks).authenticate(SCOPE, typed(typ)) is None
+    opted_in = authenticator(idp, clocks, accept_id_tokens=True)
+    assert await opted_in.authenticate(SCOPE, typed(typ)) is None
+    assert idp.fetches == 0  # refused before any key is looked up
+
+
+ID_TOKEN_CLAIMS = [
+    {"nonce": "n-0S6_WzA2Mj", "at_hash": "77QmUPtjPfzWtF2AnpK9RQ", "auth_time": int(NOW) - 60},
+    {"nonce": "n-0S6_WzA2Mj"},
+    {"at_hash": "77QmUPtjPfzWtF2AnpK9RQ"},
+    {"c_hash": "LDktKdoQak3Pk0cnXxCltA"},
+]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("id_claims", ID_TOKEN_CLAIMS)
+async def test_an_id_token_for_our_audience_is_refused_unless_configured(
+    idp: Idp, clocks: Clocks, id_claims: dict[str, Any]
+) -> None:
+    # An ID token of a client whose id is our audience: typ JWT, signed, aud matching.
+    id_token = typed("JWT", scope=None, **id_claims)
+    assert await authenticator(idp, clocks).authenticate(SCOPE, id_token) is None
+    opted_in = authenticator(idp, clocks, accept_id_tokens=True)
+    principal = await opted_in.authenticate(SCOPE, id_token)
+    assert principal is not None and principal.subject == "corp:user-1"
+
+
 @pytest.mark.anyio
 async def test_an_expiry_past_the_float_range_is_accepted_and_cached(
     idp: Idp, clocks: Clocks
