@@ -11,10 +11,11 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -24,6 +25,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
+from llm_proxy_mw._loopback import LOOPBACK_RULE, https_or_loopback
 
 __all__ = [
     "ApiKeyConfig",
@@ -60,6 +63,16 @@ _ENV_REF = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 class ConfigError(ValueError):
     """The configuration cannot be used; the message names every offending field."""
+
+
+def _https_or_loopback(url: str) -> str:
+    if not https_or_loopback(url):
+        raise ValueError(LOOPBACK_RULE)
+    return url
+
+
+#: A URL the proxy fetches keys or metadata from, or sends a client secret to.
+_SecureUrl = Annotated[str, AfterValidator(_https_or_loopback)]
 
 
 class _Model(BaseModel):
@@ -216,13 +229,16 @@ class JwtIssuerConfig(_Model):
 
     issuer: str = Field(min_length=1)
     audience: str = Field(min_length=1)
-    jwks_url: str = Field(pattern=r"^https?://")
+    jwks_url: _SecureUrl
     algorithms: list[JwsAlgorithm] = Field(
         default_factory=lambda: list[JwsAlgorithm](["RS256", "ES256"]), min_length=1
     )
     name_claim: str = "sub"
     admin_subjects: list[str] = []
     required_scopes: list[str] = []
+    #: Take OpenID Connect ID tokens as bearer tokens too. Off by default: an ID token tells
+    #: a client who signed in; with our audience as that client's id it would pass as ours.
+    accept_id_tokens: bool = False
 
 
 class OAuthConfig(_Model):
@@ -232,7 +248,7 @@ class OAuthConfig(_Model):
     preset: Literal["github", "google", "auth0", "oidc"] | None = None
     client_id: str = Field(min_length=1)
     client_secret: SecretStr
-    server_metadata_url: str | None = Field(None, pattern=r"^https?://")
+    server_metadata_url: _SecureUrl | None = None
     domain: str | None = None
     scope: str | None = None
     redirect_uri: str | None = Field(None, pattern=r"^https?://")
@@ -281,7 +297,7 @@ class AuthConfig(_Model):
 class ProviderOAuthConfig(_Model):
     """OAuth2 client credentials a provider authenticates with (e.g. Azure OpenAI, Entra ID)."""
 
-    token_url: str = Field(pattern=r"^https?://")
+    token_url: _SecureUrl
     client_id: str = Field(min_length=1)
     client_secret: SecretStr
     scope: str | None = None

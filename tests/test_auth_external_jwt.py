@@ -4,6 +4,7 @@ proxy against a real JWKS served by uvicorn."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -19,6 +20,8 @@ import pytest
 import respx
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from joserfc import jwt
 from joserfc.jwk import ECKey, KeySet, RSAKey
 from starlette.applications import Starlette
@@ -27,6 +30,7 @@ from starlette.routing import Route
 
 from llm_proxy_mw import build_proxy
 from llm_proxy_mw.auth._external_jwt import ExternalJwtAuthenticator
+from llm_proxy_mw.auth._principal import Principal
 from llm_proxy_mw.config import JwtIssuerConfig
 from tests.fakes.servers import UvicornServer
 
@@ -422,6 +426,7 @@ async def test_a_token_without_kid_needs_a_single_key(clocks: Clocks) -> None:
         httpx.Response(200, content=b"<html>"),
         httpx.Response(200, content=b'{"keys": [' + b" " * (1024 * 1024) + b"]}"),
         httpx.Response(302, headers={"location": "https://elsewhere.example/jwks"}),
+        httpx.Response(200, content=b"[" * 100_000),  # RecursionError in json.loads
     ],
 )
 async def test_a_bad_jwks_loads_no_keys(clocks: Clocks, response: httpx.Response) -> None:
@@ -438,3 +443,211 @@ async def test_the_verified_cache_is_bounded(idp: Idp, clocks: Clocks) -> None:
     for value in tokens:
         assert await auth.authenticate(SCOPE, value) is not None
     assert len(auth._verified) == 3
+
+
+# ---- only access tokens: the token type and ID-token claims ---------------------------------
+
+
+def typed(typ: Any, **kw: Any) -> str:
+    """A valid token of ours whose header carries ``typ`` (any JSON value)."""
+    return raw_token({"alg": "RS256", "kid": "rsa-1", "typ": typ}, claims(**kw), rsa_sign)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "typ",
+    [
+        "JWT",
+        "jwt",
+        "at+jwt",
+        "AT+JWT",
+        "application/at+jwt",
+        "Application/At+JWT",
+        "application/jwt",
+    ],
+)
+async def test_access_token_types_are_accepted(idp: Idp, clocks: Clocks, typ: str) -> None:
+    assert await authenticator(idp, clocks).authenticate(SCOPE, typed(typ)) is not None
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "typ",
+    [
+        "logout+jwt",  # an OIDC back-channel logout token: our audience, signed by the issuer
+        "secevent+jwt",
+        "dpop+jwt",
+        "id_token+jwt",
+        "JOSE",
+        "at+jwt ",
+        "application/application/at+jwt",
+        "",
+        None,
+        1,
+        ["at+jwt"],
+    ],
+)
+async def test_other_token_types_are_refused(idp: Idp, clocks: Clocks, typ: Any) -> None:
+    assert await authenticator(idp, clocks).authenticate(SCOPE, typed(typ)) is None
+    opted_in = authenticator(idp, clocks, accept_id_tokens=True)
+    assert await opted_in.authenticate(SCOPE, typed(typ)) is None
+    assert idp.fetches == 0  # refused before any key is looked up
+
+
+ID_TOKEN_CLAIMS = [
+    {"nonce": "n-0S6_WzA2Mj", "at_hash": "77QmUPtjPfzWtF2AnpK9RQ", "auth_time": int(NOW) - 60},
+    {"nonce": "n-0S6_WzA2Mj"},
+    {"at_hash": "77QmUPtjPfzWtF2AnpK9RQ"},
+    {"c_hash": "LDktKdoQak3Pk0cnXxCltA"},
+]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("id_claims", ID_TOKEN_CLAIMS)
+async def test_an_id_token_for_our_audience_is_refused_unless_configured(
+    idp: Idp, clocks: Clocks, id_claims: dict[str, Any]
+) -> None:
+    # An ID token of a client whose id is our audience: typ JWT, signed, aud matching.
+    id_token = typed("JWT", scope=None, **id_claims)
+    assert await authenticator(idp, clocks).authenticate(SCOPE, id_token) is None
+    opted_in = authenticator(idp, clocks, accept_id_tokens=True)
+    principal = await opted_in.authenticate(SCOPE, id_token)
+    assert principal is not None and principal.subject == "corp:user-1"
+
+
+@pytest.mark.anyio
+async def test_an_expiry_past_the_float_range_is_accepted_and_cached(
+    idp: Idp, clocks: Clocks
+) -> None:
+    auth = authenticator(idp, clocks)
+    far = token(exp=10**400)
+    assert await auth.authenticate(SCOPE, far) is not None
+    assert await auth.authenticate(SCOPE, far) is not None
+    assert idp.fetches == 1
+
+
+# ---- hostile token segments -----------------------------------------------------------------
+
+NESTED = "[" * 5000
+
+
+def proxy_with_issuer(tmp_path: Path) -> Any:
+    issuer = {"issuer": ISSUER, "audience": AUDIENCE, "jwks_url": JWKS_URL}
+    return build_proxy(
+        {
+            "providers": {"echo": {"kind": "echo"}},
+            "store": {"url": f"sqlite:///{tmp_path / 'store.db'}"},
+            "auth": {"jwt_issuers": {"corp": issuer}},
+        }
+    )
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("header", "payload"),
+    [
+        (NESTED, "{}"),
+        ('{"alg": "RS256", "kid": ' + NESTED, json.dumps(claims())),
+        ('{"alg": "RS256", "kid": "rsa-1"}', NESTED),
+        ('{"alg": "RS256", "kid": "rsa-1"}', '{"iss": "' + ISSUER + '", "x": ' + NESTED),
+    ],
+    ids=["header", "header-value", "payload", "payload-value"],
+)
+async def test_a_deeply_nested_token_is_a_401_with_one_log_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, header: str, payload: str
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="llm_proxy_mw")
+    hostile = f"{b64(header.encode())}.{b64(payload.encode())}.{b64(b'sig')}"
+    proxy = proxy_with_issuer(tmp_path)
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    async with (
+        proxy.lifespan(),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=proxy), base_url="http://t") as client,
+    ):
+        caplog.clear()
+        response = await client.post(
+            "/v1/chat/completions", json=body, headers={"authorization": f"Bearer {hostile}"}
+        )
+    assert response.status_code == 401, response.text
+    assert response.json()["error"]["type"] == "authentication_error"
+    assert response.headers["www-authenticate"].startswith("Bearer")
+    records = [r for r in caplog.records if r.name.startswith("llm_proxy_mw")]
+    assert len(records) == 1, [r.getMessage() for r in records]
+    assert records[0].exc_info is None and "\n" not in records[0].getMessage()
+
+
+SEGMENT = st.text(
+    alphabet=st.sampled_from(
+        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_=+/.[{"
+    ),
+    max_size=200,
+)
+JSON_VALUE = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+def valid_or_any(*valid: Any) -> st.SearchStrategy[Any]:
+    return st.sampled_from(valid) | JSON_VALUE
+
+
+#: Tokens signed by the issuer's key, so that the claims checks see hostile values too.
+SIGNED_HEADER = st.fixed_dictionaries(
+    {"alg": st.just("RS256"), "kid": st.just("rsa-1")},
+    optional={"typ": valid_or_any("JWT", "at+jwt"), "crit": JSON_VALUE},
+)
+SIGNED_CLAIMS = st.fixed_dictionaries(
+    {
+        "iss": st.just(ISSUER),
+        "aud": valid_or_any(AUDIENCE, [AUDIENCE, "other"]),
+        "exp": valid_or_any(int(NOW) + 60, 10**400, float(NOW) + 0.5),
+        "sub": valid_or_any("user-1", "root"),
+    },
+    optional={
+        name: valid_or_any(int(NOW) - 5, "llm:chat", ["llm:chat"])
+        for name in ("nbf", "iat", "scope", "scp", "email", "nonce")
+    },
+)
+
+
+#: JSON text, valid or not, shallow or nested past Python's recursion limit.
+JSON_TEXT = (
+    JSON_VALUE.map(json.dumps)
+    | st.integers(1, 20_000).map(lambda depth: "[" * depth)
+    | st.integers(1, 20_000).map(lambda depth: '{"iss": "' + ISSUER + '", "x": ' + "[" * depth)
+    | st.text(max_size=50)
+)
+
+
+def encoded(text: str) -> str:
+    return b64(text.encode())
+
+
+HOSTILE_TOKENS = (
+    st.tuples(SEGMENT, SEGMENT, SEGMENT).map(".".join)
+    | st.tuples(JSON_TEXT.map(encoded), JSON_TEXT.map(encoded), SEGMENT).map(".".join)
+    | st.tuples(SIGNED_HEADER, SIGNED_CLAIMS).map(lambda hc: raw_token(*hc, rsa_sign))
+)
+
+
+@settings(
+    max_examples=150,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(secret=HOSTILE_TOKENS)
+def test_any_token_gives_none_or_a_principal_never_an_exception(secret: str) -> None:
+    async def authenticate() -> Principal | None:
+        auth = authenticator(Idp(RSA), Clocks())
+        try:
+            return await auth.authenticate(SCOPE, secret)
+        finally:
+            await auth.stop()
+
+    assert isinstance(asyncio.run(authenticate()), Principal | None)

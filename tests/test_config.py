@@ -362,6 +362,64 @@ def test_invalid_base_url_is_rejected(tmp_path: Path, url: str) -> None:
     assert "providers.o.base_url" in message
 
 
+# -- URLs that fetch keys or carry secrets: https, or plain http to this machine only --------
+
+SECRET_URL_FIELDS = {
+    "auth.jwt_issuers.corp.jwks_url": (
+        '[auth.jwt_issuers.corp]\nissuer = "https://idp.example"\naudience = "a"\n'
+        'jwks_url = "{url}"\n'
+    ),
+    "auth.oauth.corp.server_metadata_url": (
+        '[auth]\nsession_secret = "' + "s" * 32 + '"\n[auth.oauth.corp]\n'
+        'client_id = "c"\nclient_secret = "s"\nserver_metadata_url = "{url}"\n'
+    ),
+    "providers.o.oauth.token_url": (
+        '[providers.o.oauth]\ntoken_url = "{url}"\nclient_id = "c"\nclient_secret = "s"\n'
+    ),
+}
+
+
+@pytest.mark.parametrize("field", SECRET_URL_FIELDS)
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://idp.example/x",
+        "http://10.0.0.7/x",
+        "http://0.0.0.0:8080/x",
+        "http://127.0.0.1.nip.io/x",
+        "http://localhost.evil.example/x",
+        "http://2130706433/x",
+        "http://[::ffff:127.0.0.1]/x",
+        "http://[::1/x",
+        "https:///x",
+        "ftp://idp.example/x",
+    ],
+)
+def test_plain_http_to_another_host_is_refused_for_keys_and_secrets(
+    tmp_path: Path, field: str, url: str
+) -> None:
+    message = config_error(tmp_path, PROVIDER + SECRET_URL_FIELDS[field].format(url=url))
+    assert field in message
+    if url.startswith("http://"):
+        assert "loopback" in message
+
+
+@pytest.mark.parametrize("field", SECRET_URL_FIELDS)
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://idp.example/x",
+        "http://127.0.0.1:8080/x",
+        "http://127.3.4.5/x",
+        "http://[::1]:9000/x",
+        "http://localhost/x",
+        "http://LocalHost:8000/x",
+    ],
+)
+def test_https_or_plain_http_to_loopback_is_accepted(tmp_path: Path, field: str, url: str) -> None:
+    load(tmp_path, PROVIDER + SECRET_URL_FIELDS[field].format(url=url))
+
+
 def test_invalid_provider_name_is_rejected(tmp_path: Path) -> None:
     message = config_error(tmp_path, '[providers."bad name!"]\nkind = "openai"\n')
     assert "bad name!" in message

@@ -3,9 +3,12 @@
 Each ``[auth.jwt_issuers.<name>]`` names an issuer, the audience its tokens must carry and
 its JWKS URL. A token is picked up only when its (unverified) ``iss`` is exactly a configured
 issuer; then, before any key is used: size at most ``max_token_bytes``, ``alg`` from that
-issuer's allow-list (never from the token alone), a key by ``kid`` from the cached JWKS, and
-unknown ``crit`` headers refused. The claims need the exact ``iss``, an ``aud`` containing the
-audience, ``exp``, and a valid ``nbf``/``iat``, with a small leeway.
+issuer's allow-list (never from the token alone), a ``typ`` of an access token (RFC 9068) or a
+plain JWT when there is one, no claim only an OpenID Connect ID token has (unless the issuer
+accepts ID tokens), a key by ``kid`` from the cached JWKS, and unknown ``crit`` headers
+refused. The claims need the exact ``iss``, an ``aud`` containing the audience, ``exp``, and a
+valid ``nbf``/``iat``, with a small leeway. Segments that are not JSON, or nested deeper than
+the parser recurses, are refused like any other junk.
 
 An unknown ``kid`` refetches the JWKS (the provider rotated its keys), at most once per
 ``refetch_interval`` per issuer and one fetch at a time, so junk tokens cannot make us hammer
@@ -41,9 +44,26 @@ logger = logging.getLogger("llm_proxy_mw")
 
 MAX_JWKS_BYTES = 1024 * 1024
 
+#: ``typ`` values of an access token, compared case-insensitively without the optional
+#: ``application/`` prefix (RFC 7515 §4.1.9): RFC 9068's ``at+jwt``, and a plain ``JWT``.
+ACCESS_TOKEN_TYPES = frozenset({"at+jwt", "jwt"})
+#: Claims of an OpenID Connect ID token that no access token carries (OIDC Core §2, §3.3.2.11).
+ID_TOKEN_CLAIMS = ("nonce", "at_hash", "c_hash")
+
 
 def _b64json(segment: str) -> Any:
     return json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
+
+
+def _is_access_token(header: Mapping[str, Any], claims: Mapping[str, Any], id_tokens: bool) -> bool:
+    """Not some other JWT of the issuer (a logout token, an ID token) that names our audience."""
+    if "typ" in header:
+        typ = header["typ"]
+        if not isinstance(typ, str):
+            return False
+        if typ.lower().removeprefix("application/") not in ACCESS_TOKEN_TYPES:
+            return False
+    return id_tokens or not any(name in claims for name in ID_TOKEN_CLAIMS)
 
 
 def _scopes(claims: Mapping[str, Any]) -> frozenset[str]:
@@ -163,13 +183,15 @@ class ExternalJwtAuthenticator:
         try:
             header_segment, payload_segment, _ = secret.split(".")
             header, claims = _b64json(header_segment), _b64json(payload_segment)
-        except (ValueError, binascii.Error):
+        except (ValueError, binascii.Error, RecursionError):
             return None
         if not isinstance(header, dict) or not isinstance(claims, dict):
             return None
         iss = claims.get("iss")
         issuer = self._issuers.get(iss) if isinstance(iss, str) else None
         if issuer is None or header.get("alg") not in issuer.config.algorithms:
+            return None
+        if not _is_access_token(header, claims, issuer.config.accept_id_tokens):
             return None
         kid = header.get("kid")
         key = await self._key(issuer, kid if isinstance(kid, str) else None)
@@ -189,7 +211,8 @@ class ExternalJwtAuthenticator:
             return None
         principal = issuer.principal(token.claims)
         if principal is not None:
-            self._remember(digest, principal, float(token.claims["exp"]))
+            # ``exp`` as is: an integer past the float range is still a valid NumericDate.
+            self._remember(digest, principal, token.claims["exp"])
         return principal
 
     def _remember(self, digest: bytes, principal: Principal, expires_at: float) -> None:
@@ -235,7 +258,7 @@ class ExternalJwtAuthenticator:
                     if len(body) > MAX_JWKS_BYTES:
                         raise ValueError("JWKS too large")
             issuer.load(json.loads(body))
-        except (httpx.HTTPError, ValueError) as exc:
+        except (httpx.HTTPError, ValueError, RecursionError) as exc:
             logger.warning("jwks of issuer %s not loaded: %s", issuer.name, exc)
             return
         issuer.fetched_at = self.monotonic()

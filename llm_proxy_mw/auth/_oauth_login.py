@@ -19,7 +19,6 @@ import re
 from typing import Any
 
 from authlib.integrations.base_client import OAuthError
-from authlib.integrations.starlette_client import OAuth
 from joserfc.errors import JoseError
 from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
@@ -41,6 +40,7 @@ from llm_proxy_mw.auth._oauth_presets import (
     preset_of,
 )
 from llm_proxy_mw.auth._oauth_refresh import SessionRefresher, stored_token
+from llm_proxy_mw.auth._oidc_metadata import CheckedOAuth
 from llm_proxy_mw.auth._principal import Principal
 from llm_proxy_mw.auth._sessions import (
     PENDING_TTL,
@@ -100,7 +100,7 @@ class OAuthLogin:
         self.sessions = sessions
         self.leeway = leeway
         self._idps = dict(config.oauth)
-        self._oauth = OAuth()
+        self._oauth = CheckedOAuth()
         self._clients: dict[str, Any] = {
             name: self._oauth.register(name, **client_registration(name, idp, timeout=timeout))
             for name, idp in self._idps.items()
