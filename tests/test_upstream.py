@@ -372,7 +372,7 @@ async def test_request_body_reaches_the_transport_byte_identical_from_several_me
         headers=[
             ("content-type", "application/octet-stream"),
             ("authorization", "Bearer client-own-key"),
-            ("x-custom", "kept"),
+            ("openai-beta", "kept"),
         ],
         query_string=b"a=1&b=%20",
     )
@@ -383,7 +383,8 @@ async def test_request_body_reaches_the_transport_byte_identical_from_several_me
     assert request.method == "POST"
     assert request.url == "http://upstream.test/v1/some/thing?a=1&b=%20"
     headers = dict(request.headers)
-    assert headers["x-custom"] == "kept"
+    assert headers["openai-beta"] == "kept"
+    assert headers["content-type"] == "application/octet-stream"
     assert headers["authorization"] == f"Bearer {CANARY}"  # the provider's, not the client's
     assert driver.receive_calls >= len(parts)
 
