@@ -19,9 +19,9 @@ from llm_proxy_mw.transports import AiohttpTransport, EchoTransport, UpstreamTra
 from llm_proxy_mw.wire import WireFormat
 
 __all__ = [
+    "CredentialSource",
     "FORWARDED_REQUEST_HEADERS",
     "FORWARDED_REQUEST_PREFIXES",
-    "CredentialSource",
     "HOP_BY_HOP",
     "Provider",
     "forward_request_headers",
