@@ -22,8 +22,8 @@ from llm_proxy_mw.auth import AuthMiddleware
 from llm_proxy_mw.config import ProxyConfig, load_config, parse_config
 from llm_proxy_mw.context import RequestContextMiddleware, get_context
 from llm_proxy_mw.dashboard import DashboardApp
-from llm_proxy_mw.errors import NotFoundError, PermissionDeniedError
-from llm_proxy_mw.health import HealthPolicy, HealthRegistry
+from llm_proxy_mw.errors import AuthenticationError, NotFoundError, PermissionDeniedError
+from llm_proxy_mw.health import CircuitState, HealthPolicy, HealthRegistry
 from llm_proxy_mw.history import HistoryRecorder
 from llm_proxy_mw.metrics import MetricsMiddleware, ProxyMetrics, exposition
 from llm_proxy_mw.providers import Provider
@@ -107,7 +107,7 @@ class LLMProxy:
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = get_context(scope).route_path
         if path == "/healthz":
-            await send_json(send, 200, json.dumps(self.health_report()).encode())
+            await self._serve_health(scope, send)
         elif path == "/metrics" and self.metrics is not None:
             await self._require_admin(scope, self.config.metrics.public)
             body, content_type = exposition(self.metrics, multiprocess_dir=self.multiprocess_dir)
@@ -140,11 +140,32 @@ class LLMProxy:
         if not ctx.principal.admin:
             raise PermissionDeniedError("This endpoint needs an admin principal.")
 
+    async def _serve_health(self, scope: Scope, send: Send) -> None:
+        """``{"status": "ok"}`` (503 ``unavailable`` when no provider can serve) for anyone;
+        the per-provider report for an admin, or for all under ``[metrics] public`` or
+        without ``[auth]``. Never 401 or 403: a liveness probe needs no credentials."""
+        try:
+            await self._require_admin(scope, self.config.metrics.public)
+            report = self.health_report()
+        except (AuthenticationError, PermissionDeniedError):
+            report = {"status": self._serving_status()}
+        status = 200 if report["status"] == "ok" else 503
+        await send_json(send, status, json.dumps(report).encode())
+
+    def _serving_status(self) -> str:
+        """``ok`` while some provider's circuit lets requests through."""
+        known = self.health.providers if self.health is not None else {}
+        for provider in self.providers:
+            health = known.get(provider.name)
+            if health is None or health.current_state() is not CircuitState.OPEN:
+                return "ok"
+        return "unavailable"
+
     def health_report(self) -> dict[str, Any]:
         """Liveness, and each provider's kind, models, circuit, success rate and budget."""
         states = self.health.snapshot() if self.health is not None else {}
         return {
-            "status": "ok",
+            "status": self._serving_status(),
             "providers": {
                 p.name: {
                     "kind": p.config.kind,

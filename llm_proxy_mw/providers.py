@@ -20,6 +20,8 @@ from llm_proxy_mw.wire import WireFormat
 
 __all__ = [
     "CredentialSource",
+    "FORWARDED_REQUEST_HEADERS",
+    "FORWARDED_REQUEST_PREFIXES",
     "HOP_BY_HOP",
     "Provider",
     "forward_request_headers",
@@ -41,21 +43,35 @@ HOP_BY_HOP = frozenset(
     }
 )
 
-#: Request headers that never reach a provider: the client's own credentials and cookies,
-#: what the transport sets itself, and where the client is.
-_DROPPED_REQUEST = HOP_BY_HOP | {
-    "authorization",
-    "x-api-key",
-    "cookie",
-    "host",
-    "content-length",
-    "expect",
-    "forwarded",
-    "x-forwarded-for",
-    "x-forwarded-host",
-    "x-forwarded-proto",
-    "x-real-ip",
-}
+#: The client headers a provider gets: what the OpenAI and Anthropic APIs and their official
+#: SDKs use, and trace context. Everything else is dropped: the client's credentials, cookies
+#: and forwarding headers, what the transport sets itself (``host``, ``content-length``), and
+#: headers that would change what the provider does or whom it bills (``x-original-url``,
+#: ``x-http-method-override``, ``openai-organization``, ``openai-project``, ...). The
+#: provider's configured ``headers`` are added on top, so the operator picks the org or
+#: project. Names are ASGI's lowercase bytes, compared as they are.
+FORWARDED_REQUEST_HEADERS = frozenset(
+    {
+        b"accept",
+        b"accept-encoding",  # bytes pass through undecoded: the client decodes what it asked for
+        b"content-type",
+        b"user-agent",
+        b"idempotency-key",
+        b"openai-beta",
+        b"x-client-request-id",
+        b"traceparent",
+        b"tracestate",
+        b"baggage",
+    }
+)
+
+#: Header families forwarded by prefix: the SDKs' ``x-stainless-*`` (OS, runtime, retry count,
+#: timeouts) and Anthropic's ``anthropic-version``, ``anthropic-beta`` and the like.
+FORWARDED_REQUEST_PREFIXES = (b"anthropic-", b"x-stainless-")
+
+#: Members of those families that pick the workspace or organization a key bills, as
+#: ``openai-organization`` and ``openai-project`` do for OpenAI: the operator's to set.
+_UNFORWARDED_IN_FAMILIES = frozenset({b"anthropic-workspace-id", b"anthropic-organization-id"})
 
 _SEGMENT_SAFE = "!$&'()*+,;=:@-._~"
 
@@ -120,8 +136,10 @@ class CredentialSource(Protocol):
 class Provider:
     """One upstream deployment, ready to send to.
 
-    ``credentials`` are its static credential headers; ``credential_source``, when set
-    (``[providers.<name>.oauth]``), adds the ones fetched at run time.
+    ``credentials`` are its static credential headers and configured ``headers``, which
+    replace a client header of the same name (``replaced_request_headers``);
+    ``credential_source``, when set (``[providers.<name>.oauth]``), adds the ones fetched at
+    run time.
     """
 
     name: str
@@ -130,7 +148,7 @@ class Provider:
     wire_formats: frozenset[WireFormat]
     credentials: list[tuple[str, str]] = field(default_factory=list)
     base_url: str = ""
-    dropped_request_headers: frozenset[bytes] = frozenset()
+    replaced_request_headers: frozenset[bytes] = frozenset()
     credential_source: CredentialSource | None = None
 
     @classmethod
@@ -171,9 +189,7 @@ class Provider:
                 f"provider {name!r}: its OAuth token and its api_key or headers would both "
                 "set Authorization; keep one"
             )
-        dropped = frozenset(
-            n.encode("latin-1") for n in _DROPPED_REQUEST | {n for n, _ in credentials}
-        )
+        replaced = frozenset(n.encode("latin-1") for n, _ in credentials)
         return cls(
             name,
             config,
@@ -181,7 +197,7 @@ class Provider:
             formats,
             credentials,
             config.url,
-            dropped,
+            replaced,
             credential_source,
         )
 
@@ -195,28 +211,39 @@ class Provider:
         return url
 
     def request_headers(self, headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
-        """The client's headers minus hop-by-hop and credentials, plus the provider's own."""
+        """The client's headers that the APIs use, plus the provider's own."""
         return forward_request_headers(headers, self)
 
 
 def forward_request_headers(
     headers: Iterable[tuple[bytes, bytes]], provider: Provider
 ) -> list[tuple[str, str]]:
-    """ASGI request header names are lowercase bytes, so they are compared as they are."""
-    dropped = provider.dropped_request_headers
+    """The allowed client headers (``FORWARDED_REQUEST_HEADERS`` and the prefixed families),
+    minus those ``Connection`` names and those the provider sets, then the provider's own."""
+    replaced = provider.replaced_request_headers
     out: list[tuple[str, str]] = []
     has_version = False
     for name, value in headers:
-        if name in dropped:
-            if name == b"connection" and value.lower() not in PLAIN_CONNECTION_VALUES:
-                listed = connection_listed(value)
-                out = [(n, v) for n, v in out if n not in listed]
-                dropped = dropped | {n.encode("latin-1") for n in listed}
-            continue
-        if name == b"anthropic-version":
-            has_version = True
-        out.append((name.decode("latin-1"), value.decode("latin-1")))
-    if provider.config.kind == "anthropic" and not has_version:
+        if name in FORWARDED_REQUEST_HEADERS or (
+            name.startswith(FORWARDED_REQUEST_PREFIXES) and name not in _UNFORWARDED_IN_FAMILIES
+        ):
+            if name in replaced:
+                continue
+            if name == b"anthropic-version":
+                has_version = True
+            out.append((name.decode("latin-1"), value.decode("latin-1")))
+        elif name == b"connection" and value.lower() not in PLAIN_CONNECTION_VALUES:
+            # Named in Connection: hop-by-hop, even if allowed (it may come before or after).
+            listed = connection_listed(value)
+            out = [(n, v) for n, v in out if n not in listed]
+            replaced = replaced | {n.encode("latin-1") for n in listed}
+            if "anthropic-version" in listed:
+                has_version = False
+    if (
+        provider.config.kind == "anthropic"
+        and not has_version
+        and b"anthropic-version" not in provider.replaced_request_headers
+    ):
         out.append(("anthropic-version", ANTHROPIC_VERSION))
     out.extend(provider.credentials)
     return out

@@ -32,15 +32,42 @@ from llm_proxy_mw.providers import (
 from llm_proxy_mw.transports import UpstreamRequest
 from llm_proxy_mw.wire import error_event, log_error
 
-__all__ = ["UpstreamApp"]
+__all__ = ["ORIGIN_RESPONSE_HEADERS", "UpstreamApp"]
 
 _HOP_BY_HOP_BYTES = frozenset(name.encode() for name in HOP_BY_HOP)
 
+#: Provider response headers that would act on the host app's whole origin, where the proxy
+#: is mounted, rather than on this one response: cookies (the provider's or its CDN's, set
+#: on the host's domain), wiping the host's storage, pinning the host to HTTPS, other hosts
+#: or keys, reporting the host's network errors to the provider (``nel``, ``report-to``),
+#: letting other sites read the host's responses (CORS is the host's decision), and a login
+#: prompt for the provider's realm. Per-response policies such as
+#: ``content-security-policy`` only restrict this response, and pass.
+ORIGIN_RESPONSE_HEADERS = frozenset(
+    {
+        b"set-cookie",
+        b"set-cookie2",
+        b"clear-site-data",
+        b"strict-transport-security",
+        b"alt-svc",
+        b"public-key-pins",
+        b"public-key-pins-report-only",
+        b"expect-ct",
+        b"nel",
+        b"report-to",
+        b"www-authenticate",
+    }
+)
+
 #: The server in front of us sets its own ``date`` and ``server``; two of each is invalid
 #: (RFC 9110 §5.3). Our own headers from a proxy further upstream would be misleading.
-_DROPPED_RESPONSE = frozenset(
-    {b"date", b"server", b"x-request-id", b"x-llm-proxy-provider", b"x-llm-proxy-attempts"}
-)
+_DROPPED_RESPONSE = ORIGIN_RESPONSE_HEADERS | {
+    b"date",
+    b"server",
+    b"x-request-id",
+    b"x-llm-proxy-provider",
+    b"x-llm-proxy-attempts",
+}
 
 
 def response_headers(
@@ -57,7 +84,7 @@ def response_headers(
             if lower == b"connection" and value.lower() not in PLAIN_CONNECTION_VALUES:
                 listed = connection_listed(value)
             continue
-        if lower in _DROPPED_RESPONSE:
+        if lower in _DROPPED_RESPONSE or lower.startswith(b"access-control-"):
             continue
         if lower == b"content-length":
             length = int(value) if value.isdigit() else None

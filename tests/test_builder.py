@@ -150,6 +150,7 @@ async def test_transports_replace_the_default_of_named_providers() -> None:
 
 @pytest.mark.anyio
 async def test_healthz_reports_each_provider() -> None:
+    # No [auth]: the proxy is open to anyone, /metrics too, so the detail is not held back.
     proxy = build_proxy(
         {
             "providers": {
@@ -169,6 +170,100 @@ async def test_healthz_reports_each_provider() -> None:
     assert body["providers"]["gpt"]["kind"] == "openai"
     assert "sk-health-canary" not in response.text
     assert "x-request-id" in response.headers
+
+
+ADMIN_KEY = "admin-key-health-5d1e0c"
+USER_KEY = "user-key-health-8a2f47"
+#: Provider and model names the health report would reveal.
+SECRET_NAMES = ("internal-gpt", "gpt-internal-ft", "kind")
+
+
+def guarded(*, public: bool = False, **provider: Any) -> dict[str, Any]:
+    """One OpenAI-kind provider behind API keys (an admin and a user)."""
+    return {
+        "providers": {
+            "internal-gpt": {
+                "kind": "openai",
+                "base_url": "https://gpt.example/v1",
+                "models": ["gpt-internal-ft"],
+                **provider,
+            }
+        },
+        "auth": {
+            "api_keys": [
+                {"name": "ops", "key": ADMIN_KEY, "admin": True},
+                {"name": "app", "key": USER_KEY},
+            ]
+        },
+        "metrics": {"public": public},
+        "store": {"url": "sqlite:///:memory:"},
+    }
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "credentials",
+    [
+        {},
+        {"authorization": f"Bearer {USER_KEY}"},
+        {"x-api-key": USER_KEY},
+        {"authorization": "Bearer wrong-key"},
+        {"cookie": "llm_proxy_session=forged"},
+    ],
+    ids=["anonymous", "user bearer", "user x-api-key", "wrong key", "forged cookie"],
+)
+async def test_healthz_without_an_admin_says_only_ok(credentials: dict[str, str]) -> None:
+    proxy = build_proxy(guarded(), transports={"internal-gpt": RecordingTransport()})
+    async with proxy.lifespan(), client_for(proxy) as client:
+        response = await client.get("/healthz", headers=credentials)
+    # A liveness probe gets its answer whatever it presents: never 401 or 403.
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok"}
+    assert not any(name in response.text for name in SECRET_NAMES)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("public", "credentials"),
+    [(False, {"authorization": f"Bearer {ADMIN_KEY}"}), (False, {"x-api-key": ADMIN_KEY})]
+    + [(True, {})],
+    ids=["admin bearer", "admin x-api-key", "metrics public"],
+)
+async def test_healthz_shows_an_admin_each_provider(
+    public: bool, credentials: dict[str, str]
+) -> None:
+    proxy = build_proxy(guarded(public=public), transports={"internal-gpt": RecordingTransport()})
+    async with proxy.lifespan(), client_for(proxy) as client:
+        response = await client.get("/healthz", headers=credentials)
+    assert response.status_code == 200
+    body = response.json()
+    assert body["status"] == "ok"
+    assert body["providers"]["internal-gpt"]["models"] == ["gpt-internal-ft"]
+    assert body["providers"]["internal-gpt"]["circuit"] == "closed"
+
+
+def always(status: int) -> HttpxTransport:
+    return HttpxTransport(httpx.MockTransport(lambda request: httpx.Response(status, json={})))
+
+
+@pytest.mark.anyio
+async def test_healthz_is_503_when_no_provider_can_serve() -> None:
+    tripping = {"retry": {"max_attempts": 1}, "health": {"min_calls": 2, "failure_rate": 1.0}}
+    proxy = build_proxy(guarded(**tripping), transports={"internal-gpt": always(500)})
+    admin = {"authorization": f"Bearer {ADMIN_KEY}"}
+    chat = {**CHAT, "model": "gpt-internal-ft"}
+    async with proxy.lifespan(), client_for(proxy) as client:
+        assert (await client.get("/healthz")).status_code == 200
+        for _ in range(2):
+            response = await client.post("/v1/chat/completions", json=chat, headers=admin)
+            assert response.status_code == 500
+        anonymous = await client.get("/healthz")
+        detailed = await client.get("/healthz", headers=admin)
+    assert anonymous.status_code == 503
+    assert anonymous.json() == {"status": "unavailable"}
+    assert detailed.status_code == 503
+    assert detailed.json()["status"] == "unavailable"
+    assert detailed.json()["providers"]["internal-gpt"]["circuit"] == "open"
 
 
 @pytest.mark.anyio

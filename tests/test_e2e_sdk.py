@@ -457,22 +457,28 @@ def test_gzipped_stream_is_parsed_by_the_sdk(oai: openai.OpenAI, provider: FakeP
 # ---- the mount's own endpoints and the host app ----------------------------------------------
 
 
-def test_healthz_reports_each_provider(proxy: ProxyServer, provider: FakeProvider) -> None:
+def test_healthz_tells_clients_only_that_it_is_up(
+    proxy: ProxyServer, provider: FakeProvider
+) -> None:
     with httpx.Client(base_url=proxy.url, timeout=5.0, trust_env=False) as client:
-        response = client.get("/llm/healthz")
+        anonymous = client.get("/llm/healthz")
+        as_client = client.get("/llm/healthz", headers={"authorization": f"Bearer {CLIENT_KEY}"})
 
-    assert response.status_code == 200
-    assert response.headers["content-type"] == "application/json"
-    assert response.headers["x-request-id"]
-    health = response.json()
+    for response in (anonymous, as_client):
+        assert response.status_code == 200
+        assert response.headers["content-type"] == "application/json"
+        assert response.headers["x-request-id"]
+        assert response.json() == {"status": "ok"}
+    assert provider.requests == []
+    # What an admin's /healthz shows (this config has no admin key).
+    health = proxy.proxy.health_report()
     assert health["status"] == "ok"
     assert set(health["providers"]) == {"openai", "anthropic"}
     assert health["providers"]["openai"]["kind"] == "openai"
     assert health["providers"]["openai"]["models"] == [OPENAI_MODEL]
     assert health["providers"]["anthropic"]["models"] == [ANTHROPIC_MODEL]
     assert {p["circuit"] for p in health["providers"].values()} == {"closed"}
-    assert not any(c.encode() in response.content for c in (OPENAI_CANARY, ANTHROPIC_CANARY))
-    assert provider.requests == []
+    assert not any(c in json.dumps(health) for c in (OPENAI_CANARY, ANTHROPIC_CANARY))
 
 
 def test_host_app_keeps_its_own_routes(proxy: ProxyServer) -> None:

@@ -32,7 +32,7 @@ import httpx
 import pytest
 
 from llm_proxy_mw.config import MetricsConfig
-from tests.fakes.provider import FakeProvider
+from tests.fakes.provider import Action, FakeProvider
 from tests.fakes.servers import UvicornServer, free_port
 
 pytestmark = pytest.mark.e2e
@@ -48,8 +48,13 @@ HAS_FLUSH_INTERVAL = "flush_interval_seconds" in MetricsConfig.model_fields
 
 
 @pytest.fixture(scope="module")
-def fake() -> Iterator[str]:
-    with UvicornServer(FakeProvider()) as server:
+def provider() -> FakeProvider:
+    return FakeProvider()
+
+
+@pytest.fixture(scope="module")
+def fake(provider: FakeProvider) -> Iterator[str]:
+    with UvicornServer(provider) as server:
         yield server.url
 
 
@@ -199,7 +204,7 @@ def json_request(client: httpx.Client, app: App) -> None:
 
 
 def slow_stream(app: App, first_bytes: threading.Event) -> bytes:
-    """A stream whose events the provider sends 0.25 s apart (about 2 s in all)."""
+    """A stream; the test scripts the provider to send its events 0.25 s apart (about 2 s)."""
     received = b""
     with (
         httpx.Client(timeout=10.0, trust_env=False) as client,
@@ -207,7 +212,6 @@ def slow_stream(app: App, first_bytes: threading.Event) -> bytes:
             "POST",
             app.url + "/llm/v1/chat/completions",
             json=chat_body(stream=True),
-            headers={"x-fake-event-delay": "0.25"},
         ) as response,
     ):
         assert response.status_code == 200
@@ -218,7 +222,7 @@ def slow_stream(app: App, first_bytes: threading.Event) -> bytes:
 
 
 def test_sigterm_with_streams_in_flight_finishes_them_flushes_metrics_and_exits_cleanly(
-    fake: str, tmp_path: Path, apps: list[App]
+    provider: FakeProvider, fake: str, tmp_path: Path, apps: list[App]
 ) -> None:
     config, db = write_config(tmp_path, fake)
     app = start_app(config, tmp_path / "app.log")
@@ -226,6 +230,7 @@ def test_sigterm_with_streams_in_flight_finishes_them_flushes_metrics_and_exits_
     with httpx.Client(timeout=10.0, trust_env=False) as client:
         json_request(client, app)
     streams = 3
+    provider.script(*[Action(event_delay=0.25)] * streams)
     with concurrent.futures.ThreadPoolExecutor(streams) as pool:
         started = [threading.Event() for _ in range(streams)]
         futures = [pool.submit(slow_stream, app, event) for event in started]

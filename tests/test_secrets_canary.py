@@ -940,20 +940,13 @@ def test_no_secret_in_the_output_of_the_example_app_under_uvicorn(
             call(
                 "oauth provider", "POST", "/v1/chat/completions", json=chat(GPT_OAUTH), headers=user
             )
+            up.fake.script(Action(cut_after=2))
             call(
-                "stream cut",
-                "POST",
-                "/v1/chat/completions",
-                json=chat(stream=True),
-                headers=admin | {"x-fake-cut-after": "2"},
+                "stream cut", "POST", "/v1/chat/completions", json=chat(stream=True), headers=admin
             )
-            call(
-                "provider 500",
-                "POST",
-                "/v1/chat/completions",
-                json=chat(),
-                headers=admin | {"x-fake-status": "500"},
-            )
+            up.fake.script(Action(status=500))
+            call("provider 500", "POST", "/v1/chat/completions", json=chat(), headers=admin)
+            assert up.fake.pending == 0
             call(
                 "wrong key",
                 "POST",

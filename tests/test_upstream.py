@@ -162,8 +162,7 @@ async def test_response_headers_lose_hop_by_hop_fields_and_gain_provider_tags() 
         ("Keep-Alive", "timeout=5"),
         ("X-Hop", "private to the connection"),
         ("X-RateLimit-Remaining-Requests", "99"),
-        ("Set-Cookie", "a=1"),
-        ("Set-Cookie", "b=2"),
+        ("Openai-Processing-Ms", "12"),
     ]
     response = ScriptedResponse(200, upstream_headers)
     transport.respond(response)
@@ -176,13 +175,61 @@ async def test_response_headers_lose_hop_by_hop_fields_and_gain_provider_tags() 
     assert names == [
         b"content-type",
         b"x-ratelimit-remaining-requests",
-        b"set-cookie",
-        b"set-cookie",
+        b"openai-processing-ms",
         b"x-llm-proxy-provider",
         b"x-llm-proxy-attempts",
     ]
     assert driver.headers["x-llm-proxy-provider"] == "p"
     assert driver.headers["x-llm-proxy-attempts"] == "1"
+
+
+#: Provider response headers that would act on the host app's whole origin, not on this one
+#: response: cookies, wiping its storage, pinning it to HTTPS or to other hosts, reporting its
+#: network errors to the provider, letting other sites read it, or a login prompt.
+ORIGIN_HEADERS = [
+    ("Set-Cookie", "__cf_bm=provider; Path=/; Domain=host.example; HttpOnly"),
+    ("Set-Cookie", "session=overwritten; Path=/"),
+    ("Set-Cookie2", "legacy=1"),
+    ("Clear-Site-Data", '"cookies", "storage"'),
+    ("Strict-Transport-Security", "max-age=31536000; includeSubDomains; preload"),
+    ("Alt-Svc", 'h3=":443"; ma=86400'),
+    ("Public-Key-Pins", 'pin-sha256="x"; max-age=5184000'),
+    ("Public-Key-Pins-Report-Only", 'pin-sha256="x"; report-uri="https://up.example/r"'),
+    ("Expect-CT", "max-age=86400, enforce"),
+    ("NEL", '{"report_to":"cf-nel","max_age":604800}'),
+    ("Report-To", '{"group":"cf-nel","endpoints":[{"url":"https://up.example/nel"}]}'),
+    ("Access-Control-Allow-Origin", "*"),
+    ("Access-Control-Allow-Credentials", "true"),
+    ("Access-Control-Expose-Headers", "x-request-id"),
+    ("WWW-Authenticate", 'Basic realm="provider"'),
+]
+
+
+@pytest.mark.parametrize(
+    ("status", "content_type", "body"),
+    [
+        (200, JSON, [b'{"id": "chatcmpl-1"}']),
+        (200, SSE, [b'data: {"n": 1}\n\n', b"data: [DONE]\n\n"]),
+        (401, JSON, [b'{"error": {"message": "bad key"}}']),
+    ],
+    ids=["json", "sse", "error"],
+)
+async def test_headers_acting_on_the_hosts_origin_never_reach_the_client(
+    status: int, content_type: tuple[str, str], body: list[bytes]
+) -> None:
+    proxy, openai, _ = stack()
+    kept = [content_type, ("X-RateLimit-Remaining-Tokens", "9"), ("Content-Security-Policy", "x")]
+    response = ScriptedResponse(status, [*kept, *ORIGIN_HEADERS])
+    openai.respond(response)
+    response.feed(*body)
+    response.end()
+    async with AsgiDriver(proxy, http_scope()) as driver:
+        await driver.run(CHAT_BODY)
+    assert driver.status == status
+    names = {name for name, _ in driver.start_message["headers"]}
+    assert names.isdisjoint(name.lower().encode() for name, _ in ORIGIN_HEADERS)
+    assert {b"content-type", b"x-ratelimit-remaining-tokens", b"content-security-policy"} <= names
+    assert driver.body == b"".join(body)
 
 
 # -- (c) a stream that fails mid-way -------------------------------------------------------------
@@ -372,7 +419,7 @@ async def test_request_body_reaches_the_transport_byte_identical_from_several_me
         headers=[
             ("content-type", "application/octet-stream"),
             ("authorization", "Bearer client-own-key"),
-            ("x-custom", "kept"),
+            ("openai-beta", "kept"),
         ],
         query_string=b"a=1&b=%20",
     )
@@ -383,7 +430,8 @@ async def test_request_body_reaches_the_transport_byte_identical_from_several_me
     assert request.method == "POST"
     assert request.url == "http://upstream.test/v1/some/thing?a=1&b=%20"
     headers = dict(request.headers)
-    assert headers["x-custom"] == "kept"
+    assert headers["openai-beta"] == "kept"
+    assert headers["content-type"] == "application/octet-stream"
     assert headers["authorization"] == f"Bearer {CANARY}"  # the provider's, not the client's
     assert driver.receive_calls >= len(parts)
 
