@@ -181,8 +181,8 @@ def oidc(oidc_provider: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         "client_id": "llm-proxy-test",
         "client_secret": CLIENT_SECRET,
         "server_metadata_url": f"{oidc_provider}/.well-known/openid-configuration",
-        "allowed_users": ["alice", "bob", "carol", "dave", "erin"],
-        "admin_users": ["alice"],
+        "allowed_users": ["sub:alice", "sub:bob", "sub:carol", "sub:dave", "sub:erin"],
+        "admin_users": ["sub:alice"],
     }
     proxy = build_proxy(proxy_config(tmp_path_factory.mktemp("oidc"), {"mock": mock}))
     with UvicornServer(host(proxy)) as server:
@@ -433,6 +433,9 @@ USERS = {
         "orgs": ["evil"],
         "emails": [{"email": "m@acme.example", "verified": False}],
     },
+    # GitHub allows all-digit logins: this one spells another user's numeric id.
+    "583231": {"id": 4242, "orgs": ["acme"]},
+    "monalisa": {"id": 583231, "orgs": ["acme"]},
 }
 
 
@@ -469,7 +472,7 @@ SAME_ORIGIN = {"origin": "http://testserver"}
 
 @pytest.mark.anyio
 async def test_github_login_by_org_with_admin(tmp_path: Path) -> None:
-    async with github_proxy(tmp_path, admin_users=["OctoCat"]) as gh:
+    async with github_proxy(tmp_path, admin_users=["login:OctoCat"]) as gh:
         start = await gh.client.get("/llm/auth/login/github")
         params = parse_qs(urlsplit(start.headers["location"]).query)
         assert params["redirect_uri"] == ["http://testserver/llm/auth/callback/github"]
@@ -486,6 +489,32 @@ async def test_github_login_by_org_with_admin(tmp_path: Path) -> None:
         gh.client.cookies.clear()
         assert (await gh.sign_in("hubot")).status_code == 303
         assert (await gh.client.get("/llm/auth/me")).json()["admin"] is False
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("entry", "admin", "not_admin"),
+    [("id:583231", "monalisa", "583231"), ("login:583231", "583231", "monalisa")],
+)
+async def test_an_all_digit_login_is_not_the_user_with_that_id(
+    tmp_path: Path, entry: str, admin: str, not_admin: str
+) -> None:
+    async with github_proxy(tmp_path, admin_users=[entry]) as gh:
+        for user, expected in ((admin, True), (not_admin, False)):
+            gh.client.cookies.clear()
+            assert (await gh.sign_in(user)).status_code == 303
+            me = (await gh.client.get("/llm/auth/me")).json()
+            assert (me["name"], me["admin"]) == (user, expected)
+
+
+@pytest.mark.anyio
+async def test_email_entries_match_verified_addresses_only(tmp_path: Path) -> None:
+    admins = ["email:O@Acme.Example", "email:m@acme.example"]
+    async with github_proxy(tmp_path, allowed_orgs=[], admin_users=admins) as gh:
+        assert (await gh.sign_in("octocat")).status_code == 303
+        assert (await gh.client.get("/llm/auth/me")).json()["admin"] is True
+        gh.client.cookies.clear()
+        assert (await gh.sign_in("mallory")).status_code == 403  # m@acme.example: unverified
 
 
 @pytest.mark.anyio
@@ -745,7 +774,7 @@ async def sso_proxy(tmp_path: Path, fake: FakeOidc) -> AsyncIterator[httpx.Async
         "client_id": "sso-client",
         "client_secret": CLIENT_SECRET,
         "server_metadata_url": f"{SSO}/.well-known/openid-configuration",
-        "admin_users": ["ada@example.com"],
+        "admin_users": ["email:ada@example.com"],
     }
     proxy = build_proxy(proxy_config(tmp_path, {"sso": sso}))
     oauth_login(proxy).transport = RespxBridge(fake.router)
@@ -811,7 +840,7 @@ async def test_an_unreachable_provider_is_a_502(tmp_path: Path) -> None:
 
 def test_preset_registration() -> None:
     auth0 = OAuthConfig(
-        client_id="c", client_secret="s", domain="t.eu.auth0.com", admin_users=["a"]
+        client_id="c", client_secret="s", domain="t.eu.auth0.com", admin_users=["sub:a"]
     )
     registered = client_registration("auth0", auth0)
     assert (
@@ -823,7 +852,9 @@ def test_preset_registration() -> None:
     registered = client_registration("google", google)
     assert registered["server_metadata_url"] == GOOGLE_METADATA_URL
     assert registered["client_kwargs"]["scope"] == "openid email"  # OIDC needs "openid"
-    bad = OAuthConfig(client_id="c", client_secret="s", domain="evil.example/x?", admin_users=["a"])
+    bad = OAuthConfig(
+        client_id="c", client_secret="s", domain="evil.example/x?", admin_users=["sub:a"]
+    )
     with pytest.raises(ConfigError, match="domain"):
         client_registration("auth0", bad)
 
@@ -837,7 +868,7 @@ def test_identities_and_allow_lists() -> None:
         oidc_identity({"email": "a@x.io"})
     anyone = OAuthConfig(client_id="c", client_secret="s", server_metadata_url="https://i/x")
     assert is_allowed(anyone, Identity(subject="u"))  # an organisation's own issuer
-    listed = OAuthConfig(client_id="c", client_secret="s", allowed_users=["Sub-1"])
+    listed = OAuthConfig(client_id="c", client_secret="s", allowed_users=["sub:Sub-1"])
     assert is_allowed(listed, Identity(subject="Sub-1"))
     assert not is_allowed(listed, Identity(subject="sub-1"))  # subjects are case-sensitive
     assert not is_admin(listed, Identity(subject="Sub-1"))
