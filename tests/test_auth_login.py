@@ -581,6 +581,22 @@ async def test_cookie_post_from_another_origin_is_refused(tmp_path: Path) -> Non
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("method", ["PROPFIND", "QUERY", "PURGE", "MKCOL"])
+async def test_cookie_requests_of_other_methods_from_another_origin_are_refused(
+    tmp_path: Path, method: str
+) -> None:
+    async with github_proxy(tmp_path) as gh:
+        await gh.sign_in("octocat")
+        evil = {"origin": "https://evil.example"}
+        path = "/llm/v1/chat/completions"
+        foreign = await gh.client.request(method, path, json=CHAT, headers=evil)
+        assert foreign.status_code == 401, foreign.text
+        assert foreign.json()["error"]["type"] == "authentication_error"
+        own = await gh.client.request(method, path, json=CHAT, headers=SAME_ORIGIN)
+        assert own.status_code != 401, own.text
+
+
+@pytest.mark.anyio
 async def test_minting_tokens_by_session_is_same_origin_only(tmp_path: Path) -> None:
     async with github_proxy(tmp_path) as gh:
         await gh.sign_in("octocat")

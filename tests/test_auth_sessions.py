@@ -207,8 +207,11 @@ def test_same_origin(headers: dict[str, str], expected: bool) -> None:
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("method", ["POST", "PUT", "PATCH", "DELETE"])
-async def test_unsafe_methods_need_a_same_origin_request(method: str) -> None:
+@pytest.mark.parametrize(
+    "method",
+    ["POST", "PUT", "PATCH", "DELETE", "PROPFIND", "QUERY", "PURGE", "MKCOL", "TRACE", "get"],
+)
+async def test_every_method_but_get_head_options_needs_a_same_origin_request(method: str) -> None:
     sessions = manager()
     authenticator = SessionAuthenticator(sessions)
     cookie = cookie_of(sessions, sessions.create(principal=ALICE))

@@ -6,9 +6,11 @@ It is ``HttpOnly``, ``SameSite=Lax``, ``Secure`` on https, scoped to the mount's
 and lives as long as the session. Sessions are kept in this process's memory: behind several
 workers or replicas, route each browser to one of them (sticky sessions).
 
-A cookie is an ambient credential, so a cookie-authenticated unsafe request (POST, PUT, PATCH,
-DELETE) counts only when its ``Origin`` (or, without one, its ``Referer``) is the request's
-own origin: another site's form or script cannot spend the user's session (CSRF).
+A cookie is an ambient credential, so a cookie-authenticated request of any method but GET,
+HEAD and OPTIONS counts only when its ``Origin`` (or, without one, its ``Referer``) is the
+request's own origin: another site's form or script cannot spend the user's session (CSRF).
+The safe methods are listed, not the unsafe ones: PROPFIND, QUERY, PURGE or a method not
+invented yet must not slip through.
 """
 
 from __future__ import annotations
@@ -42,7 +44,8 @@ __all__ = [
 logger = logging.getLogger("llm_proxy_mw")
 
 SESSION_COOKIE = "llm_proxy_session"
-UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+#: The only methods a cookie authenticates from another origin (ASGI methods are upper-case).
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 #: A login in progress (state, PKCE verifier, nonce) is kept this long, in seconds.
 PENDING_TTL = 600
 
@@ -254,7 +257,8 @@ Refresher = Callable[[Session], Awaitable[bool]]
 class SessionAuthenticator:
     """Resolves the session cookie to its principal (kind ``session``); ignores ``secret``.
 
-    Unsafe methods need a same-origin ``Origin``/``Referer``, else the cookie is ignored.
+    Any method but GET, HEAD and OPTIONS needs a same-origin ``Origin``/``Referer``, else the
+    cookie is ignored.
     With a ``refresher``, a session whose identity provider refuses to refresh its token ends.
     """
 
@@ -266,7 +270,7 @@ class SessionAuthenticator:
         session = self.sessions.load(scope)
         if session is None or session.principal is None:
             return None
-        if scope.get("method", "GET") in UNSAFE_METHODS and not self.sessions.same_origin(scope):
+        if scope["method"] not in SAFE_METHODS and not self.sessions.same_origin(scope):
             logger.info("session cookie ignored: %s from another origin", scope.get("method"))
             return None
         if self.refresher is not None and not await self.refresher(session):
