@@ -63,6 +63,8 @@ _USER_FORMS = (
     "'sub:<subject>'), 'login:<GitHub login>' or 'email:<verified address>'"
 )
 _ENV_REF = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+#: ``host`` or ``host:port`` as a ``Host`` header carries it (a name, IPv4 or [IPv6]).
+HOST_PATTERN = r"^(?:[A-Za-z0-9\-.]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?$"
 
 
 class ConfigError(ValueError):
@@ -278,7 +280,13 @@ class AuthConfig(_Model):
     #: Signs the browser session cookie of the OAuth login; required with ``oauth``.
     session_secret: SecretStr | None = None
     session_ttl_seconds: int = Field(8 * 3600, ge=60)
-    #: Honour ``x-forwarded-proto`` / ``x-forwarded-host`` when deriving redirect URIs.
+    #: Where browsers reach the mount (``https://app.example.com/llm``): the OAuth redirect
+    #: URIs and the session's same-origin check use it, never the request's ``Host``.
+    public_url: str | None = None
+    #: Without ``public_url``: the hosts (``name`` or ``name:port``) a request's ``Host`` (or,
+    #: with ``trust_proxy_headers``, ``x-forwarded-host``) may name to count as this site.
+    allowed_hosts: list[str] = []
+    #: Honour ``x-forwarded-proto`` and (checked against ``allowed_hosts``) ``x-forwarded-host``.
     trust_proxy_headers: bool = False
 
     @field_validator("api_keys")
@@ -288,6 +296,36 @@ class AuthConfig(_Model):
         if len(set(names)) != len(names):
             raise ValueError("api key names must be unique")
         return value
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not re.match(r"^https?://[^/?#\s@]+(/[^?#\s]*)?$", value):
+            raise ValueError("must be an http:// or https:// URL without query or fragment")
+        parts = urlsplit(value)
+        try:
+            parts.port  # noqa: B018 - raises ValueError for a port out of range
+        except ValueError:
+            raise ValueError("has an invalid port") from None
+        if not re.match(HOST_PATTERN, parts.netloc):
+            raise ValueError("has an invalid host or port")
+        return value.rstrip("/")
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _host_names(cls, value: list[str]) -> list[str]:
+        for host in value:
+            if not re.match(HOST_PATTERN, host):
+                raise ValueError(f"{host!r} is not a host name (optionally with :port)")
+        return [host.lower() for host in value]
+
+    @model_validator(mode="after")
+    def _one_public_origin(self) -> AuthConfig:
+        if self.public_url is not None and self.allowed_hosts:
+            raise ValueError("give public_url or allowed_hosts, not both")
+        return self
 
     @model_validator(mode="after")
     def _session_secret_for_oauth(self) -> AuthConfig:

@@ -452,10 +452,18 @@ class GitHubProxy:
         return await self.client.get("/llm/auth/callback/github", params=query)
 
 
+AUTH_KEYS = ("trust_proxy_headers", "public_url", "allowed_hosts")
+
+
 @contextlib.asynccontextmanager
-async def github_proxy(tmp_path: Path, **github: Any) -> AsyncIterator[GitHubProxy]:
+async def github_proxy(
+    tmp_path: Path, *, base_url: str = "http://testserver", **github: Any
+) -> AsyncIterator[GitHubProxy]:
+    """The proxy with a GitHub login (``[auth]`` keys go to ``[auth]``, the rest to
+    ``[auth.oauth.github]``), and a browser on ``base_url``, whose host ASGI's
+    ``scope["server"]`` names (as a real server names the address it listens on)."""
     settings = {"client_id": "gh-client", "client_secret": CLIENT_SECRET, "allowed_orgs": ["acme"]}
-    auth = {k: github.pop(k) for k in ("trust_proxy_headers",) if k in github}
+    auth = {k: github.pop(k) for k in AUTH_KEYS if k in github}
     config = proxy_config(tmp_path, {"github": settings | github}, **auth)
     proxy = build_proxy(config)
     fake = FakeGitHub(USERS)
@@ -463,7 +471,7 @@ async def github_proxy(tmp_path: Path, **github: Any) -> AsyncIterator[GitHubPro
     login.transport = RespxBridge(fake.router)
     async with proxy.lifespan():
         transport = httpx.ASGITransport(app=host(proxy))
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        async with httpx.AsyncClient(transport=transport, base_url=base_url) as client:
             yield GitHubProxy(client, login, fake)
 
 
@@ -661,20 +669,107 @@ async def test_a_transient_refresh_failure_keeps_the_session(
         assert "refresh" in logged(caplog)
 
 
+async def redirect_uri_of(gh: GitHubProxy, **headers: str) -> str:
+    start = await gh.client.get("/llm/auth/login/github", headers=headers)
+    assert start.status_code == 302, start.text
+    (redirect_uri,) = parse_qs(urlsplit(start.headers["location"]).query)["redirect_uri"]
+    return redirect_uri
+
+
+FORWARDED = {"x-forwarded-proto": "https", "x-forwarded-host": "llm.example.com"}
+FORGED = {"x-forwarded-proto": "https", "x-forwarded-host": "evil.example"}
+
+
 @pytest.mark.anyio
-async def test_redirect_uri_from_config_or_trusted_proxy_headers(tmp_path: Path) -> None:
-    forwarded = {"x-forwarded-proto": "https", "x-forwarded-host": "llm.example.com"}
+async def test_redirect_uri_from_config(tmp_path: Path) -> None:
     configured = "https://llm.example.com/base/auth/callback/github"
     async with github_proxy(tmp_path, redirect_uri=configured) as gh:
-        start = await gh.client.get("/llm/auth/login/github", headers=forwarded)
+        start = await gh.client.get("/llm/auth/login/github", headers=FORWARDED)
         params = parse_qs(urlsplit(start.headers["location"]).query)
         assert params["redirect_uri"] == [configured]
         assert "Secure" not in start.headers["set-cookie"]  # proxy headers are not trusted
-    async with github_proxy(tmp_path, trust_proxy_headers=True) as gh:
-        start = await gh.client.get("/llm/auth/login/github", headers=forwarded)
+
+
+@pytest.mark.anyio
+async def test_a_forged_host_does_not_steer_the_redirect_uri(tmp_path: Path) -> None:
+    # Neither redirect_uri nor public_url: the address the server listens on, never a header.
+    own = "http://testserver/llm/auth/callback/github"
+    async with github_proxy(tmp_path) as gh:
+        assert await redirect_uri_of(gh, host="evil.example") == own
+        assert await redirect_uri_of(gh, **FORGED) == own
+    async with github_proxy(tmp_path, trust_proxy_headers=True) as gh:  # no allowed_hosts
+        assert await redirect_uri_of(gh, host="evil.example") == own
+        assert await redirect_uri_of(gh, **FORGED) == own
+
+
+@pytest.mark.anyio
+async def test_trusted_proxy_headers_name_only_allowed_hosts(tmp_path: Path) -> None:
+    allowed = ["llm.example.com"]
+    async with github_proxy(tmp_path, trust_proxy_headers=True, allowed_hosts=allowed) as gh:
+        start = await gh.client.get("/llm/auth/login/github", headers=FORWARDED)
         params = parse_qs(urlsplit(start.headers["location"]).query)
         assert params["redirect_uri"] == ["https://llm.example.com/llm/auth/callback/github"]
         assert "; Secure" in start.headers["set-cookie"]
+        for headers in (FORGED, {"host": "evil.example"}, {}):
+            refused = await gh.client.get("/llm/auth/login/github", headers=headers)
+            assert refused.status_code == 400, refused.text
+            assert "allowed_hosts" in refused.json()["error"]["message"]
+    async with github_proxy(tmp_path, allowed_hosts=["LLM.example.com"]) as gh:
+        # Without trust_proxy_headers the allow list checks the Host header itself.
+        own = "http://llm.example.com/llm/auth/callback/github"
+        assert await redirect_uri_of(gh, host="llm.example.com", **FORGED) == own
+
+
+@pytest.mark.anyio
+async def test_public_url_is_the_origin_of_redirects_and_of_the_same_origin_check(
+    tmp_path: Path,
+) -> None:
+    public = "https://llm.example.com/llm"
+    async with github_proxy(tmp_path, public_url=public, base_url="https://10.0.0.7") as gh:
+        assert await redirect_uri_of(gh, host="evil.example") == f"{public}/auth/callback/github"
+        assert (await gh.sign_in("octocat")).status_code == 303
+        path = "/llm/v1/chat/completions"
+        own = await gh.client.post(path, json=CHAT, headers={"origin": "https://llm.example.com"})
+        assert own.status_code == 200, own.text
+        for origin, forged_host in (
+            ("https://10.0.0.7", None),
+            ("https://evil.example", "evil.example"),
+        ):
+            headers = {"origin": origin} | ({"host": forged_host} if forged_host else {})
+            refused = await gh.client.post(path, json=CHAT, headers=headers)
+            assert refused.status_code == 401, origin
+
+
+@pytest.mark.anyio
+async def test_a_forged_host_cannot_make_a_foreign_origin_look_same_origin(
+    tmp_path: Path,
+) -> None:
+    async with github_proxy(tmp_path) as gh:
+        await gh.sign_in("octocat")
+        forged = {"host": "evil.example", "origin": "http://evil.example"}
+        post = await gh.client.post("/llm/v1/chat/completions", json=CHAT, headers=forged)
+        assert post.status_code == 401
+
+
+@pytest.mark.parametrize(
+    ("settings", "warned"),
+    [
+        ({}, True),
+        ({"trust_proxy_headers": True}, True),
+        ({"public_url": "https://llm.example.com/llm"}, False),
+        ({"redirect_uri": "https://llm.example.com/llm/auth/callback/github"}, False),
+        ({"trust_proxy_headers": True, "allowed_hosts": ["llm.example.com"]}, False),
+    ],
+)
+def test_a_public_origin_left_to_chance_is_warned_about_at_start(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, settings: dict[str, Any], warned: bool
+) -> None:
+    github = {"client_id": "c", "client_secret": CLIENT_SECRET, "allowed_orgs": ["acme"]}
+    auth = {k: settings.pop(k) for k in AUTH_KEYS if k in settings}
+    with caplog.at_level(logging.WARNING, logger="llm_proxy_mw"):
+        build_proxy(proxy_config(tmp_path, {"github": github | settings}, **auth))
+    warnings = [r.getMessage() for r in caplog.records if "public_url" in r.getMessage()]
+    assert bool(warnings) is warned, warnings
 
 
 @pytest.mark.anyio

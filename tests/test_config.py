@@ -544,6 +544,40 @@ def test_oauth_user_lists_take_typed_entries(
     assert idp.admin_users == entries
 
 
+@pytest.mark.parametrize(
+    ("setting", "complaint"),
+    [
+        ('public_url = "ftp://llm.example.com"', "auth.public_url"),
+        ('public_url = "https://llm.example.com/llm?x=1"', "auth.public_url"),
+        ('public_url = "https://user@llm.example.com/"', "auth.public_url"),
+        ('public_url = "https://llm.example.com:99999/"', "auth.public_url"),
+        ('allowed_hosts = ["llm.example.com/llm"]', "auth.allowed_hosts"),
+        ('allowed_hosts = ["*.example.com"]', "auth.allowed_hosts"),
+        ('public_url = "https://a.example"\nallowed_hosts = ["a.example"]', "not both"),
+    ],
+)
+def test_the_public_origin_settings_are_checked(
+    tmp_path: Path, setting: str, complaint: str
+) -> None:
+    message = config_error(
+        tmp_path, PROVIDER + OAUTH_CORP.replace("[auth]\n", f"[auth]\n{setting}\n")
+    )
+    assert complaint in message
+
+
+def test_the_public_origin_settings_are_normalised(tmp_path: Path) -> None:
+    text = PROVIDER + OAUTH_CORP.replace(
+        "[auth]\n", '[auth]\npublic_url = "https://llm.example.com/llm/"\n'
+    )
+    auth = load(tmp_path, text).auth
+    assert auth is not None and auth.public_url == "https://llm.example.com/llm"
+    text = PROVIDER + OAUTH_CORP.replace(
+        "[auth]\n", '[auth]\nallowed_hosts = ["LLM.example.com", "[::1]:8000"]\n'
+    )
+    auth = load(tmp_path, text).auth
+    assert auth is not None and auth.allowed_hosts == ["llm.example.com", "[::1]:8000"]
+
+
 # -- secrets never leak ----------------------------------------------------------------------
 
 

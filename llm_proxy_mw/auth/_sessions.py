@@ -24,22 +24,14 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
 from itsdangerous import BadSignature, Signer
 from starlette.types import Scope
 
+from llm_proxy_mw.auth._origin import PublicOrigin
 from llm_proxy_mw.auth._principal import Principal
 
-__all__ = [
-    "SESSION_COOKIE",
-    "Session",
-    "SessionAuthenticator",
-    "SessionManager",
-    "is_https",
-    "request_origin",
-    "same_origin",
-]
+__all__ = ["SESSION_COOKIE", "Session", "SessionAuthenticator", "SessionManager"]
 
 logger = logging.getLogger("llm_proxy_mw")
 
@@ -49,9 +41,7 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 #: A login in progress (state, PKCE verifier, nonce) is kept this long, in seconds.
 PENDING_TTL = 600
 
-_HOST = re.compile(r"^(?:[A-Za-z0-9\-.]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?$")
 _COOKIE_PATH = re.compile(r"^/[A-Za-z0-9\-._~!$&'()*+,=:@/%]*$")
-_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 @dataclass(slots=True, eq=False)
@@ -72,64 +62,6 @@ class Session:
     refresh_not_before: float = 0.0
 
 
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope["headers"]:
-        if key == name:
-            text: str = value.decode("latin-1")
-            return text
-    return None
-
-
-def _first(value: str | None) -> str | None:
-    """The first entry of a comma-separated proxy header (the client-facing hop)."""
-    if value is None:
-        return None
-    return value.split(",", 1)[0].strip() or None
-
-
-def is_https(scope: Scope, *, trust_proxy_headers: bool) -> bool:
-    """Whether the browser reached us over https (per ``x-forwarded-proto`` only if trusted)."""
-    if trust_proxy_headers:
-        forwarded = _first(_header(scope, b"x-forwarded-proto"))
-        if forwarded is not None:
-            return forwarded.lower() == "https"
-    return scope.get("scheme") in ("https", "wss")
-
-
-def request_origin(scope: Scope, *, trust_proxy_headers: bool) -> str | None:
-    """``scheme://host[:port]`` as the browser addressed this request; ``None`` if unknown."""
-    scheme = "https" if is_https(scope, trust_proxy_headers=trust_proxy_headers) else "http"
-    host = _first(_header(scope, b"x-forwarded-host")) if trust_proxy_headers else None
-    host = host or _header(scope, b"host")
-    if host is None and scope.get("server"):
-        server_host, port = scope["server"]
-        host = f"{server_host}:{port}" if port is not None else str(server_host)
-    if host is None or not _HOST.match(host):
-        return None
-    return f"{scheme}://{host}"
-
-
-def _normalised(origin: str | None) -> tuple[str, str, int] | None:
-    if not origin:
-        return None
-    try:
-        parts = urlsplit(origin)
-        scheme = parts.scheme.lower()
-        port = parts.port or _DEFAULT_PORTS.get(scheme)
-    except ValueError:
-        return None
-    if scheme not in _DEFAULT_PORTS or not parts.hostname or port is None:
-        return None
-    return scheme, parts.hostname.lower(), port
-
-
-def same_origin(scope: Scope, *, trust_proxy_headers: bool) -> bool:
-    """Whether ``Origin`` (or else ``Referer``) names this request's own origin."""
-    claimed = _header(scope, b"origin") or _header(scope, b"referer")
-    expected = _normalised(request_origin(scope, trust_proxy_headers=trust_proxy_headers))
-    return expected is not None and _normalised(claimed) == expected
-
-
 class SessionManager:
     """Creates, finds and ends sessions, and writes their cookies.
 
@@ -143,14 +75,15 @@ class SessionManager:
         *,
         secret: str,
         ttl_seconds: int,
-        trust_proxy_headers: bool = False,
+        origin: PublicOrigin | None = None,
         cookie_name: str = SESSION_COOKIE,
         max_sessions: int = 100_000,
         max_pending: int = 10_000,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.ttl_seconds = ttl_seconds
-        self.trust_proxy_headers = trust_proxy_headers
+        #: This site's origin for the cookie's ``Secure`` flag and the same-origin check.
+        self.origin = origin or PublicOrigin()
         self.cookie_name = cookie_name
         self.clock = clock
         self._signer = Signer(secret, salt="llm_proxy_mw.session", digest_method=hashlib.sha256)
@@ -216,7 +149,7 @@ class SessionManager:
         self._pending.pop(session.id, None)
 
     def same_origin(self, scope: Scope) -> bool:
-        return same_origin(scope, trust_proxy_headers=self.trust_proxy_headers)
+        return self.origin.same_origin(scope)
 
     def set_cookie(self, scope: Scope, session: Session) -> tuple[bytes, bytes]:
         """The ``set-cookie`` header that hands ``session`` to the browser."""
@@ -234,7 +167,7 @@ class SessionManager:
             path = "/"
         attributes = f"{self.cookie_name}={value}; Path={path}; Max-Age={max_age}; HttpOnly"
         attributes += "; SameSite=Lax"
-        if is_https(scope, trust_proxy_headers=self.trust_proxy_headers):
+        if self.origin.is_https(scope):
             attributes += "; Secure"
         return b"set-cookie", attributes.encode("latin-1")
 
