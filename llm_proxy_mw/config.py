@@ -286,7 +286,9 @@ class AuthConfig(_Model):
     #: Without ``public_url``: the hosts (``name`` or ``name:port``) a request's ``Host`` (or,
     #: with ``trust_proxy_headers``, ``x-forwarded-host``) may name to count as this site.
     allowed_hosts: list[str] = []
-    #: Honour ``x-forwarded-proto`` and (checked against ``allowed_hosts``) ``x-forwarded-host``.
+    #: Honour ``x-forwarded-proto``, the last ``x-forwarded-for`` entry (the client address
+    #: that pending logins are counted by) and, checked against ``allowed_hosts``,
+    #: ``x-forwarded-host``.
     trust_proxy_headers: bool = False
 
     @field_validator("api_keys")

@@ -444,6 +444,15 @@ class GitHubProxy:
     client: httpx.AsyncClient
     login: OAuthLogin
     fake: FakeGitHub
+    app: Starlette
+
+    async def flood_logins(self, count: int, address: str, **headers: str) -> None:
+        """``count`` logins started from ``address``, each without the last one's cookie."""
+        transport = httpx.ASGITransport(app=self.app, client=(address, 40000))
+        async with httpx.AsyncClient(transport=transport, base_url=self.client.base_url) as bot:
+            for _ in range(count):
+                bot.cookies.clear()
+                assert (await bot.get("/llm/auth/login/github", headers=headers)).status_code == 302
 
     async def sign_in(self, user: str, **params: str) -> httpx.Response:
         start = await self.client.get("/llm/auth/login/github", params=params)
@@ -469,10 +478,11 @@ async def github_proxy(
     fake = FakeGitHub(USERS)
     login = oauth_login(proxy)
     login.transport = RespxBridge(fake.router)
+    app = host(proxy)
     async with proxy.lifespan():
-        transport = httpx.ASGITransport(app=host(proxy))
+        transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url=base_url) as client:
-            yield GitHubProxy(client, login, fake)
+            yield GitHubProxy(client, login, fake, app)
 
 
 SAME_ORIGIN = {"origin": "http://testserver"}
@@ -551,6 +561,35 @@ async def test_wrong_pkce_verifier_is_refused(tmp_path: Path) -> None:
         assert refused.status_code == 400
         assert "invalid_grant" in refused.json()["error"]["message"]
         assert (await gh.client.get("/llm/auth/me")).status_code == 401
+
+
+@pytest.mark.anyio
+async def test_a_login_flood_from_one_address_leaves_anothers_login_alone(tmp_path: Path) -> None:
+    async with github_proxy(tmp_path) as gh:
+        gh.login.sessions.max_pending = 30  # the global cap, small enough to reach here
+        start = await gh.client.get("/llm/auth/login/github")  # from 127.0.0.1
+        await gh.flood_logins(100, "198.51.100.7")
+        query = gh.fake.authorize(start.headers["location"], "octocat")
+        assert (await gh.client.get("/llm/auth/callback/github", params=query)).status_code == 303
+        assert len(gh.login.sessions) <= 1 + 10  # the flood kept its own 10 newest
+
+
+@pytest.mark.anyio
+async def test_behind_a_trusted_proxy_a_flood_is_told_apart_by_x_forwarded_for(
+    tmp_path: Path,
+) -> None:
+    # Every browser comes through the reverse proxy's one address; it appends the address it
+    # saw to x-forwarded-for, after whatever the client claimed there.
+    async with github_proxy(tmp_path, trust_proxy_headers=True) as gh:
+        gh.login.sessions.max_pending = 30
+        victim = {"x-forwarded-for": "203.0.113.5"}
+        start = await gh.client.get("/llm/auth/login/github", headers=victim)
+        for i in range(10):  # the flooder varies what it claims, not what the proxy saw
+            await gh.flood_logins(10, "127.0.0.1", x_forwarded_for=f"10.0.{i}.1, 198.51.100.7")
+        query = gh.fake.authorize(start.headers["location"], "octocat")
+        callback = await gh.client.get("/llm/auth/callback/github", params=query, headers=victim)
+        assert callback.status_code == 303
+        assert len(gh.login.sessions) <= 1 + 10
 
 
 @pytest.mark.anyio

@@ -9,7 +9,13 @@ import pytest
 
 from llm_proxy_mw.auth import Principal
 from llm_proxy_mw.auth._origin import PublicOrigin
-from llm_proxy_mw.auth._sessions import PENDING_TTL, Session, SessionAuthenticator, SessionManager
+from llm_proxy_mw.auth._sessions import (
+    PENDING_TTL,
+    Session,
+    SessionAuthenticator,
+    SessionManager,
+    client_address,
+)
 
 SECRET = "session-secret-0123456789abcdef-0123456789"
 ALICE = Principal(name="alice", kind="session", subject="gh:1")
@@ -157,6 +163,42 @@ def test_a_login_flood_does_not_push_out_signed_in_users() -> None:
     assert len(sessions) == 3 + 5  # the oldest signed-in session made room
     assert sessions.load(scope(cookie=cookie_of(sessions, users[0]))) is None
     assert sessions.load(scope(cookie=cookie_of(sessions, newest))) is newest
+
+
+def test_a_login_flood_from_one_address_evicts_only_its_own_oldest() -> None:
+    sessions = manager(max_pending=30)
+    victim = sessions.create(client="203.0.113.5")
+    flood = [sessions.create(client="198.51.100.7") for _ in range(100)]
+    assert sessions.load(scope(cookie=cookie_of(sessions, victim))) is victim
+    held = sessions.sessions()
+    assert [s for s in flood if s in held] == flood[-10:]
+    sessions.delete(flood[-1])
+    assert len(sessions) == 1 + 9
+
+
+def from_client(address: str, **headers: str) -> dict[str, Any]:
+    request = scope(**headers)
+    request["client"] = (address, 50000)
+    return request
+
+
+def test_ipv6_clients_are_counted_by_their_64_bit_prefix() -> None:
+    # One host gets a whole /64: counting single IPv6 addresses would not slow it down.
+    sessions = manager(max_pending=30)
+    victim = sessions.create_pending(from_client("2001:db8:1::5"))
+    flood = [sessions.create_pending(from_client(f"2001:db8:2::{i:x}")) for i in range(100)]
+    assert sessions.load(scope(cookie=cookie_of(sessions, victim))) is victim
+    assert [s for s in flood if s in sessions.sessions()] == flood[-10:]
+
+
+def test_client_address() -> None:
+    forged = from_client("10.0.0.9", x_forwarded_for="203.0.113.5, 198.51.100.7")
+    assert client_address(forged, trust_proxy_headers=False) == "10.0.0.9"
+    assert client_address(forged, trust_proxy_headers=True) == "198.51.100.7"
+    assert client_address(from_client("10.0.0.9"), trust_proxy_headers=True) == "10.0.0.9"
+    ipv6 = from_client("2001:db8::1:2:3:4")
+    assert client_address(ipv6, trust_proxy_headers=False) == "2001:db8::/64"
+    assert client_address(scope(), trust_proxy_headers=False) is None  # no client: no cap
 
 
 def test_delete_ends_a_session() -> None:

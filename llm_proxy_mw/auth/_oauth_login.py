@@ -199,7 +199,7 @@ class OAuthLogin:
             # httpx or httpx2 (whichever Authlib uses), a bad status, malformed JSON.
             logger.warning("oauth login via %s: provider unreachable (%s)", idp, type(exc).__name__)
             raise UpstreamError("The identity provider could not be reached.") from None
-        session = self.sessions.load(scope) or self.sessions.create()
+        session = self.sessions.load(scope) or self.sessions.create_pending(scope)
         request = Request({**scope, "session": session.data}, receive)
         await client.save_authorize_data(request, redirect_uri=redirect_uri, **authorization)
         session.data[pending_key(idp)] = {

@@ -19,13 +19,13 @@ from starlette.types import Scope
 
 from llm_proxy_mw.config import HOST_PATTERN, AuthConfig
 
-__all__ = ["PublicOrigin", "request_header"]
+__all__ = ["PublicOrigin"]
 
 _HOST = re.compile(HOST_PATTERN)
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
-def request_header(scope: Scope, name: bytes) -> str | None:
+def _header(scope: Scope, name: bytes) -> str | None:
     """The first value of header ``name`` (lower-case), if any."""
     for key, value in scope["headers"]:
         if key == name:
@@ -88,7 +88,7 @@ class PublicOrigin:
         if self.public_url is not None:
             return self.public_url.startswith("https:")
         if self.trust_proxy_headers:
-            forwarded = _first(request_header(scope, b"x-forwarded-proto"))
+            forwarded = _first(_header(scope, b"x-forwarded-proto"))
             if forwarded is not None:
                 return forwarded.lower() == "https"
         return scope.get("scheme") in ("https", "wss")
@@ -101,8 +101,8 @@ class PublicOrigin:
         if not self.allowed_hosts:
             return self._listening(scope)
         forwarded = b"x-forwarded-host" if self.trust_proxy_headers else None
-        host = _first(request_header(scope, forwarded)) if forwarded else None
-        host = host or request_header(scope, b"host")
+        host = _first(_header(scope, forwarded)) if forwarded else None
+        host = host or _header(scope, b"host")
         if host is None or not _HOST.match(host) or host.lower() not in self.allowed_hosts:
             return None
         return f"{'https' if self.is_https(scope) else 'http'}://{host.lower()}"
@@ -116,7 +116,7 @@ class PublicOrigin:
 
     def same_origin(self, scope: Scope) -> bool:
         """Whether ``Origin`` (or else ``Referer``) names this site."""
-        claimed = _normalised(request_header(scope, b"origin") or request_header(scope, b"referer"))
+        claimed = _normalised(_header(scope, b"origin") or _header(scope, b"referer"))
         if claimed is None:
             return False
         return any(claimed == _normalised(o) for o in (self.of(scope), *self.configured))

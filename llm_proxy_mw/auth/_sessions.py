@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import ipaddress
 import logging
 import re
 import secrets
@@ -31,7 +32,7 @@ from starlette.types import Scope
 from llm_proxy_mw.auth._origin import PublicOrigin
 from llm_proxy_mw.auth._principal import Principal
 
-__all__ = ["SESSION_COOKIE", "Session", "SessionAuthenticator", "SessionManager"]
+__all__ = ["SESSION_COOKIE", "Session", "SessionAuthenticator", "SessionManager", "client_address"]
 
 logger = logging.getLogger("llm_proxy_mw")
 
@@ -60,6 +61,31 @@ class Session:
     refresh: asyncio.Task[bool] | None = field(default=None, repr=False)
     #: After a failed refresh, the next one is not tried before this time.
     refresh_not_before: float = 0.0
+    #: Where a login in progress came from (``client_address``), for the per-address cap.
+    client: str | None = field(default=None, repr=False)
+
+
+def client_address(scope: Scope, *, trust_proxy_headers: bool) -> str | None:
+    """Who a request comes from, for counting: the peer's address or, behind a trusted proxy,
+    the last ``x-forwarded-for`` entry. IPv6 addresses count by their /64 prefix, which one
+    host usually holds whole."""
+    address: str | None = None
+    if trust_proxy_headers:
+        # The last entry is the one our proxy appended; the client can forge any before it.
+        forwarded: list[bytes] = [v for k, v in scope["headers"] if k == b"x-forwarded-for"]
+        if forwarded:
+            address = forwarded[-1].decode("latin-1").rsplit(",", 1)[-1].strip() or None
+    if address is None and scope.get("client"):
+        address = str(scope["client"][0])
+    if address is None:
+        return None
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address[:64]
+    if ip.version == 6:
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
 
 
 class SessionManager:
@@ -67,7 +93,8 @@ class SessionManager:
 
     At most ``max_sessions`` signed-in sessions and ``max_pending`` logins in progress are
     kept; past that the oldest go first, so a flood of ``/auth/login`` cannot exhaust memory
-    or push out signed-in users.
+    or push out signed-in users. Each client address holds at most ``max_pending_per_client``
+    logins in progress, so that one address's flood pushes out its own, not other people's.
     """
 
     def __init__(
@@ -79,6 +106,7 @@ class SessionManager:
         cookie_name: str = SESSION_COOKIE,
         max_sessions: int = 100_000,
         max_pending: int = 10_000,
+        max_pending_per_client: int = 10,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.ttl_seconds = ttl_seconds
@@ -89,8 +117,11 @@ class SessionManager:
         self._signer = Signer(secret, salt="llm_proxy_mw.session", digest_method=hashlib.sha256)
         self.max_sessions = max_sessions
         self.max_pending = max_pending
+        self.max_pending_per_client = max_pending_per_client
         self._live: dict[str, Session] = {}
         self._pending: dict[str, Session] = {}
+        #: Ids of the logins in progress by client address, oldest first.
+        self._pending_by_client: dict[str, dict[str, None]] = {}
 
     def __len__(self) -> int:
         return len(self._live) + len(self._pending)
@@ -105,8 +136,10 @@ class SessionManager:
         principal: Principal | None = None,
         idp: str | None = None,
         token: dict[str, Any] | None = None,
+        client: str | None = None,
     ) -> Session:
-        """A new session under a fresh random id: signed in when ``principal`` is given."""
+        """A new session under a fresh random id: signed in when ``principal`` is given, else
+        a login in progress from ``client`` (an address; see ``create_pending``)."""
         now = self.clock()
         ttl = self.ttl_seconds if principal is not None else PENDING_TTL
         session = Session(
@@ -116,6 +149,8 @@ class SessionManager:
             idp=idp,
             token=token,
         )
+        if principal is None:
+            self._make_room_for(session, client)
         table, limit = (
             (self._live, self.max_sessions)
             if principal is not None
@@ -123,9 +158,32 @@ class SessionManager:
         )
         # Insertion order is expiry order (one TTL per table): drop expired, then the oldest.
         while table and (len(table) >= limit or next(iter(table.values())).expires_at <= now):
-            table.pop(next(iter(table)))
+            self._forget(table.pop(next(iter(table))))
         table[session.id] = session
         return session
+
+    def create_pending(self, scope: Scope) -> Session:
+        """A new login in progress, counted against the request's client address."""
+        trust = self.origin.trust_proxy_headers
+        return self.create(client=client_address(scope, trust_proxy_headers=trust))
+
+    def _make_room_for(self, session: Session, client: str | None) -> None:
+        """Register a login in progress under its address, dropping that address's oldest
+        past ``max_pending_per_client``."""
+        if client is None:
+            return
+        mine = self._pending_by_client.setdefault(client, {})
+        while len(mine) >= self.max_pending_per_client:
+            self.delete(self._pending[next(iter(mine))])
+        session.client = client
+        mine[session.id] = None
+
+    def _forget(self, session: Session) -> None:
+        mine = self._pending_by_client.get(session.client or "")
+        if mine is not None:
+            mine.pop(session.id, None)
+            if not mine:
+                del self._pending_by_client[session.client or ""]
 
     def load(self, scope: Scope) -> Session | None:
         """The live session the request's cookie names, if any."""
@@ -147,6 +205,7 @@ class SessionManager:
         """End a session; its cookie is worthless from now on."""
         self._live.pop(session.id, None)
         self._pending.pop(session.id, None)
+        self._forget(session)
 
     def same_origin(self, scope: Scope) -> bool:
         return self.origin.same_origin(scope)
