@@ -742,6 +742,22 @@ async def test_a_forged_host_does_not_steer_the_redirect_uri(tmp_path: Path) -> 
 
 
 @pytest.mark.anyio
+async def test_on_a_unix_socket_without_public_url_the_login_says_what_to_set(
+    tmp_path: Path,
+) -> None:
+    async with github_proxy(tmp_path) as gh:
+
+        async def on_a_unix_socket(scope: Any, receive: Any, send: Any) -> None:
+            await gh.app({**scope, "server": ("/run/llm-proxy.sock", None)}, receive, send)
+
+        transport = httpx.ASGITransport(app=on_a_unix_socket)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            refused = await client.get("/llm/auth/login/github")
+        assert refused.status_code == 400
+        assert "set public_url" in refused.json()["error"]["message"]
+
+
+@pytest.mark.anyio
 async def test_trusted_proxy_headers_name_only_allowed_hosts(tmp_path: Path) -> None:
     allowed = ["llm.example.com"]
     async with github_proxy(tmp_path, trust_proxy_headers=True, allowed_hosts=allowed) as gh:

@@ -199,6 +199,7 @@ def test_client_address() -> None:
     ipv6 = from_client("2001:db8::1:2:3:4")
     assert client_address(ipv6, trust_proxy_headers=False) == "2001:db8::/64"
     assert client_address(scope(), trust_proxy_headers=False) is None  # no client: no cap
+    assert client_address(from_client("testclient"), trust_proxy_headers=False) == "testclient"
 
 
 def test_delete_ends_a_session() -> None:
@@ -229,6 +230,8 @@ def test_without_configuration_the_origin_is_the_listening_address() -> None:
     unix["server"] = ("/run/llm.sock", None)
     assert PublicOrigin().of(unix) is None
     assert PublicOrigin().base_url(unix) is None
+    del unix["server"]
+    assert PublicOrigin().of(unix) is None
 
 
 def test_allowed_hosts_and_trusted_proxy_headers() -> None:

@@ -179,11 +179,14 @@ class SessionManager:
         mine[session.id] = None
 
     def _forget(self, session: Session) -> None:
-        mine = self._pending_by_client.get(session.client or "")
+        """Take a login in progress, gone from ``_pending``, out of its address's count."""
+        if session.client is None:
+            return
+        mine = self._pending_by_client.get(session.client)
         if mine is not None:
             mine.pop(session.id, None)
             if not mine:
-                del self._pending_by_client[session.client or ""]
+                del self._pending_by_client[session.client]
 
     def load(self, scope: Scope) -> Session | None:
         """The live session the request's cookie names, if any."""
