@@ -50,6 +50,7 @@ __all__ = [
 
 ProviderKind = Literal["openai", "anthropic", "echo"]
 JwsAlgorithm = Literal["RS256", "PS256", "ES256", "EdDSA"]
+OAuthPreset = Literal["github", "google", "auth0", "oidc"]
 
 DEFAULT_BASE_URLS: dict[str, str] = {
     "openai": "https://api.openai.com/v1",
@@ -58,7 +59,15 @@ DEFAULT_BASE_URLS: dict[str, str] = {
 }
 
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
+#: What an ``allowed_users`` / ``admin_users`` entry can name, as ``<kind>:<value>``.
+_USER_KINDS = ("id", "sub", "login", "email")
+_USER_FORMS = (
+    "'id:<user id>' (GitHub's numeric user id; an OIDC provider's 'sub', also written "
+    "'sub:<subject>'), 'login:<GitHub login>' or 'email:<verified address>'"
+)
 _ENV_REF = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+#: ``host`` or ``host:port`` as a ``Host`` header carries it (a name, IPv4 or [IPv6]).
+HOST_PATTERN = r"^(?:[A-Za-z0-9\-.]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?$"
 
 
 class ConfigError(ValueError):
@@ -245,17 +254,36 @@ class OAuthConfig(_Model):
     """A login identity provider: a preset (``github``, ``google``, ``auth0``) or any OIDC
     issuer through ``server_metadata_url``. The preset defaults to the section's name."""
 
-    preset: Literal["github", "google", "auth0", "oidc"] | None = None
+    preset: OAuthPreset | None = None
     client_id: str = Field(min_length=1)
     client_secret: SecretStr
     server_metadata_url: _SecureUrl | None = None
     domain: str | None = None
     scope: str | None = None
     redirect_uri: str | None = Field(None, pattern=r"^https?://")
+    #: ``id:``, ``sub:``, ``login:`` or ``email:`` entries: one kind each, never guessed.
     allowed_users: list[str] = []
     allowed_domains: list[str] = []
     allowed_orgs: list[str] = []
     admin_users: list[str] = []
+
+    @field_validator("allowed_users", "admin_users")
+    @classmethod
+    def _typed_users(cls, value: list[str]) -> list[str]:
+        # A bare "583231" could be a user id or an all-digit GitHub login: whoever registers
+        # that login must not become the user with that id. So each entry names its kind.
+        for entry in value:
+            kind, colon, name = entry.partition(":")
+            if not colon or kind not in _USER_KINDS or not name or name != name.strip():
+                raise ValueError(f"{entry!r} must say what it names: {_USER_FORMS}")
+        return value
+
+    def preset_name(self, section: str) -> OAuthPreset:
+        """The preset: configured, else the section's name when it is one, else ``oidc``."""
+        if self.preset is not None:
+            return self.preset
+        presets: dict[str, OAuthPreset] = {"github": "github", "google": "google", "auth0": "auth0"}
+        return presets.get(section, "oidc")
 
 
 class AuthConfig(_Model):
@@ -268,7 +296,15 @@ class AuthConfig(_Model):
     #: Signs the browser session cookie of the OAuth login; required with ``oauth``.
     session_secret: SecretStr | None = None
     session_ttl_seconds: int = Field(8 * 3600, ge=60)
-    #: Honour ``x-forwarded-proto`` / ``x-forwarded-host`` when deriving redirect URIs.
+    #: Where browsers reach the mount (``https://app.example.com/llm``): the OAuth redirect
+    #: URIs and the session's same-origin check use it, never the request's ``Host``.
+    public_url: str | None = None
+    #: Without ``public_url``: the hosts (``name`` or ``name:port``) a request's ``Host`` (or,
+    #: with ``trust_proxy_headers``, ``x-forwarded-host``) may name to count as this site.
+    allowed_hosts: list[str] = []
+    #: Honour ``x-forwarded-proto``, the last ``x-forwarded-for`` entry (the client address
+    #: that pending logins are counted by) and, checked against ``allowed_hosts``,
+    #: ``x-forwarded-host``.
     trust_proxy_headers: bool = False
 
     @field_validator("api_keys")
@@ -279,6 +315,36 @@ class AuthConfig(_Model):
             raise ValueError("api key names must be unique")
         return value
 
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not re.match(r"^https?://[^/?#\s@]+(/[^?#\s]*)?$", value):
+            raise ValueError("must be an http:// or https:// URL without query or fragment")
+        parts = urlsplit(value)
+        try:
+            parts.port  # noqa: B018 - raises ValueError for a port out of range
+        except ValueError:
+            raise ValueError("has an invalid port") from None
+        if not re.match(HOST_PATTERN, parts.netloc):
+            raise ValueError("has an invalid host or port")
+        return value.rstrip("/")
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _host_names(cls, value: list[str]) -> list[str]:
+        for host in value:
+            if not re.match(HOST_PATTERN, host):
+                raise ValueError(f"{host!r} is not a host name (optionally with :port)")
+        return [host.lower() for host in value]
+
+    @model_validator(mode="after")
+    def _one_public_origin(self) -> AuthConfig:
+        if self.public_url is not None and self.allowed_hosts:
+            raise ValueError("give public_url or allowed_hosts, not both")
+        return self
+
     @model_validator(mode="after")
     def _session_secret_for_oauth(self) -> AuthConfig:
         if self.oauth:
@@ -286,12 +352,37 @@ class AuthConfig(_Model):
             if len(secret) < 32:
                 raise ValueError("oauth login needs a session_secret of at least 32 characters")
         for name, idp in self.oauth.items():
-            preset = idp.preset or (name if name in ("github", "google", "auth0") else "oidc")
+            preset = idp.preset_name(name)
             if preset == "oidc" and idp.server_metadata_url is None:
                 raise ValueError(f"oauth.{name}: an OIDC issuer needs server_metadata_url")
             if preset == "auth0" and idp.domain is None and idp.server_metadata_url is None:
                 raise ValueError(f"oauth.{name}: auth0 needs domain (or server_metadata_url)")
         return self
+
+    @model_validator(mode="after")
+    def _user_kinds_fit_the_provider(self) -> AuthConfig:
+        for name, idp in self.oauth.items():
+            github = idp.preset_name(name) == "github"
+            for field in ("allowed_users", "admin_users"):
+                for entry in getattr(idp, field):
+                    problem = _user_entry_problem(entry, github=github)
+                    if problem:
+                        raise ValueError(f"oauth.{name}.{field}: {entry!r}: {problem}")
+        return self
+
+
+def _user_entry_problem(entry: str, *, github: bool) -> str | None:
+    """Why a typed user entry cannot match anyone at this kind of provider, if it cannot."""
+    kind, _, name = entry.partition(":")
+    if kind == "email" and "@" not in name:
+        return "not an email address"
+    if github and kind == "sub":
+        return f"GitHub users have no 'sub'; write 'id:{name}' for the numeric user id"
+    if github and kind == "id" and not re.fullmatch(r"[0-9]+", name):
+        return f"GitHub user ids are numeric; for the login write 'login:{name}'"
+    if not github and kind == "login":
+        return "only GitHub has logins; write 'sub:<subject>' (or 'id:') or 'email:<address>'"
+    return None
 
 
 class ProviderOAuthConfig(_Model):

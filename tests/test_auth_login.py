@@ -181,8 +181,8 @@ def oidc(oidc_provider: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         "client_id": "llm-proxy-test",
         "client_secret": CLIENT_SECRET,
         "server_metadata_url": f"{oidc_provider}/.well-known/openid-configuration",
-        "allowed_users": ["alice", "bob", "carol", "dave", "erin"],
-        "admin_users": ["alice"],
+        "allowed_users": ["sub:alice", "sub:bob", "sub:carol", "sub:dave", "sub:erin"],
+        "admin_users": ["sub:alice"],
     }
     proxy = build_proxy(proxy_config(tmp_path_factory.mktemp("oidc"), {"mock": mock}))
     with UvicornServer(host(proxy)) as server:
@@ -433,6 +433,9 @@ USERS = {
         "orgs": ["evil"],
         "emails": [{"email": "m@acme.example", "verified": False}],
     },
+    # GitHub allows all-digit logins: this one spells another user's numeric id.
+    "583231": {"id": 4242, "orgs": ["acme"]},
+    "monalisa": {"id": 583231, "orgs": ["acme"]},
 }
 
 
@@ -441,6 +444,15 @@ class GitHubProxy:
     client: httpx.AsyncClient
     login: OAuthLogin
     fake: FakeGitHub
+    app: Starlette
+
+    async def flood_logins(self, count: int, address: str, **headers: str) -> None:
+        """``count`` logins started from ``address``, each without the last one's cookie."""
+        transport = httpx.ASGITransport(app=self.app, client=(address, 40000))
+        async with httpx.AsyncClient(transport=transport, base_url=self.client.base_url) as bot:
+            for _ in range(count):
+                bot.cookies.clear()
+                assert (await bot.get("/llm/auth/login/github", headers=headers)).status_code == 302
 
     async def sign_in(self, user: str, **params: str) -> httpx.Response:
         start = await self.client.get("/llm/auth/login/github", params=params)
@@ -449,19 +461,28 @@ class GitHubProxy:
         return await self.client.get("/llm/auth/callback/github", params=query)
 
 
+AUTH_KEYS = ("trust_proxy_headers", "public_url", "allowed_hosts")
+
+
 @contextlib.asynccontextmanager
-async def github_proxy(tmp_path: Path, **github: Any) -> AsyncIterator[GitHubProxy]:
+async def github_proxy(
+    tmp_path: Path, *, base_url: str = "http://testserver", **github: Any
+) -> AsyncIterator[GitHubProxy]:
+    """The proxy with a GitHub login (``[auth]`` keys go to ``[auth]``, the rest to
+    ``[auth.oauth.github]``), and a browser on ``base_url``, whose host ASGI's
+    ``scope["server"]`` names (as a real server names the address it listens on)."""
     settings = {"client_id": "gh-client", "client_secret": CLIENT_SECRET, "allowed_orgs": ["acme"]}
-    auth = {k: github.pop(k) for k in ("trust_proxy_headers",) if k in github}
+    auth = {k: github.pop(k) for k in AUTH_KEYS if k in github}
     config = proxy_config(tmp_path, {"github": settings | github}, **auth)
     proxy = build_proxy(config)
     fake = FakeGitHub(USERS)
     login = oauth_login(proxy)
     login.transport = RespxBridge(fake.router)
+    app = host(proxy)
     async with proxy.lifespan():
-        transport = httpx.ASGITransport(app=host(proxy))
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
-            yield GitHubProxy(client, login, fake)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url=base_url) as client:
+            yield GitHubProxy(client, login, fake, app)
 
 
 SAME_ORIGIN = {"origin": "http://testserver"}
@@ -469,7 +490,7 @@ SAME_ORIGIN = {"origin": "http://testserver"}
 
 @pytest.mark.anyio
 async def test_github_login_by_org_with_admin(tmp_path: Path) -> None:
-    async with github_proxy(tmp_path, admin_users=["OctoCat"]) as gh:
+    async with github_proxy(tmp_path, admin_users=["login:OctoCat"]) as gh:
         start = await gh.client.get("/llm/auth/login/github")
         params = parse_qs(urlsplit(start.headers["location"]).query)
         assert params["redirect_uri"] == ["http://testserver/llm/auth/callback/github"]
@@ -486,6 +507,32 @@ async def test_github_login_by_org_with_admin(tmp_path: Path) -> None:
         gh.client.cookies.clear()
         assert (await gh.sign_in("hubot")).status_code == 303
         assert (await gh.client.get("/llm/auth/me")).json()["admin"] is False
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("entry", "admin", "not_admin"),
+    [("id:583231", "monalisa", "583231"), ("login:583231", "583231", "monalisa")],
+)
+async def test_an_all_digit_login_is_not_the_user_with_that_id(
+    tmp_path: Path, entry: str, admin: str, not_admin: str
+) -> None:
+    async with github_proxy(tmp_path, admin_users=[entry]) as gh:
+        for user, expected in ((admin, True), (not_admin, False)):
+            gh.client.cookies.clear()
+            assert (await gh.sign_in(user)).status_code == 303
+            me = (await gh.client.get("/llm/auth/me")).json()
+            assert (me["name"], me["admin"]) == (user, expected)
+
+
+@pytest.mark.anyio
+async def test_email_entries_match_verified_addresses_only(tmp_path: Path) -> None:
+    admins = ["email:O@Acme.Example", "email:m@acme.example"]
+    async with github_proxy(tmp_path, allowed_orgs=[], admin_users=admins) as gh:
+        assert (await gh.sign_in("octocat")).status_code == 303
+        assert (await gh.client.get("/llm/auth/me")).json()["admin"] is True
+        gh.client.cookies.clear()
+        assert (await gh.sign_in("mallory")).status_code == 403  # m@acme.example: unverified
 
 
 @pytest.mark.anyio
@@ -514,6 +561,35 @@ async def test_wrong_pkce_verifier_is_refused(tmp_path: Path) -> None:
         assert refused.status_code == 400
         assert "invalid_grant" in refused.json()["error"]["message"]
         assert (await gh.client.get("/llm/auth/me")).status_code == 401
+
+
+@pytest.mark.anyio
+async def test_a_login_flood_from_one_address_leaves_anothers_login_alone(tmp_path: Path) -> None:
+    async with github_proxy(tmp_path) as gh:
+        gh.login.sessions.max_pending = 30  # the global cap, small enough to reach here
+        start = await gh.client.get("/llm/auth/login/github")  # from 127.0.0.1
+        await gh.flood_logins(100, "198.51.100.7")
+        query = gh.fake.authorize(start.headers["location"], "octocat")
+        assert (await gh.client.get("/llm/auth/callback/github", params=query)).status_code == 303
+        assert len(gh.login.sessions) <= 1 + 10  # the flood kept its own 10 newest
+
+
+@pytest.mark.anyio
+async def test_behind_a_trusted_proxy_a_flood_is_told_apart_by_x_forwarded_for(
+    tmp_path: Path,
+) -> None:
+    # Every browser comes through the reverse proxy's one address; it appends the address it
+    # saw to x-forwarded-for, after whatever the client claimed there.
+    async with github_proxy(tmp_path, trust_proxy_headers=True) as gh:
+        gh.login.sessions.max_pending = 30
+        victim = {"x-forwarded-for": "203.0.113.5"}
+        start = await gh.client.get("/llm/auth/login/github", headers=victim)
+        for i in range(10):  # the flooder varies what it claims, not what the proxy saw
+            await gh.flood_logins(10, "127.0.0.1", x_forwarded_for=f"10.0.{i}.1, 198.51.100.7")
+        query = gh.fake.authorize(start.headers["location"], "octocat")
+        callback = await gh.client.get("/llm/auth/callback/github", params=query, headers=victim)
+        assert callback.status_code == 303
+        assert len(gh.login.sessions) <= 1 + 10
 
 
 @pytest.mark.anyio
@@ -549,6 +625,22 @@ async def test_cookie_post_from_another_origin_is_refused(tmp_path: Path) -> Non
             assert post.status_code == 401
         get = await gh.client.get("/llm/v1/models", headers={"origin": "https://evil.example"})
         assert get.status_code == 200  # safe methods may come from anywhere
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("method", ["PROPFIND", "QUERY", "PURGE", "MKCOL"])
+async def test_cookie_requests_of_other_methods_from_another_origin_are_refused(
+    tmp_path: Path, method: str
+) -> None:
+    async with github_proxy(tmp_path) as gh:
+        await gh.sign_in("octocat")
+        evil = {"origin": "https://evil.example"}
+        path = "/llm/v1/chat/completions"
+        foreign = await gh.client.request(method, path, json=CHAT, headers=evil)
+        assert foreign.status_code == 401, foreign.text
+        assert foreign.json()["error"]["type"] == "authentication_error"
+        own = await gh.client.request(method, path, json=CHAT, headers=SAME_ORIGIN)
+        assert own.status_code != 401, own.text
 
 
 @pytest.mark.anyio
@@ -616,20 +708,123 @@ async def test_a_transient_refresh_failure_keeps_the_session(
         assert "refresh" in logged(caplog)
 
 
+async def redirect_uri_of(gh: GitHubProxy, **headers: str) -> str:
+    start = await gh.client.get("/llm/auth/login/github", headers=headers)
+    assert start.status_code == 302, start.text
+    (redirect_uri,) = parse_qs(urlsplit(start.headers["location"]).query)["redirect_uri"]
+    return redirect_uri
+
+
+FORWARDED = {"x-forwarded-proto": "https", "x-forwarded-host": "llm.example.com"}
+FORGED = {"x-forwarded-proto": "https", "x-forwarded-host": "evil.example"}
+
+
 @pytest.mark.anyio
-async def test_redirect_uri_from_config_or_trusted_proxy_headers(tmp_path: Path) -> None:
-    forwarded = {"x-forwarded-proto": "https", "x-forwarded-host": "llm.example.com"}
+async def test_redirect_uri_from_config(tmp_path: Path) -> None:
     configured = "https://llm.example.com/base/auth/callback/github"
     async with github_proxy(tmp_path, redirect_uri=configured) as gh:
-        start = await gh.client.get("/llm/auth/login/github", headers=forwarded)
+        start = await gh.client.get("/llm/auth/login/github", headers=FORWARDED)
         params = parse_qs(urlsplit(start.headers["location"]).query)
         assert params["redirect_uri"] == [configured]
         assert "Secure" not in start.headers["set-cookie"]  # proxy headers are not trusted
-    async with github_proxy(tmp_path, trust_proxy_headers=True) as gh:
-        start = await gh.client.get("/llm/auth/login/github", headers=forwarded)
+
+
+@pytest.mark.anyio
+async def test_a_forged_host_does_not_steer_the_redirect_uri(tmp_path: Path) -> None:
+    # Neither redirect_uri nor public_url: the address the server listens on, never a header.
+    own = "http://testserver/llm/auth/callback/github"
+    async with github_proxy(tmp_path) as gh:
+        assert await redirect_uri_of(gh, host="evil.example") == own
+        assert await redirect_uri_of(gh, **FORGED) == own
+    async with github_proxy(tmp_path, trust_proxy_headers=True) as gh:  # no allowed_hosts
+        assert await redirect_uri_of(gh, host="evil.example") == own
+        assert await redirect_uri_of(gh, **FORGED) == own
+
+
+@pytest.mark.anyio
+async def test_on_a_unix_socket_without_public_url_the_login_says_what_to_set(
+    tmp_path: Path,
+) -> None:
+    async with github_proxy(tmp_path) as gh:
+
+        async def on_a_unix_socket(scope: Any, receive: Any, send: Any) -> None:
+            await gh.app({**scope, "server": ("/run/llm-proxy.sock", None)}, receive, send)
+
+        transport = httpx.ASGITransport(app=on_a_unix_socket)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            refused = await client.get("/llm/auth/login/github")
+        assert refused.status_code == 400
+        assert "set public_url" in refused.json()["error"]["message"]
+
+
+@pytest.mark.anyio
+async def test_trusted_proxy_headers_name_only_allowed_hosts(tmp_path: Path) -> None:
+    allowed = ["llm.example.com"]
+    async with github_proxy(tmp_path, trust_proxy_headers=True, allowed_hosts=allowed) as gh:
+        start = await gh.client.get("/llm/auth/login/github", headers=FORWARDED)
         params = parse_qs(urlsplit(start.headers["location"]).query)
         assert params["redirect_uri"] == ["https://llm.example.com/llm/auth/callback/github"]
         assert "; Secure" in start.headers["set-cookie"]
+        for headers in (FORGED, {"host": "evil.example"}, {}):
+            refused = await gh.client.get("/llm/auth/login/github", headers=headers)
+            assert refused.status_code == 400, refused.text
+            assert "allowed_hosts" in refused.json()["error"]["message"]
+    async with github_proxy(tmp_path, allowed_hosts=["LLM.example.com"]) as gh:
+        # Without trust_proxy_headers the allow list checks the Host header itself.
+        own = "http://llm.example.com/llm/auth/callback/github"
+        assert await redirect_uri_of(gh, host="llm.example.com", **FORGED) == own
+
+
+@pytest.mark.anyio
+async def test_public_url_is_the_origin_of_redirects_and_of_the_same_origin_check(
+    tmp_path: Path,
+) -> None:
+    public = "https://llm.example.com/llm"
+    async with github_proxy(tmp_path, public_url=public, base_url="https://10.0.0.7") as gh:
+        assert await redirect_uri_of(gh, host="evil.example") == f"{public}/auth/callback/github"
+        assert (await gh.sign_in("octocat")).status_code == 303
+        path = "/llm/v1/chat/completions"
+        own = await gh.client.post(path, json=CHAT, headers={"origin": "https://llm.example.com"})
+        assert own.status_code == 200, own.text
+        for origin, forged_host in (
+            ("https://10.0.0.7", None),
+            ("https://evil.example", "evil.example"),
+        ):
+            headers = {"origin": origin} | ({"host": forged_host} if forged_host else {})
+            refused = await gh.client.post(path, json=CHAT, headers=headers)
+            assert refused.status_code == 401, origin
+
+
+@pytest.mark.anyio
+async def test_a_forged_host_cannot_make_a_foreign_origin_look_same_origin(
+    tmp_path: Path,
+) -> None:
+    async with github_proxy(tmp_path) as gh:
+        await gh.sign_in("octocat")
+        forged = {"host": "evil.example", "origin": "http://evil.example"}
+        post = await gh.client.post("/llm/v1/chat/completions", json=CHAT, headers=forged)
+        assert post.status_code == 401
+
+
+@pytest.mark.parametrize(
+    ("settings", "warned"),
+    [
+        ({}, True),
+        ({"trust_proxy_headers": True}, True),
+        ({"public_url": "https://llm.example.com/llm"}, False),
+        ({"redirect_uri": "https://llm.example.com/llm/auth/callback/github"}, False),
+        ({"trust_proxy_headers": True, "allowed_hosts": ["llm.example.com"]}, False),
+    ],
+)
+def test_a_public_origin_left_to_chance_is_warned_about_at_start(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, settings: dict[str, Any], warned: bool
+) -> None:
+    github = {"client_id": "c", "client_secret": CLIENT_SECRET, "allowed_orgs": ["acme"]}
+    auth = {k: settings.pop(k) for k in AUTH_KEYS if k in settings}
+    with caplog.at_level(logging.WARNING, logger="llm_proxy_mw"):
+        build_proxy(proxy_config(tmp_path, {"github": github | settings}, **auth))
+    warnings = [r.getMessage() for r in caplog.records if "public_url" in r.getMessage()]
+    assert bool(warnings) is warned, warnings
 
 
 @pytest.mark.anyio
@@ -745,7 +940,7 @@ async def sso_proxy(tmp_path: Path, fake: FakeOidc) -> AsyncIterator[httpx.Async
         "client_id": "sso-client",
         "client_secret": CLIENT_SECRET,
         "server_metadata_url": f"{SSO}/.well-known/openid-configuration",
-        "admin_users": ["ada@example.com"],
+        "admin_users": ["email:ada@example.com"],
     }
     proxy = build_proxy(proxy_config(tmp_path, {"sso": sso}))
     oauth_login(proxy).transport = RespxBridge(fake.router)
@@ -811,7 +1006,7 @@ async def test_an_unreachable_provider_is_a_502(tmp_path: Path) -> None:
 
 def test_preset_registration() -> None:
     auth0 = OAuthConfig(
-        client_id="c", client_secret="s", domain="t.eu.auth0.com", admin_users=["a"]
+        client_id="c", client_secret="s", domain="t.eu.auth0.com", admin_users=["sub:a"]
     )
     registered = client_registration("auth0", auth0)
     assert (
@@ -823,7 +1018,9 @@ def test_preset_registration() -> None:
     registered = client_registration("google", google)
     assert registered["server_metadata_url"] == GOOGLE_METADATA_URL
     assert registered["client_kwargs"]["scope"] == "openid email"  # OIDC needs "openid"
-    bad = OAuthConfig(client_id="c", client_secret="s", domain="evil.example/x?", admin_users=["a"])
+    bad = OAuthConfig(
+        client_id="c", client_secret="s", domain="evil.example/x?", admin_users=["sub:a"]
+    )
     with pytest.raises(ConfigError, match="domain"):
         client_registration("auth0", bad)
 
@@ -837,7 +1034,7 @@ def test_identities_and_allow_lists() -> None:
         oidc_identity({"email": "a@x.io"})
     anyone = OAuthConfig(client_id="c", client_secret="s", server_metadata_url="https://i/x")
     assert is_allowed(anyone, Identity(subject="u"))  # an organisation's own issuer
-    listed = OAuthConfig(client_id="c", client_secret="s", allowed_users=["Sub-1"])
+    listed = OAuthConfig(client_id="c", client_secret="s", allowed_users=["sub:Sub-1"])
     assert is_allowed(listed, Identity(subject="Sub-1"))
     assert not is_allowed(listed, Identity(subject="sub-1"))  # subjects are case-sensitive
     assert not is_admin(listed, Identity(subject="Sub-1"))

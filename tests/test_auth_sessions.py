@@ -8,17 +8,19 @@ from typing import Any
 import pytest
 
 from llm_proxy_mw.auth import Principal
+from llm_proxy_mw.auth._origin import PublicOrigin
 from llm_proxy_mw.auth._sessions import (
     PENDING_TTL,
     Session,
     SessionAuthenticator,
     SessionManager,
-    request_origin,
-    same_origin,
+    client_address,
 )
 
 SECRET = "session-secret-0123456789abcdef-0123456789"
 ALICE = Principal(name="alice", kind="session", subject="gh:1")
+#: The site of ``scope()``: browsers reach it as app.example (the server listens on 10.0.0.1).
+APP = PublicOrigin(allowed_hosts=frozenset({"app.example"}))
 
 
 class Clock:
@@ -30,6 +32,7 @@ class Clock:
 
 
 def manager(clock: Clock | None = None, **kwargs: Any) -> SessionManager:
+    kwargs.setdefault("origin", APP)
     return SessionManager(secret=SECRET, ttl_seconds=3600, clock=clock or Clock(), **kwargs)
 
 
@@ -77,8 +80,10 @@ def test_cookie_is_secure_on_https_and_behind_a_trusted_proxy_only() -> None:
     assert b"; Secure" in sessions.set_cookie(scope(scheme="https"), session)[1]
     forwarded = scope(x_forwarded_proto="https")
     assert b"Secure" not in sessions.set_cookie(forwarded, session)[1]
-    trusting = manager(trust_proxy_headers=True)
+    trusting = manager(origin=PublicOrigin(trust_proxy_headers=True))
     assert b"; Secure" in trusting.set_cookie(forwarded, session)[1]
+    public = manager(origin=PublicOrigin(public_url="https://app.example/llm"))
+    assert b"; Secure" in public.set_cookie(scope(), session)[1]  # TLS ends in front of us
 
 
 def test_cookie_path_is_the_mount_root() -> None:
@@ -160,6 +165,43 @@ def test_a_login_flood_does_not_push_out_signed_in_users() -> None:
     assert sessions.load(scope(cookie=cookie_of(sessions, newest))) is newest
 
 
+def test_a_login_flood_from_one_address_evicts_only_its_own_oldest() -> None:
+    sessions = manager(max_pending=30)
+    victim = sessions.create(client="203.0.113.5")
+    flood = [sessions.create(client="198.51.100.7") for _ in range(100)]
+    assert sessions.load(scope(cookie=cookie_of(sessions, victim))) is victim
+    held = sessions.sessions()
+    assert [s for s in flood if s in held] == flood[-10:]
+    sessions.delete(flood[-1])
+    assert len(sessions) == 1 + 9
+
+
+def from_client(address: str, **headers: str) -> dict[str, Any]:
+    request = scope(**headers)
+    request["client"] = (address, 50000)
+    return request
+
+
+def test_ipv6_clients_are_counted_by_their_64_bit_prefix() -> None:
+    # One host gets a whole /64: counting single IPv6 addresses would not slow it down.
+    sessions = manager(max_pending=30)
+    victim = sessions.create_pending(from_client("2001:db8:1::5"))
+    flood = [sessions.create_pending(from_client(f"2001:db8:2::{i:x}")) for i in range(100)]
+    assert sessions.load(scope(cookie=cookie_of(sessions, victim))) is victim
+    assert [s for s in flood if s in sessions.sessions()] == flood[-10:]
+
+
+def test_client_address() -> None:
+    forged = from_client("10.0.0.9", x_forwarded_for="203.0.113.5, 198.51.100.7")
+    assert client_address(forged, trust_proxy_headers=False) == "10.0.0.9"
+    assert client_address(forged, trust_proxy_headers=True) == "198.51.100.7"
+    assert client_address(from_client("10.0.0.9"), trust_proxy_headers=True) == "10.0.0.9"
+    ipv6 = from_client("2001:db8::1:2:3:4")
+    assert client_address(ipv6, trust_proxy_headers=False) == "2001:db8::/64"
+    assert client_address(scope(), trust_proxy_headers=False) is None  # no client: no cap
+    assert client_address(from_client("testclient"), trust_proxy_headers=False) == "testclient"
+
+
 def test_delete_ends_a_session() -> None:
     sessions = manager()
     session = sessions.create(principal=ALICE)
@@ -172,19 +214,45 @@ def test_delete_ends_a_session() -> None:
 # ---- origins and CSRF ----------------------------------------------------------------------
 
 
-def test_request_origin() -> None:
-    assert request_origin(scope(), trust_proxy_headers=False) == "http://app.example"
+def test_without_configuration_the_origin_is_the_listening_address() -> None:
+    # Never the Host header, nor x-forwarded-host, trusted or not.
+    forged = scope(host="evil.example", x_forwarded_host="evil.example", x_forwarded_proto="https")
+    for origin in (PublicOrigin(), PublicOrigin(trust_proxy_headers=True)):
+        assert origin.of(forged) == "http://10.0.0.1:8000"
+        assert origin.base_url(forged) == "http://10.0.0.1:8000/llm"
     https = scope(scheme="https")
-    assert request_origin(https, trust_proxy_headers=False) == "https://app.example"
+    https["server"] = ("10.0.0.1", 443)
+    assert PublicOrigin().of(https) == "https://10.0.0.1"
+    ipv6 = scope()
+    ipv6["server"] = ("::1", 8000)
+    assert PublicOrigin().of(ipv6) == "http://[::1]:8000"
+    unix = scope()
+    unix["server"] = ("/run/llm.sock", None)
+    assert PublicOrigin().of(unix) is None
+    assert PublicOrigin().base_url(unix) is None
+    del unix["server"]
+    assert PublicOrigin().of(unix) is None
+
+
+def test_allowed_hosts_and_trusted_proxy_headers() -> None:
+    assert APP.of(scope()) == "http://app.example"
+    assert APP.of(scope(scheme="https")) == "https://app.example"
     forwarded = scope(x_forwarded_host="public.example, inner", x_forwarded_proto="https")
-    assert request_origin(forwarded, trust_proxy_headers=False) == "http://app.example"
-    assert request_origin(forwarded, trust_proxy_headers=True) == "https://public.example"
+    assert APP.of(forwarded) == "http://app.example"  # proxy headers not trusted: Host
+    behind = PublicOrigin(allowed_hosts=frozenset({"public.example"}), trust_proxy_headers=True)
+    assert behind.of(forwarded) == "https://public.example"
+    assert behind.of(scope(x_forwarded_host="evil.example")) is None
+    assert behind.of(scope()) is None  # app.example is not allowed
     bad = scope()
-    bad["headers"] = [(b"host", b"evil.example/path")]
-    assert request_origin(bad, trust_proxy_headers=False) is None
-    bare = scope()
-    bare["headers"] = []
-    assert request_origin(bare, trust_proxy_headers=False) == "http://10.0.0.1:8000"
+    bad["headers"] = [(b"host", b"app.example/path")]
+    assert APP.of(bad) is None
+
+
+def test_public_url_wins_over_every_header() -> None:
+    public = PublicOrigin(public_url="https://llm.example.com/base", trust_proxy_headers=True)
+    forged = scope(host="evil.example", x_forwarded_host="evil.example")
+    assert public.of(forged) == "https://llm.example.com"
+    assert public.base_url(forged) == "https://llm.example.com/base"
 
 
 @pytest.mark.parametrize(
@@ -203,12 +271,29 @@ def test_request_origin() -> None:
     ],
 )
 def test_same_origin(headers: dict[str, str], expected: bool) -> None:
-    assert same_origin(scope("POST", **headers), trust_proxy_headers=False) is expected
+    assert APP.same_origin(scope("POST", **headers)) is expected
+
+
+def test_a_forged_host_does_not_make_its_origin_same_origin() -> None:
+    forged = scope("POST", host="evil.example", origin="http://evil.example")
+    forged["headers"] = [h for h in forged["headers"] if h != (b"host", b"app.example")]
+    assert not APP.same_origin(forged)
+    assert not PublicOrigin().same_origin(forged)
+    assert PublicOrigin().same_origin(scope("POST", origin="http://10.0.0.1:8000"))
+
+
+def test_the_origins_of_configured_redirect_uris_are_same_origin() -> None:
+    redirect = PublicOrigin(configured=frozenset({"https://llm.example.com"}))
+    assert redirect.same_origin(scope("POST", origin="https://llm.example.com"))
+    assert not redirect.same_origin(scope("POST", origin="http://llm.example.com"))
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("method", ["POST", "PUT", "PATCH", "DELETE"])
-async def test_unsafe_methods_need_a_same_origin_request(method: str) -> None:
+@pytest.mark.parametrize(
+    "method",
+    ["POST", "PUT", "PATCH", "DELETE", "PROPFIND", "QUERY", "PURGE", "MKCOL", "TRACE", "get"],
+)
+async def test_every_method_but_get_head_options_needs_a_same_origin_request(method: str) -> None:
     sessions = manager()
     authenticator = SessionAuthenticator(sessions)
     cookie = cookie_of(sessions, sessions.create(principal=ALICE))

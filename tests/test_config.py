@@ -550,6 +550,92 @@ def test_auth_keys_are_optional_but_oauth_needs_a_long_session_secret(tmp_path: 
     assert load(tmp_path, PROVIDER + long_enough + oauth).auth is not None
 
 
+OAUTH_GITHUB = (
+    '[auth]\nsession_secret = "' + "s" * 32 + '"\n'
+    '[auth.oauth.github]\nclient_id = "c"\nclient_secret = "s"\n'
+)
+OAUTH_CORP = OAUTH_GITHUB.replace("github]", "corp]") + (
+    'server_metadata_url = "https://idp.example/.well-known/openid-configuration"\n'
+)
+
+
+@pytest.mark.parametrize("field", ["allowed_users", "admin_users"])
+@pytest.mark.parametrize(
+    ("section", "entry", "explains"),
+    [
+        # A bare entry could name a user by id or by login: GitHub allows all-digit logins.
+        (OAUTH_GITHUB, "583231", ["id:<", "login:<", "email:<"]),
+        (OAUTH_GITHUB, "octocat", ["id:<", "login:<", "email:<"]),
+        (OAUTH_GITHUB, "a@b.c", ["email:<"]),
+        (OAUTH_CORP, "u-42", ["sub:<"]),
+        (OAUTH_GITHUB, "ID:583231", ["id:<"]),
+        (OAUTH_GITHUB, "id:", ["id:<"]),
+        (OAUTH_GITHUB, "login: octocat", ["login:<"]),
+        (OAUTH_GITHUB, "id:octocat", ["numeric", "login:octocat"]),
+        (OAUTH_GITHUB, "sub:583231", ["id:583231"]),
+        (OAUTH_GITHUB, "email:octocat", ["email address"]),
+        (OAUTH_CORP, "login:alice", ["sub:", "email:"]),
+    ],
+)
+def test_oauth_user_lists_name_the_kind_of_each_entry(
+    tmp_path: Path, field: str, section: str, entry: str, explains: list[str]
+) -> None:
+    message = config_error(tmp_path, PROVIDER + section + f"{field} = [{entry!r}]\n")
+    assert f"{field}" in message and repr(entry) in message
+    for hint in explains:
+        assert hint in message
+
+
+@pytest.mark.parametrize(
+    ("section", "entries"),
+    [
+        (OAUTH_GITHUB, ["id:583231", "login:octocat", "login:583231", "email:A@B.example"]),
+        (OAUTH_CORP, ["sub:auth0|5f1c", "id:u-42", "email:a@b.example"]),
+    ],
+)
+def test_oauth_user_lists_take_typed_entries(
+    tmp_path: Path, section: str, entries: list[str]
+) -> None:
+    config = load(tmp_path, PROVIDER + section + f"admin_users = {entries!r}\n")
+    assert config.auth is not None
+    (idp,) = config.auth.oauth.values()
+    assert idp.admin_users == entries
+
+
+@pytest.mark.parametrize(
+    ("setting", "complaint"),
+    [
+        ('public_url = "ftp://llm.example.com"', "auth.public_url"),
+        ('public_url = "https://llm.example.com/llm?x=1"', "auth.public_url"),
+        ('public_url = "https://user@llm.example.com/"', "auth.public_url"),
+        ('public_url = "https://llm.example.com:99999/"', "auth.public_url"),
+        ('allowed_hosts = ["llm.example.com/llm"]', "auth.allowed_hosts"),
+        ('allowed_hosts = ["*.example.com"]', "auth.allowed_hosts"),
+        ('public_url = "https://a.example"\nallowed_hosts = ["a.example"]', "not both"),
+    ],
+)
+def test_the_public_origin_settings_are_checked(
+    tmp_path: Path, setting: str, complaint: str
+) -> None:
+    message = config_error(
+        tmp_path, PROVIDER + OAUTH_CORP.replace("[auth]\n", f"[auth]\n{setting}\n")
+    )
+    assert complaint in message
+
+
+def test_the_public_origin_settings_are_normalised(tmp_path: Path) -> None:
+    text = PROVIDER + OAUTH_CORP.replace(
+        "[auth]\n", '[auth]\npublic_url = "https://llm.example.com/llm/"\n'
+    )
+    auth = load(tmp_path, text).auth
+    assert auth is not None and auth.public_url == "https://llm.example.com/llm"
+    text = PROVIDER + OAUTH_CORP.replace(
+        "[auth]\n", '[auth]\nallowed_hosts = ["LLM.example.com", "[::1]:8000"]\n'
+    )
+    auth = load(tmp_path, text).auth
+    assert auth is not None and auth.allowed_hosts == ["llm.example.com", "[::1]:8000"]
+
+
 # -- secrets never leak ----------------------------------------------------------------------
 
 

@@ -3,8 +3,9 @@
 
 Authorization code with PKCE (S256), a one-time ``state`` bound to the browser's session, a
 ``nonce`` and a verified ID token (exact ``iss``, ``aud``) for OpenID Connect, and one exact
-redirect URI: ``redirect_uri`` from config, else ``<scheme>://<host><root_path>/auth/callback/
-<idp>`` as the browser addressed the mount (proxy headers only with ``trust_proxy_headers``).
+redirect URI: ``redirect_uri`` from config, else ``<public mount URL>/auth/callback/<idp>``
+with the mount's URL from ``PublicOrigin`` (``public_url``, an allowed host, or the address
+the server listens on; never a bare ``Host`` header).
 Authlib keeps its login state in ``request.session``; here that is the server-side session's
 scratch dict, so the PKCE verifier never leaves the server. A login that succeeds starts a new
 session under a new id (no session fixation) and redirects to ``?next=`` (same-origin relative
@@ -42,12 +43,7 @@ from llm_proxy_mw.auth._oauth_presets import (
 from llm_proxy_mw.auth._oauth_refresh import SessionRefresher, stored_token
 from llm_proxy_mw.auth._oidc_metadata import CheckedOAuth
 from llm_proxy_mw.auth._principal import Principal
-from llm_proxy_mw.auth._sessions import (
-    PENDING_TTL,
-    SessionAuthenticator,
-    SessionManager,
-    request_origin,
-)
+from llm_proxy_mw.auth._sessions import PENDING_TTL, SessionAuthenticator, SessionManager
 from llm_proxy_mw.config import AuthConfig
 from llm_proxy_mw.context import get_context
 from llm_proxy_mw.errors import (
@@ -75,6 +71,26 @@ class _DropCodeVerifier(logging.Filter):
 _DROP_CODE_VERIFIER = _DropCodeVerifier()
 
 
+def _warn_unless_public_origin(config: AuthConfig) -> None:
+    """One warning at start when no setting names where browsers reach the proxy."""
+    if config.public_url or config.allowed_hosts:
+        return
+    if all(idp.redirect_uri for idp in config.oauth.values()):
+        return
+    ignored = (
+        " (trust_proxy_headers alone does not make x-forwarded-host count)"
+        if config.trust_proxy_headers
+        else ""
+    )
+    logger.warning(
+        "llm_proxy_mw: [auth] sets neither public_url nor allowed_hosts, so the OAuth redirect "
+        "URI and the session's same-origin check use the address this server listens on, "
+        "never the Host header%s. Set public_url to the mount's public URL (e.g. "
+        "https://app.example.com/llm), or list allowed_hosts.",
+        ignored,
+    )
+
+
 class OAuthLogin:
     """The login endpoints (an ``AuthEndpoints`` app) and the session authenticator they feed.
 
@@ -100,6 +116,7 @@ class OAuthLogin:
         self.sessions = sessions
         self.leeway = leeway
         self._idps = dict(config.oauth)
+        _warn_unless_public_origin(config)
         self._oauth = CheckedOAuth()
         self._clients: dict[str, Any] = {
             name: self._oauth.register(name, **client_registration(name, idp, timeout=timeout))
@@ -154,14 +171,17 @@ class OAuthLogin:
             raise NotFoundError(f"No such endpoint: {path[:200]}")
 
     def redirect_uri(self, scope: Scope, idp: str) -> str:
-        """The one redirect URI of ``idp``: configured, or derived from the mount."""
+        """The one redirect URI of ``idp``: configured, or under the mount's public URL."""
         configured = self._idps[idp].redirect_uri
         if configured:
             return configured
-        origin = request_origin(scope, trust_proxy_headers=self.sessions.trust_proxy_headers)
-        if origin is None:
-            raise InvalidRequestError("Cannot tell this server's address; set redirect_uri.")
-        return f"{origin}{scope.get('root_path', '')}/auth/callback/{idp}"
+        origin = self.sessions.origin
+        base = origin.base_url(scope)
+        if base is None:
+            if origin.allowed_hosts:
+                raise InvalidRequestError("This host is not one of the proxy's allowed_hosts.")
+            raise InvalidRequestError("Cannot tell this server's address; set public_url.")
+        return f"{base}/auth/callback/{idp}"
 
     def _client(self, idp: str) -> Any:
         client = self._clients.get(idp)
@@ -179,7 +199,7 @@ class OAuthLogin:
             # httpx or httpx2 (whichever Authlib uses), a bad status, malformed JSON.
             logger.warning("oauth login via %s: provider unreachable (%s)", idp, type(exc).__name__)
             raise UpstreamError("The identity provider could not be reached.") from None
-        session = self.sessions.load(scope) or self.sessions.create()
+        session = self.sessions.load(scope) or self.sessions.create_pending(scope)
         request = Request({**scope, "session": session.data}, receive)
         await client.save_authorize_data(request, redirect_uri=redirect_uri, **authorization)
         session.data[pending_key(idp)] = {

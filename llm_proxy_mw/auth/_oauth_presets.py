@@ -4,6 +4,10 @@
 any other issuer (``oidc``, through ``server_metadata_url``) are OpenID Connect, whose
 identity is the verified ID token. Users are matched on stable, verified facts only: the
 provider's subject, a GitHub login, a *verified* email address, a GitHub organisation.
+Each ``allowed_users`` / ``admin_users`` entry says which of these it is (``id:583231``,
+``login:octocat``, ``email:a@b.example``; ``sub:`` is ``id:`` for OIDC), because GitHub
+logins may be all digits: a bare ``583231`` would let the login ``583231`` pass for the user
+whose id is 583231.
 
 The public presets (GitHub, Google, Auth0 with its social and sign-up connections) would let
 anyone with an account in; they need an allow list. A generic OIDC issuer is taken to be the
@@ -15,9 +19,9 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
-from llm_proxy_mw.config import ConfigError, OAuthConfig
+from llm_proxy_mw.config import ConfigError, OAuthConfig, OAuthPreset
 
 __all__ = [
     "GITHUB_API_URL",
@@ -33,8 +37,6 @@ __all__ = [
     "preset_of",
 ]
 
-Preset = Literal["github", "google", "auth0", "oidc"]
-
 GITHUB_AUTHORIZE_URL = "https://github.com/login/oauth/authorize"
 GITHUB_TOKEN_URL = "https://github.com/login/oauth/access_token"
 GITHUB_API_URL = "https://api.github.com/"
@@ -43,12 +45,9 @@ GOOGLE_METADATA_URL = "https://accounts.google.com/.well-known/openid-configurat
 _DOMAIN = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9\-.]{0,251}[A-Za-z0-9])?(?::[0-9]{1,5})?$")
 
 
-def preset_of(name: str, config: OAuthConfig) -> Preset:
+def preset_of(name: str, config: OAuthConfig) -> OAuthPreset:
     """The preset: configured, else the section's name when it is one, else ``oidc``."""
-    if config.preset is not None:
-        return config.preset
-    presets: dict[str, Preset] = {"github": "github", "google": "google", "auth0": "auth0"}
-    return presets.get(name, "oidc")
+    return config.preset_name(name)
 
 
 def client_registration(name: str, config: OAuthConfig, **client_kwargs: Any) -> dict[str, Any]:
@@ -85,7 +84,7 @@ def client_registration(name: str, config: OAuthConfig, **client_kwargs: Any) ->
     return kwargs
 
 
-def _metadata_url(name: str, preset: Preset, config: OAuthConfig) -> str:
+def _metadata_url(name: str, preset: OAuthPreset, config: OAuthConfig) -> str:
     if preset == "google":
         return GOOGLE_METADATA_URL
     if preset == "auth0" and config.domain is not None:
@@ -135,7 +134,7 @@ async def github_identity(client: Any, token: Mapping[str, Any], config: OAuthCo
         raise ValueError("GitHub's user API answered without a login")
     emails: tuple[str, ...] = ()
     named = (*config.allowed_users, *config.admin_users)
-    if config.allowed_domains or any("@" in u for u in named):
+    if config.allowed_domains or any(u.startswith("email:") for u in named):
         listing = await _get_json(client, "user/emails", token)
         emails = tuple(
             entry["email"].lower()
@@ -167,10 +166,24 @@ async def _get_json(client: Any, path: str, token: Mapping[str, Any]) -> Any:
 
 
 def _matches(users: list[str], identity: Identity) -> bool:
+    """Whether one of the typed entries (``id:``/``sub:``, ``login:``, ``email:``) names
+    ``identity``; each is compared with its own kind of fact only."""
+    for entry in users:
+        kind, _, name = entry.partition(":")
+        if _matches_one(kind, name, identity):
+            return True
+    return False
+
+
+def _matches_one(kind: str, name: str, identity: Identity) -> bool:
     # Subjects are case-sensitive; logins (GitHub) and email addresses are not.
-    folded = {identity.login.lower()} if identity.login else set()
-    folded.update(identity.emails)
-    return any(u == identity.subject or u.lower() in folded for u in users)
+    if kind in ("id", "sub"):
+        return name == identity.subject
+    if kind == "login":
+        return identity.login is not None and name.lower() == identity.login.lower()
+    if kind == "email":
+        return name.lower() in identity.emails
+    return False
 
 
 def is_admin(config: OAuthConfig, identity: Identity) -> bool:

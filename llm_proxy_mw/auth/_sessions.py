@@ -6,15 +6,18 @@ It is ``HttpOnly``, ``SameSite=Lax``, ``Secure`` on https, scoped to the mount's
 and lives as long as the session. Sessions are kept in this process's memory: behind several
 workers or replicas, route each browser to one of them (sticky sessions).
 
-A cookie is an ambient credential, so a cookie-authenticated unsafe request (POST, PUT, PATCH,
-DELETE) counts only when its ``Origin`` (or, without one, its ``Referer``) is the request's
-own origin: another site's form or script cannot spend the user's session (CSRF).
+A cookie is an ambient credential, so a cookie-authenticated request of any method but GET,
+HEAD and OPTIONS counts only when its ``Origin`` (or, without one, its ``Referer``) is the
+request's own origin: another site's form or script cannot spend the user's session (CSRF).
+The safe methods are listed, not the unsafe ones: PROPFIND, QUERY, PURGE or a method not
+invented yet must not slip through.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import ipaddress
 import logging
 import re
 import secrets
@@ -22,33 +25,24 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
 from itsdangerous import BadSignature, Signer
 from starlette.types import Scope
 
+from llm_proxy_mw.auth._origin import PublicOrigin
 from llm_proxy_mw.auth._principal import Principal
 
-__all__ = [
-    "SESSION_COOKIE",
-    "Session",
-    "SessionAuthenticator",
-    "SessionManager",
-    "is_https",
-    "request_origin",
-    "same_origin",
-]
+__all__ = ["SESSION_COOKIE", "Session", "SessionAuthenticator", "SessionManager", "client_address"]
 
 logger = logging.getLogger("llm_proxy_mw")
 
 SESSION_COOKIE = "llm_proxy_session"
-UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+#: The only methods a cookie authenticates from another origin (ASGI methods are upper-case).
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 #: A login in progress (state, PKCE verifier, nonce) is kept this long, in seconds.
 PENDING_TTL = 600
 
-_HOST = re.compile(r"^(?:[A-Za-z0-9\-.]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?$")
 _COOKIE_PATH = re.compile(r"^/[A-Za-z0-9\-._~!$&'()*+,=:@/%]*$")
-_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 @dataclass(slots=True, eq=False)
@@ -67,64 +61,31 @@ class Session:
     refresh: asyncio.Task[bool] | None = field(default=None, repr=False)
     #: After a failed refresh, the next one is not tried before this time.
     refresh_not_before: float = 0.0
+    #: Where a login in progress came from (``client_address``), for the per-address cap.
+    client: str | None = field(default=None, repr=False)
 
 
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope["headers"]:
-        if key == name:
-            text: str = value.decode("latin-1")
-            return text
-    return None
-
-
-def _first(value: str | None) -> str | None:
-    """The first entry of a comma-separated proxy header (the client-facing hop)."""
-    if value is None:
-        return None
-    return value.split(",", 1)[0].strip() or None
-
-
-def is_https(scope: Scope, *, trust_proxy_headers: bool) -> bool:
-    """Whether the browser reached us over https (per ``x-forwarded-proto`` only if trusted)."""
+def client_address(scope: Scope, *, trust_proxy_headers: bool) -> str | None:
+    """Who a request comes from, for counting: the peer's address or, behind a trusted proxy,
+    the last ``x-forwarded-for`` entry. IPv6 addresses count by their /64 prefix, which one
+    host usually holds whole."""
+    address: str | None = None
     if trust_proxy_headers:
-        forwarded = _first(_header(scope, b"x-forwarded-proto"))
-        if forwarded is not None:
-            return forwarded.lower() == "https"
-    return scope.get("scheme") in ("https", "wss")
-
-
-def request_origin(scope: Scope, *, trust_proxy_headers: bool) -> str | None:
-    """``scheme://host[:port]`` as the browser addressed this request; ``None`` if unknown."""
-    scheme = "https" if is_https(scope, trust_proxy_headers=trust_proxy_headers) else "http"
-    host = _first(_header(scope, b"x-forwarded-host")) if trust_proxy_headers else None
-    host = host or _header(scope, b"host")
-    if host is None and scope.get("server"):
-        server_host, port = scope["server"]
-        host = f"{server_host}:{port}" if port is not None else str(server_host)
-    if host is None or not _HOST.match(host):
-        return None
-    return f"{scheme}://{host}"
-
-
-def _normalised(origin: str | None) -> tuple[str, str, int] | None:
-    if not origin:
+        # The last entry is the one our proxy appended; the client can forge any before it.
+        forwarded: list[bytes] = [v for k, v in scope["headers"] if k == b"x-forwarded-for"]
+        if forwarded:
+            address = forwarded[-1].decode("latin-1").rsplit(",", 1)[-1].strip() or None
+    if address is None and scope.get("client"):
+        address = str(scope["client"][0])
+    if address is None:
         return None
     try:
-        parts = urlsplit(origin)
-        scheme = parts.scheme.lower()
-        port = parts.port or _DEFAULT_PORTS.get(scheme)
+        ip = ipaddress.ip_address(address)
     except ValueError:
-        return None
-    if scheme not in _DEFAULT_PORTS or not parts.hostname or port is None:
-        return None
-    return scheme, parts.hostname.lower(), port
-
-
-def same_origin(scope: Scope, *, trust_proxy_headers: bool) -> bool:
-    """Whether ``Origin`` (or else ``Referer``) names this request's own origin."""
-    claimed = _header(scope, b"origin") or _header(scope, b"referer")
-    expected = _normalised(request_origin(scope, trust_proxy_headers=trust_proxy_headers))
-    return expected is not None and _normalised(claimed) == expected
+        return address[:64]
+    if ip.version == 6:
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
 
 
 class SessionManager:
@@ -132,7 +93,8 @@ class SessionManager:
 
     At most ``max_sessions`` signed-in sessions and ``max_pending`` logins in progress are
     kept; past that the oldest go first, so a flood of ``/auth/login`` cannot exhaust memory
-    or push out signed-in users.
+    or push out signed-in users. Each client address holds at most ``max_pending_per_client``
+    logins in progress, so that one address's flood pushes out its own, not other people's.
     """
 
     def __init__(
@@ -140,21 +102,26 @@ class SessionManager:
         *,
         secret: str,
         ttl_seconds: int,
-        trust_proxy_headers: bool = False,
+        origin: PublicOrigin | None = None,
         cookie_name: str = SESSION_COOKIE,
         max_sessions: int = 100_000,
         max_pending: int = 10_000,
+        max_pending_per_client: int = 10,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.ttl_seconds = ttl_seconds
-        self.trust_proxy_headers = trust_proxy_headers
+        #: This site's origin for the cookie's ``Secure`` flag and the same-origin check.
+        self.origin = origin or PublicOrigin()
         self.cookie_name = cookie_name
         self.clock = clock
         self._signer = Signer(secret, salt="llm_proxy_mw.session", digest_method=hashlib.sha256)
         self.max_sessions = max_sessions
         self.max_pending = max_pending
+        self.max_pending_per_client = max_pending_per_client
         self._live: dict[str, Session] = {}
         self._pending: dict[str, Session] = {}
+        #: Ids of the logins in progress by client address, oldest first.
+        self._pending_by_client: dict[str, dict[str, None]] = {}
 
     def __len__(self) -> int:
         return len(self._live) + len(self._pending)
@@ -169,8 +136,10 @@ class SessionManager:
         principal: Principal | None = None,
         idp: str | None = None,
         token: dict[str, Any] | None = None,
+        client: str | None = None,
     ) -> Session:
-        """A new session under a fresh random id: signed in when ``principal`` is given."""
+        """A new session under a fresh random id: signed in when ``principal`` is given, else
+        a login in progress from ``client`` (an address; see ``create_pending``)."""
         now = self.clock()
         ttl = self.ttl_seconds if principal is not None else PENDING_TTL
         session = Session(
@@ -180,6 +149,8 @@ class SessionManager:
             idp=idp,
             token=token,
         )
+        if principal is None:
+            self._make_room_for(session, client)
         table, limit = (
             (self._live, self.max_sessions)
             if principal is not None
@@ -187,9 +158,35 @@ class SessionManager:
         )
         # Insertion order is expiry order (one TTL per table): drop expired, then the oldest.
         while table and (len(table) >= limit or next(iter(table.values())).expires_at <= now):
-            table.pop(next(iter(table)))
+            self._forget(table.pop(next(iter(table))))
         table[session.id] = session
         return session
+
+    def create_pending(self, scope: Scope) -> Session:
+        """A new login in progress, counted against the request's client address."""
+        trust = self.origin.trust_proxy_headers
+        return self.create(client=client_address(scope, trust_proxy_headers=trust))
+
+    def _make_room_for(self, session: Session, client: str | None) -> None:
+        """Register a login in progress under its address, dropping that address's oldest
+        past ``max_pending_per_client``."""
+        if client is None:
+            return
+        mine = self._pending_by_client.setdefault(client, {})
+        while len(mine) >= self.max_pending_per_client:
+            self.delete(self._pending[next(iter(mine))])
+        session.client = client
+        mine[session.id] = None
+
+    def _forget(self, session: Session) -> None:
+        """Take a login in progress, gone from ``_pending``, out of its address's count."""
+        if session.client is None:
+            return
+        mine = self._pending_by_client.get(session.client)
+        if mine is not None:
+            mine.pop(session.id, None)
+            if not mine:
+                del self._pending_by_client[session.client]
 
     def load(self, scope: Scope) -> Session | None:
         """The live session the request's cookie names, if any."""
@@ -211,9 +208,10 @@ class SessionManager:
         """End a session; its cookie is worthless from now on."""
         self._live.pop(session.id, None)
         self._pending.pop(session.id, None)
+        self._forget(session)
 
     def same_origin(self, scope: Scope) -> bool:
-        return same_origin(scope, trust_proxy_headers=self.trust_proxy_headers)
+        return self.origin.same_origin(scope)
 
     def set_cookie(self, scope: Scope, session: Session) -> tuple[bytes, bytes]:
         """The ``set-cookie`` header that hands ``session`` to the browser."""
@@ -231,7 +229,7 @@ class SessionManager:
             path = "/"
         attributes = f"{self.cookie_name}={value}; Path={path}; Max-Age={max_age}; HttpOnly"
         attributes += "; SameSite=Lax"
-        if is_https(scope, trust_proxy_headers=self.trust_proxy_headers):
+        if self.origin.is_https(scope):
             attributes += "; Secure"
         return b"set-cookie", attributes.encode("latin-1")
 
@@ -254,7 +252,8 @@ Refresher = Callable[[Session], Awaitable[bool]]
 class SessionAuthenticator:
     """Resolves the session cookie to its principal (kind ``session``); ignores ``secret``.
 
-    Unsafe methods need a same-origin ``Origin``/``Referer``, else the cookie is ignored.
+    Any method but GET, HEAD and OPTIONS needs a same-origin ``Origin``/``Referer``, else the
+    cookie is ignored.
     With a ``refresher``, a session whose identity provider refuses to refresh its token ends.
     """
 
@@ -266,7 +265,7 @@ class SessionAuthenticator:
         session = self.sessions.load(scope)
         if session is None or session.principal is None:
             return None
-        if scope.get("method", "GET") in UNSAFE_METHODS and not self.sessions.same_origin(scope):
+        if scope["method"] not in SAFE_METHODS and not self.sessions.same_origin(scope):
             logger.info("session cookie ignored: %s from another origin", scope.get("method"))
             return None
         if self.refresher is not None and not await self.refresher(session):

@@ -104,12 +104,13 @@ def _add_oauth_login(setup: AuthSetup, config: AuthConfig) -> None:
     """
     if config.oauth and config.session_secret is not None:
         from llm_proxy_mw.auth._oauth_login import OAuthLogin
+        from llm_proxy_mw.auth._origin import PublicOrigin
         from llm_proxy_mw.auth._sessions import SessionManager
 
         sessions = SessionManager(
             secret=config.session_secret.get_secret_value(),
             ttl_seconds=config.session_ttl_seconds,
-            trust_proxy_headers=config.trust_proxy_headers,
+            origin=PublicOrigin.from_config(config),
         )
         login = OAuthLogin(config, sessions)
         setup.authenticators.append(login.authenticator)
