@@ -8,10 +8,12 @@ config act as an admin and a user; a third user checks that principals stay apar
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
 import re
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -795,6 +797,46 @@ async def test_store_contract(store_url: str) -> None:
 
 
 @pytest.mark.anyio
+async def test_store_caps_live_families_per_owner_atomically(store_url: str) -> None:
+    store = open_token_store(store_url)
+    await store.open()
+    try:
+        added = await asyncio.gather(
+            *(store.add_family(family(f"tf_{i}"), f"hash-{i}", limit=3) for i in range(8))
+        )
+        assert sorted(added) == [False] * 5 + [True] * 3
+        assert await store.add_family(family("tf_bob", owner="bob"), "hash-bob", limit=3)
+        [first, *_] = await store.families("alice", T)
+        assert await store.revoke(first.id, T + 1)
+        assert await store.add_family(family("tf_next", now=T + 2), "hash-next", limit=3)
+        assert not await store.add_family(family("tf_over", now=T + 2), "hash-over", limit=3)
+        # Expired families do not count (their clock is the new family's creation).
+        assert await store.add_family(family("tf_later", now=T + 101), "hash-later", limit=3)
+        assert await store.family("tf_over") is None
+        assert await store.refresh_record("hash-over") is None
+    finally:
+        await store.close()
+
+
+@pytest.mark.anyio
+async def test_store_keeps_the_owners_identity(store_url: str) -> None:
+    store = open_token_store(store_url)
+    await store.open()
+    try:
+        facts = json.dumps({"login": "octocat", "emails": ["o@acme.example"], "orgs": []})
+        await store.add_family(family("tf_s", owner="session:github:1", identity=facts), "h-s")
+        found = await store.family("tf_s")
+        assert found is not None and found.identity == facts
+        rotated = await store.rotate("h-s", "h-s2", T + 1)
+        assert rotated.family is not None and rotated.family.identity == facts
+        record = await store.refresh_record("h-s2")
+        assert record is not None and record.family.identity == facts
+        assert [f.identity for f in await store.families("session:github:1", T)] == [facts]
+    finally:
+        await store.close()
+
+
+@pytest.mark.anyio
 async def test_store_pushes_revocations(store_url: str) -> None:
     store, other = open_token_store(store_url), open_token_store(store_url)
     await store.open()
@@ -813,6 +855,32 @@ async def test_store_pushes_revocations(store_url: str) -> None:
         await store.close()
         await other.close()
     assert heard == ([None, "tf_a"] if store_url.startswith("redis") else [None])
+
+
+@pytest.mark.anyio
+async def test_a_store_from_before_owner_identities_is_upgraded(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
+        conn.execute(
+            "CREATE TABLE token_families (id TEXT PRIMARY KEY, owner TEXT NOT NULL, "
+            "name TEXT NOT NULL, admin INTEGER NOT NULL, scope TEXT NOT NULL, "
+            "access_ttl INTEGER NOT NULL, created REAL NOT NULL, expires REAL NOT NULL, "
+            "revoked REAL) WITHOUT ROWID"
+        )
+        conn.execute(
+            "INSERT INTO token_families VALUES "
+            "('tf_old', 'api_key:alice', 'ci', 0, '', 60, ?, ?, NULL)",
+            (T, T + 100),
+        )
+    store = SqliteTokenStore(str(path))
+    await store.open()
+    try:
+        assert await store.family("tf_old") == family("tf_old", owner="api_key:alice", scope="")
+        await store.add_family(family("tf_new", identity='{"login": "x"}'), "hash-new")
+        new = await store.family("tf_new")
+        assert new is not None and new.identity == '{"login": "x"}'
+    finally:
+        await store.close()
 
 
 def test_store_urls() -> None:
