@@ -28,7 +28,7 @@ from llm_proxy_mw import LLMProxy, build_proxy
 from llm_proxy_mw.auth import Principal
 from llm_proxy_mw.auth._token_api import TokenApi
 from llm_proxy_mw.auth._tokens import TokenService
-from llm_proxy_mw.auth.token_store import Family, SqliteTokenStore, open_token_store
+from llm_proxy_mw.auth.token_store import Family, SqliteTokenStore, StoreError, open_token_store
 from llm_proxy_mw.config import ConfigError, TokensConfig
 from llm_proxy_mw.context import RequestContextMiddleware
 
@@ -300,6 +300,50 @@ async def test_admin_may_revoke_anyones_family(tmp_path: Path) -> None:
         refused = await chat(client, pair["access_token"])
     assert deleted.status_code == 200
     assert refused.status_code == 401
+
+
+@pytest.mark.anyio
+async def test_an_owner_may_hold_at_most_max_families_per_owner(tmp_path: Path) -> None:
+    async with running(proxy_config(tmp_path, max_families_per_owner=2)) as (_, client):
+        first, _second = await mint(client, USER), await mint(client, USER)
+        refused = await client.post("/auth/tokens", json={"name": "third"}, headers=USER)
+        others = await mint(client, OTHER)  # the cap is per owner
+        rotated = await refresh(client, first["refresh_token"])  # refreshing is not minting
+        await client.delete(f"/auth/tokens/{first['id']}", headers=USER)
+        after_revoking = await client.post("/auth/tokens", json={"name": "third"}, headers=USER)
+    assert refused.status_code == 409
+    assert refused.headers["x-should-retry"] == "false"
+    assert refused.json()["error"] == {
+        "message": "At most 2 live token families per owner; revoke one to mint another.",
+        "type": "invalid_request_error",
+        "code": "too_many_token_families",
+        "param": None,
+    }
+    assert others["id"] and rotated.status_code == 200
+    assert after_revoking.status_code == 201
+
+
+@pytest.mark.anyio
+async def test_concurrent_mints_stop_at_the_cap(tmp_path: Path) -> None:
+    async with running(proxy_config(tmp_path, max_families_per_owner=3)) as (_, client):
+        answers: list[int] = []
+
+        async def one() -> None:
+            post = client.post("/auth/tokens", json={"name": "ci"}, headers=USER)
+            answers.append((await post).status_code)
+
+        async with anyio.create_task_group() as tasks:
+            for _ in range(8):
+                tasks.start_soon(one)
+        listed = (await client.get("/auth/tokens", headers=USER)).json()["data"]
+    assert sorted(answers) == [201] * 3 + [409] * 5
+    assert len(listed) == 3
+
+
+def test_max_families_per_owner_must_be_positive(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="max_families_per_owner"):
+        build_proxy(proxy_config(tmp_path, max_families_per_owner=0))
+    assert TokensConfig().max_families_per_owner == 100
 
 
 # -- refresh: rotation and theft ----------------------------------------------------------------
@@ -700,6 +744,28 @@ async def test_an_unreachable_store_answers_503_then_recovers(
     messages = [r.getMessage() for r in caplog.records]
     assert any("token store unavailable" in m for m in messages)
     assert any("available again" in m for m in messages)
+
+
+@pytest.mark.anyio
+async def test_a_token_whose_family_cannot_be_looked_up_gets_503(tmp_path: Path) -> None:
+    """A family not seen yet needs the store once; while it is down, that is a 503."""
+    async with running(proxy_config(tmp_path)) as (proxy, client):
+        pair = await mint(client, USER)
+        store = token_service(proxy).store
+        real = store.family
+
+        async def down(family_id: str) -> Family | None:
+            raise StoreError("connection refused")
+
+        store.family = down  # type: ignore[method-assign]
+        refused = await chat(client, pair["access_token"])
+        store.family = real  # type: ignore[method-assign]
+        recovered = await chat(client, pair["access_token"])
+    assert refused.status_code == 503 and refused.headers["retry-after"] == "5"
+    assert refused.json()["error"]["message"] == (
+        "The token store is unavailable; try again shortly."
+    )
+    assert recovered.status_code == 200
 
 
 @pytest.mark.anyio

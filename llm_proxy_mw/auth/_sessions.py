@@ -135,6 +135,11 @@ class SessionManager:
     or push out signed-in users.
     """
 
+    #: Called with each signed-in session that ends by ``delete`` (logout, found expired,
+    #: refused by its identity provider, replaced by a new sign-in), so that what it minted
+    #: ends with it.
+    on_end: Callable[[Session], None] | None = None
+
     def __init__(
         self,
         *,
@@ -209,8 +214,13 @@ class SessionManager:
 
     def delete(self, session: Session) -> None:
         """End a session; its cookie is worthless from now on."""
-        self._live.pop(session.id, None)
+        ended = self._live.pop(session.id, None)
         self._pending.pop(session.id, None)
+        self._ended(ended)
+
+    def _ended(self, session: Session | None) -> None:
+        if session is not None and self.on_end is not None:
+            self.on_end(session)
 
     def same_origin(self, scope: Scope) -> bool:
         return same_origin(scope, trust_proxy_headers=self.trust_proxy_headers)
