@@ -228,6 +228,8 @@ class TokensConfig(_Model):
     refresh_ttl_seconds: int = Field(30 * 86_400, ge=60)
     max_ttl_seconds: int = Field(86_400, ge=60)
     leeway_seconds: int = Field(30, ge=0, le=300)
+    #: Live (unrevoked, unexpired) families one principal may hold; minting past it is a 409.
+    max_families_per_owner: int = Field(100, ge=1)
     #: A private JWK (JSON) to sign with; without it a key is generated once and kept in
     #: the store, so every replica sharing the store signs and verifies with the same key.
     signing_key: SecretStr | None = None

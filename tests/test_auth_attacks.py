@@ -281,6 +281,42 @@ async def test_tampered_claims_keep_the_old_signature(tmp_path: Path) -> None:
 
 
 @pytest.mark.anyio
+async def test_a_token_signed_with_the_real_key_for_an_invented_family(tmp_path: Path) -> None:
+    """Whoever reads the signing key must still not be able to invent a family, nor lift a
+    real one to admin or to another owner: the family is checked against the store."""
+    async with target(tmp_path) as t:
+        assert not await t.accepted(t.forge(fam="tf_invented", adm=True, sub="api_key:root"))
+        assert not await t.accepted(t.forge(fam="tf_invented"))
+        assert not await t.accepted(t.forge(adm=True))  # the real family is not an admin one
+        assert not await t.accepted(t.forge(sub="api_key:root"))  # nor root's
+        assert not await t.accepted(t.forge(scope="admin"))
+        assert not await t.accepted(t.forge(exp=t.claims["exp"] + 31 * 86_400))  # past it
+        assert await t.accepted(t.pair["access_token"])
+
+
+@pytest.mark.anyio
+async def test_a_familys_liveness_is_cached_and_revocation_still_applies(tmp_path: Path) -> None:
+    async with target(tmp_path) as t:
+        store = t.service.store
+        lookups: list[str] = []
+        real = store.family
+
+        async def family(family_id: str) -> Any:
+            lookups.append(family_id)
+            return await real(family_id)
+
+        store.family = family  # type: ignore[method-assign]
+        fresh = await refresh(t.client, t.pair["refresh_token"])
+        token = fresh.json()["access_token"]
+        for _ in range(3):
+            assert await t.accepted(token)
+        assert lookups == [t.pair["id"]]  # one store read, however many requests
+        deleted = await t.client.delete(f"/auth/tokens/{t.pair['id']}", headers=USER)
+        assert deleted.status_code == 200
+        assert not await t.accepted(token)
+
+
+@pytest.mark.anyio
 async def test_claims_of_the_wrong_type(tmp_path: Path) -> None:
     async with target(tmp_path) as t:
         for claims in ({"adm": "true"}, {"adm": 1}, {"sub": ""}, {"sub": 7}, {"fam": None}):

@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import anyio
 import httpx
@@ -23,9 +24,10 @@ import pytest
 from redis.asyncio import Redis
 
 from llm_proxy_mw.auth import Principal
+from llm_proxy_mw.auth._token_owners import LoginSession, owner_check
 from llm_proxy_mw.auth._tokens import TokenGrantError, TokenService
 from llm_proxy_mw.auth.token_store._redis import RedisTokenStore
-from llm_proxy_mw.config import TokensConfig
+from llm_proxy_mw.config import AuthConfig, TokensConfig
 from tests.fakes.redis_server import redis_server
 from tests.fakes.servers import free_port
 
@@ -288,6 +290,65 @@ async def test_a_dropped_subscription_reloads_once_it_is_back(redis_url: str) ->
         await _until_refused(second, pair.access_token, 5.0)
     finally:
         await raw.aclose()
+        await first.stop()
+        await second.stop()
+
+
+SCOPE: dict[str, Any] = {"type": "http", "headers": []}
+
+
+def _keys(*names: str) -> AuthConfig:
+    return AuthConfig.model_validate(
+        {"api_keys": [{"name": n, "key": f"{n}-key-canary-0123456789"} for n in names]}
+    )
+
+
+@pytest.mark.anyio
+async def test_a_replica_started_without_an_owner_revokes_its_families_everywhere(
+    redis_url: str,
+) -> None:
+    first = TokenService(
+        TokensConfig(), RedisTokenStore(redis_url), owner_exists=owner_check(_keys("alice", "bob"))
+    )
+    second = TokenService(
+        TokensConfig(), RedisTokenStore(redis_url), owner_exists=owner_check(_keys("alice"))
+    )
+    await first.start()
+    try:
+        bobs = await first.mint(Principal(name="bob", kind="api_key"), "ci", None, False)
+        alices = await first.mint(Principal(name="alice", kind="api_key"), "ci", None, False)
+        assert await first.authenticator.authenticate(SCOPE, bobs.access_token) is not None
+        await second.start()  # its config lacks bob: his families are orphans
+        assert second.authenticator.verify(bobs.access_token) is None
+        await _until_refused(first, bobs.access_token, PROPAGATION_SECONDS)
+        with pytest.raises(TokenGrantError):
+            await first.refresh(bobs.refresh_token)
+        assert await first.authenticator.authenticate(SCOPE, alices.access_token) is not None
+    finally:
+        await first.stop()
+        await second.stop()
+
+
+@pytest.mark.anyio
+async def test_a_session_ending_on_one_replica_ends_its_families_on_another(
+    redis_url: str,
+) -> None:
+    first = TokenService(TokensConfig(), RedisTokenStore(redis_url))
+    second = TokenService(TokensConfig(), RedisTokenStore(redis_url), resync_interval=60)
+    await first.start()
+    await second.start()
+    try:
+        ends = time.time() + 3600
+        user = Principal(name="octocat", kind="session", subject="github:1")
+        pair = await first.mint(user, "laptop", None, False, session=LoginSession("s-1", ends))
+        kept = await first.mint(user, "desktop", None, False, session=LoginSession("s-2", ends))
+        assert pair.family.expires == ends
+        assert await second.authenticator.authenticate(SCOPE, pair.access_token) is not None
+        first.live_families.session_ended("s-1")
+        assert first.authenticator.verify(pair.access_token) is None  # at once, in-process
+        await _until_refused(second, pair.access_token, PROPAGATION_SECONDS)
+        assert await second.authenticator.authenticate(SCOPE, kept.access_token) is not None
+    finally:
         await first.stop()
         await second.stop()
 

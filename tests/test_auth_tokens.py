@@ -8,10 +8,12 @@ config act as an admin and a user; a third user checks that principals stay apar
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
 import re
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -26,7 +28,7 @@ from llm_proxy_mw import LLMProxy, build_proxy
 from llm_proxy_mw.auth import Principal
 from llm_proxy_mw.auth._token_api import TokenApi
 from llm_proxy_mw.auth._tokens import TokenService
-from llm_proxy_mw.auth.token_store import Family, SqliteTokenStore, open_token_store
+from llm_proxy_mw.auth.token_store import Family, SqliteTokenStore, StoreError, open_token_store
 from llm_proxy_mw.config import ConfigError, TokensConfig
 from llm_proxy_mw.context import RequestContextMiddleware
 
@@ -298,6 +300,50 @@ async def test_admin_may_revoke_anyones_family(tmp_path: Path) -> None:
         refused = await chat(client, pair["access_token"])
     assert deleted.status_code == 200
     assert refused.status_code == 401
+
+
+@pytest.mark.anyio
+async def test_an_owner_may_hold_at_most_max_families_per_owner(tmp_path: Path) -> None:
+    async with running(proxy_config(tmp_path, max_families_per_owner=2)) as (_, client):
+        first, _second = await mint(client, USER), await mint(client, USER)
+        refused = await client.post("/auth/tokens", json={"name": "third"}, headers=USER)
+        others = await mint(client, OTHER)  # the cap is per owner
+        rotated = await refresh(client, first["refresh_token"])  # refreshing is not minting
+        await client.delete(f"/auth/tokens/{first['id']}", headers=USER)
+        after_revoking = await client.post("/auth/tokens", json={"name": "third"}, headers=USER)
+    assert refused.status_code == 409
+    assert refused.headers["x-should-retry"] == "false"
+    assert refused.json()["error"] == {
+        "message": "At most 2 live token families per owner; revoke one to mint another.",
+        "type": "invalid_request_error",
+        "code": "too_many_token_families",
+        "param": None,
+    }
+    assert others["id"] and rotated.status_code == 200
+    assert after_revoking.status_code == 201
+
+
+@pytest.mark.anyio
+async def test_concurrent_mints_stop_at_the_cap(tmp_path: Path) -> None:
+    async with running(proxy_config(tmp_path, max_families_per_owner=3)) as (_, client):
+        answers: list[int] = []
+
+        async def one() -> None:
+            post = client.post("/auth/tokens", json={"name": "ci"}, headers=USER)
+            answers.append((await post).status_code)
+
+        async with anyio.create_task_group() as tasks:
+            for _ in range(8):
+                tasks.start_soon(one)
+        listed = (await client.get("/auth/tokens", headers=USER)).json()["data"]
+    assert sorted(answers) == [201] * 3 + [409] * 5
+    assert len(listed) == 3
+
+
+def test_max_families_per_owner_must_be_positive(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="max_families_per_owner"):
+        build_proxy(proxy_config(tmp_path, max_families_per_owner=0))
+    assert TokensConfig().max_families_per_owner == 100
 
 
 # -- refresh: rotation and theft ----------------------------------------------------------------
@@ -701,6 +747,28 @@ async def test_an_unreachable_store_answers_503_then_recovers(
 
 
 @pytest.mark.anyio
+async def test_a_token_whose_family_cannot_be_looked_up_gets_503(tmp_path: Path) -> None:
+    """A family not seen yet needs the store once; while it is down, that is a 503."""
+    async with running(proxy_config(tmp_path)) as (proxy, client):
+        pair = await mint(client, USER)
+        store = token_service(proxy).store
+        real = store.family
+
+        async def down(family_id: str) -> Family | None:
+            raise StoreError("connection refused")
+
+        store.family = down  # type: ignore[method-assign]
+        refused = await chat(client, pair["access_token"])
+        store.family = real  # type: ignore[method-assign]
+        recovered = await chat(client, pair["access_token"])
+    assert refused.status_code == 503 and refused.headers["retry-after"] == "5"
+    assert refused.json()["error"]["message"] == (
+        "The token store is unavailable; try again shortly."
+    )
+    assert recovered.status_code == 200
+
+
+@pytest.mark.anyio
 async def test_the_lifespan_can_run_twice(tmp_path: Path) -> None:
     proxy = build_proxy(proxy_config(tmp_path))
     transport = httpx.ASGITransport(app=proxy)
@@ -795,6 +863,46 @@ async def test_store_contract(store_url: str) -> None:
 
 
 @pytest.mark.anyio
+async def test_store_caps_live_families_per_owner_atomically(store_url: str) -> None:
+    store = open_token_store(store_url)
+    await store.open()
+    try:
+        added = await asyncio.gather(
+            *(store.add_family(family(f"tf_{i}"), f"hash-{i}", limit=3) for i in range(8))
+        )
+        assert sorted(added) == [False] * 5 + [True] * 3
+        assert await store.add_family(family("tf_bob", owner="bob"), "hash-bob", limit=3)
+        [first, *_] = await store.families("alice", T)
+        assert await store.revoke(first.id, T + 1)
+        assert await store.add_family(family("tf_next", now=T + 2), "hash-next", limit=3)
+        assert not await store.add_family(family("tf_over", now=T + 2), "hash-over", limit=3)
+        # Expired families do not count (their clock is the new family's creation).
+        assert await store.add_family(family("tf_later", now=T + 101), "hash-later", limit=3)
+        assert await store.family("tf_over") is None
+        assert await store.refresh_record("hash-over") is None
+    finally:
+        await store.close()
+
+
+@pytest.mark.anyio
+async def test_store_keeps_the_owners_identity(store_url: str) -> None:
+    store = open_token_store(store_url)
+    await store.open()
+    try:
+        facts = json.dumps({"login": "octocat", "emails": ["o@acme.example"], "orgs": []})
+        await store.add_family(family("tf_s", owner="session:github:1", identity=facts), "h-s")
+        found = await store.family("tf_s")
+        assert found is not None and found.identity == facts
+        rotated = await store.rotate("h-s", "h-s2", T + 1)
+        assert rotated.family is not None and rotated.family.identity == facts
+        record = await store.refresh_record("h-s2")
+        assert record is not None and record.family.identity == facts
+        assert [f.identity for f in await store.families("session:github:1", T)] == [facts]
+    finally:
+        await store.close()
+
+
+@pytest.mark.anyio
 async def test_store_pushes_revocations(store_url: str) -> None:
     store, other = open_token_store(store_url), open_token_store(store_url)
     await store.open()
@@ -813,6 +921,32 @@ async def test_store_pushes_revocations(store_url: str) -> None:
         await store.close()
         await other.close()
     assert heard == ([None, "tf_a"] if store_url.startswith("redis") else [None])
+
+
+@pytest.mark.anyio
+async def test_a_store_from_before_owner_identities_is_upgraded(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
+        conn.execute(
+            "CREATE TABLE token_families (id TEXT PRIMARY KEY, owner TEXT NOT NULL, "
+            "name TEXT NOT NULL, admin INTEGER NOT NULL, scope TEXT NOT NULL, "
+            "access_ttl INTEGER NOT NULL, created REAL NOT NULL, expires REAL NOT NULL, "
+            "revoked REAL) WITHOUT ROWID"
+        )
+        conn.execute(
+            "INSERT INTO token_families VALUES "
+            "('tf_old', 'api_key:alice', 'ci', 0, '', 60, ?, ?, NULL)",
+            (T, T + 100),
+        )
+    store = SqliteTokenStore(str(path))
+    await store.open()
+    try:
+        assert await store.family("tf_old") == family("tf_old", owner="api_key:alice", scope="")
+        await store.add_family(family("tf_new", identity='{"login": "x"}'), "hash-new")
+        new = await store.family("tf_new")
+        assert new is not None and new.identity == '{"login": "x"}'
+    finally:
+        await store.close()
 
 
 def test_store_urls() -> None:

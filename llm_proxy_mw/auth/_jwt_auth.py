@@ -12,7 +12,9 @@ they load only with the first key.
 
 A verified token is cached until it expires, so the hot path costs a dictionary lookup,
 a clock read and a revocation-set lookup instead of a signature check; revocation is
-therefore checked on every request, cached or not.
+therefore checked on every request, cached or not. A valid signature is not enough, since
+whoever reads the signing key could sign anything: ``admit`` then checks the token against
+its family (it must exist, be live, and its owner too), from a cache of families as well.
 """
 
 from __future__ import annotations
@@ -78,7 +80,8 @@ class ProxyTokenAuthenticator:
     current by the token service); ``keys`` maps each accepted ``kid`` to its key.
 
     ``load_keys``, when set, is awaited while there is no key yet and a token-shaped secret
-    comes in: the token service loads its key on demand that way (``use_key``).
+    comes in: the token service loads its key on demand that way (``use_key``). ``admit``,
+    when set, is awaited for every verified token and must say yes for it to count.
     """
 
     def __init__(
@@ -91,6 +94,7 @@ class ProxyTokenAuthenticator:
         clock: Callable[[], float] = time.time,
         cache_size: int = 10_000,
         load_keys: Callable[[], Awaitable[None]] | None = None,
+        admit: Callable[[AccessToken], Awaitable[bool]] | None = None,
     ) -> None:
         self.issuer = issuer
         self.audience = audience
@@ -100,6 +104,7 @@ class ProxyTokenAuthenticator:
         self.cache_size = cache_size
         self.keys: dict[str, SigningKey] = {}
         self.load_keys = load_keys
+        self.admit = admit
         # token -> (accepted until, family, verified token); dicts keep insertion order,
         # so the first entry is the oldest one to evict.
         self._cache: dict[str, tuple[float, str, AccessToken]] = {}
@@ -114,10 +119,13 @@ class ProxyTokenAuthenticator:
         if not self.keys and self.load_keys is not None and _token_shaped(secret):
             await self.load_keys()
         verified = self.verify(secret)
-        return verified.principal if verified is not None else None
+        if verified is None or (self.admit is not None and not await self.admit(verified)):
+            return None
+        return verified.principal
 
     def verify(self, token: str) -> AccessToken | None:
-        """The verified access token, or ``None`` for anything else (no reason is given)."""
+        """The verified access token, or ``None`` for anything else (no reason is given).
+        Signature, claims and revocation only: ``authenticate`` also asks ``admit``."""
         if len(token) > MAX_TOKEN_BYTES:
             return None
         cached = self._cache.get(token)

@@ -241,6 +241,7 @@ class OAuthLogin:
             kind="session",
             admin=is_admin(config, identity),
             subject=f"{idp}:{identity.subject}",
+            identity=identity,
         )
         kept = stored_token(token, None, self.sessions.clock())
         fresh = self.sessions.create(principal=principal, idp=idp, token=kept)

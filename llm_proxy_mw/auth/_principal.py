@@ -3,19 +3,28 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from llm_proxy_mw.auth._oauth_presets import Identity
 
 __all__ = ["Principal"]
 
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """An authenticated caller. ``kind`` says how: ``api_key``, ``token``, ``jwt``, ``session``."""
+    """An authenticated caller. ``kind`` says how: ``api_key``, ``token``, ``jwt``, ``session``.
+
+    A login's principal also carries its ``identity`` as the provider verified it: the token
+    families it mints keep it, to check it again against the allow lists of the day.
+    """
 
     name: str
     kind: str
     admin: bool = False
     scopes: frozenset[str] = field(default_factory=frozenset)
     subject: str | None = None
+    identity: Identity | None = field(default=None, repr=False)
 
     @property
     def owner_id(self) -> str:

@@ -97,6 +97,11 @@ class SessionManager:
     logins in progress, so that one address's flood pushes out its own, not other people's.
     """
 
+    #: Called with each signed-in session that ends by ``delete`` (logout, found expired,
+    #: refused by its identity provider, replaced by a new sign-in), so that what it minted
+    #: ends with it.
+    on_end: Callable[[Session], None] | None = None
+
     def __init__(
         self,
         *,
@@ -158,7 +163,7 @@ class SessionManager:
         )
         # Insertion order is expiry order (one TTL per table): drop expired, then the oldest.
         while table and (len(table) >= limit or next(iter(table.values())).expires_at <= now):
-            self._forget(table.pop(next(iter(table))))
+            self.delete(next(iter(table.values())))
         table[session.id] = session
         return session
 
@@ -206,9 +211,14 @@ class SessionManager:
 
     def delete(self, session: Session) -> None:
         """End a session; its cookie is worthless from now on."""
-        self._live.pop(session.id, None)
+        ended = self._live.pop(session.id, None)
         self._pending.pop(session.id, None)
         self._forget(session)
+        self._ended(ended)
+
+    def _ended(self, session: Session | None) -> None:
+        if session is not None and self.on_end is not None:
+            self.on_end(session)
 
     def same_origin(self, scope: Scope) -> bool:
         return self.origin.same_origin(scope)

@@ -7,9 +7,10 @@ proxy (stores, background refreshers).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from starlette.types import Receive, Scope, Send
 
@@ -17,9 +18,13 @@ from llm_proxy_mw.auth._api_keys import ApiKeyAuthenticator
 from llm_proxy_mw.auth._middleware import Authenticator, presented_secret
 from llm_proxy_mw.auth._principal import Principal
 from llm_proxy_mw.auth._token_api import TokenApi
+from llm_proxy_mw.auth._token_owners import LoginSession, owner_check
 from llm_proxy_mw.auth._tokens import TokenService
 from llm_proxy_mw.auth.token_store import open_token_store
 from llm_proxy_mw.config import AuthConfig
+
+if TYPE_CHECKING:
+    from llm_proxy_mw.auth._sessions import Session, SessionManager
 
 __all__ = ["AuthEndpoints", "AuthSetup", "Lifecycle", "build_auth"]
 
@@ -68,23 +73,31 @@ def build_auth(config: AuthConfig, *, store_url: str) -> AuthSetup:
     """Compose API keys, proxy-issued tokens, external JWTs and the OAuth login."""
     setup = AuthSetup()
     setup.authenticators.append(ApiKeyAuthenticator(config.api_keys))
-    _add_tokens(setup, config, store_url)
+    tokens = _add_tokens(setup, config, store_url)
     _add_external_jwt(setup, config)
-    _add_oauth_login(setup, config)
+    _add_oauth_login(setup, config, tokens)
     return setup
 
 
-def _add_tokens(setup: AuthSetup, config: AuthConfig, store_url: str) -> None:
+def _add_tokens(setup: AuthSetup, config: AuthConfig, store_url: str) -> TokenApi:
     """Proxy-issued tokens: their verifier, their API and JWKS, and their store.
 
     Always available; without an ``[auth.tokens]`` section they start on demand, so that
-    a proxy whose clients use API keys only never loads joserfc and cryptography.
+    a proxy whose clients use API keys only never loads joserfc and cryptography. Their
+    families live only while their owners do, as this config has it.
     """
     on_demand = "tokens" not in config.model_fields_set
-    service = TokenService(config.tokens, open_token_store(store_url), on_demand=on_demand)
+    service = TokenService(
+        config.tokens,
+        open_token_store(store_url),
+        on_demand=on_demand,
+        owner_exists=owner_check(config),
+    )
     setup.authenticators.append(service.authenticator)
-    setup.endpoints.append(TokenApi(service, resolve=setup.resolve))
+    api = TokenApi(service, resolve=setup.resolve)
+    setup.endpoints.append(api)
     setup.lifecycles.append(service)
+    return api
 
 
 def _add_external_jwt(setup: AuthSetup, config: AuthConfig) -> None:
@@ -97,8 +110,9 @@ def _add_external_jwt(setup: AuthSetup, config: AuthConfig) -> None:
         setup.lifecycles.append(authenticator)
 
 
-def _add_oauth_login(setup: AuthSetup, config: AuthConfig) -> None:
-    """The ``[auth.oauth]`` login endpoints and their session cookie, tried last.
+def _add_oauth_login(setup: AuthSetup, config: AuthConfig, tokens: TokenApi) -> None:
+    """The ``[auth.oauth]`` login endpoints and their session cookie, tried last; a session
+    that ends takes the token families it minted with it.
 
     Imported only when configured: Authlib's client is needed for nothing else.
     """
@@ -112,7 +126,27 @@ def _add_oauth_login(setup: AuthSetup, config: AuthConfig) -> None:
             ttl_seconds=config.session_ttl_seconds,
             origin=PublicOrigin.from_config(config),
         )
+        _bind_tokens_to_sessions(tokens, sessions)
         login = OAuthLogin(config, sessions)
         setup.authenticators.append(login.authenticator)
         setup.endpoints.append(login)
         setup.lifecycles.append(login)
+
+
+def _bind_tokens_to_sessions(tokens: TokenApi, sessions: SessionManager) -> None:
+    """A family minted from a login session expires with it at the latest, and is revoked
+    when it ends. The session's id is a secret: families know a digest of it only."""
+
+    def login_session(session: Session) -> LoginSession:
+        digest = hashlib.sha256(session.id.encode()).hexdigest()
+        return LoginSession(digest, session.expires_at)
+
+    def session_of(scope: Scope) -> LoginSession | None:
+        session = sessions.load(scope)
+        return login_session(session) if session is not None else None
+
+    def ended(session: Session) -> None:
+        tokens.service.live_families.session_ended(login_session(session).digest)
+
+    tokens.session_of = session_of
+    sessions.on_end = ended

@@ -20,6 +20,7 @@ from urllib.parse import parse_qsl
 from starlette.types import Receive, Scope, Send
 
 from llm_proxy_mw.auth._principal import Principal
+from llm_proxy_mw.auth._token_owners import LoginSession
 from llm_proxy_mw.auth._tokens import IssuedTokens, TokenGrantError, TokenService
 from llm_proxy_mw.auth.token_store import Family
 from llm_proxy_mw.context import get_context, read_body
@@ -46,6 +47,8 @@ _PATHS = frozenset({"/auth/tokens", "/.well-known/jwks.json", *_OAUTH_PATHS})
 
 #: Resolves a request's principal by every configured means (``AuthSetup.resolve``).
 Resolver = Callable[[Scope], Awaitable[Principal | None]]
+#: The login session a request is signed in with, if any.
+SessionFinder = Callable[[Scope], LoginSession | None]
 
 
 class UnsupportedMediaTypeError(ClientRequestError):
@@ -70,11 +73,15 @@ class _OAuthError(Exception):
 
 
 class TokenApi:
-    """The ASGI app behind the token paths; ``resolve`` tells who is calling."""
+    """The ASGI app behind the token paths; ``resolve`` tells who is calling, and
+    ``session_of`` (set with the OAuth login) which login session a session caller's is."""
 
-    def __init__(self, service: TokenService, *, resolve: Resolver) -> None:
+    def __init__(
+        self, service: TokenService, *, resolve: Resolver, session_of: SessionFinder | None = None
+    ) -> None:
         self.service = service
         self.resolve = resolve
+        self.session_of = session_of
 
     def handles(self, route_path: str) -> bool:
         return route_path in _PATHS or route_path.startswith("/auth/tokens/")
@@ -125,7 +132,12 @@ class TokenApi:
         name, ttl, admin = _mint_request(ctx.json())
         if admin and not caller.admin:
             raise PermissionDeniedError("Only an admin can mint an admin token.")
-        issued = await self.service.mint(caller, name, ttl, admin)
+        session = None
+        if caller.kind == "session" and self.session_of is not None:
+            session = self.session_of(scope)
+            if session is None:  # ended since it was resolved: mint nothing unbound
+                raise AuthenticationError("Not signed in.", headers=dict(_CHALLENGE))
+        issued = await self.service.mint(caller, name, ttl, admin, session=session)
         await _json(send, 201, {"id": issued.family.id, **_pair(issued)}, _NO_STORE)
 
     async def _visible(self, caller: Principal, family_id: str) -> Family:

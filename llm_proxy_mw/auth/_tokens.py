@@ -11,6 +11,11 @@ pushed between replicas by the store (Redis pub/sub) and reloaded periodically a
 net. The signing key comes from config, or is generated once and kept in the store, so
 replicas sharing the store share the key and tokens survive restarts.
 
+A family is bound to the principal that minted it (``_token_owners``): once its owner no
+longer exists or is no longer allowed, its tokens are refused, and at start-up such orphans
+are revoked through the store, which tells every replica. An owner holds at most
+``max_families_per_owner`` live families.
+
 On demand (no ``[auth.tokens]`` section), nothing starts with the proxy: the first token
 operation or token-shaped credential opens the store, loads the key (and with it joserfc
 and cryptography) and starts the revocation sync, so a proxy whose clients use API keys
@@ -31,14 +36,21 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from llm_proxy_mw.auth._jwt_auth import AccessToken, ProxyTokenAuthenticator
 from llm_proxy_mw.auth._principal import Principal
+from llm_proxy_mw.auth._token_owners import LiveFamilies, LoginSession, OwnerCheck, identity_facts
 from llm_proxy_mw.auth.token_store import Family, RevocationSync, StoreError, TokenStore
 from llm_proxy_mw.config import ConfigError, TokensConfig
-from llm_proxy_mw.errors import ProxyError
+from llm_proxy_mw.errors import ClientRequestError, ProxyError
 
 if TYPE_CHECKING:
     from llm_proxy_mw.auth._signing_key import SigningKey
 
-__all__ = ["IssuedTokens", "TokenGrantError", "TokenService", "TokenStoreUnavailableError"]
+__all__ = [
+    "IssuedTokens",
+    "TokenGrantError",
+    "TokenService",
+    "TokenStoreUnavailableError",
+    "TooManyTokenFamiliesError",
+]
 
 logger = logging.getLogger("llm_proxy_mw.auth")
 
@@ -52,6 +64,21 @@ class TokenStoreUnavailableError(ProxyError):
 
     status_code: ClassVar[int] = 503
     code: ClassVar[str] = "store_unavailable"
+
+
+class TooManyTokenFamiliesError(ClientRequestError):
+    """The owner holds ``max_families_per_owner`` live families already. 409: the request
+    conflicts with the owner's current families and revoking one resolves it (AWS IAM
+    answers a key over its limit so); not 429, which says waiting helps, nor 403, which
+    says the caller may not mint at all. The OpenAI SDK retries a 409, so it is told not to.
+    """
+
+    status_code: ClassVar[int] = 409
+    code: ClassVar[str] = "too_many_token_families"
+
+    def __init__(self, limit: int) -> None:
+        message = f"At most {limit} live token families per owner; revoke one to mint another."
+        super().__init__(message, headers={"x-should-retry": "false"})
 
 
 class TokenGrantError(Exception):
@@ -83,7 +110,9 @@ class TokenService:
 
     ``clock`` gives epoch seconds (tests move it); ``resync_interval`` is how often the
     revocations are reloaded and a failed store is retried. ``on_demand`` defers all of
-    ``start`` to the first call of ``ready`` (see the module docstring).
+    ``start`` to the first call of ``ready`` (see the module docstring). ``owner_exists``
+    says whether a family's owner still exists (``_token_owners.owner_check``); without it,
+    every owner does.
     """
 
     def __init__(
@@ -94,6 +123,7 @@ class TokenService:
         clock: Callable[[], float] = time.time,
         resync_interval: float = 10.0,
         on_demand: bool = False,
+        owner_exists: OwnerCheck | None = None,
     ) -> None:
         self.config = config
         self.on_demand = on_demand
@@ -106,6 +136,13 @@ class TokenService:
         )
         #: Revoked family id -> when it expires; every request checks it.
         self.revoked = self.revocations.revoked
+        self.live_families = LiveFamilies(
+            self._stored_family,
+            revocations=self.revocations,
+            revoke=self.revoke,
+            owner_exists=owner_exists or _anyone,
+            clock=lambda: self.clock(),
+        )
         self.authenticator = ProxyTokenAuthenticator(
             issuer=config.issuer,
             audience=config.audience,
@@ -113,6 +150,7 @@ class TokenService:
             revoked=self.revoked,
             clock=clock,
             load_keys=self._load_on_demand if on_demand else None,
+            admit=self.live_families.admits,
         )
         self._configured: SigningKey | None = None
         if config.signing_key is not None:
@@ -159,6 +197,7 @@ class TokenService:
 
     async def stop(self) -> None:
         self._running = False
+        await self.live_families.settle()
         task, self._sync = self._sync, None
         if task is not None:
             task.cancel()
@@ -176,6 +215,7 @@ class TokenService:
                 await self._guard(self.store.open())
                 key = self._configured or await self._stored_key()
                 await self._guard(self.revocations.reload())
+                await self._revoke_orphans()
                 self.authenticator.use_key(key)
                 self.key = key
         self._sync_revocations()  # on demand, the first token operation starts it
@@ -194,10 +234,41 @@ class TokenService:
             logger.error("llm_proxy_mw: the token store %s holds a bad key: %s", url, exc)
             raise TokenStoreUnavailableError("The token signing key is unusable.") from None
 
-    async def mint(self, owner: Principal, name: str, ttl: int | None, admin: bool) -> IssuedTokens:
+    async def _revoke_orphans(self) -> None:
+        """Revoke each family whose owner no longer exists, through the store so that every
+        replica learns it (their own config may still name the owner)."""
+        now = self.clock()
+        orphans = self.live_families.orphans(await self._guard(self.store.families(None, now)))
+        for family in orphans:
+            self.revocations.add(family.id, family.expires)
+            await self._guard(self.store.revoke(family.id, now))
+        if orphans:
+            logger.warning(
+                "llm_proxy_mw: revoked %d token families whose owner is no longer configured "
+                "or allowed",
+                len(orphans),
+            )
+
+    async def _stored_family(self, family_id: str) -> Family | None:
+        return await self._guard(self.store.family(family_id))
+
+    async def mint(
+        self,
+        owner: Principal,
+        name: str,
+        ttl: int | None,
+        admin: bool,
+        *,
+        session: LoginSession | None = None,
+    ) -> IssuedTokens:
+        """A new family of ``owner``'s, bound to the login ``session`` it comes from if any;
+        ``TooManyTokenFamiliesError`` past the cap."""
         key = await self.ready()
         now = self.clock()
         ttl = min(ttl or self.config.access_ttl_seconds, self.config.max_ttl_seconds)
+        expires = now + self.config.refresh_ttl_seconds
+        if session is not None:  # nothing a session mints outlives it
+            expires = min(expires, session.expires_at)
         family = Family(
             id=FAMILY_PREFIX + secrets.token_urlsafe(12),
             owner=owner.owner_id,
@@ -206,10 +277,16 @@ class TokenService:
             scope=" ".join(sorted(owner.scopes)),
             access_ttl=ttl,
             created=now,
-            expires=now + self.config.refresh_ttl_seconds,
+            expires=expires,
+            identity=identity_facts(owner.identity),
         )
         refresh = REFRESH_PREFIX + secrets.token_urlsafe(32)
-        await self._guard(self.store.add_family(family, refresh_digest(refresh)))
+        limit = self.config.max_families_per_owner
+        added = self.store.add_family(family, refresh_digest(refresh), limit=limit)
+        if not await self._guard(added):
+            raise TooManyTokenFamiliesError(limit)
+        if session is not None:
+            self.live_families.minted(family, session)
         logger.info("llm_proxy_mw: %s minted token family %s", owner.name, family.id)
         return self._issue(key, family, refresh, now)
 
@@ -232,6 +309,9 @@ class TokenService:
             )
             raise TokenGrantError("The refresh token was already used; its tokens are revoked.")
         if rotation.status != "rotated" or rotation.family is None:
+            raise TokenGrantError("The refresh token is invalid, expired or revoked.")
+        if not self.live_families.live(rotation.family):  # its owner or its session is gone
+            await self.revoke(rotation.family)
             raise TokenGrantError("The refresh token is invalid, expired or revoked.")
         return self._issue(key, rotation.family, new, now)
 
@@ -277,17 +357,12 @@ class TokenService:
             family = record.family
             claims = {"token_type": "refresh_token", "iat": int(record.issued)}
             claims |= {"sub": family.owner, "exp": int(family.expires)}
-        else:
-            verified: AccessToken | None = self.authenticator.verify(token)
-            if verified is None:
-                return None
-            found = await self._guard(self.store.family(verified.family))
-            if found is None:
-                return None
-            family, claims = found, {"token_type": "access_token", **verified.claims}
-        if family.revoked is not None or family.id in self.revoked:
+            return (family, claims) if self.live_families.live(family) else None
+        verified: AccessToken | None = self.authenticator.verify(token)
+        found = await self.live_families.family_of(verified) if verified is not None else None
+        if verified is None or found is None:
             return None
-        return (family, claims) if family.expires > self.clock() else None
+        return found, {"token_type": "access_token", **verified.claims}
 
     async def _guard(self, operation: Awaitable[_T]) -> _T:
         """Store failures become one 503 for the client and one warning per outage."""
@@ -311,3 +386,7 @@ class TokenService:
                 "minted or refreshed, and new revocations may reach other replicas late",
                 exc,
             )
+
+
+def _anyone(family: Family) -> bool:
+    return True

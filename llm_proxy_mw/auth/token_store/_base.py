@@ -20,7 +20,9 @@ __all__ = ["Family", "RefreshRecord", "Rotation", "StoreError", "TokenStore"]
 @dataclass(frozen=True, slots=True)
 class Family:
     """One token family. Times are epoch seconds; ``expires`` is absolute: rotation never
-    extends it, and no token of the family outlives it."""
+    extends it, and no token of the family outlives it. ``identity`` is what its owner was
+    known by when it minted the family (an OAuth login's verified facts, as JSON; empty for
+    other owners), so that the owner can be checked again against the config of the day."""
 
     id: str
     owner: str
@@ -31,6 +33,7 @@ class Family:
     created: float
     expires: float
     revoked: float | None = None
+    identity: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +71,13 @@ class TokenStore(Protocol):
         none: of two replicas racing, both get the first one written."""
         ...
 
-    async def add_family(self, family: Family, refresh_hash: str) -> None: ...
+    async def add_family(
+        self, family: Family, refresh_hash: str, *, limit: int | None = None
+    ) -> bool:
+        """Add the family and its first refresh token, unless its owner already holds
+        ``limit`` live (unrevoked, unexpired at ``family.created``) families: then add
+        nothing and answer ``False``. Checking and adding are one atomic step."""
+        ...
 
     async def family(self, family_id: str) -> Family | None: ...
 

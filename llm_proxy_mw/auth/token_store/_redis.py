@@ -4,20 +4,23 @@ Layout, under a key prefix (default ``llm_proxy_mw:tokens:``, apart from the met
 
 - ``signing_key:<algorithm>``: the private JWK, written with ``SET NX`` so that of two
   replicas generating a key at once, the first write wins and both use it;
-- ``family:<id>``: a hash (owner, name, admin, scope, access_ttl, created, expires, revoked);
+- ``family:<id>``: a hash (owner, name, admin, scope, access_ttl, created, expires, revoked,
+  identity);
 - ``families``: a sorted set of family ids scored by their expiry, for listing and purging;
+- ``owner:<owner>``: a sorted set of the owner's unrevoked family ids scored by their expiry,
+  to cap how many one owner holds;
 - ``refresh:<sha256>``: a hash (family, issued, used) per refresh token;
 - ``revoked``: a sorted set of revoked family ids scored by their expiry;
 - channel ``revocations``: each revoked family id, published as it is revoked.
 
 Family and refresh keys expire with their family (``EXPIREAT``), so Redis forgets them by
-itself. Rotation and revocation are Lua scripts: a refresh token is rotated exactly once,
-and its reuse revokes the family and tells every replica in the same atomic step.
+itself. Adding, rotation and revocation are Lua scripts: a family is added only while its
+owner is under the cap, a refresh token is rotated exactly once, and its reuse revokes the
+family and tells every replica in the same atomic step.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import AsyncIterator
 from typing import Any, cast
 
@@ -29,7 +32,25 @@ from llm_proxy_mw.store._redis_client import RedisStoreBase
 
 __all__ = ["RedisTokenStore"]
 
-# KEYS: old refresh, new refresh, revoked set. ARGV: now, family key prefix, channel.
+# KEYS: family, refresh, families, the owner's families. ARGV: now (the family's creation),
+# limit (-1: none), family id, expires, then the family's fields as name, value pairs.
+_ADD = """
+redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', ARGV[1])
+local limit = tonumber(ARGV[2])
+if limit >= 0 and redis.call('ZCARD', KEYS[4]) >= limit then return 0 end
+local expires_at = math.ceil(tonumber(ARGV[4]))
+redis.call('HSET', KEYS[1], unpack(ARGV, 5))
+redis.call('EXPIREAT', KEYS[1], expires_at)
+redis.call('ZADD', KEYS[3], ARGV[4], ARGV[3])
+redis.call('HSET', KEYS[2], 'family', ARGV[3], 'issued', ARGV[1])
+redis.call('EXPIREAT', KEYS[2], expires_at)
+redis.call('ZADD', KEYS[4], ARGV[4], ARGV[3])
+local last = redis.call('ZRANGE', KEYS[4], -1, -1, 'WITHSCORES')
+redis.call('EXPIREAT', KEYS[4], math.ceil(tonumber(last[2])))
+return 1
+"""
+# KEYS: old refresh, new refresh, revoked set. ARGV: now, family key prefix, channel,
+# owner key prefix.
 _ROTATE = """
 local family_id = redis.call('HGET', KEYS[1], 'family')
 if not family_id then return {'unknown'} end
@@ -46,6 +67,7 @@ elseif tonumber(family['expires']) <= tonumber(ARGV[1]) then
 elseif redis.call('HEXISTS', KEYS[1], 'used') == 1 then
   status = 'reused'
   redis.call('HSET', family_key, 'revoked', ARGV[1])
+  redis.call('ZREM', ARGV[4] .. family['owner'], family_id)
   redis.call('ZADD', KEYS[3], family['expires'], family_id)
   redis.call('PUBLISH', ARGV[3], family_id)
   fields = redis.call('HGETALL', family_key)
@@ -56,10 +78,11 @@ else
 end
 return {status, family_id, unpack(fields)}
 """
-# KEYS: family, revoked set. ARGV: now, family id, channel.
+# KEYS: family, revoked set. ARGV: now, family id, channel, owner key prefix.
 _REVOKE = """
 local expires = redis.call('HGET', KEYS[1], 'expires')
 if not expires then return 0 end
+redis.call('ZREM', ARGV[4] .. redis.call('HGET', KEYS[1], 'owner'), ARGV[2])
 redis.call('HSETNX', KEYS[1], 'revoked', ARGV[1])
 redis.call('ZADD', KEYS[2], expires, ARGV[2])
 redis.call('PUBLISH', ARGV[3], ARGV[2])
@@ -89,19 +112,21 @@ class RedisTokenStore(RedisStoreBase):
             raise StoreError(f"{self.url}: the signing key vanished right after it was stored")
         return stored
 
-    async def add_family(self, family: Family, refresh_hash: str) -> None:
-        client = self._redis()
-        family_key = f"{self.prefix}family:{family.id}"
-        refresh_key = f"{self.prefix}refresh:{refresh_hash}"
-        expires_at = math.ceil(family.expires)
+    async def add_family(
+        self, family: Family, refresh_hash: str, *, limit: int | None = None
+    ) -> bool:
+        keys = [
+            f"{self.prefix}family:{family.id}",
+            f"{self.prefix}refresh:{refresh_hash}",
+            f"{self.prefix}families",
+            f"{self._owner_prefix}{family.owner}",
+        ]
+        args: list[EncodableT] = [repr(family.created), -1 if limit is None else limit]
+        args += [family.id, repr(family.expires)]
+        args += [item for pair in _fields(family).items() for item in pair]
         with self._errors("add family"):
-            async with client.pipeline(transaction=True) as pipe:
-                pipe.hset(family_key, mapping=_fields(family))
-                pipe.expireat(family_key, expires_at)
-                pipe.zadd(f"{self.prefix}families", {family.id: family.expires})
-                pipe.hset(refresh_key, mapping={"family": family.id, "issued": family.created})
-                pipe.expireat(refresh_key, expires_at)
-                await pipe.execute()
+            added = await self._redis().eval(_ADD, len(keys), *keys, *args)
+        return bool(added)
 
     async def family(self, family_id: str) -> Family | None:
         with self._errors("get family"):
@@ -143,7 +168,7 @@ class RedisTokenStore(RedisStoreBase):
             f"{self.prefix}refresh:{new_hash}",
             f"{self.prefix}revoked",
         ]
-        args = [repr(now), f"{self.prefix}family:", self._channel]
+        args = [repr(now), f"{self.prefix}family:", self._channel, self._owner_prefix]
         with self._errors("rotate"):
             result = cast("list[str]", await self._redis().eval(_ROTATE, len(keys), *keys, *args))
         status, rest = result[0], result[1:]
@@ -156,7 +181,7 @@ class RedisTokenStore(RedisStoreBase):
         keys = [f"{self.prefix}family:{family_id}", f"{self.prefix}revoked"]
         with self._errors("revoke"):
             done = await self._redis().eval(
-                _REVOKE, len(keys), *keys, repr(now), family_id, self._channel
+                _REVOKE, len(keys), *keys, repr(now), family_id, self._channel, self._owner_prefix
             )
         return bool(done)
 
@@ -205,6 +230,10 @@ class RedisTokenStore(RedisStoreBase):
     def _channel(self) -> str:
         return f"{self.prefix}revocations"
 
+    @property
+    def _owner_prefix(self) -> str:
+        return f"{self.prefix}owner:"
+
 
 def _fields(family: Family) -> dict[FieldT, EncodableT]:
     fields: dict[FieldT, EncodableT] = {
@@ -218,6 +247,8 @@ def _fields(family: Family) -> dict[FieldT, EncodableT]:
     }
     if family.revoked is not None:
         fields["revoked"] = repr(family.revoked)
+    if family.identity:
+        fields["identity"] = family.identity
     return fields
 
 
@@ -233,4 +264,5 @@ def _family(family_id: str, fields: dict[str, str]) -> Family:
         created=float(fields["created"]),
         expires=float(fields["expires"]),
         revoked=float(revoked) if revoked else None,
+        identity=fields.get("identity", ""),
     )

@@ -27,7 +27,7 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS token_families (
     id TEXT PRIMARY KEY, owner TEXT NOT NULL, name TEXT NOT NULL, admin INTEGER NOT NULL,
     scope TEXT NOT NULL, access_ttl INTEGER NOT NULL, created REAL NOT NULL,
-    expires REAL NOT NULL, revoked REAL
+    expires REAL NOT NULL, revoked REAL, identity TEXT NOT NULL DEFAULT ''
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS token_families_owner ON token_families (owner, created);
 CREATE INDEX IF NOT EXISTS token_families_expires ON token_families (expires);
@@ -39,7 +39,7 @@ CREATE TABLE IF NOT EXISTS token_signing_keys (
     algorithm TEXT PRIMARY KEY, jwk TEXT NOT NULL
 ) WITHOUT ROWID;
 """
-_FAMILY = "id, owner, name, admin, scope, access_ttl, created, expires, revoked"
+_FAMILY = "id, owner, name, admin, scope, access_ttl, created, expires, revoked, identity"
 
 
 class SqliteTokenStore:
@@ -57,6 +57,7 @@ class SqliteTokenStore:
             self._executor = ThreadPoolExecutor(1, thread_name_prefix="llm_proxy_mw-tokens")
         if self._conn is None:
             await self._call(self._open)
+        await self._call(self._write, _add_identity_column)
 
     async def close(self) -> None:
         executor, self._executor = self._executor, None
@@ -70,8 +71,10 @@ class SqliteTokenStore:
     async def signing_key(self, algorithm: str, candidate: str) -> str:
         return await self._call(self._write, _signing_key, algorithm, candidate)
 
-    async def add_family(self, family: Family, refresh_hash: str) -> None:
-        await self._call(self._write, _add_family, family, refresh_hash)
+    async def add_family(
+        self, family: Family, refresh_hash: str, *, limit: int | None = None
+    ) -> bool:
+        return await self._call(self._write, _add_family, family, refresh_hash, limit)
 
     async def family(self, family_id: str) -> Family | None:
         rows = await self._call(
@@ -165,8 +168,17 @@ _SELECT_REFRESH = (
 
 
 def _family(row: Any) -> Family:
-    family_id, owner, name, admin, scope, access_ttl, created, expires, revoked = row
-    return Family(family_id, owner, name, bool(admin), scope, access_ttl, created, expires, revoked)
+    family_id, owner, name, admin, scope, access_ttl, created, expires, revoked, identity = row
+    return Family(
+        family_id, owner, name, bool(admin), scope, access_ttl, created, expires, revoked, identity
+    )
+
+
+def _add_identity_column(conn: sqlite3.Connection) -> None:
+    # A store written before families kept their owner's identity gets the column.
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(token_families)")}
+    if "identity" not in columns:
+        conn.execute("ALTER TABLE token_families ADD COLUMN identity TEXT NOT NULL DEFAULT ''")
 
 
 def _signing_key(conn: sqlite3.Connection, algorithm: str, candidate: str) -> str:
@@ -180,18 +192,30 @@ def _signing_key(conn: sqlite3.Connection, algorithm: str, candidate: str) -> st
     return str(stored)
 
 
-def _add_family(conn: sqlite3.Connection, family: Family, refresh_hash: str) -> None:
+def _add_family(
+    conn: sqlite3.Connection, family: Family, refresh_hash: str, limit: int | None
+) -> bool:
+    if limit is not None:
+        (live,) = conn.execute(
+            "SELECT COUNT(*) FROM token_families "
+            "WHERE owner = ? AND revoked IS NULL AND expires > ?",
+            (family.owner, family.created),
+        ).fetchone()
+        if live >= limit:
+            return False
     conn.execute(
-        f"INSERT INTO token_families ({_FAMILY}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        f"INSERT INTO token_families ({_FAMILY}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             *(family.id, family.owner, family.name, int(family.admin), family.scope),
             *(family.access_ttl, family.created, family.expires, family.revoked),
+            family.identity,
         ),
     )
     conn.execute(
         "INSERT INTO token_refresh (hash, family, issued, used) VALUES (?, ?, ?, NULL)",
         (refresh_hash, family.id, family.created),
     )
+    return True
 
 
 def _rotate(conn: sqlite3.Connection, old_hash: str, new_hash: str, now: float) -> Rotation:
