@@ -299,6 +299,7 @@ async def test_a_corrupt_file_is_moved_aside_and_history_starts_fresh(
 ) -> None:
     path = tmp_path / "metrics.db"
     path.write_bytes(b"this is not a database, just garbage " * 200)
+    path.chmod(0o600)  # as the store makes its files: a looser mode is warned about too
     recorder = HistoryRecorder(SqliteMetricsStore(str(path)), flush_interval=60)
     with caplog.at_level(logging.WARNING):
         await recorder.start()
@@ -323,6 +324,7 @@ async def test_a_database_locked_at_open_falls_back_to_memory(
     holder = sqlite3.connect(path, isolation_level=None)  # rollback journal: locks readers out
     holder.execute("CREATE TABLE other (x)")
     holder.execute("BEGIN EXCLUSIVE")
+    path.chmod(0o600)  # as the store makes its files: a looser mode is warned about too
     store = SqliteMetricsStore(str(path), busy_timeout=0.05)
     recorder = HistoryRecorder(store, flush_interval=60)
     try:

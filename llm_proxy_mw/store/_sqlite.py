@@ -26,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from llm_proxy_mw.history import DURATION_BUCKETS, BucketKey, MinuteBucket, StoreError
+from llm_proxy_mw.store._private_db import connect_private
 
 __all__ = ["SqliteMetricsStore"]
 
@@ -219,8 +220,8 @@ class SqliteMetricsStore:
         self._conn = self._connect(":memory:")
 
     def _connect(self, path: str) -> sqlite3.Connection:
-        # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE ... COMMIT).
-        conn = sqlite3.connect(path, timeout=self.busy_timeout, isolation_level=None)
+        # Transactions are explicit (BEGIN IMMEDIATE ... COMMIT); only the owner may read.
+        conn = connect_private(path, timeout=self.busy_timeout)
         try:
             if path != ":memory:":
                 conn.execute("PRAGMA journal_mode = WAL")
