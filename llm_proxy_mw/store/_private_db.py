@@ -28,14 +28,14 @@ def connect_private(path: str, *, timeout: float) -> sqlite3.Connection:
     """``sqlite3.connect`` with explicit transactions (``isolation_level=None``), on a file
     only its owner can read or write. Raises ``sqlite3.OperationalError`` when the file
     cannot be created or made private."""
-    if path != ":memory:":
+    if path != ":memory:" and os.name == "posix":  # Windows has no such mode bits
         _make_private(path)
     return sqlite3.connect(path, timeout=timeout, isolation_level=None)
 
 
 def _make_private(path: str) -> None:
     try:
-        os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+        os.close(os.open(path, os.O_RDONLY | os.O_CREAT, 0o600))
     except OSError as exc:
         raise sqlite3.OperationalError(f"unable to open database file: {exc}") from exc
     _restrict(path)
@@ -45,12 +45,13 @@ def _make_private(path: str) -> None:
 
 def _restrict(path: str) -> None:
     try:
-        mode = stat.S_IMODE(os.stat(path).st_mode)
+        found = os.stat(path).st_mode
     except FileNotFoundError:
         return
     except OSError as exc:
         raise sqlite3.OperationalError(f"unable to open database file: {exc}") from exc
-    if not mode & _OTHERS:
+    mode = stat.S_IMODE(found)
+    if not mode & _OTHERS or not stat.S_ISREG(found):  # SQLite fails on what is no file
         return
     try:
         os.chmod(path, mode & ~_OTHERS)
@@ -61,8 +62,8 @@ def _restrict(path: str) -> None:
         ) from exc
     logger.warning(
         "llm_proxy_mw: store file %s could be read or written by other users (mode %04o); "
-        "changed it to %04o. It holds the token signing key: if anyone else could read "
-        "it, treat that key as leaked and replace it",
+        "changed it to %04o. It may hold the token signing key: if anyone else could "
+        "read it, treat that key as leaked and replace it",
         path,
         mode,
         mode & ~_OTHERS,
