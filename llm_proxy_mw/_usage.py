@@ -8,16 +8,28 @@ regexes run only on the few bytes around a ``_tokens"`` key, and a key or number
 across two reads is found by carrying the last bytes over. The latest value wins, so a
 number seen twice is not counted twice. Compressed bodies are not decoded here: their usage
 is not counted.
+
+The numbers are the provider's untrusted input: only a JSON integer in ``[0, MAX_TOKENS]``
+counts; anything else (a fraction, a sign, 10**400, thousands of digits) is ignored, so
+that no number reaches the counters and stores that they cannot hold, and reading never
+raises (that would cost the client the rest of its response).
 """
 
 from __future__ import annotations
 
 import re
 
-__all__ = ["UsageReader"]
+__all__ = ["MAX_TOKENS", "UsageReader", "token_count"]
 
-_PROMPT = re.compile(rb'"(?:prompt_tokens|input_tokens)"\s*:\s*(\d+)')
-_COMPLETION = re.compile(rb'"(?:completion_tokens|output_tokens)"\s*:\s*(\d+)')
+#: The most tokens one response may report; any real one is far below.
+MAX_TOKENS = 10**9
+
+# At most ten digits, and the whole number: the lookahead wants what ends a JSON number, so
+# "1.5", "2e3" and an eleventh digit never match, and a number cut off at the end of a
+# read is taken only once the next read completes it.
+_NUMBER = rb"\s*:\s*(\d{1,10})(?=[\s,}\]])"
+_PROMPT = re.compile(rb'"(?:prompt_tokens|input_tokens)"' + _NUMBER)
+_COMPLETION = re.compile(rb'"(?:completion_tokens|output_tokens)"' + _NUMBER)
 _KEY = b'_tokens"'
 _TAIL = 4096
 #: The name before a ``_tokens"`` marker, and what a cut event carries into the next read
@@ -66,9 +78,17 @@ class UsageReader:
         self._tail = b""
 
     def _scan(self, data: bytes) -> None:
-        prompt = _PROMPT.findall(data)
-        if prompt:
-            self.prompt_tokens = int(prompt[-1])
-        completion = _COMPLETION.findall(data)
-        if completion:
-            self.completion_tokens = int(completion[-1])
+        for found in reversed(_PROMPT.findall(data)):
+            if (value := int(found)) <= MAX_TOKENS:
+                self.prompt_tokens = value
+                break
+        for found in reversed(_COMPLETION.findall(data)):
+            if (value := int(found)) <= MAX_TOKENS:
+                self.completion_tokens = value
+                break
+
+
+def token_count(value: object) -> int:
+    """``value`` if it is a token count (an ``int``, not a ``bool``, in ``[0, MAX_TOKENS]``),
+    else 0: for numbers that did not come through a ``UsageReader``."""
+    return value if type(value) is int and 0 <= value <= MAX_TOKENS else 0

@@ -18,6 +18,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from llm_proxy_mw._usage import token_count
+
 __all__ = [
     "DURATION_BUCKETS",
     "BucketKey",
@@ -91,7 +93,9 @@ class MetricsStore(Protocol):
     ``add`` adds (merges) the given buckets into stored ones with the same key, and adds
     ``totals`` deltas to the cumulative counters (keys are opaque strings chosen by the
     metrics layer, e.g. ``"requests_total|openai|gpt-4o|200"``). Both happen atomically per
-    call. Implementations never block the event loop (SQLite runs in a worker thread).
+    call. A bucket or total the store can never hold (a count past 64 bits, a sum that is
+    not finite) is dropped with a warning and the rest is written, so a retry never meets
+    it again. Implementations never block the event loop (SQLite runs in a worker thread).
     ``buckets`` returns the buckets whose minute is in ``[since_minute, until_minute)``, the
     end excluded like ``purge``'s, ordered by minute, provider, model and status. Backend
     failures raise ``StoreError``; after a failed ``open`` the store still accepts ``close``,
@@ -201,7 +205,8 @@ class HistoryRecorder:
         completion_tokens: int = 0,
         error: bool = False,
     ) -> None:
-        """Count one finished request in the bucket of the current minute."""
+        """Count one finished request in the bucket of the current minute. A token count
+        that is not an ``int`` in ``[0, MAX_TOKENS]`` is ignored."""
         minute = int(self._clock()) // 60 * 60
         series = (minute, provider, model, status)
         bucket = self._buckets.get(series)
@@ -216,8 +221,8 @@ class HistoryRecorder:
         if ttfb is not None:
             bucket.ttfb_sum += ttfb
             bucket.ttfb_count += 1
-        bucket.prompt_tokens += prompt_tokens
-        bucket.completion_tokens += completion_tokens
+        bucket.prompt_tokens += token_count(prompt_tokens)
+        bucket.completion_tokens += token_count(completion_tokens)
 
     def add_total(self, key: str, delta: float) -> None:
         """Add ``delta`` to the cumulative counter ``key`` (persisted, restored at start)."""
@@ -265,14 +270,22 @@ class HistoryRecorder:
                 return True
             buckets, totals = self._buckets, self._totals
             self._buckets, self._totals = {}, {}
-            batch_totals = dict(totals)
-            for bucket in buckets.values():
-                bucket_totals(bucket, batch_totals)
             try:
+                batch_totals = dict(totals)
+                for bucket in buckets.values():
+                    bucket_totals(bucket, batch_totals)
                 await self.store.add(list(buckets.values()), batch_totals)
-            except StoreError as exc:
+            except StoreError as exc:  # nothing was written: keep the batch for the next try
                 self._requeue(buckets, totals)
                 self._failed("flush", exc)
+                return False
+            except Exception:  # a bug: the batch may be written in part, so never retry it
+                logger.exception(
+                    "llm_proxy_mw: metrics history flush failed unexpectedly; dropped %d "
+                    "buckets and %d totals rather than risk counting them twice",
+                    len(buckets),
+                    len(totals),
+                )
                 return False
             self._recovered()
             return True

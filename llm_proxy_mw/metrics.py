@@ -30,7 +30,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from llm_proxy_mw._usage import UsageReader
+from llm_proxy_mw._usage import UsageReader, token_count
 from llm_proxy_mw.context import Attempt, ClientDisconnected, RequestContext, get_context
 from llm_proxy_mw.errors import ProxyError
 from llm_proxy_mw.health import HealthRegistry
@@ -247,16 +247,18 @@ class ProxyMetrics:
                 history.add_total(key, 1.0)
         else:
             self._observe_attempts(attempts, model)
-        usage = ctx.usage
-        if usage.prompt_tokens:
+        # Any layer may have set the usage: count only what is a token count.
+        prompt_tokens = token_count(ctx.usage.prompt_tokens)
+        completion_tokens = token_count(ctx.usage.completion_tokens)
+        if prompt_tokens:
             if series.prompt_tokens is None:
                 series.prompt_tokens = self.tokens.labels(provider, model, "prompt")._value
-            series.prompt_tokens.inc(usage.prompt_tokens)
-        if usage.completion_tokens:
+            series.prompt_tokens.inc(prompt_tokens)
+        if completion_tokens:
             if series.completion_tokens is None:
                 child = self.tokens.labels(provider, model, "completion")
                 series.completion_tokens = child._value
-            series.completion_tokens.inc(usage.completion_tokens)
+            series.completion_tokens.inc(completion_tokens)
         if history is not None:
             history.record(
                 provider,
@@ -264,8 +266,8 @@ class ProxyMetrics:
                 status,
                 duration,
                 ttfb,
-                usage.prompt_tokens,
-                usage.completion_tokens,
+                prompt_tokens,
+                completion_tokens,
                 status >= 400,
             )
             if ttfb is not None:

@@ -8,13 +8,16 @@ calls of a real SQLite store, to see the batching.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
+from redis.asyncio import Redis
 
 from llm_proxy_mw.history import (
     DURATION_BUCKETS,
@@ -459,4 +462,73 @@ async def test_requests_recorded_during_a_failing_flush_are_merged_back(tmp_path
         }
     finally:
         holder.close()
+        await recorder.stop()
+
+
+@pytest.mark.parametrize(
+    "tokens",
+    [10**20, 10**400, 10**5000 - 1, -1, True, 1.5],
+    ids=["1e20", "1e400", "5000 digits", "negative", "bool", "fraction"],
+)
+async def test_record_counts_only_token_counts(tmp_path: Path, tokens: Any) -> None:
+    store = SqliteMetricsStore(str(tmp_path / "m.db"))
+    recorder = HistoryRecorder(store, flush_interval=3600, clock=Clock(M0))
+    await recorder.start()
+    try:
+        recorder.record("p", "m", 200, 0.5, prompt_tokens=tokens, completion_tokens=7)
+        assert await recorder.flush()
+        [found] = await store.buckets(M0, M0 + 60)
+        assert (found.count, found.prompt_tokens, found.completion_tokens) == (1, 0, 7)
+        assert await store.totals() == {
+            **half_second("p", 200, 1),
+            '["tokens","p","m","completion"]': 7.0,
+        }
+    finally:
+        await recorder.stop()
+
+
+async def test_a_bucket_the_store_skips_is_not_written_again_with_the_next_batch(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with redis_server() as server:
+        store = RedisMetricsStore(server.url)
+        recorder = HistoryRecorder(store, flush_interval=3600, clock=Clock(M0))
+        await recorder.start()
+        raw = Redis.from_url(server.url, decode_responses=True)
+        try:
+            # A stored count one more request would overflow: Redis refuses that bucket.
+            series = json.dumps(["full", "m", 200])
+            await raw.hset(f"{store.prefix}minute:{M0}", f"{series}|count", 2**63 - 1)
+            recorder.record("full", "m", 200, 0.5)
+            recorder.record("p", "m", 200, 0.5)
+            with caplog.at_level(logging.WARNING):
+                assert await recorder.flush()  # the rest of the batch was written
+            recorder.record("p", "m", 200, 0.5)
+            assert await recorder.flush()
+            assert await recorder.flush()
+            found = {b.key.provider: b.count for b in await store.buckets(M0, M0 + 60)}
+            assert found == {"full": 2**63 - 1, "p": 2}  # each request written once
+        finally:
+            await raw.aclose()
+            await recorder.stop()
+    [warning] = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "'full'" in warning and "1 buckets" in warning
+
+
+async def test_an_unexpected_failure_drops_the_batch_instead_of_retrying_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = CountingStore(str(tmp_path / "m.db"), fail_once=OverflowError("a bug"))
+    recorder = HistoryRecorder(store, flush_interval=3600, clock=Clock(M0))
+    await recorder.start()
+    try:
+        recorder.record("lost", "m", 200, 0.5)
+        with caplog.at_level(logging.ERROR):
+            assert not await recorder.flush()  # logged, not raised
+        assert "failed unexpectedly" in caplog.text and "dropped 1 buckets" in caplog.text
+        recorder.record("p", "m", 200, 0.5)
+        assert await recorder.flush()
+        # It may have been written in part: never again, so nothing is counted twice.
+        assert counts(await store.buckets(M0, M0 + 60)) == [(M0, "p", 200, 1)]
+    finally:
         await recorder.stop()

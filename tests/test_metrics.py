@@ -580,6 +580,70 @@ async def test_json_usage_at_the_end_of_a_body_in_several_chunks() -> None:
     assert (tokens(metrics, "prompt"), tokens(metrics, "completion")) == (321, 2_500)
 
 
+#: Usage values a provider may send that are not token counts: too big for the stores
+#: (10**20), for a float (10**400), for ``int()`` (5,000 digits), or not integers at all.
+NOT_COUNTS = {
+    "1e20": b"100000000000000000000",
+    "1e400": b"1" + b"0" * 400,
+    "5000 digits": b"9" * 5000,
+    "over 1e9": b"1000000001",
+    "negative": b"-5",
+    "fraction": b"1.5",
+    "exponent": b"2e3",
+    "string": b'"12"',
+    "bool": b"true",
+}
+
+
+def usage_body(prompt: bytes, *, sse: bool) -> bytes:
+    usage = b'"usage":{"prompt_tokens":' + prompt + b',"completion_tokens":34}'
+    if sse:
+        return b'data: {"id":"c","choices":[],' + usage + b"}\n\ndata: [DONE]\n\n"
+    return b'{"id":"c","choices":[],' + usage + b"}"
+
+
+@pytest.mark.parametrize("prompt", NOT_COUNTS.values(), ids=NOT_COUNTS.keys())
+@pytest.mark.parametrize("sse", [False, True], ids=["json", "sse"])
+async def test_usage_numbers_that_are_not_token_counts_are_ignored(
+    prompt: bytes, sse: bool
+) -> None:
+    body = usage_body(prompt, sse=sse)
+    cut = body.index(prompt) + len(prompt) // 2  # a read ends inside the number
+    metrics = fresh_metrics()
+    app = StreamingApp(SSE_HEADERS if sse else JSON_HEADERS)
+    driver = await stream_through(metrics, app, [body[:cut], body[cut:]])  # every byte through
+    assert driver.body == body
+    assert tokens(metrics, "prompt") is None
+    assert tokens(metrics, "completion") == 34
+    assert get_context(driver.scope).usage.prompt_tokens == 0
+    labels = {"provider": "up", "model": "gpt-x", "status": "200"}
+    assert metrics.registry.get_sample_value("llm_proxy_requests_total", labels) == 1
+
+
+@pytest.mark.parametrize("sse", [False, True], ids=["json", "sse"])
+async def test_usage_up_to_a_billion_tokens_is_counted(sse: bool) -> None:
+    metrics = fresh_metrics()
+    app = StreamingApp(SSE_HEADERS if sse else JSON_HEADERS)
+    await stream_through(metrics, app, [usage_body(b"1000000000", sse=sse)])
+    assert (tokens(metrics, "prompt"), tokens(metrics, "completion")) == (10**9, 34)
+
+
+async def test_token_counts_another_layer_put_in_the_context_are_bounded_too() -> None:
+    metrics = fresh_metrics()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        ctx = get_context(scope)
+        ctx.provider, ctx.model = "up", "gpt-x"
+        ctx.usage.prompt_tokens, ctx.usage.completion_tokens = 10**400, 7
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    driver = AsgiDriver(MetricsMiddleware(app, metrics=metrics), http_scope())
+    await driver.run(b"{}")
+    assert driver.body == b"ok"
+    assert (tokens(metrics, "prompt"), tokens(metrics, "completion")) == (None, 7)
+
+
 async def test_a_gzip_body_is_forwarded_intact_and_counts_no_tokens() -> None:
     payload = {"id": "x", "usage": {"prompt_tokens": 5, "completion_tokens": 6}}
     compressed = gzip.compress(json.dumps(payload).encode() * 20)

@@ -297,3 +297,27 @@ async def test_anthropic_sdk_parses_the_edge_case_stream_through_the_proxy(
     assert text == "".join(OPENAI_TEXT)
     assert final.stop_reason == "end_turn"
     assert final.usage.output_tokens == 4
+
+
+#: Usage numbers no provider should send: past any store (10**20), past a float (10**400),
+#: past what Python's ``int()`` reads (5,000 digits).
+ABSURD_USAGE = {"1e20": b"1" + b"0" * 20, "1e400": b"1" + b"0" * 400, "5000 digits": b"9" * 5000}
+
+
+@pytest.mark.parametrize("number", ABSURD_USAGE.values(), ids=ABSURD_USAGE.keys())
+async def test_an_absurd_usage_number_reaches_the_client_byte_for_byte_and_is_not_counted(
+    number: bytes,
+) -> None:
+    usage = {"prompt_tokens": 0, "completion_tokens": 4}
+    event = openai_chunk(None).replace('"choices":[', f'"usage":{json.dumps(usage)},"choices":[')
+    event = event.replace('"prompt_tokens": 0', '"prompt_tokens": ' + number.decode())
+    assert number.decode() in event
+    pieces = [STREAM.removesuffix(b"data: [DONE]\n\n"), frame(event).encode(), b"data: [DONE]\n\n"]
+    async with serving(pieces) as url:
+        response, received = await raw_body(url)
+        async with httpx.AsyncClient(timeout=GUARD_SECONDS) as client:
+            metrics = (await client.get(url + "/metrics")).text
+    assert response.status_code == 200
+    assert received == b"".join(pieces)
+    tokens = [line for line in metrics.splitlines() if line.startswith("llm_proxy_tokens_total{")]
+    assert len(tokens) == 1 and 'kind="completion"' in tokens[0] and tokens[0].endswith(" 4.0")

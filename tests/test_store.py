@@ -9,7 +9,9 @@ separate processes, and the sums must be exact.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import math
 import sqlite3
 import sys
 import uuid
@@ -20,6 +22,7 @@ from pathlib import Path
 
 import anyio
 import pytest
+from redis.asyncio import Redis
 
 from llm_proxy_mw.history import BucketKey, HistoryRecorder, MetricsStore, MinuteBucket
 from llm_proxy_mw.store import (
@@ -299,6 +302,7 @@ async def test_a_corrupt_file_is_moved_aside_and_history_starts_fresh(
 ) -> None:
     path = tmp_path / "metrics.db"
     path.write_bytes(b"this is not a database, just garbage " * 200)
+    path.chmod(0o600)  # as the store makes its files: a looser mode is warned about too
     recorder = HistoryRecorder(SqliteMetricsStore(str(path)), flush_interval=60)
     with caplog.at_level(logging.WARNING):
         await recorder.start()
@@ -323,6 +327,7 @@ async def test_a_database_locked_at_open_falls_back_to_memory(
     holder = sqlite3.connect(path, isolation_level=None)  # rollback journal: locks readers out
     holder.execute("CREATE TABLE other (x)")
     holder.execute("BEGIN EXCLUSIVE")
+    path.chmod(0o600)  # as the store makes its files: a looser mode is warned about too
     store = SqliteMetricsStore(str(path), busy_timeout=0.05)
     recorder = HistoryRecorder(store, flush_interval=60)
     try:
@@ -442,3 +447,84 @@ async def test_corruption_found_after_opening_starts_a_fresh_file(
     finally:
         await recorder.stop()
     assert len(matching(tmp_path, "metrics.db.corrupt-*")) == 1
+
+
+# --- numbers a store cannot hold ---------------------------------------------------------
+
+UNSTORABLE: dict[str, tuple[str, object]] = {
+    "prompt 1e20": ("prompt_tokens", 10**20),
+    "prompt 1e400": ("prompt_tokens", 10**400),
+    "completion 5000 digits": ("completion_tokens", 10**5000 - 1),
+    "histogram slot 1e20": ("duration_counts", [10**20] + [0] * 15),
+    "negative count": ("count", -1),
+    "fractional count": ("ttfb_count", 1.5),
+    "NaN duration sum": ("duration_sum", math.nan),
+    "infinite ttfb sum": ("ttfb_sum", math.inf),
+}
+
+
+@pytest.mark.parametrize(("field", "value"), UNSTORABLE.values(), ids=UNSTORABLE.keys())
+async def test_a_bucket_the_store_cannot_hold_is_dropped_and_the_rest_is_written(
+    backend: Backend, field: str, value: object, caplog: pytest.LogCaptureFixture
+) -> None:
+    absurd = bucket(M0, "absurd")
+    setattr(absurd, field, value)
+    good = [bucket(M0), bucket(M0 + 60, "anthropic")]
+    async with opened(backend.make()) as store:
+        with caplog.at_level(logging.WARNING):
+            await store.add([good[0], absurd, good[1]], {"t": 1.0, "nan": math.nan})
+            await store.add([], {"t": 1.0})
+        assert plain(await store.buckets(M0, M0 + 120)) == plain(good)
+        assert await store.totals() == {"t": 2.0}
+    [warning] = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "absurd" in warning and field in warning and "nan" in warning
+    assert len(warning) < 1000  # the number itself is not in it
+
+
+async def test_redis_skips_a_bucket_that_would_overflow_what_is_stored(
+    redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    prefix = f"test-{uuid.uuid4().hex}:"
+    series = json.dumps(["openai", "gpt-4o", 200])
+    near_max = str(2**63 - 5)
+    raw = Redis.from_url(redis_url, decode_responses=True)
+    try:
+        await raw.hset(f"{prefix}minute:{M0}", f"{series}|prompt_tokens", near_max)
+        await raw.set(f"{prefix}minute:{M0 + 60}", "not a hash")
+        await raw.hset(f"{prefix}totals", "full", "1.7e308")
+        async with opened(RedisMetricsStore(redis_url, prefix=prefix)) as store:
+            with caplog.at_level(logging.WARNING):
+                await store.add(
+                    [bucket(M0), bucket(M0, "anthropic"), bucket(M0 + 60), bucket(M0 + 120)],
+                    {"t": 1.0, "full": 1e308},
+                )
+            stored = await raw.hgetall(f"{prefix}minute:{M0}")
+            found = await store.buckets(M0, M0 + 180)
+            totals = await store.totals()
+    finally:
+        await raw.aclose()
+    # The overflowing bucket is skipped whole: none of its other fields moved.
+    assert {k: v for k, v in stored.items() if k.startswith(series)} == {
+        f"{series}|prompt_tokens": near_max
+    }
+    assert plain([b for b in found if b.key.provider == "anthropic"]) == plain(
+        [bucket(M0, "anthropic")]
+    )
+    assert [b.key.minute for b in found] == [M0, M0, M0 + 120]
+    assert totals == {"t": 1.0, "full": 1.7e308}
+    [warning] = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "2 buckets" in warning and "1 total" in warning
+
+
+async def test_sqlite_drops_a_bucket_it_cannot_bind_and_writes_the_rest(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    unencodable = bucket(M0, model="gpt-\ud800")  # a lone surrogate: not UTF-8
+    async with opened(SqliteMetricsStore(str(tmp_path / "m.db"))) as store:
+        with caplog.at_level(logging.WARNING):
+            await store.add([bucket(M0), unencodable, bucket(M0, "anthropic")], {"t": 1.0})
+        assert plain(await store.buckets(M0, M0 + 60)) == plain(
+            [bucket(M0, "anthropic"), bucket(M0)]
+        )
+        assert await store.totals() == {"t": 1.0}
+    assert "surrogates not allowed" in caplog.text

@@ -11,11 +11,15 @@ Layout, under a key prefix (default ``llm_proxy_mw:``):
   ``prompt_tokens``, ``completion_tokens``; zero values are not written;
 - ``totals``: one hash of the cumulative counters.
 
-Every ``add`` is one MULTI/EXEC of ``HINCRBY``/``HINCRBYFLOAT`` (and a ``ZADD``), so adds
-from many processes interleave atomically and the sums stay exact. Delivery is at least
-once: if a connection drops after Redis applied a batch but before its reply arrived, the
-retry applies the batch again. Redis errors (and socket errors) become ``StoreError``;
-the client reconnects by itself, so a store that failed to open works once Redis is back.
+Every ``add`` is one Lua script (``_ADD``), so adds from many processes interleave
+atomically and the sums stay exact. Redis does not undo a script's writes when one of its
+commands fails, so the script checks every increment first (its value, and what it would
+do to the value stored) and skips a bucket or total that Redis would refuse, whole; it
+then writes the rest, and nothing can fail halfway. What it skipped is logged, never
+retried. Delivery is at least once: if a connection drops after Redis applied a batch but
+before its reply arrived, the retry applies the batch again. Redis errors (and socket
+errors) become ``StoreError``; the client reconnects by itself, so a store that failed to
+open works once Redis is back.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from collections.abc import Sequence
 from typing import Any, cast
 
 from llm_proxy_mw.history import DURATION_BUCKETS, BucketKey, MinuteBucket, StoreError
+from llm_proxy_mw.store._checks import describe, storable
 from llm_proxy_mw.store._redis_client import RedisStoreBase
 
 __all__ = ["RedisMetricsStore"]
@@ -33,6 +38,104 @@ _INTS = ("count", "errors", "ttfb_count", "prompt_tokens", "completion_tokens")
 _FLOATS = ("duration_sum", "ttfb_sum")
 _SLOTS = len(DURATION_BUCKETS) + 1
 _PURGE_CHUNK = 500
+_REFUSED = "Redis would refuse it (a stored value it would overflow, a key of another type)"
+
+# KEYS: the minutes index, the totals hash, then the minute hash of each bucket in order.
+# ARGV[1]: JSON {"buckets": [[minute, [[field, "i" | "f", value], ...]], ...],
+# "totals": [[key, value], ...]}, every number a decimal string. Returns the 0-based
+# indexes of the buckets and totals skipped. Checks run on doubles: 9.2e18 stays below
+# 2**63 by far more than their rounding there.
+_ADD = """
+local batch = cjson.decode(ARGV[1])
+local pending = {}  -- key -> field -> what the increments checked so far will make it
+
+local function holds(key, kind)
+  local found = redis.call('TYPE', key)['ok']
+  return found == 'none' or found == kind
+end
+
+local function number(text, kind)
+  if kind == 'i' then
+    if #text > 20 or not string.find(text, '^%-?%d+$') then return nil end
+    return tonumber(text)
+  end
+  local value = #text <= 40 and tonumber(text)
+  if value and value == value and value > -math.huge and value < math.huge then
+    return value
+  end
+  return nil
+end
+
+-- Adds one increment of key's field to sums; false if Redis would refuse it.
+local function add(sums, key, field, kind, delta, stored)
+  if kind ~= 'i' and kind ~= 'f' then return false end
+  if kind == 'i' and (#delta > 18 or not string.find(delta, '^%d+$')) then return false end
+  local current = sums[field] or (pending[key] or {})[field]
+  if current == nil then
+    if stored then current = number(stored, kind) else current = 0 end
+  end
+  local step = number(delta, kind)
+  if current == nil or step == nil then return false end
+  local result = current + step
+  if kind == 'i' and (result >= 9.2e18 or result <= -9.2e18) then return false end
+  if result ~= result or result == math.huge or result == -math.huge then return false end
+  sums[field] = result
+  return true
+end
+
+local function keep(key, sums)
+  pending[key] = pending[key] or {}
+  for field, value in pairs(sums) do pending[key][field] = value end
+end
+
+local skipped_buckets, skipped_totals, buckets, totals = {}, {}, {}, {}
+local index_ok = holds(KEYS[1], 'zset')
+for i, bucket in ipairs(batch['buckets']) do
+  local key, increments, sums = KEYS[2 + i], bucket[2], {}
+  local ok = index_ok and string.find(bucket[1], '^%d+$') ~= nil and holds(key, 'hash')
+  if ok and #increments > 0 then
+    local fields = {}
+    for j, increment in ipairs(increments) do fields[j] = increment[1] end
+    local stored = redis.call('HMGET', key, unpack(fields))
+    for j, increment in ipairs(increments) do
+      ok = add(sums, key, increment[1], increment[2], increment[3], stored[j])
+      if not ok then break end
+    end
+  end
+  if ok then
+    keep(key, sums)
+    buckets[#buckets + 1] = i
+  else
+    skipped_buckets[#skipped_buckets + 1] = i - 1
+  end
+end
+local totals_ok = holds(KEYS[2], 'hash')
+for i, total in ipairs(batch['totals']) do
+  local stored, sums = totals_ok and redis.call('HGET', KEYS[2], total[1]), {}
+  if totals_ok and add(sums, KEYS[2], total[1], 'f', total[2], stored) then
+    keep(KEYS[2], sums)
+    totals[#totals + 1] = i
+  else
+    skipped_totals[#skipped_totals + 1] = i - 1
+  end
+end
+
+for _, i in ipairs(buckets) do
+  local bucket, key = batch['buckets'][i], KEYS[2 + i]
+  for _, increment in ipairs(bucket[2]) do
+    if increment[2] == 'i' then
+      redis.call('HINCRBY', key, increment[1], increment[3])
+    else
+      redis.call('HINCRBYFLOAT', key, increment[1], increment[3])
+    end
+  end
+  redis.call('ZADD', KEYS[1], bucket[1], bucket[1])
+end
+for _, i in ipairs(totals) do
+  redis.call('HINCRBYFLOAT', KEYS[2], batch['totals'][i][1], batch['totals'][i][2])
+end
+return {skipped_buckets, skipped_totals}
+"""
 
 
 class RedisMetricsStore(RedisStoreBase):
@@ -49,26 +152,20 @@ class RedisMetricsStore(RedisStoreBase):
 
     async def add(self, buckets: Sequence[MinuteBucket], totals: dict[str, float]) -> None:
         client = self._redis()
+        kept, kept_totals, dropped = storable(buckets, totals)
+        keys = [f"{self.prefix}minutes", f"{self.prefix}totals"]
+        keys += [f"{self.prefix}minute:{bucket.key.minute}" for bucket in kept]
+        deltas = [[key, repr(float(delta))] for key, delta in kept_totals.items() if delta]
+        batch = {
+            "buckets": [[str(bucket.key.minute), _increments(bucket)] for bucket in kept],
+            "totals": deltas,
+        }
         with self._errors("add"):
-            async with client.pipeline(transaction=True) as pipe:
-                for bucket in buckets:
-                    key = bucket.key
-                    name = f"{self.prefix}minute:{key.minute}"
-                    series = json.dumps([key.provider, key.model, key.status])
-                    for field in _INTS:
-                        if value := getattr(bucket, field):
-                            pipe.hincrby(name, f"{series}|{field}", value)
-                    for field in _FLOATS:
-                        if value := getattr(bucket, field):
-                            pipe.hincrbyfloat(name, f"{series}|{field}", value)
-                    for slot, value in enumerate(bucket.duration_counts):
-                        if value:
-                            pipe.hincrby(name, f"{series}|d{slot}", value)
-                    pipe.zadd(f"{self.prefix}minutes", {str(key.minute): key.minute})
-                for total, delta in totals.items():
-                    if delta:
-                        pipe.hincrbyfloat(f"{self.prefix}totals", total, delta)
-                await pipe.execute()
+            skipped = await client.eval(_ADD, len(keys), *keys, json.dumps(batch))
+        skipped_buckets, skipped_totals = cast("list[list[int]]", skipped)
+        dropped.buckets += [f"{describe(kept[i].key)}: {_REFUSED}" for i in skipped_buckets]
+        dropped.totals += [f"total {deltas[i][0]!r}: {_REFUSED}" for i in skipped_totals]
+        dropped.warn(self.url)
 
     async def totals(self) -> dict[str, float]:
         client = self._redis()
@@ -124,6 +221,22 @@ class RedisMetricsStore(RedisStoreBase):
                     1 for fields in results[: len(names)] for f in fields if f.endswith("|count")
                 )
         return purged
+
+
+def _increments(bucket: MinuteBucket) -> list[list[str]]:
+    """The script's ``[field, "i" or "f", value]`` for every non-zero value of a bucket."""
+    key = bucket.key
+    series = json.dumps([key.provider, key.model, key.status])
+    found = [[f"{series}|{name}", "i", str(v)] for name in _INTS if (v := getattr(bucket, name))]
+    found += [
+        [f"{series}|{name}", "f", repr(float(v))]
+        for name in _FLOATS
+        if (v := getattr(bucket, name))
+    ]
+    found += [
+        [f"{series}|d{slot}", "i", str(v)] for slot, v in enumerate(bucket.duration_counts) if v
+    ]
+    return found
 
 
 def _set(bucket: MinuteBucket, name: str, value: str) -> None:

@@ -26,6 +26,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from llm_proxy_mw.history import DURATION_BUCKETS, BucketKey, MinuteBucket, StoreError
+from llm_proxy_mw.store._checks import Dropped, describe, storable
+from llm_proxy_mw.store._private_db import connect_private
 
 __all__ = ["SqliteMetricsStore"]
 
@@ -43,6 +45,8 @@ _VALUES = (
 )
 _COLUMNS = ", ".join(_KEY + _VALUES)
 _FLOATS = {"duration_sum", "ttfb_sum"}
+#: What one row's values can make SQLite raise (a lone surrogate, a NULL from a NaN, ...).
+_ROW_ERRORS = (sqlite3.IntegrityError, sqlite3.DataError, OverflowError, ValueError)
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS buckets (
     minute INTEGER NOT NULL, provider TEXT NOT NULL, model TEXT NOT NULL, status INTEGER NOT NULL,
@@ -118,6 +122,7 @@ class SqliteMetricsStore:
             executor.shutdown(wait=False)  # its only thread is idle now and exits at once
 
     async def add(self, buckets: Sequence[MinuteBucket], totals: dict[str, float]) -> None:
+        kept, kept_totals, dropped = storable(buckets, totals)
         # Rows are built here, on the loop, so the worker thread never touches live buckets.
         rows = [
             (
@@ -125,9 +130,10 @@ class SqliteMetricsStore:
                 *(b.count, b.errors, b.duration_sum, *b.duration_counts, b.ttfb_sum),
                 *(b.ttfb_count, b.prompt_tokens, b.completion_tokens),
             )
-            for b in buckets
+            for b in kept
         ]
-        await self._call(self._write, _add_rows, rows, list(totals.items()))
+        await self._call(self._write, _add_rows, rows, list(kept_totals.items()), dropped)
+        dropped.warn(self.url)
 
     async def totals(self) -> dict[str, float]:
         rows = await self._call(self._read, "SELECT key, value FROM totals", ())
@@ -219,8 +225,8 @@ class SqliteMetricsStore:
         self._conn = self._connect(":memory:")
 
     def _connect(self, path: str) -> sqlite3.Connection:
-        # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE ... COMMIT).
-        conn = sqlite3.connect(path, timeout=self.busy_timeout, isolation_level=None)
+        # Transactions are explicit (BEGIN IMMEDIATE ... COMMIT); only the owner may read.
+        conn = connect_private(path, timeout=self.busy_timeout)
         try:
             if path != ":memory:":
                 conn.execute("PRAGMA journal_mode = WAL")
@@ -252,10 +258,24 @@ def _is_corrupt(error: sqlite3.Error) -> bool:
 
 
 def _add_rows(
-    conn: sqlite3.Connection, rows: list[tuple[Any, ...]], totals: list[tuple[str, float]]
+    conn: sqlite3.Connection,
+    rows: list[tuple[Any, ...]],
+    totals: list[tuple[str, float]],
+    dropped: Dropped,
 ) -> None:
-    conn.executemany(_UPSERT_BUCKET, rows)
-    conn.executemany(_UPSERT_TOTAL, totals)
+    """Upsert row by row: a row SQLite refuses (a value it cannot bind or store) is dropped
+    alone, as a failed statement leaves nothing behind; failures of the database itself
+    (locked, full, corrupt) still fail the whole transaction."""
+    for row in rows:
+        try:
+            conn.execute(_UPSERT_BUCKET, row)
+        except _ROW_ERRORS as exc:
+            dropped.buckets.append(f"{describe(BucketKey(*row[:4]))}: {exc}")
+    for key, value in totals:
+        try:
+            conn.execute(_UPSERT_TOTAL, (key, value))
+        except _ROW_ERRORS as exc:
+            dropped.totals.append(f"total {key!r}: {exc}")
 
 
 def _delete_before(conn: sqlite3.Connection, before_minute: int) -> int:

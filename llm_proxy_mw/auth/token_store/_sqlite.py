@@ -18,6 +18,7 @@ from dataclasses import replace
 from typing import Any, TypeVar
 
 from llm_proxy_mw.auth.token_store._base import Family, RefreshRecord, Rotation, StoreError
+from llm_proxy_mw.store._private_db import connect_private
 from llm_proxy_mw.store._sqlite import immediate_transaction
 
 __all__ = ["SqliteTokenStore"]
@@ -131,8 +132,8 @@ class SqliteTokenStore:
     # Everything below runs in the worker thread.
 
     def _open(self) -> None:
-        # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE ... COMMIT).
-        conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None)
+        # Transactions are explicit (BEGIN IMMEDIATE ... COMMIT); only the owner may read.
+        conn = connect_private(self.path, timeout=self.busy_timeout)
         try:
             if self.path != ":memory:":
                 conn.execute("PRAGMA journal_mode = WAL")
