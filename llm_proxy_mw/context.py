@@ -7,9 +7,7 @@ JSON, the model) is never parsed again by another.
 
 from __future__ import annotations
 
-import codecs
 import contextvars
-import json
 import random
 import re
 import time
@@ -19,7 +17,12 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from llm_proxy_mw.errors import InvalidRequestError, ProxyError, RequestTooLargeError
+from llm_proxy_mw._json_body import is_json_type, parse_object
+from llm_proxy_mw.errors import (
+    InvalidRequestError,
+    ProxyError,
+    RequestTooLargeError,
+)
 from llm_proxy_mw.wire import WireFormat, log_error, send_error, wire_format_of
 
 __all__ = [
@@ -83,39 +86,21 @@ class RequestContext:
     ttfb: float | None = None
     status: int | None = None
     watching_disconnect: bool = False
+    #: Whether every ``content-type`` of the request is JSON; known once the body is read.
+    body_is_json: bool | None = None
     _json: dict[str, Any] | None = None
     _json_parsed: bool = False
 
     def json(self) -> dict[str, Any] | None:
         """The body parsed as a JSON object, once; ``None`` for an empty body.
 
-        Raises ``InvalidRequestError`` for malformed JSON, invalid UTF-8 or a non-object.
+        Raises ``InvalidRequestError`` for anything else: malformed JSON, invalid UTF-8, a
+        number too long, nesting too deep, a top-level key given twice, a non-object.
         """
         if not self._json_parsed:
-            self._json = _parse_object(self.body or b"")
+            self._json = parse_object(self.body or b"")
             self._json_parsed = True
         return self._json
-
-
-def _parse_object(body: bytes) -> dict[str, Any] | None:
-    if not body.strip():
-        return None
-    try:
-        # Strict UTF-8 (RFC 8259 §8.1): ``json.loads(bytes)`` would also take UTF-16 and
-        # UTF-32, and let UTF-8-encoded surrogates through ("surrogatepass"). A leading BOM
-        # is dropped here: the "utf-8-sig" codec does the same in Python, not C.
-        if body.startswith(codecs.BOM_UTF8):
-            body = body[3:]
-        parsed = json.loads(body.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise InvalidRequestError("The request body is not valid UTF-8.") from None
-    except json.JSONDecodeError as exc:
-        raise InvalidRequestError(f"The request body is not valid JSON: {exc.msg}.") from None
-    except RecursionError:
-        raise InvalidRequestError("The request body is nested too deeply.") from None
-    if not isinstance(parsed, dict):
-        raise InvalidRequestError("The request body must be a JSON object.")
-    return parsed
 
 
 def route_path_of(scope: Scope) -> str:
@@ -168,6 +153,7 @@ async def read_body(
     """
     if ctx.body is not None:
         return ctx.body
+    json_type: bool | None = None  # one pass over the headers, for Routing too
     for name, value in scope["headers"]:
         if name == b"content-length":
             try:
@@ -178,7 +164,9 @@ async def read_body(
                 raise InvalidRequestError("The content-length header is negative.")
             if declared > limit:
                 raise RequestTooLargeError(f"The request body exceeds {limit} bytes.")
-            break
+        elif name == b"content-type":
+            json_type = json_type is not False and is_json_type(value)
+    ctx.body_is_json = json_type is True
     chunks: list[bytes] = []
     size = 0
     while True:

@@ -184,13 +184,15 @@ async def test_unknown_endpoint_is_404_in_openai_shape(
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("body", [b"hello", b"[1, 2]"])
-async def test_non_object_body_is_400(client: httpx.AsyncClient, body: bytes) -> None:
-    # Not declared as JSON, so routing leaves it alone and the echo provider answers.
+async def test_non_json_body_is_415_before_any_provider(
+    client: httpx.AsyncClient, body: bytes
+) -> None:
+    # Not declared as JSON: refused by the proxy, never left for a provider to interpret.
     response = await client.post(
         "/v1/chat/completions", content=body, headers={"content-type": "text/plain"}
     )
-    assert response.status_code == 400
-    assert response.headers["x-llm-proxy-provider"] == "demo"
+    assert response.status_code == 415
+    assert "x-llm-proxy-provider" not in response.headers
     assert "JSON" in response.json()["error"]["message"]
 
 

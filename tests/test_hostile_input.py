@@ -14,6 +14,11 @@ Decisions recorded here:
   ``test_routing`` documents; a model of any other non-string type is a 400.
 - uvicorn has no timeout for a request body that never ends; the connection is held until
   the client goes, and nothing is forwarded meanwhile (see the chunked test).
+- Every POST body to the ``/v1`` pipeline is JSON (``application/json`` or
+  ``application/*+json``), else 415, except on the upload endpoints, which take multipart
+  and pass it through. A request without a body needs no content type.
+- A key given twice is refused at the top level of a body, where the proxy reads ``model``
+  and ``messages``; nested objects are the provider's business, like their other fields.
 """
 
 from __future__ import annotations
@@ -130,6 +135,10 @@ BAD_BODIES = {
     "messages: object": b'{"model": "MODEL", "messages": {"role": "user"}}',
     "messages: null": b'{"model": "MODEL", "messages": null}',
     "raw control character in a string": b'{"model": "MODEL\r\nX-Injected: 1"}',
+    "integer of 5,000 digits": b'{"model": "MODEL", "messages": [], "n": ' + b"9" * 5000 + b"}",
+    "model twice": b'{"model": "MODEL", "messages": [], "model": "gpt-other"}',
+    "model twice, escaped": b'{"model": "MODEL", "messages": [], "mod\\u0065l": "gpt-other"}',
+    "messages twice": b'{"model": "MODEL", "messages": [], "messages": "x"}',
 }
 
 
@@ -173,8 +182,126 @@ async def test_json_nested_100000_deep_is_a_400_without_blocking_the_loop(
         # The issue's bound: the event loop is never blocked for more than 100 ms.
         assert ticker.max_lag < 0.1, f"event loop blocked for {ticker.max_lag * 1000:.0f} ms"
         assert transport.sent == []
-        ok = await client.post(server_url(server) + CHAT, content=GOOD)
+        ok = await client.post(server_url(server) + CHAT, content=GOOD, headers=dict(JSON_HEADERS))
         assert ok.status_code == 200
+
+
+PARSE_FAILURES = {
+    "5,000 digits": b'{"model": "gpt-test", "n": ' + b"1" * 5000 + b"}",
+    "nested 5,000 deep": b'{"model": "gpt-test", "x": ' + b"[" * 5000 + b"]" * 5000 + b"}",
+    "duplicate model": b'{"model": "gpt-test", "model": "gpt-test"}',
+}
+
+
+@pytest.mark.parametrize("body", PARSE_FAILURES.values(), ids=PARSE_FAILURES.keys())
+async def test_a_body_that_cannot_be_parsed_is_one_400_and_one_log_line(
+    recorded: tuple[LLMProxy, RecordingTransport], caplog: pytest.LogCaptureFixture, body: bytes
+) -> None:
+    proxy, transport = recorded
+    caplog.set_level(logging.DEBUG)
+    caplog.clear()
+    driver = await call(proxy, CHAT, body)
+    assert_error_in_wire_format(driver, CHAT, 400)
+    assert driver.json()["error"]["type"] == "invalid_request_error"
+    records = proxy_records(caplog)
+    assert len(records) == 1
+    assert driver.headers["x-request-id"] in records[0].getMessage()
+    assert_single_line(records)
+    assert transport.sent == []
+
+
+# -- content types: JSON endpoints take JSON only -----------------------------------------------
+
+JSON_ENDPOINTS = [
+    CHAT,
+    MESSAGES,
+    "/v1/messages/count_tokens",
+    "/v1/responses",
+    "/v1/embeddings",
+    "/v1/completions",
+    "/v1/moderations",
+    "/v1/images/generations",
+    "/v1/batches",
+]
+NOT_JSON = {
+    "text/plain": (("content-type", "text/plain"),),
+    "missing": (),
+    "form": (("content-type", "application/x-www-form-urlencoded"),),
+    "multipart": (("content-type", "multipart/form-data; boundary=x"),),
+    "ndjson": (("content-type", "application/x-ndjson"),),
+    "json as a suffix of another type": (("content-type", "application/jsonx"),),
+    "text/json": (("content-type", "text/json"),),
+    "json second": (("content-type", "text/plain"), ("content-type", "application/json")),
+}
+
+
+@pytest.mark.parametrize("headers", NOT_JSON.values(), ids=NOT_JSON.keys())
+@pytest.mark.parametrize("path", JSON_ENDPOINTS)
+async def test_a_json_endpoint_answers_415_to_another_content_type_never_forwarded(
+    recorded: tuple[LLMProxy, RecordingTransport], path: str, headers: tuple[tuple[str, str], ...]
+) -> None:
+    # The body names a model no provider serves: unrouted, it would reach the first provider,
+    # whose key would then serve it (an upstream such as Ollama ignores the content type).
+    proxy, transport = recorded
+    body = json.dumps({"model": "gpt-expensive", "messages": [], "input": "x"}).encode()
+    driver = await call(proxy, path, body, headers=headers)
+    assert_error_in_wire_format(driver, path, 415)
+    error = driver.json()["error"]
+    assert "application/json" in error["message"]
+    if not path.startswith(MESSAGES):
+        assert error["code"] == "unsupported_media_type"
+    assert transport.sent == []
+    await assert_still_serves(proxy, transport)
+
+
+JSON_TYPES = [
+    "application/json",
+    "application/json; charset=utf-8",
+    "Application/JSON ;charset=UTF-8",
+    "application/vnd.api+json",
+]
+
+
+@pytest.mark.parametrize("content_type", JSON_TYPES)
+async def test_json_content_types_with_parameters_are_routed(
+    recorded: tuple[LLMProxy, RecordingTransport], content_type: str
+) -> None:
+    proxy, transport = recorded
+    driver = await call(proxy, CHAT, GOOD.encode(), headers=(("content-type", content_type),))
+    assert driver.status == 200, driver.body
+    assert driver.headers["x-llm-proxy-provider"] == "openai"
+    assert len(transport.sent) == 1
+
+
+UPLOADS = [
+    "/v1/files",
+    "/v1/uploads/upload_abc/parts",
+    "/v1/audio/transcriptions",
+    "/v1/audio/translations",
+    "/v1/images/edits",
+    "/v1/images/variations",
+]
+MULTIPART = b'--x\r\ncontent-disposition: form-data; name="purpose"\r\n\r\nbatch\r\n--x--\r\n'
+
+
+@pytest.mark.parametrize("path", UPLOADS)
+async def test_upload_endpoints_still_take_multipart_bodies(
+    recorded: tuple[LLMProxy, RecordingTransport], path: str
+) -> None:
+    proxy, transport = recorded
+    headers = (("content-type", "multipart/form-data; boundary=x"),)
+    driver = await call(proxy, path, MULTIPART, headers=headers)
+    assert driver.status < 500
+    assert [r.body for r in transport.sent] == [MULTIPART]
+
+
+async def test_a_post_without_a_body_needs_no_content_type(
+    recorded: tuple[LLMProxy, RecordingTransport],
+) -> None:
+    proxy, transport = recorded
+    driver = await call(proxy, "/v1/responses/resp_123/cancel", b"", headers=())
+    assert driver.status < 500
+    assert [r.body for r in transport.sent] == [b""]
 
 
 # -- framing: length, chunks, lies --------------------------------------------------------------
