@@ -12,8 +12,10 @@ Decisions recorded here:
   forwarded. Other fields are the provider's business: it answers its own 400.
 - An explicit ``"model": null`` is "no model" (first provider of the wire format), as
   ``test_routing`` documents; a model of any other non-string type is a 400.
-- uvicorn has no timeout for a request body that never ends; the connection is held until
-  the client goes, and nothing is forwarded meanwhile (see the chunked test).
+- uvicorn has no timeout for a request body that never ends: the proxy's own
+  ``request_body_timeout`` (30 s by default) answers 408 and closes the connection; until
+  then nothing is forwarded (see the chunked test). Uploads (a body other than JSON to an
+  endpoint that takes one) have no such deadline, only the size limit.
 - Every POST body to the ``/v1`` pipeline is JSON (``application/json`` or
   ``application/*+json``), else 415, except on the upload endpoints, which take multipart
   and pass it through. A request without a body needs no content type.
@@ -439,6 +441,136 @@ async def test_chunked_body_without_end_is_never_forwarded_and_blocks_nobody(
         # Once its client is gone, the stuck request ends and its task is released.
         await wait_until(lambda: not server.server_state.tasks)
         assert len(transport.sent) == 1
+
+
+# -- a deadline for the body -------------------------------------------------------------------
+
+#: ``request_body_timeout`` of the slow-body tests: short, so that they are quick.
+BODY_TIMEOUT = 0.3
+CLIENT_KEY = "client-key-hostile-0123456789"
+
+
+@pytest.fixture
+async def slow_bodies() -> AsyncIterator[tuple[LLMProxy, RecordingTransport]]:
+    """Both wire formats and the token endpoints, with a short body deadline."""
+    transport = RecordingTransport()
+    proxy = build_proxy(
+        config(
+            {
+                "openai": provider("http://openai.invalid/v1", models=[OPENAI_MODEL]),
+                "anthropic": provider(
+                    "http://anthropic.invalid/v1", kind="anthropic", models=[ANTHROPIC_MODEL]
+                ),
+            },
+            auth={"api_keys": [{"name": "client", "key": CLIENT_KEY}]},
+            request_body_timeout=BODY_TIMEOUT,
+        ),
+        transports={"openai": transport, "anthropic": transport},
+    )
+    async with proxy.lifespan():
+        yield proxy, transport
+
+
+def slow_head(path: str, content_type: str, length: int) -> bytes:
+    return (
+        f"POST {path} HTTP/1.1\r\nhost: proxy\r\ncontent-type: {content_type}\r\n"
+        f"content-length: {length}\r\nauthorization: Bearer {CLIENT_KEY}\r\n\r\n"
+    ).encode()
+
+
+def assert_timeout_body(path: str, body: bytes) -> None:
+    """The 408 in the caller's own format: OpenAI, Anthropic, or RFC 6749 §5.2."""
+    payload = json.loads(body)
+    if path == "/auth/token":
+        assert payload["error"] == "invalid_request"
+        assert "did not arrive" in payload["error_description"]
+    elif path == MESSAGES:
+        assert payload["type"] == "error"
+        assert payload["error"]["type"] == "timeout_error"
+    else:
+        assert payload["error"]["code"] == "request_timeout"
+
+
+SLOW_ENDPOINTS = {
+    "openai": (CHAT, "application/json"),
+    "anthropic": (MESSAGES, "application/json"),
+    "oauth token, unauthenticated": ("/auth/token", "application/x-www-form-urlencoded"),
+}
+
+
+@pytest.mark.parametrize("http", HTTP_IMPLS)
+@pytest.mark.parametrize("endpoint", SLOW_ENDPOINTS.values(), ids=SLOW_ENDPOINTS.keys())
+async def test_a_body_that_stops_coming_is_408_and_the_connection_closed(
+    slow_bodies: tuple[LLMProxy, RecordingTransport], endpoint: tuple[str, str], http: str
+) -> None:
+    proxy, transport = slow_bodies
+    path, content_type = endpoint
+    async with serve_in_loop(proxy, http=http) as server:
+        reader, writer = await asyncio.open_connection(LOOPBACK, server.config.port)
+        try:
+            # One byte of the 100 announced, then nothing: the server's answer is the event.
+            writer.write(slow_head(path, content_type, 100) + b"{")
+            await writer.drain()
+            async with asyncio.timeout(GUARD_SECONDS):
+                response = await collect_response(reader)
+                rest = await reader.read()  # b"" once the server has closed the connection
+        finally:
+            writer.close()
+        assert response.status == 408
+        assert response.header("connection") == "close"
+        assert_timeout_body(path, response.body)
+        assert rest == b""
+        assert transport.sent == []
+        await wait_until(lambda: not server.server_state.tasks)
+
+
+@pytest.mark.parametrize("http", HTTP_IMPLS)
+async def test_the_deadline_is_for_the_whole_body_not_each_chunk(
+    slow_bodies: tuple[LLMProxy, RecordingTransport], http: str
+) -> None:
+    proxy, transport = slow_bodies
+    pace = BODY_TIMEOUT / 4  # each byte comes well within the timeout of the one before
+    async with serve_in_loop(proxy, http=http) as server:
+        reader, writer = await asyncio.open_connection(LOOPBACK, server.config.port)
+        sent = 0
+        try:
+            writer.write(slow_head(CHAT, "application/json", 1000))
+            async with asyncio.timeout(GUARD_SECONDS):
+                while True:
+                    writer.write(b" ")
+                    await writer.drain()
+                    sent += 1
+                    try:
+                        # readuntil keeps what it read when its wait is cut: nothing is lost.
+                        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), pace)
+                    except TimeoutError:
+                        continue
+                    break
+        finally:
+            writer.close()
+        assert parse_response(head).status == 408
+        assert 4 <= sent < 1000  # still coming, and no gap near the timeout
+        assert transport.sent == []
+
+
+async def test_a_body_in_time_from_several_chunks_is_served(
+    slow_bodies: tuple[LLMProxy, RecordingTransport],
+) -> None:
+    proxy, transport = slow_bodies
+    async with serve_in_loop(proxy) as server:
+        reader, writer = await asyncio.open_connection(LOOPBACK, server.config.port)
+        try:
+            body = GOOD.encode()
+            writer.write(slow_head(CHAT, "application/json", len(body)))
+            for i in range(0, len(body), 16):
+                writer.write(body[i : i + 16])
+                await writer.drain()
+            async with asyncio.timeout(GUARD_SECONDS):
+                response = await collect_response(reader)
+        finally:
+            writer.close()
+        assert response.status == 200
+        assert [r.body for r in transport.sent] == [body]
 
 
 # -- where a request goes -----------------------------------------------------------------------
