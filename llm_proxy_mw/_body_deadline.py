@@ -49,6 +49,8 @@ class BodyDeadline:
     def finish(self, task: Task) -> None:
         """The read ended (read whole, refused, or cut)."""
         self.pending.pop(task, None)
+        if self._expired:  # a receive that swallowed the cancellation must not leak its task
+            self._expired.discard(task)
 
     def expired(self, task: Task) -> bool:
         """Whether the ``CancelledError`` being handled is this deadline's; if so it is spent.
@@ -103,6 +105,6 @@ def _deadline_for(loop: asyncio.AbstractEventLoop, timeout: float) -> BodyDeadli
     if deadline is None:
         # A closed loop's deadlines, and whatever they held, go with it.
         for closed in [key for key in _deadlines if key[0].is_closed()]:
-            del _deadlines[closed]
+            _deadlines.pop(closed, None)
         deadline = _deadlines[loop, timeout] = BodyDeadline(loop, timeout)
     return deadline
