@@ -101,8 +101,10 @@ def _loads_object(text: str) -> Any:
                     if text[end] != ":":
                         return json.loads(text)
                 end += 1
-                if text[end] in _WHITESPACE:
-                    end = _skip(text, end).end()
+                if text[end] in _WHITESPACE:  # one space, as most clients write ": "
+                    end += 1
+                    if text[end] in _WHITESPACE:
+                        end = _skip(text, end).end()
                 value, end = _scan_value(text, end)
                 if key in obj:
                     quoted = json.dumps(key)[:100]
@@ -118,9 +120,12 @@ def _loads_object(text: str) -> Any:
                     break
                 end += 1
                 char = text[end]
-                if char in _WHITESPACE:
-                    end = _skip(text, end).end()
+                if char in _WHITESPACE:  # one space, as most clients write ", "
+                    end += 1
                     char = text[end]
+                    if char in _WHITESPACE:
+                        end = _skip(text, end).end()
+                        char = text[end]
             if char != "}":
                 return json.loads(text)
     except (IndexError, StopIteration):
