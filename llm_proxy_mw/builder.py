@@ -81,8 +81,9 @@ class LLMProxy:
         self._restored = False
         # /v1/... goes to the pipeline with no dispatching coroutine in between: each layer
         # of a waiting request is one more object for the garbage collector to walk.
-        self._api = RequestContextMiddleware(pipeline)
-        self._endpoints = RequestContextMiddleware(self._dispatch)
+        body_timeout = config.request_body_timeout
+        self._api = RequestContextMiddleware(pipeline, body_timeout=body_timeout)
+        self._endpoints = RequestContextMiddleware(self._dispatch, body_timeout=body_timeout)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":

@@ -415,6 +415,8 @@ class ProxyConfig(_Model):
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)
     request_deadline: float = Field(600.0, gt=0)
+    #: Seconds for a client to send a whole JSON or form body; past it 408, connection closed.
+    request_body_timeout: float = Field(30.0, gt=0)
 
     @field_validator("providers")
     @classmethod

@@ -7,9 +7,8 @@ JSON, the model) is never parsed again by another.
 
 from __future__ import annotations
 
-import codecs
+import asyncio
 import contextvars
-import json
 import random
 import re
 import time
@@ -19,7 +18,14 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from llm_proxy_mw.errors import InvalidRequestError, ProxyError, RequestTooLargeError
+from llm_proxy_mw._body_deadline import start_body_read
+from llm_proxy_mw._json_body import is_json_type, parse_object, takes_other_bodies
+from llm_proxy_mw.errors import (
+    InvalidRequestError,
+    ProxyError,
+    RequestBodyTimeout,
+    RequestTooLargeError,
+)
 from llm_proxy_mw.wire import WireFormat, log_error, send_error, wire_format_of
 
 __all__ = [
@@ -35,6 +41,8 @@ __all__ = [
 
 STATE_KEY = "llm_proxy_mw"
 DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
+#: Seconds to receive a whole JSON or form body (``request_body_timeout``).
+DEFAULT_BODY_TIMEOUT = 30.0
 
 #: The request id of the request being handled, for log records.
 current_request_id: contextvars.ContextVar[str] = contextvars.ContextVar(
@@ -83,39 +91,23 @@ class RequestContext:
     ttfb: float | None = None
     status: int | None = None
     watching_disconnect: bool = False
+    #: Seconds to receive the whole body; uploads have none (see ``read_body``).
+    body_timeout: float = DEFAULT_BODY_TIMEOUT
+    #: Whether every ``content-type`` of the request is JSON; known once the body is read.
+    body_is_json: bool | None = None
     _json: dict[str, Any] | None = None
     _json_parsed: bool = False
 
     def json(self) -> dict[str, Any] | None:
         """The body parsed as a JSON object, once; ``None`` for an empty body.
 
-        Raises ``InvalidRequestError`` for malformed JSON, invalid UTF-8 or a non-object.
+        Raises ``InvalidRequestError`` for anything else: malformed JSON, invalid UTF-8, a
+        number too long, nesting too deep, a top-level key given twice, a non-object.
         """
         if not self._json_parsed:
-            self._json = _parse_object(self.body or b"")
+            self._json = parse_object(self.body or b"")
             self._json_parsed = True
         return self._json
-
-
-def _parse_object(body: bytes) -> dict[str, Any] | None:
-    if not body.strip():
-        return None
-    try:
-        # Strict UTF-8 (RFC 8259 §8.1): ``json.loads(bytes)`` would also take UTF-16 and
-        # UTF-32, and let UTF-8-encoded surrogates through ("surrogatepass"). A leading BOM
-        # is dropped here: the "utf-8-sig" codec does the same in Python, not C.
-        if body.startswith(codecs.BOM_UTF8):
-            body = body[3:]
-        parsed = json.loads(body.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise InvalidRequestError("The request body is not valid UTF-8.") from None
-    except json.JSONDecodeError as exc:
-        raise InvalidRequestError(f"The request body is not valid JSON: {exc.msg}.") from None
-    except RecursionError:
-        raise InvalidRequestError("The request body is nested too deeply.") from None
-    if not isinstance(parsed, dict):
-        raise InvalidRequestError("The request body must be a JSON object.")
-    return parsed
 
 
 def route_path_of(scope: Scope) -> str:
@@ -164,10 +156,14 @@ async def read_body(
 ) -> bytes:
     """Buffer the request body into the context, once, refusing more than ``limit`` bytes.
 
-    A declared ``content-length`` over the limit is refused before anything is read.
+    A declared ``content-length`` over the limit is refused before anything is read. The
+    whole body must arrive within ``ctx.body_timeout`` seconds, else ``RequestBodyTimeout``
+    (408, and the connection is closed); an upload (a body other than JSON to an endpoint
+    that takes one) has no such deadline, only the limit.
     """
     if ctx.body is not None:
         return ctx.body
+    json_type: bool | None = None  # one pass over the headers, for Routing too
     for name, value in scope["headers"]:
         if name == b"content-length":
             try:
@@ -178,38 +174,64 @@ async def read_body(
                 raise InvalidRequestError("The content-length header is negative.")
             if declared > limit:
                 raise RequestTooLargeError(f"The request body exceeds {limit} bytes.")
-            break
+        elif name == b"content-type":
+            json_type = json_type is not False and is_json_type(value)
+    ctx.body_is_json = json_type is True
+    deadline = None
+    if json_type or not takes_other_bodies(ctx.route_path):
+        deadline, task = start_body_read(ctx.body_timeout)
     chunks: list[bytes] = []
     size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientDisconnected
-        chunk = message.get("body", b"")
-        if chunk:
-            size += len(chunk)
-            if size > limit:
-                raise RequestTooLargeError(f"The request body exceeds {limit} bytes.")
-            chunks.append(chunk)
-        if not message.get("more_body", False):
-            break
+    try:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ClientDisconnected
+            chunk = message.get("body", b"")
+            if chunk:
+                size += len(chunk)
+                if size > limit:
+                    raise RequestTooLargeError(f"The request body exceeds {limit} bytes.")
+                chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+    except asyncio.CancelledError:
+        if deadline is None or not deadline.expired(task):
+            raise
+        raise _body_timeout(ctx, scope) from None
+    finally:
+        if deadline is not None:
+            deadline.finish(task)
     ctx.body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
     return ctx.body
+
+
+def _body_timeout(ctx: RequestContext, scope: Scope) -> RequestBodyTimeout:
+    # The rest of the body may still be on its way: HTTP/1 cannot take a next request on
+    # this connection, so it is closed (HTTP/2 forbids the header, and has streams instead).
+    close = {"connection": "close"} if scope.get("http_version", "1.1")[:1] == "1" else {}
+    return RequestBodyTimeout(
+        f"The request body did not arrive within {ctx.body_timeout:g} seconds.", headers=close
+    )
 
 
 class RequestContextMiddleware:
     """Creates the request context, tags every response with ``x-request-id``, and renders
     any ``ProxyError`` an inner layer raised in the caller's wire format.
+
+    ``body_timeout``: seconds for the client to send a whole JSON or form body.
     """
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, *, body_timeout: float = DEFAULT_BODY_TIMEOUT) -> None:
         self.app = app
+        self.body_timeout = body_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         ctx = get_context(scope)
+        ctx.body_timeout = self.body_timeout
         token = current_request_id.set(ctx.request_id)
         tagged = _TaggedSend(send, ctx)
         try:

@@ -13,7 +13,9 @@ in the token source of ``llm_proxy_mw.auth``); nothing above that sees them.
     │   ├── PermissionDeniedError          403 permission_denied
     │   ├── NotFoundError                  404 not_found
     │   │   └── ModelNotFoundError         404 model_not_found
-    │   └── RequestTooLargeError           413 request_too_large
+    │   ├── RequestBodyTimeout             408 request_timeout (the body came too slowly)
+    │   ├── RequestTooLargeError           413 request_too_large
+    │   └── UnsupportedMediaTypeError      415 unsupported_media_type
     └── UpstreamError                      5xx: the provider could not be reached or failed
         ├── UpstreamAuthError              502 upstream_auth_error (no OAuth token for it)
         ├── UpstreamConnectError           502 connect_error
@@ -39,7 +41,9 @@ __all__ = [
     "PermissionDeniedError",
     "ProviderUnavailableError",
     "ProxyError",
+    "RequestBodyTimeout",
     "RequestTooLargeError",
+    "UnsupportedMediaTypeError",
     "UpstreamAuthError",
     "UpstreamConnectError",
     "UpstreamConnectTimeout",
@@ -116,10 +120,25 @@ class ModelNotFoundError(NotFoundError):
     code = "model_not_found"
 
 
+class RequestBodyTimeout(ClientRequestError):
+    """The client did not send its whole body in time (``request_body_timeout``)."""
+
+    status_code = 408
+    code = "request_timeout"
+    anthropic_type = "timeout_error"
+
+
 class RequestTooLargeError(ClientRequestError):
     status_code = 413
     code = "request_too_large"
     anthropic_type = "request_too_large"
+
+
+class UnsupportedMediaTypeError(ClientRequestError):
+    """A body of a content type the endpoint does not take (a JSON endpoint takes JSON)."""
+
+    status_code = 415
+    code = "unsupported_media_type"
 
 
 class UpstreamError(ProxyError):

@@ -1,6 +1,7 @@
 """Routing: wire format and ``model`` choose the provider deployment.
 
-The model is read from the JSON body, parsed once into the request context. Among the
+The model is read from the JSON body, parsed once into the request context; a body of
+another content type is refused (415), except on the upload endpoints. Among the
 providers that speak the request's wire format and serve the model, exact model names win
 over ``"*"``; several candidates share the load by ``weight``. Providers a request already
 excluded (the retry layer excludes failed ones) are skipped.
@@ -14,12 +15,14 @@ from collections.abc import Callable, Sequence
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from llm_proxy_mw._json_body import declares_json, takes_other_bodies
 from llm_proxy_mw.context import DEFAULT_MAX_BODY_BYTES, RequestContext, get_context, read_body
 from llm_proxy_mw.errors import (
     InvalidRequestError,
     ModelNotFoundError,
     NotFoundError,
     ProviderUnavailableError,
+    UnsupportedMediaTypeError,
 )
 from llm_proxy_mw.health import CircuitState, HealthRegistry
 from llm_proxy_mw.providers import Provider
@@ -154,13 +157,6 @@ class Router:
         )
 
 
-def _is_json(scope: Scope) -> bool:
-    for name, value in scope["headers"]:
-        if name == b"content-type":
-            return b"json" in value
-    return True
-
-
 class RoutingMiddleware:
     """Sets ``ctx.model`` and ``ctx.provider``; answers ``GET /v1/models`` itself."""
 
@@ -188,8 +184,17 @@ class RoutingMiddleware:
         if ctx.model is None and scope["method"] not in ("GET", "HEAD", "DELETE"):
             if ctx.body is None:  # Retry in front has read it already
                 await read_body(ctx, scope, receive, self.max_body_bytes)
-            if _is_json(scope):
+            body_is_json = ctx.body_is_json
+            if body_is_json is None:  # the body came from elsewhere than ``read_body``
+                body_is_json = declares_json(scope)
+            if body_is_json:
                 ctx.model = _model_of(ctx)
+            elif ctx.body and not takes_other_bodies(ctx.route_path):
+                # Unparsed, it would reach the first provider, which may read it as JSON
+                # anyway and serve whatever model it names.
+                raise UnsupportedMediaTypeError(
+                    "This endpoint takes a JSON body: send it as application/json."
+                )
         after = None
         if ctx.attempts and ctx.attempts[-1].outcome != "success":
             after = ctx.attempts[-1].provider

@@ -154,6 +154,17 @@ def test_minimal_config_gets_defaults(tmp_path: Path) -> None:
     assert config.metrics.public is False
 
 
+def test_request_body_timeout_is_a_top_level_key_of_30_seconds_by_default(
+    tmp_path: Path,
+) -> None:
+    provider = '[providers.o]\nkind = "openai"\n'
+    assert load(tmp_path, provider).request_body_timeout == 30.0
+    assert load(tmp_path, "request_body_timeout = 2.5\n" + provider).request_body_timeout == 2.5
+    for bad in ("0", "-1", '"soon"'):
+        message = config_error(tmp_path, f"request_body_timeout = {bad}\n" + provider)
+        assert "request_body_timeout" in message
+
+
 def test_retry_and_health_defaults(tmp_path: Path) -> None:
     provider = load(tmp_path, '[providers.o]\nkind = "openai"\n').providers["o"]
     assert provider.retry.max_attempts == 4

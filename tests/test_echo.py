@@ -184,14 +184,39 @@ async def test_unknown_endpoint_is_404_in_openai_shape(
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("body", [b"hello", b"[1, 2]"])
-async def test_non_object_body_is_400(client: httpx.AsyncClient, body: bytes) -> None:
-    # Not declared as JSON, so routing leaves it alone and the echo provider answers.
+async def test_non_json_body_is_415_before_any_provider(
+    client: httpx.AsyncClient, body: bytes
+) -> None:
+    # Not declared as JSON: refused by the proxy, never left for a provider to interpret.
     response = await client.post(
         "/v1/chat/completions", content=body, headers={"content-type": "text/plain"}
     )
+    assert response.status_code == 415
+    assert "x-llm-proxy-provider" not in response.headers
+    assert "JSON" in response.json()["error"]["message"]
+
+
+@pytest.mark.anyio
+async def test_content_parts_whose_text_is_not_a_string_are_skipped(
+    client: httpx.AsyncClient,
+) -> None:
+    parts = [{"type": "text", "text": 5}, {"type": "text", "text": None}, {"type": "text"}]
+    parts.append({"type": "text", "text": "kept"})
+    body = {"model": "echo-1", "messages": [{"role": "user", "content": parts}]}
+    response = await client.post("/v1/chat/completions", json=body)
+    assert response.status_code == 200
+    assert response.json()["choices"][0]["message"]["content"] == "echo: kept"
+
+
+@pytest.mark.anyio
+async def test_an_upload_nested_too_deeply_for_json_is_a_400(client: httpx.AsyncClient) -> None:
+    # Uploads reach the provider unparsed; the echo provider reads every body as JSON.
+    body = b"[" * 100_000 + b"]" * 100_000
+    response = await client.post(
+        "/v1/files", content=body, headers={"content-type": "multipart/form-data; boundary=x"}
+    )
     assert response.status_code == 400
     assert response.headers["x-llm-proxy-provider"] == "demo"
-    assert "JSON" in response.json()["error"]["message"]
 
 
 # -- the official openai SDK -----------------------------------------------------------------

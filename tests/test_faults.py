@@ -59,6 +59,7 @@ SSE_HEAD = (
 
 #: The issue's bound for letting go of the provider after the client left.
 CANCEL_BOUND = 1.0
+JSON_CONTENT = {"content-type": "application/json"}
 
 
 def chat(model: str = "gpt-test", *, stream: bool = False) -> bytes:
@@ -188,7 +189,7 @@ async def test_reset_mid_stream_ends_an_sse_response_with_a_terminal_error_event
         reset_connection(writer)
 
     async with raw_provider(handler) as server, under_uvicorn(server.url) as (_, url):
-        async with httpx.AsyncClient(timeout=GUARD_SECONDS) as client:
+        async with httpx.AsyncClient(timeout=GUARD_SECONDS, headers=JSON_CONTENT) as client:
             response = await client.post(url + CHAT, content=chat(stream=True))
     assert response.status_code == 200
     assert response.content.startswith(EVENT + b'data: {"choi')
@@ -216,7 +217,7 @@ async def test_reset_mid_json_leaves_the_client_a_visibly_broken_response(framin
         reset_connection(writer)
 
     async with raw_provider(handler) as server, under_uvicorn(server.url) as (_, url):
-        async with httpx.AsyncClient(timeout=GUARD_SECONDS) as client:
+        async with httpx.AsyncClient(timeout=GUARD_SECONDS, headers=JSON_CONTENT) as client:
             async with client.stream("POST", url + CHAT, content=chat()) as response:
                 assert response.status_code == 200
                 with pytest.raises(httpx.RemoteProtocolError):
@@ -235,7 +236,7 @@ async def test_truncated_json_with_content_length_is_a_broken_response() -> None
         # Then a clean close: 25 of 100 bytes.
 
     async with raw_provider(handler) as server, under_uvicorn(server.url) as (_, url):
-        async with httpx.AsyncClient(timeout=GUARD_SECONDS) as client:
+        async with httpx.AsyncClient(timeout=GUARD_SECONDS, headers=JSON_CONTENT) as client:
             async with client.stream("POST", url + CHAT, content=chat()) as response:
                 assert response.status_code == 200
                 assert response.headers["content-length"] == "100"
@@ -257,7 +258,7 @@ async def test_headers_then_silence_ends_within_the_read_timeout(sse: bool) -> N
         await reader.read()  # silent until the proxy gives up
 
     async with raw_provider(handler) as server, under_uvicorn(server.url, read=0.5) as (_, url):
-        async with httpx.AsyncClient(timeout=GUARD_SECONDS) as client:
+        async with httpx.AsyncClient(timeout=GUARD_SECONDS, headers=JSON_CONTENT) as client:
             started = time.monotonic()
             async with client.stream("POST", url + CHAT, content=chat(stream=sse)) as response:
                 assert response.status_code == 200
@@ -289,7 +290,7 @@ async def test_slow_trickle_within_the_read_timeout_completes() -> None:
             await writer.drain()
 
     async with raw_provider(handler) as server, under_uvicorn(server.url, read=0.5) as (_, url):
-        async with httpx.AsyncClient(timeout=GUARD_SECONDS) as client:
+        async with httpx.AsyncClient(timeout=GUARD_SECONDS, headers=JSON_CONTENT) as client:
             response = await client.post(url + CHAT, content=chat())
     assert response.status_code == 200
     assert response.content == body

@@ -23,6 +23,7 @@ from llm_proxy_mw.transports import HttpxTransport
 from llm_proxy_mw.wire import WireFormat
 
 POLICY = HealthPolicy()
+JSON = {"content-type": "application/json"}
 
 
 def fresh(policy: HealthPolicy = POLICY) -> tuple[ProviderHealth, FakeClock]:
@@ -535,7 +536,9 @@ async def test_healthz_shows_each_providers_health() -> None:
     )
     async with proxy.lifespan():
         transport = httpx.ASGITransport(app=proxy)
-        async with httpx.AsyncClient(transport=transport, base_url="http://proxy") as client:
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://proxy", headers=JSON
+        ) as client:
             for _ in range(POLICY.min_calls):
                 response = await client.post(
                     "/v1/chat/completions", content=openai_body("gpt-down")
@@ -632,7 +635,9 @@ async def test_health_sections_from_the_config_reach_each_provider(tmp_path: Pat
     # The policies act: two failures open strict (min_calls 2), not lenient (min_calls 50).
     async with proxy.lifespan():
         transport = httpx.ASGITransport(app=proxy)
-        async with httpx.AsyncClient(transport=transport, base_url="http://proxy") as client:
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://proxy", headers=JSON
+        ) as client:
             for model in ["gpt-strict", "gpt-lenient"] * 2:
                 response = await client.post("/v1/chat/completions", content=openai_body(model))
                 assert response.status_code == 503

@@ -12,13 +12,21 @@ Decisions recorded here:
   forwarded. Other fields are the provider's business: it answers its own 400.
 - An explicit ``"model": null`` is "no model" (first provider of the wire format), as
   ``test_routing`` documents; a model of any other non-string type is a 400.
-- uvicorn has no timeout for a request body that never ends; the connection is held until
-  the client goes, and nothing is forwarded meanwhile (see the chunked test).
+- uvicorn has no timeout for a request body that never ends: the proxy's own
+  ``request_body_timeout`` (30 s by default) answers 408 and closes the connection; until
+  then nothing is forwarded (see the chunked test). Uploads (a body other than JSON to an
+  endpoint that takes one) have no such deadline, only the size limit.
+- Every POST body to the ``/v1`` pipeline is JSON (``application/json`` or
+  ``application/*+json``), else 415, except on the upload endpoints, which take multipart
+  and pass it through. A request without a body needs no content type.
+- A key given twice is refused at the top level of a body, where the proxy reads ``model``
+  and ``messages``; nested objects are the provider's business, like their other fields.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import re
@@ -130,6 +138,10 @@ BAD_BODIES = {
     "messages: object": b'{"model": "MODEL", "messages": {"role": "user"}}',
     "messages: null": b'{"model": "MODEL", "messages": null}',
     "raw control character in a string": b'{"model": "MODEL\r\nX-Injected: 1"}',
+    "integer of 5,000 digits": b'{"model": "MODEL", "messages": [], "n": ' + b"9" * 5000 + b"}",
+    "model twice": b'{"model": "MODEL", "messages": [], "model": "gpt-other"}',
+    "model twice, escaped": b'{"model": "MODEL", "messages": [], "mod\\u0065l": "gpt-other"}',
+    "messages twice": b'{"model": "MODEL", "messages": [], "messages": "x"}',
 }
 
 
@@ -173,8 +185,126 @@ async def test_json_nested_100000_deep_is_a_400_without_blocking_the_loop(
         # The issue's bound: the event loop is never blocked for more than 100 ms.
         assert ticker.max_lag < 0.1, f"event loop blocked for {ticker.max_lag * 1000:.0f} ms"
         assert transport.sent == []
-        ok = await client.post(server_url(server) + CHAT, content=GOOD)
+        ok = await client.post(server_url(server) + CHAT, content=GOOD, headers=dict(JSON_HEADERS))
         assert ok.status_code == 200
+
+
+PARSE_FAILURES = {
+    "5,000 digits": b'{"model": "gpt-test", "n": ' + b"1" * 5000 + b"}",
+    "nested 5,000 deep": b'{"model": "gpt-test", "x": ' + b"[" * 5000 + b"]" * 5000 + b"}",
+    "duplicate model": b'{"model": "gpt-test", "model": "gpt-test"}',
+}
+
+
+@pytest.mark.parametrize("body", PARSE_FAILURES.values(), ids=PARSE_FAILURES.keys())
+async def test_a_body_that_cannot_be_parsed_is_one_400_and_one_log_line(
+    recorded: tuple[LLMProxy, RecordingTransport], caplog: pytest.LogCaptureFixture, body: bytes
+) -> None:
+    proxy, transport = recorded
+    caplog.set_level(logging.DEBUG)
+    caplog.clear()
+    driver = await call(proxy, CHAT, body)
+    assert_error_in_wire_format(driver, CHAT, 400)
+    assert driver.json()["error"]["type"] == "invalid_request_error"
+    records = proxy_records(caplog)
+    assert len(records) == 1
+    assert driver.headers["x-request-id"] in records[0].getMessage()
+    assert_single_line(records)
+    assert transport.sent == []
+
+
+# -- content types: JSON endpoints take JSON only -----------------------------------------------
+
+JSON_ENDPOINTS = [
+    CHAT,
+    MESSAGES,
+    "/v1/messages/count_tokens",
+    "/v1/responses",
+    "/v1/embeddings",
+    "/v1/completions",
+    "/v1/moderations",
+    "/v1/images/generations",
+    "/v1/batches",
+]
+NOT_JSON = {
+    "text/plain": (("content-type", "text/plain"),),
+    "missing": (),
+    "form": (("content-type", "application/x-www-form-urlencoded"),),
+    "multipart": (("content-type", "multipart/form-data; boundary=x"),),
+    "ndjson": (("content-type", "application/x-ndjson"),),
+    "json as a suffix of another type": (("content-type", "application/jsonx"),),
+    "text/json": (("content-type", "text/json"),),
+    "json second": (("content-type", "text/plain"), ("content-type", "application/json")),
+}
+
+
+@pytest.mark.parametrize("headers", NOT_JSON.values(), ids=NOT_JSON.keys())
+@pytest.mark.parametrize("path", JSON_ENDPOINTS)
+async def test_a_json_endpoint_answers_415_to_another_content_type_never_forwarded(
+    recorded: tuple[LLMProxy, RecordingTransport], path: str, headers: tuple[tuple[str, str], ...]
+) -> None:
+    # The body names a model no provider serves: unrouted, it would reach the first provider,
+    # whose key would then serve it (an upstream such as Ollama ignores the content type).
+    proxy, transport = recorded
+    body = json.dumps({"model": "gpt-expensive", "messages": [], "input": "x"}).encode()
+    driver = await call(proxy, path, body, headers=headers)
+    assert_error_in_wire_format(driver, path, 415)
+    error = driver.json()["error"]
+    assert "application/json" in error["message"]
+    if not path.startswith(MESSAGES):
+        assert error["code"] == "unsupported_media_type"
+    assert transport.sent == []
+    await assert_still_serves(proxy, transport)
+
+
+JSON_TYPES = [
+    "application/json",
+    "application/json; charset=utf-8",
+    "Application/JSON ;charset=UTF-8",
+    "application/vnd.api+json",
+]
+
+
+@pytest.mark.parametrize("content_type", JSON_TYPES)
+async def test_json_content_types_with_parameters_are_routed(
+    recorded: tuple[LLMProxy, RecordingTransport], content_type: str
+) -> None:
+    proxy, transport = recorded
+    driver = await call(proxy, CHAT, GOOD.encode(), headers=(("content-type", content_type),))
+    assert driver.status == 200, driver.body
+    assert driver.headers["x-llm-proxy-provider"] == "openai"
+    assert len(transport.sent) == 1
+
+
+UPLOADS = [
+    "/v1/files",
+    "/v1/uploads/upload_abc/parts",
+    "/v1/audio/transcriptions",
+    "/v1/audio/translations",
+    "/v1/images/edits",
+    "/v1/images/variations",
+]
+MULTIPART = b'--x\r\ncontent-disposition: form-data; name="purpose"\r\n\r\nbatch\r\n--x--\r\n'
+
+
+@pytest.mark.parametrize("path", UPLOADS)
+async def test_upload_endpoints_still_take_multipart_bodies(
+    recorded: tuple[LLMProxy, RecordingTransport], path: str
+) -> None:
+    proxy, transport = recorded
+    headers = (("content-type", "multipart/form-data; boundary=x"),)
+    driver = await call(proxy, path, MULTIPART, headers=headers)
+    assert driver.status < 500
+    assert [r.body for r in transport.sent] == [MULTIPART]
+
+
+async def test_a_post_without_a_body_needs_no_content_type(
+    recorded: tuple[LLMProxy, RecordingTransport],
+) -> None:
+    proxy, transport = recorded
+    driver = await call(proxy, "/v1/responses/resp_123/cancel", b"", headers=())
+    assert driver.status < 500
+    assert [r.body for r in transport.sent] == [b""]
 
 
 # -- framing: length, chunks, lies --------------------------------------------------------------
@@ -312,6 +442,140 @@ async def test_chunked_body_without_end_is_never_forwarded_and_blocks_nobody(
         # Once its client is gone, the stuck request ends and its task is released.
         await wait_until(lambda: not server.server_state.tasks)
         assert len(transport.sent) == 1
+
+
+# -- a deadline for the body -------------------------------------------------------------------
+
+#: ``request_body_timeout`` of the slow-body tests: short, so that they are quick.
+BODY_TIMEOUT = 0.3
+CLIENT_KEY = "client-key-hostile-0123456789"
+
+
+@pytest.fixture
+async def slow_bodies() -> AsyncIterator[tuple[LLMProxy, RecordingTransport]]:
+    """Both wire formats and the token endpoints, with a short body deadline."""
+    transport = RecordingTransport()
+    proxy = build_proxy(
+        config(
+            {
+                "openai": provider("http://openai.invalid/v1", models=[OPENAI_MODEL]),
+                "anthropic": provider(
+                    "http://anthropic.invalid/v1", kind="anthropic", models=[ANTHROPIC_MODEL]
+                ),
+            },
+            auth={"api_keys": [{"name": "client", "key": CLIENT_KEY}]},
+            request_body_timeout=BODY_TIMEOUT,
+        ),
+        transports={"openai": transport, "anthropic": transport},
+    )
+    async with proxy.lifespan():
+        yield proxy, transport
+
+
+def slow_head(path: str, content_type: str, length: int) -> bytes:
+    return (
+        f"POST {path} HTTP/1.1\r\nhost: proxy\r\ncontent-type: {content_type}\r\n"
+        f"content-length: {length}\r\nauthorization: Bearer {CLIENT_KEY}\r\n\r\n"
+    ).encode()
+
+
+def assert_timeout_body(path: str, body: bytes) -> None:
+    """The 408 in the caller's own format: OpenAI, Anthropic, or RFC 6749 §5.2."""
+    payload = json.loads(body)
+    if path == "/auth/token":
+        assert payload["error"] == "invalid_request"
+        assert "did not arrive" in payload["error_description"]
+    elif path == MESSAGES:
+        assert payload["type"] == "error"
+        assert payload["error"]["type"] == "timeout_error"
+    else:
+        assert payload["error"]["code"] == "request_timeout"
+
+
+SLOW_ENDPOINTS = {
+    "openai": (CHAT, "application/json"),
+    "anthropic": (MESSAGES, "application/json"),
+    "oauth token, unauthenticated": ("/auth/token", "application/x-www-form-urlencoded"),
+}
+
+
+@pytest.mark.parametrize("http", HTTP_IMPLS)
+@pytest.mark.parametrize("endpoint", SLOW_ENDPOINTS.values(), ids=SLOW_ENDPOINTS.keys())
+async def test_a_body_that_stops_coming_is_408_and_the_connection_closed(
+    slow_bodies: tuple[LLMProxy, RecordingTransport], endpoint: tuple[str, str], http: str
+) -> None:
+    proxy, transport = slow_bodies
+    path, content_type = endpoint
+    async with serve_in_loop(proxy, http=http) as server:
+        reader, writer = await asyncio.open_connection(LOOPBACK, server.config.port)
+        try:
+            # One byte of the 100 announced, then nothing: the server's answer is the event.
+            writer.write(slow_head(path, content_type, 100) + b"{")
+            await writer.drain()
+            async with asyncio.timeout(GUARD_SECONDS):
+                response = await collect_response(reader)
+                rest = await reader.read()  # b"" once the server has closed the connection
+        finally:
+            writer.close()
+        assert response.status == 408
+        assert response.header("connection") == "close"
+        assert_timeout_body(path, response.body)
+        assert rest == b""
+        assert transport.sent == []
+        await wait_until(lambda: not server.server_state.tasks)
+
+
+@pytest.mark.parametrize("http", HTTP_IMPLS)
+async def test_the_deadline_is_for_the_whole_body_not_each_chunk(
+    slow_bodies: tuple[LLMProxy, RecordingTransport], http: str
+) -> None:
+    proxy, transport = slow_bodies
+    pace = BODY_TIMEOUT / 10  # a byte, then a wait for the answer, this long at most
+    loop = asyncio.get_running_loop()
+    async with serve_in_loop(proxy, http=http) as server:
+        reader, writer = await asyncio.open_connection(LOOPBACK, server.config.port)
+        sent_at: list[float] = []
+        try:
+            writer.write(slow_head(CHAT, "application/json", 1000))
+            async with asyncio.timeout(GUARD_SECONDS):
+                while True:
+                    writer.write(b" ")
+                    await writer.drain()
+                    sent_at.append(loop.time())
+                    try:
+                        # readuntil keeps what it read when its wait is cut: nothing is lost.
+                        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), pace)
+                    except TimeoutError:
+                        continue
+                    break
+        finally:
+            writer.close()
+        assert parse_response(head).status == 408
+        # The premise: bytes kept coming, never a gap a per-chunk timeout would have cut.
+        gaps = [later - earlier for earlier, later in itertools.pairwise(sent_at)]
+        assert gaps and max(gaps) < BODY_TIMEOUT
+        assert len(sent_at) < 1000
+        assert transport.sent == []
+
+
+async def test_a_body_in_time_from_several_chunks_is_served(
+    slow_bodies: tuple[LLMProxy, RecordingTransport],
+) -> None:
+    proxy, transport = slow_bodies
+    async with serve_in_loop(proxy) as server:
+        reader, writer = await asyncio.open_connection(LOOPBACK, server.config.port)
+        try:
+            body = GOOD.encode()
+            writer.write(slow_head(CHAT, "application/json", len(body)))
+            for i in range(0, len(body), 16):
+                writer.write(body[i : i + 16])
+                await writer.drain()
+            async with asyncio.timeout(GUARD_SECONDS):
+                response = await collect_response(reader)
+        finally:
+            writer.close()
+        assert response.status == 200
+        assert [r.body for r in transport.sent] == [body]
 
 
 # -- where a request goes -----------------------------------------------------------------------

@@ -31,8 +31,9 @@ from llm_proxy_mw.errors import (
     NotFoundError,
     PermissionDeniedError,
     ProxyError,
+    UnsupportedMediaTypeError,
 )
-from llm_proxy_mw.wire import send_json
+from llm_proxy_mw.wire import log_error, send_json
 
 __all__ = ["TokenApi"]
 
@@ -49,11 +50,6 @@ _PATHS = frozenset({"/auth/tokens", "/.well-known/jwks.json", *_OAUTH_PATHS})
 Resolver = Callable[[Scope], Awaitable[Principal | None]]
 #: The login session a request is signed in with, if any.
 SessionFinder = Callable[[Scope], LoginSession | None]
-
-
-class UnsupportedMediaTypeError(ClientRequestError):
-    status_code: ClassVar[int] = 415
-    code: ClassVar[str] = "unsupported_media_type"
 
 
 class MethodNotAllowedError(ClientRequestError):
@@ -172,6 +168,7 @@ class TokenApi:
             await _json(send, error.status, body, _NO_STORE + headers)
             return
         except ProxyError as error:
+            log_error(error, get_context(scope).request_id)
             code = "temporarily_unavailable" if error.status_code == 503 else "invalid_request"
             headers = [(k.encode(), v.encode()) for k, v in error.headers.items()]
             status = error.status_code

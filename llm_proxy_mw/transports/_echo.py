@@ -32,7 +32,8 @@ def _text_of(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return " ".join(part.get("text", "") for part in content if isinstance(part, dict)).strip()
+        texts = (part.get("text") for part in content if isinstance(part, dict))
+        return " ".join(text for text in texts if isinstance(text, str)).strip()
     return ""
 
 
@@ -227,7 +228,7 @@ class EchoTransport:
             return _error(404, f"The echo provider does not serve {request.method} /{endpoint}.")
         try:
             body = json.loads(request.body or b"{}")
-        except ValueError:
+        except (ValueError, RecursionError):  # an upload's body reaches here unparsed
             return _error(400, "The echo provider expects a JSON body.")
         if not isinstance(body, dict):
             return _error(400, "The echo provider expects a JSON object.")
