@@ -6,9 +6,6 @@ an external JWT issuer whose JWKS a real server on loopback serves, and the OAut
 its session cookie). Requests go through ``asgi_call``, as a server would deliver them, so
 that bytes no client library would send still arrive. Hypothesis runs derandomized and
 without its example database: the same examples on every run, no files left behind.
-
-A JWT nested 5,000 deep still makes the external issuer's parser raise RecursionError (a 500)
-until the fix on branch sec-extjwt is merged: that one case is marked xfail, strictly.
 """
 
 from __future__ import annotations
@@ -79,7 +76,7 @@ def auth_config(jwks_url: str | None) -> dict[str, Any]:
             "github": {
                 "client_id": "fuzz",
                 "client_secret": "fuzz-secret",
-                "allowed_users": ["ada"],
+                "allowed_users": ["login:ada"],
             }
         },
         "session_secret": SESSION_SECRET,
@@ -297,15 +294,7 @@ async def test_signed_tokens_with_odd_headers_and_claims_are_401_or_accepted(
 
 @pytest.mark.parametrize(
     "external_issuer",
-    [
-        False,
-        pytest.param(
-            True,
-            marks=pytest.mark.xfail(
-                strict=True, reason="fixed on branch sec-extjwt", raises=RecursionError
-            ),
-        ),
-    ],
+    [False, True],
     ids=["proxy tokens", "proxy tokens and an external issuer"],
 )
 @pytest.mark.parametrize("segment", ["header", "payload"])
