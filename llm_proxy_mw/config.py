@@ -25,7 +25,9 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
+from llm_proxy_mw._extras import missing_extras
 from llm_proxy_mw._loopback import LOOPBACK_RULE, https_or_loopback
 from llm_proxy_mw.transports._limits import PoolLimits, Timeouts
 
@@ -450,6 +452,14 @@ class ProxyConfig(_Model):
                     raise ValueError(
                         f"providers.{name}.fallbacks: {fallback!r} speaks another wire format"
                     )
+        return self
+
+    @model_validator(mode="after")
+    def _extras_installed(self) -> ProxyConfig:
+        problem = missing_extras(self)
+        if problem is not None:
+            # Shown as it is: a ValueError's message would get a "Value error, " prefix.
+            raise PydanticCustomError("missing_extra", "{problem}", {"problem": problem})
         return self
 
 
