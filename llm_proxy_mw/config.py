@@ -25,8 +25,11 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
+from llm_proxy_mw._extras import missing_extras
 from llm_proxy_mw._loopback import LOOPBACK_RULE, https_or_loopback
+from llm_proxy_mw.transports._limits import PoolLimits, Timeouts
 
 __all__ = [
     "ApiKeyConfig",
@@ -93,23 +96,31 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
 
-class PoolConfig(_Model):
-    """Connection pool of one provider."""
+_POOL = PoolLimits()
+_TIMEOUTS = Timeouts()
 
-    #: LLM calls last seconds, so a gateway holds many at once: 100 (aiohttp's default)
-    #: would cap a 100 ms provider at 1,000 requests/s.
-    max_connections: int = Field(1000, ge=1)
-    max_keepalive_connections: int = Field(20, ge=0)
-    keepalive_expiry: float = Field(5.0, gt=0)
+
+class PoolConfig(_Model):
+    """Connection pool of one provider; the defaults and their reasons are ``PoolLimits``'s."""
+
+    max_connections: int = Field(_POOL.max_connections, ge=1)
+    max_keepalive_connections: int = Field(_POOL.max_keepalive_connections, ge=0)
+    keepalive_expiry: float = Field(_POOL.keepalive_expiry, gt=0)
+
+    def limits(self) -> PoolLimits:
+        return PoolLimits(**self.model_dump())
 
 
 class TimeoutConfig(_Model):
     """Upstream timeouts in seconds. ``read`` bounds the wait for each chunk, not the call."""
 
-    connect: float = Field(5.0, gt=0)
-    read: float = Field(600.0, gt=0)
-    write: float = Field(30.0, gt=0)
-    pool: float = Field(10.0, gt=0)
+    connect: float = Field(_TIMEOUTS.connect, gt=0)
+    read: float = Field(_TIMEOUTS.read, gt=0)
+    write: float = Field(_TIMEOUTS.write, gt=0)
+    pool: float = Field(_TIMEOUTS.pool, gt=0)
+
+    def timeouts(self) -> Timeouts:
+        return Timeouts(**self.model_dump())
 
 
 class RetryConfig(_Model):
@@ -441,6 +452,14 @@ class ProxyConfig(_Model):
                     raise ValueError(
                         f"providers.{name}.fallbacks: {fallback!r} speaks another wire format"
                     )
+        return self
+
+    @model_validator(mode="after")
+    def _extras_installed(self) -> ProxyConfig:
+        problem = missing_extras(self)
+        if problem is not None:
+            # Shown as it is: a ValueError's message would get a "Value error, " prefix.
+            raise PydanticCustomError("missing_extra", "{problem}", {"problem": problem})
         return self
 
 

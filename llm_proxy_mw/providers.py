@@ -166,7 +166,9 @@ class Provider:
             if config.kind == "echo":
                 transport = EchoTransport()
             else:
-                transport = AiohttpTransport(pool=config.pool, timeout=config.timeout)
+                transport = AiohttpTransport(
+                    pool=config.pool.limits(), timeout=config.timeout.timeouts()
+                )
         formats = {
             "openai": frozenset({WireFormat.OPENAI}),
             "anthropic": frozenset({WireFormat.ANTHROPIC}),

@@ -50,7 +50,8 @@ def parse_floors(table: str) -> dict[str, Version]:
 
 FLOORS = parse_floors(FLOORS_TABLE)
 
-#: Installed with the dev extra, so always checked.
+#: Installed with the all and dev extras (``make install``), so always checked; the core
+#: alone lacks authlib (the oauth extra), as tests/test_extras.py checks.
 REQUIRED = [
     "starlette",
     "aiohttp",

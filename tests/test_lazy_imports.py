@@ -25,11 +25,14 @@ ROOT = Path(__file__).resolve().parent.parent
 KEY = "lazy-imports-key-0123456789"
 
 #: What a proxy on API keys and SQLite never needs: the JOSE and crypto libraries (proxy
-#: tokens, external JWTs), Authlib (OAuth login), httpx and its adapter, the redis client.
+#: tokens, external JWTs), Authlib, httpx2 and itsdangerous (OAuth login), httpx and its
+#: adapter, the redis client.
 OPTIONAL = [
     "authlib",
     "cryptography",
     "httpx",
+    "httpx2",
+    "itsdangerous",
     "joserfc",
     "llm_proxy_mw.auth._signing_key",
     "llm_proxy_mw.transports._httpx",

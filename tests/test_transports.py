@@ -27,7 +27,7 @@ import pytest
 import respx
 
 from llm_proxy_mw import build_proxy
-from llm_proxy_mw.config import PoolConfig, TimeoutConfig
+from llm_proxy_mw.config import PoolConfig, ProviderConfig, TimeoutConfig
 from llm_proxy_mw.errors import (
     UpstreamConnectError,
     UpstreamConnectTimeout,
@@ -37,9 +37,12 @@ from llm_proxy_mw.errors import (
     UpstreamReadTimeout,
     UpstreamWriteTimeout,
 )
+from llm_proxy_mw.providers import Provider
 from llm_proxy_mw.transports import (
     AiohttpTransport,
     HttpxTransport,
+    PoolLimits,
+    Timeouts,
     UpstreamRequest,
     UpstreamResponse,
 )
@@ -195,7 +198,7 @@ async def test_httpx_request_is_forwarded_as_given_with_the_configured_timeouts(
 
     transport = HttpxTransport(
         httpx.MockTransport(handler),
-        timeout=TimeoutConfig(connect=1.0, read=2.0, write=3.0, pool=4.0),
+        timeout=Timeouts(connect=1.0, read=2.0, write=3.0, pool=4.0),
     )
     request = UpstreamRequest(
         "PUT",
@@ -249,9 +252,9 @@ async def test_httpx_response_close_closes_the_upstream_stream() -> None:
     assert Stream.closed == 1
 
 
-async def test_httpx_default_transport_uses_the_pool_config_and_closes() -> None:
+async def test_httpx_default_transport_uses_the_pool_limits_and_closes() -> None:
     transport = HttpxTransport(
-        pool=PoolConfig(max_connections=7, max_keepalive_connections=3, keepalive_expiry=2.5)
+        pool=PoolLimits(max_connections=7, max_keepalive_connections=3, keepalive_expiry=2.5)
     )
     inner = transport._transport
     assert isinstance(inner, httpx.AsyncHTTPTransport)
@@ -559,7 +562,7 @@ async def test_aiohttp_gzip_body_passes_through_undecoded(framing: str) -> None:
 
 
 async def test_aiohttp_connection_refused_is_a_connect_error() -> None:
-    transport = AiohttpTransport(timeout=TimeoutConfig(connect=5.0))
+    transport = AiohttpTransport(timeout=Timeouts(connect=5.0))
     request = chat_request(f"http://{LOOPBACK}:{closed_port()}/v1")
     try:
         with pytest.raises(UpstreamError) as caught:
@@ -578,7 +581,7 @@ async def test_aiohttp_server_that_never_answers_is_a_read_timeout() -> None:
         await server.read_request(reader)
         await never.wait()
 
-    transport = AiohttpTransport(timeout=TimeoutConfig(read=0.2))
+    transport = AiohttpTransport(timeout=Timeouts(read=0.2))
     async with RawServer(handler) as server:
         try:
             with pytest.raises(UpstreamError) as caught:
@@ -603,7 +606,7 @@ async def answer_abc_then_stall(
 @contextlib.asynccontextmanager
 async def stalled_response(read: float) -> AsyncIterator[UpstreamResponse]:
     """An aiohttp response whose first 3 bytes were read and whose rest never comes."""
-    transport = AiohttpTransport(timeout=TimeoutConfig(read=read))
+    transport = AiohttpTransport(timeout=Timeouts(read=read))
     async with RawServer(lambda r, w: answer_abc_then_stall(server, r, w)) as server:
         try:
             response = await transport.send(raw_request(server))
@@ -635,7 +638,7 @@ async def test_aiohttp_read_timeout_bounds_each_wait_not_the_whole_body() -> Non
             await writer.drain()
 
     # 8 chunks 0.1 s apart: 0.8 s in all against a read bound of 0.4 s.
-    transport = AiohttpTransport(timeout=TimeoutConfig(read=0.4))
+    transport = AiohttpTransport(timeout=Timeouts(read=0.4))
     async with RawServer(handler) as server:
         try:
             response = await transport.send(raw_request(server))
@@ -657,7 +660,7 @@ async def test_aiohttp_read_timeout_does_not_count_time_between_reads() -> None:
         writer.write(b"def")
         await writer.drain()
 
-    transport = AiohttpTransport(timeout=TimeoutConfig(read=0.3))
+    transport = AiohttpTransport(timeout=Timeouts(read=0.3))
     async with RawServer(handler) as server:
         try:
             response = await transport.send(raw_request(server))
@@ -781,15 +784,15 @@ async def test_aiohttp_redirect_to_another_host_is_not_followed() -> None:
     assert len(server.requests) == 2
 
 
-async def test_aiohttp_session_uses_the_pool_and_timeout_config() -> None:
+async def test_aiohttp_session_uses_the_pool_limits_and_timeouts() -> None:
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await server.read_request(reader)
         writer.write(b"HTTP/1.1 204 No Content\r\n\r\n")
         await writer.drain()
 
     transport = AiohttpTransport(
-        pool=PoolConfig(max_connections=7, keepalive_expiry=2.5),
-        timeout=TimeoutConfig(connect=1.5, read=3.5, write=9.0, pool=4.0),
+        pool=PoolLimits(max_connections=7, keepalive_expiry=2.5),
+        timeout=Timeouts(connect=1.5, read=3.5, write=9.0, pool=4.0),
     )
     assert transport._session is None  # opened lazily, inside a running loop
     async with RawServer(handler) as server:
@@ -814,6 +817,22 @@ async def test_aiohttp_session_uses_the_pool_and_timeout_config() -> None:
             await transport.aclose()
 
 
+def test_the_config_builds_the_transport_settings_with_their_defaults() -> None:
+    assert PoolConfig().limits() == PoolLimits()
+    assert TimeoutConfig().timeouts() == Timeouts()
+    provider = ProviderConfig.model_validate(
+        {
+            "kind": "openai",
+            "pool": {"max_connections": 7, "max_keepalive_connections": 3},
+            "timeout": {"read": 3.5, "pool": 4.0},
+        }
+    )
+    transport = Provider.from_config("p", provider).transport
+    assert isinstance(transport, AiohttpTransport)
+    assert transport._pool == PoolLimits(max_connections=7, max_keepalive_connections=3)
+    assert transport._timeout == Timeouts(read=3.5, pool=4.0)
+
+
 async def test_aiohttp_exhausted_pool_is_a_typed_timeout() -> None:
     release = asyncio.Event()
 
@@ -828,7 +847,7 @@ async def test_aiohttp_exhausted_pool_is_a_typed_timeout() -> None:
     # The wait for a free connection is bounded by pool + connect (0.3 s here); connect is
     # generous enough that the first request's own connect never races the timer.
     transport = AiohttpTransport(
-        pool=PoolConfig(max_connections=1), timeout=TimeoutConfig(pool=0.05, connect=0.25)
+        pool=PoolLimits(max_connections=1), timeout=Timeouts(pool=0.05, connect=0.25)
     )
     async with RawServer(handler) as server:
         try:

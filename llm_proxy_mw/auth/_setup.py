@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from starlette.types import Receive, Scope, Send
 
+from llm_proxy_mw._extras import installed
 from llm_proxy_mw.auth._api_keys import ApiKeyAuthenticator
 from llm_proxy_mw.auth._middleware import Authenticator, presented_secret
 from llm_proxy_mw.auth._principal import Principal
@@ -73,20 +74,26 @@ def build_auth(config: AuthConfig, *, store_url: str) -> AuthSetup:
     """Compose API keys, proxy-issued tokens, external JWTs and the OAuth login."""
     setup = AuthSetup()
     setup.authenticators.append(ApiKeyAuthenticator(config.api_keys))
-    tokens = _add_tokens(setup, config, store_url)
+    on_demand = "tokens" not in config.model_fields_set
+    tokens = None
+    if not on_demand or installed("tokens"):  # [auth.tokens] without it fails at load
+        tokens = _add_tokens(setup, config, store_url, on_demand=on_demand)
     _add_external_jwt(setup, config)
-    _add_oauth_login(setup, config, tokens)
+    if tokens is not None:  # always, with [auth.oauth]: its extra brings the tokens one
+        _add_oauth_login(setup, config, tokens)
     return setup
 
 
-def _add_tokens(setup: AuthSetup, config: AuthConfig, store_url: str) -> TokenApi:
+def _add_tokens(
+    setup: AuthSetup, config: AuthConfig, store_url: str, *, on_demand: bool
+) -> TokenApi:
     """Proxy-issued tokens: their verifier, their API and JWKS, and their store.
 
-    Always available; without an ``[auth.tokens]`` section they start on demand, so that
-    a proxy whose clients use API keys only never loads joserfc and cryptography. Their
-    families live only while their owners do, as this config has it.
+    Served wherever the tokens extra is installed; without an ``[auth.tokens]`` section
+    they start on demand, so that a proxy whose clients use API keys only never loads
+    joserfc and cryptography. Their families live only while their owners do, as this
+    config has it.
     """
-    on_demand = "tokens" not in config.model_fields_set
     service = TokenService(
         config.tokens,
         open_token_store(store_url),

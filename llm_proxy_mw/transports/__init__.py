@@ -1,4 +1,5 @@
-"""Upstream transports: the protocol, the aiohttp default, the httpx adapter, the echo."""
+"""Upstream transports: the protocol, the aiohttp default, the httpx adapter, the echo,
+and the pool limits and timeouts they take."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import TYPE_CHECKING
 from llm_proxy_mw.transports._aiohttp import AiohttpTransport
 from llm_proxy_mw.transports._base import UpstreamRequest, UpstreamResponse, UpstreamTransport
 from llm_proxy_mw.transports._echo import EchoTransport
+from llm_proxy_mw.transports._limits import PoolLimits, Timeouts
 
 if TYPE_CHECKING:
     from llm_proxy_mw.transports._httpx import HttpxTransport
@@ -15,6 +17,8 @@ __all__ = [
     "AiohttpTransport",
     "EchoTransport",
     "HttpxTransport",
+    "PoolLimits",
+    "Timeouts",
     "UpstreamRequest",
     "UpstreamResponse",
     "UpstreamTransport",

@@ -18,7 +18,6 @@ import aiohttp
 from multidict import CIMultiDict
 from yarl import URL
 
-from llm_proxy_mw.config import PoolConfig, TimeoutConfig
 from llm_proxy_mw.errors import (
     UpstreamConnectError,
     UpstreamConnectTimeout,
@@ -27,6 +26,7 @@ from llm_proxy_mw.errors import (
     UpstreamReadTimeout,
 )
 from llm_proxy_mw.transports._base import UpstreamRequest, UpstreamResponse
+from llm_proxy_mw.transports._limits import PoolLimits, Timeouts
 from llm_proxy_mw.transports._read_watch import ReadWatch, Watched
 
 __all__ = ["AiohttpTransport"]
@@ -130,12 +130,12 @@ class AiohttpTransport:
     def __init__(
         self,
         *,
-        pool: PoolConfig | None = None,
-        timeout: TimeoutConfig | None = None,
+        pool: PoolLimits = PoolLimits(),
+        timeout: Timeouts = Timeouts(),
         read_chunk_size: int = 2**16,
     ) -> None:
-        self._pool = pool or PoolConfig()
-        self._timeout = timeout or TimeoutConfig()
+        self._pool = pool
+        self._timeout = timeout
         self._read_chunk_size = read_chunk_size
         self._session: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import httpx
 
-from llm_proxy_mw.config import PoolConfig, TimeoutConfig
 from llm_proxy_mw.errors import (
     UpstreamConnectError,
     UpstreamConnectTimeout,
@@ -20,6 +19,7 @@ from llm_proxy_mw.errors import (
     UpstreamWriteTimeout,
 )
 from llm_proxy_mw.transports._base import UpstreamRequest, UpstreamResponse
+from llm_proxy_mw.transports._limits import PoolLimits, Timeouts
 
 __all__ = ["HttpxTransport"]
 
@@ -55,11 +55,9 @@ class HttpxTransport:
         self,
         transport: httpx.AsyncBaseTransport | None = None,
         *,
-        pool: PoolConfig | None = None,
-        timeout: TimeoutConfig | None = None,
+        pool: PoolLimits = PoolLimits(),
+        timeout: Timeouts = Timeouts(),
     ) -> None:
-        pool = pool or PoolConfig()
-        timeout = timeout or TimeoutConfig()
         self._transport = transport or httpx.AsyncHTTPTransport(
             limits=httpx.Limits(
                 max_connections=pool.max_connections,
