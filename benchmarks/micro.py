@@ -199,9 +199,7 @@ def _auth(cls: Any, app: ASGIApp, env: Env) -> ASGIApp:
 
 
 def _retry(cls: Any, app: ASGIApp, env: Env) -> ASGIApp:
-    from llm_proxy_mw.retry import RetryPolicy
-
-    policies = {n: RetryPolicy.from_config(p.retry) for n, p in env.config.providers.items()}
+    policies = {n: p.retry.policy() for n, p in env.config.providers.items()}
     return _call(
         cls,
         app,

@@ -45,7 +45,8 @@ class CircuitState(enum.IntEnum):
 
 @dataclass(frozen=True, slots=True)
 class HealthPolicy:
-    """Tuning of the budget and the breaker; the defaults are documented in the README."""
+    """Tuning of the budget and the breaker; its defaults, explained above, are the only ones
+    (``HealthConfig``'s too)."""
 
     budget_max_tokens: float = 50.0
     budget_token_ratio: float = 0.5

@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Generator, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import backoff
@@ -35,7 +34,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llm_proxy_mw._disconnect import cancel_on_disconnect
 from llm_proxy_mw._retry_after import retry_after_seconds
-from llm_proxy_mw.config import RetryConfig
+from llm_proxy_mw._retry_policy import RetryPolicy
 from llm_proxy_mw.context import (
     DEFAULT_MAX_BODY_BYTES,
     Attempt,
@@ -62,21 +61,6 @@ RETRYABLE_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504, 529})
 _HOLD_LIMIT = 64 * 1024
 
 _ALWAYS_RETRIED = (UpstreamConnectError, UpstreamConnectTimeout, UpstreamPoolTimeout)
-
-
-@dataclass(frozen=True, slots=True)
-class RetryPolicy:
-    """One provider's retry policy; see ``RetryConfig`` for the meaning of each field."""
-
-    max_attempts: int = 4
-    backoff_base: float = 0.5
-    backoff_max: float = 20.0
-    max_retry_after: float = 60.0
-    retry_read_timeouts: bool = True
-
-    @classmethod
-    def from_config(cls, config: RetryConfig) -> RetryPolicy:
-        return cls(**config.model_dump())
 
 
 class _HeldResponse:

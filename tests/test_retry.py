@@ -9,6 +9,7 @@ upstream attempt. Two tests use real time on purpose and say so: the hung attemp
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import random
 import time
@@ -38,7 +39,7 @@ from retry_helpers import (
 )
 from starlette.types import Message
 
-from llm_proxy_mw.config import RetryConfig
+from llm_proxy_mw.config import HealthConfig, RetryConfig
 from llm_proxy_mw.context import Attempt, RequestContextMiddleware, get_context
 from llm_proxy_mw.errors import outcome_for_status
 from llm_proxy_mw.health import CircuitState, HealthPolicy, HealthRegistry
@@ -58,7 +59,7 @@ def rfc3339(offset: float) -> str:
 
 def test_policy_from_config() -> None:
     config = RetryConfig(max_attempts=5, backoff_base=0.1, retry_read_timeouts=False)
-    policy = RetryPolicy.from_config(config)
+    policy = config.policy()
     assert policy == RetryPolicy(
         max_attempts=5,
         backoff_base=0.1,
@@ -66,6 +67,14 @@ def test_policy_from_config() -> None:
         max_retry_after=60.0,
         retry_read_timeouts=False,
     )
+
+
+def test_the_configs_defaults_are_the_policies() -> None:
+    # Written once, in the dataclasses; the pydantic sections take theirs from them.
+    assert RetryConfig().policy() == RetryPolicy()
+    assert HealthConfig().policy() == HealthPolicy()
+    assert set(RetryConfig.model_fields) == {f.name for f in dataclasses.fields(RetryPolicy)}
+    assert set(HealthConfig.model_fields) == {f.name for f in dataclasses.fields(HealthPolicy)}
 
 
 def test_retryable_statuses_are_the_sdk_set() -> None:
