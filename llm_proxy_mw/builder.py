@@ -254,21 +254,16 @@ def build_proxy(
         for name, provider in config.providers.items()
     ]
     limit = config.max_body_bytes
-    router = Router(providers)
     health = HealthRegistry(
         config.providers,
         policies={name: p.health.policy() for name, p in config.providers.items()},
     )
+    router = Router(providers, health=health)
     policies = {name: p.retry.policy() for name, p in config.providers.items()}
     pipeline: ASGIApp = UpstreamApp(providers, max_body_bytes=limit)
-    pipeline = RoutingMiddleware(pipeline, router=router, health=health, max_body_bytes=limit)
+    pipeline = RoutingMiddleware(pipeline, router=router, max_body_bytes=limit)
     pipeline = RetryMiddleware(
-        pipeline,
-        policy=policies,
-        health=health,
-        router=router,
-        deadline=config.request_deadline,
-        max_body_bytes=limit,
+        pipeline, policy=policies, deadline=config.request_deadline, max_body_bytes=limit
     )
     auth = None
     auth_setup = None
