@@ -139,7 +139,8 @@ class Plan:
     def next(self) -> Provider:
         """The deployment of the next attempt, admitted by its circuit.
 
-        ``ProviderUnavailableError`` (503, with ``retry-after``) when every circuit is open.
+        ``ProviderUnavailableError`` (503, with ``retry-after``) when every deployment left
+        has its circuit open.
         """
         last = self._last
         after = last.provider if last is not None and last.outcome != "success" else None
