@@ -40,6 +40,7 @@ from benchmarks.fixtures import (
     request_body,
 )
 from llm_proxy_mw import (
+    HealthRegistry,
     Provider,
     Router,
     UpstreamApp,
@@ -105,7 +106,7 @@ class Env:
     config: ProxyConfig
     providers: list[Provider]
     router: Router
-    health: Any
+    health: HealthRegistry
 
 
 def _config_data(store_dir: str) -> dict[str, Any]:
@@ -147,13 +148,8 @@ def make_env(store_dir: str) -> Env:
         Provider.from_config(name, provider, transports.get(name))
         for name, provider in config.providers.items()
     ]
-    try:
-        from llm_proxy_mw.health import HealthRegistry
-    except ImportError:
-        health = None
-    else:
-        health = HealthRegistry(config.providers)
-    return Env(config, providers, Router(providers), health)
+    router = Router(providers)
+    return Env(config, providers, router, router.health)
 
 
 # -- optional layers: one entry each --------------------------------------------------------
@@ -199,23 +195,12 @@ def _auth(cls: Any, app: ASGIApp, env: Env) -> ASGIApp:
 
 
 def _retry(cls: Any, app: ASGIApp, env: Env) -> ASGIApp:
-    from llm_proxy_mw.retry import RetryPolicy
-
-    policies = {n: RetryPolicy.from_config(p.retry) for n, p in env.config.providers.items()}
-    return _call(
-        cls,
-        app,
-        policy=policies,
-        health=env.health,
-        router=env.router,
-        max_body_bytes=env.config.max_body_bytes,
-    )
+    policies = {n: p.retry.policy() for n, p in env.config.providers.items()}
+    return _call(cls, app, policy=policies, max_body_bytes=env.config.max_body_bytes)
 
 
 def _routing(cls: Any, app: ASGIApp, env: Env) -> ASGIApp:
-    return _call(
-        cls, app, router=env.router, health=env.health, max_body_bytes=env.config.max_body_bytes
-    )
+    return _call(cls, app, router=env.router, max_body_bytes=env.config.max_body_bytes)
 
 
 #: Outermost first, as in DESIGN.md's request flow. Each builds its layer as ``build_proxy``

@@ -30,7 +30,7 @@ from starlette.types import Message, Receive
 
 from llm_proxy_mw.context import ClientDisconnected, RequestContext
 
-__all__ = ["WATCH_AFTER", "cancel_on_disconnect"]
+__all__ = ["WATCH_AFTER", "cancel_on_disconnect", "watched"]
 
 #: Seconds a request runs before its client's connection is watched.
 WATCH_AFTER = 0.05
@@ -79,6 +79,16 @@ class _Sweep:
 
 #: One sweep per running loop (a host may run loops in several threads).
 _sweeps: dict[asyncio.AbstractEventLoop, _Sweep] = {}
+
+#: The requests a guard watches, by their context's ``id`` (the context lives at least as
+#: long as its guard): a guard nested in another for the same request does nothing.
+_watched: set[int] = set()
+
+
+def watched(ctx: RequestContext) -> bool:
+    """Whether a guard already watches this request: a nested one would do nothing, so a
+    layer that may run alone can skip building one."""
+    return id(ctx) in _watched
 
 
 def _sweep_for(loop: asyncio.AbstractEventLoop) -> _Sweep:
@@ -134,14 +144,16 @@ class cancel_on_disconnect:  # noqa: N801 - used as a context manager, reads lik
         self._sweep: _Sweep | None = None
 
     async def __aenter__(self) -> cancel_on_disconnect:
-        if self._ctx.watching_disconnect:
+        key = id(self._ctx)
+        if key in _watched:
             return self
-        self._ctx.watching_disconnect = self._owner = True
         # One lookup of the running loop (each makes a system call to check the process id).
         self._loop = loop = asyncio.get_running_loop()
         task = asyncio.current_task(loop)
         assert task is not None
         self._task = task
+        _watched.add(key)
+        self._owner = True
         self._cancelling = task.cancelling()
         now = loop.time()
         # Most answers take less than this: they never pay for a watcher task (creating,
@@ -224,7 +236,7 @@ class cancel_on_disconnect:  # noqa: N801 - used as a context manager, reads lik
     ) -> None:
         if not self._owner:
             return
-        self._ctx.watching_disconnect = False
+        _watched.discard(id(self._ctx))
         if self._sweep is not None:
             del self._sweep.pending[self]
             self._sweep = None

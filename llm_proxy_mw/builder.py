@@ -23,11 +23,11 @@ from llm_proxy_mw.config import ProxyConfig, load_config, parse_config
 from llm_proxy_mw.context import RequestContextMiddleware, get_context
 from llm_proxy_mw.dashboard import DashboardApp
 from llm_proxy_mw.errors import AuthenticationError, NotFoundError, PermissionDeniedError
-from llm_proxy_mw.health import CircuitState, HealthPolicy, HealthRegistry
+from llm_proxy_mw.health import CircuitState, HealthRegistry
 from llm_proxy_mw.history import HistoryRecorder
 from llm_proxy_mw.metrics import MetricsMiddleware, ProxyMetrics, exposition
 from llm_proxy_mw.providers import Provider
-from llm_proxy_mw.retry import RetryMiddleware, RetryPolicy
+from llm_proxy_mw.retry import RetryMiddleware
 from llm_proxy_mw.routing import Router, RoutingMiddleware
 from llm_proxy_mw.store import open_metrics_store
 from llm_proxy_mw.transports import UpstreamTransport
@@ -254,23 +254,16 @@ def build_proxy(
         for name, provider in config.providers.items()
     ]
     limit = config.max_body_bytes
-    router = Router(providers)
     health = HealthRegistry(
         config.providers,
-        policies={
-            name: HealthPolicy(**p.health.model_dump()) for name, p in config.providers.items()
-        },
+        policies={name: p.health.policy() for name, p in config.providers.items()},
     )
-    policies = {name: RetryPolicy.from_config(p.retry) for name, p in config.providers.items()}
+    router = Router(providers, health=health)
+    policies = {name: p.retry.policy() for name, p in config.providers.items()}
     pipeline: ASGIApp = UpstreamApp(providers, max_body_bytes=limit)
-    pipeline = RoutingMiddleware(pipeline, router=router, health=health, max_body_bytes=limit)
+    pipeline = RoutingMiddleware(pipeline, router=router, max_body_bytes=limit)
     pipeline = RetryMiddleware(
-        pipeline,
-        policy=policies,
-        health=health,
-        router=router,
-        deadline=config.request_deadline,
-        max_body_bytes=limit,
+        pipeline, policy=policies, deadline=config.request_deadline, max_body_bytes=limit
     )
     auth = None
     auth_setup = None

@@ -29,6 +29,8 @@ from pydantic_core import PydanticCustomError
 
 from llm_proxy_mw._extras import missing_extras
 from llm_proxy_mw._loopback import LOOPBACK_RULE, https_or_loopback
+from llm_proxy_mw._retry_policy import RetryPolicy
+from llm_proxy_mw.health import HealthPolicy
 from llm_proxy_mw.transports._limits import PoolLimits, Timeouts
 
 __all__ = [
@@ -123,28 +125,40 @@ class TimeoutConfig(_Model):
         return Timeouts(**self.model_dump())
 
 
-class RetryConfig(_Model):
-    """Per-provider retry policy."""
+#: The policies' own defaults: the config's are these, written nowhere else.
+_RETRY = RetryPolicy()
+_HEALTH = HealthPolicy()
 
-    #: Four attempts, one more than the SDKs' default: with 25% transient failures, three
-    #: attempts cannot do better than 98.4% success; four give 99.6%.
-    max_attempts: int = Field(4, ge=1, le=10)
-    backoff_base: float = Field(0.5, ge=0)
-    backoff_max: float = Field(20.0, ge=0)
-    max_retry_after: float = Field(60.0, ge=0)
-    retry_read_timeouts: bool = True
+
+class RetryConfig(_Model):
+    """Per-provider retry policy: ``RetryPolicy`` with its bounds, as TOML sets it."""
+
+    max_attempts: int = Field(_RETRY.max_attempts, ge=1, le=10)
+    backoff_base: float = Field(_RETRY.backoff_base, ge=0)
+    backoff_max: float = Field(_RETRY.backoff_max, ge=0)
+    max_retry_after: float = Field(_RETRY.max_retry_after, ge=0)
+    retry_read_timeouts: bool = _RETRY.retry_read_timeouts
+
+    def policy(self) -> RetryPolicy:
+        """The policy this section sets, for ``RetryMiddleware``."""
+        return RetryPolicy(**self.model_dump())
 
 
 class HealthConfig(_Model):
-    """A provider's retry budget and circuit breaker; the defaults are explained in health.py."""
+    """A provider's retry budget and circuit breaker: ``HealthPolicy`` with its bounds; the
+    defaults are explained in health.py."""
 
-    budget_max_tokens: float = Field(50.0, gt=0)
-    budget_token_ratio: float = Field(0.5, gt=0)
-    window_seconds: int = Field(30, ge=1, le=3600)
-    min_calls: int = Field(10, ge=1)
-    failure_rate: float = Field(0.75, gt=0, le=1)
-    cooldown_seconds: float = Field(10.0, gt=0)
-    half_open_probes: int = Field(3, ge=1)
+    budget_max_tokens: float = Field(_HEALTH.budget_max_tokens, gt=0)
+    budget_token_ratio: float = Field(_HEALTH.budget_token_ratio, gt=0)
+    window_seconds: int = Field(_HEALTH.window_seconds, ge=1, le=3600)
+    min_calls: int = Field(_HEALTH.min_calls, ge=1)
+    failure_rate: float = Field(_HEALTH.failure_rate, gt=0, le=1)
+    cooldown_seconds: float = Field(_HEALTH.cooldown_seconds, gt=0)
+    half_open_probes: int = Field(_HEALTH.half_open_probes, ge=1)
+
+    def policy(self) -> HealthPolicy:
+        """The policy this section sets, for the provider's ``HealthRegistry`` entry."""
+        return HealthPolicy(**self.model_dump())
 
 
 class ProviderConfig(_Model):

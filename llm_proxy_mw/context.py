@@ -84,13 +84,15 @@ class RequestContext:
     principal: Any = None
     body: bytes | None = None
     model: str | None = None
+    #: The deployment of the current attempt, as Routing chose it.
     provider: str | None = None
-    excluded: frozenset[str] = frozenset()
+    #: Routing's ``Plan``: where each attempt goes (typed loosely, as ``principal`` is, so
+    #: that the context imports no layer).
+    plan: Any = None
     attempts: list[Attempt] = field(default_factory=list)
     usage: Usage = field(default_factory=Usage)
     ttfb: float | None = None
     status: int | None = None
-    watching_disconnect: bool = False
     #: Seconds to receive the whole body; uploads have none (see ``read_body``).
     body_timeout: float = DEFAULT_BODY_TIMEOUT
     #: Whether every ``content-type`` of the request is JSON; known once the body is read.

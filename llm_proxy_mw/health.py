@@ -1,9 +1,10 @@
 """Per-provider health from the success/failure history: retry budget and circuit breaker.
 
-Shared by Retry (which records every attempt and asks the budget before retrying) and
-Routing (which skips providers whose circuit is open). Only provider failures count:
-transport errors, 408 and 5xx. A 429 or 409 spends retry budget but does not open the
-circuit (a rate limit or a conflict is not an outage), and other 4xx count for nothing.
+Owned by the ``Router``: its plan of each request records every attempt's outcome, skips
+providers whose circuit is open, and asks the budget before a retry on the same provider
+(``routing.py``). Only provider failures count: transport errors, 408 and 5xx. A 429 or 409
+spends retry budget but does not open the circuit (a rate limit or a conflict is not an
+outage), and other 4xx count for nothing.
 
 The retry budget is gRPC's token bucket (gRFC A6): each failure takes a token, each success
 gives back ``token_ratio``; retries are allowed while more than half the bucket is left. We
@@ -45,7 +46,8 @@ class CircuitState(enum.IntEnum):
 
 @dataclass(frozen=True, slots=True)
 class HealthPolicy:
-    """Tuning of the budget and the breaker; the defaults are documented in the README."""
+    """Tuning of the budget and the breaker; its defaults, explained above, are the only ones
+    (``HealthConfig``'s too)."""
 
     budget_max_tokens: float = 50.0
     budget_token_ratio: float = 0.5

@@ -17,9 +17,10 @@ What is retried:
 - ``x-should-retry: true|false`` from the provider wins over the status rule; Anthropic's
   ``enforced_spend_limit_reached`` 429 is never retried.
 
-When another deployment serves the model (another provider, or the failed one's
-``fallbacks``), the failed provider is excluded and the retry goes there at once. Each retry
-on the same provider spends its retry budget (``health.py``).
+Retry decides *whether* and *when*; *where* the retry goes is Routing's answer (its plan's
+``after_failure``): another deployment at once, or the same provider after the wait while
+its retry budget (``health.py``) allows. Without Routing in front, retries stay on the one
+provider.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Generator, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import backoff
@@ -35,7 +35,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llm_proxy_mw._disconnect import cancel_on_disconnect
 from llm_proxy_mw._retry_after import retry_after_seconds
-from llm_proxy_mw.config import RetryConfig
+from llm_proxy_mw._retry_policy import RetryPolicy
 from llm_proxy_mw.context import (
     DEFAULT_MAX_BODY_BYTES,
     Attempt,
@@ -51,8 +51,7 @@ from llm_proxy_mw.errors import (
     UpstreamPoolTimeout,
     UpstreamTimeout,
 )
-from llm_proxy_mw.health import CircuitState, HealthRegistry
-from llm_proxy_mw.routing import Router
+from llm_proxy_mw.routing import NextAttempt, Plan
 
 __all__ = ["RETRYABLE_STATUSES", "RetryMiddleware", "RetryPolicy"]
 
@@ -62,21 +61,6 @@ RETRYABLE_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504, 529})
 _HOLD_LIMIT = 64 * 1024
 
 _ALWAYS_RETRIED = (UpstreamConnectError, UpstreamConnectTimeout, UpstreamPoolTimeout)
-
-
-@dataclass(frozen=True, slots=True)
-class RetryPolicy:
-    """One provider's retry policy; see ``RetryConfig`` for the meaning of each field."""
-
-    max_attempts: int = 4
-    backoff_base: float = 0.5
-    backoff_max: float = 20.0
-    max_retry_after: float = 60.0
-    retry_read_timeouts: bool = True
-
-    @classmethod
-    def from_config(cls, config: RetryConfig) -> RetryPolicy:
-        return cls(**config.model_dump())
 
 
 class _HeldResponse:
@@ -173,6 +157,12 @@ class _Replay:
         return await self._receive()
 
 
+def _note_wait(ctx: RequestContext, first: int, wait: float) -> None:
+    """The wait before this round's attempt, on its record."""
+    if len(ctx.attempts) > first:
+        ctx.attempts[first].wait = wait
+
+
 def _deadline_passed(ctx: RequestContext) -> UpstreamTimeout:
     return UpstreamTimeout(
         "The request deadline passed before a provider answered.", provider=ctx.provider
@@ -180,15 +170,16 @@ def _deadline_passed(ctx: RequestContext) -> UpstreamTimeout:
 
 
 class RetryMiddleware:
-    """Retries, fallbacks and one deadline around Routing and the upstream app."""
+    """Whether and when to retry, within one deadline, around Routing and the upstream app.
+
+    ``policy``: one ``RetryPolicy`` for every provider, or one per provider name.
+    """
 
     def __init__(
         self,
         app: ASGIApp,
         *,
         policy: RetryPolicy | Mapping[str, RetryPolicy] | None = None,
-        health: HealthRegistry | None = None,
-        router: Router | None = None,
         deadline: float = 600.0,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
@@ -199,8 +190,6 @@ class RetryMiddleware:
         self.app = app
         self._default = policy if isinstance(policy, RetryPolicy) else RetryPolicy()
         self._policies = dict(policy) if isinstance(policy, Mapping) else {}
-        self.health = health
-        self.router = router
         self.deadline = deadline
         self.max_body_bytes = max_body_bytes
         self._sleep = sleep
@@ -232,14 +221,11 @@ class RetryMiddleware:
                 except asyncio.CancelledError:
                     if not guard.deadline_expired():
                         raise
-                    if len(ctx.attempts) == first and ctx.provider is not None:
-                        ctx.attempts.append(
-                            Attempt(ctx.provider, "timeout", None, self._clock() - started)
-                        )
-                    self._record(ctx, first, wait)
+                    self._timed_out(ctx, first, started)
+                    _note_wait(ctx, first, wait)
                     raise _deadline_passed(ctx) from None
                 except UpstreamError as error:
-                    self._record(ctx, first, wait)
+                    _note_wait(ctx, first, wait)
                     if response.forwarded:
                         raise
                     wait_or_none = self._after_error(ctx, error, deadline)
@@ -247,7 +233,7 @@ class RetryMiddleware:
                         raise
                     wait = wait_or_none
                 else:
-                    self._record(ctx, first, wait)
+                    _note_wait(ctx, first, wait)
                     if not response.holding:
                         return
                     if waits is None:
@@ -266,36 +252,22 @@ class RetryMiddleware:
                             raise
                         raise _deadline_passed(ctx) from None
 
-    def _record(self, ctx: RequestContext, first: int, wait: float) -> None:
-        """Feed the attempts this round made into health, and note the wait before them."""
-        new = ctx.attempts[first:]
-        if new:
-            new[0].wait = wait
-        if self.health is not None:
-            for attempt in new:
-                if attempt.provider in self.health.providers:
-                    self.health[attempt.provider].record(attempt.outcome)
+    def _timed_out(self, ctx: RequestContext, first: int, started: float) -> None:
+        """The deadline cut this round's attempt: unless Upstream recorded it already, it is
+        a timeout, an outcome only Retry sees, so Routing's plan learns it from here."""
+        if len(ctx.attempts) > first or ctx.provider is None:
+            return
+        attempt = Attempt(ctx.provider, "timeout", None, self._clock() - started)
+        ctx.attempts.append(attempt)
+        plan: Plan | None = ctx.plan
+        if plan is not None:
+            plan.record(attempt)
 
-    def _switch_or_budget(self, ctx: RequestContext, failed: str) -> bool:
-        """Exclude ``failed`` when another deployment can take the retry; else ask its budget.
-
-        Returns whether the retry goes elsewhere.
-        """
-        if self.router is not None and self.router.has_alternative(
-            ctx.wire_format, ctx.model, failed, ctx.excluded, health=self.health
-        ):
-            ctx.excluded = ctx.excluded | {failed}
-            return True
-        return False
-
-    def _budget_allows(self, failed: str) -> bool:
-        """A retry on the same provider: its budget must allow it, and its circuit must not
-        have just opened (the retry would only fail fast, and the client would get a 503
-        instead of the provider's own answer)."""
-        if self.health is None or failed not in self.health.providers:
-            return True
-        health = self.health[failed]
-        return health.can_retry() and health.current_state() is not CircuitState.OPEN
+    @staticmethod
+    def _where(ctx: RequestContext) -> NextAttempt | None:
+        """Where a retry would go: Routing's plan answers; without Routing, the same provider."""
+        plan: Plan | None = ctx.plan
+        return "same" if plan is None else plan.after_failure()
 
     def _after_error(
         self, ctx: RequestContext, error: UpstreamError, deadline: float
@@ -303,15 +275,12 @@ class RetryMiddleware:
         """The wait before retrying after a transport error, or ``None`` to give up."""
         if isinstance(error, ProviderUnavailableError) or not ctx.attempts:
             return None
-        failed = ctx.attempts[-1].provider
-        policy = self.policy_for(failed)
+        policy = self.policy_for(ctx.attempts[-1].provider)
         if len(ctx.attempts) >= policy.max_attempts or self._clock() >= deadline:
             return None
         if not isinstance(error, _ALWAYS_RETRIED) and not policy.retry_read_timeouts:
             return None
-        if not self._switch_or_budget(ctx, failed) and not self._budget_allows(failed):
-            return None
-        return 0.0
+        return None if self._where(ctx) is None else 0.0
 
     def _after_status(
         self,
@@ -323,17 +292,17 @@ class RetryMiddleware:
         """The wait before retrying a held retryable response, or ``None`` to pass it on."""
         if not ctx.attempts:
             return None
-        failed = ctx.attempts[-1].provider
-        policy = self.policy_for(failed)
+        policy = self.policy_for(ctx.attempts[-1].provider)
         if len(ctx.attempts) >= policy.max_attempts or self._clock() >= deadline:
             return None
         status = response.status
         if status == 429 and b"enforced_spend_limit_reached" in b"".join(response.parts):
             return None
-        if self._switch_or_budget(ctx, failed):
-            return 0.0
-        if not self._budget_allows(failed):
+        where = self._where(ctx)
+        if where is None:
             return None
+        if where == "elsewhere":
+            return 0.0
         asked = retry_after_seconds(status, response.headers, self._wall_clock())
         if asked is not None:
             if asked > policy.max_retry_after:

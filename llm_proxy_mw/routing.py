@@ -1,22 +1,34 @@
-"""Routing: wire format and ``model`` choose the provider deployment.
+"""Routing decides *where*: which deployment each attempt of a request goes to.
+
+Who decides what: Retry decides *whether* a failed attempt is retried and *when* (its waits,
+its deadline); Routing decides *where*, through the ``Router``'s ``Plan`` for the request;
+Upstream only sends to the deployment chosen and records how the attempt ended. Health is
+recorded here, once per attempt, so a stack without Retry still opens circuits.
 
 The model is read from the JSON body, parsed once into the request context; a body of
 another content type is refused (415), except on the upload endpoints. Among the
 providers that speak the request's wire format and serve the model, exact model names win
-over ``"*"``; several candidates share the load by ``weight``. Providers a request already
-excluded (the retry layer excludes failed ones) are skipped.
+over ``"*"``; several candidates share the load by ``weight``. After a failure the failed
+provider's ``fallbacks`` come first; providers whose circuit is open are skipped.
 """
 
 from __future__ import annotations
 
 import json
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Literal
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from llm_proxy_mw._json_body import declares_json, takes_other_bodies
-from llm_proxy_mw.context import DEFAULT_MAX_BODY_BYTES, RequestContext, get_context, read_body
+from llm_proxy_mw.context import (
+    DEFAULT_MAX_BODY_BYTES,
+    Attempt,
+    RequestContext,
+    get_context,
+    read_body,
+)
 from llm_proxy_mw.errors import (
     InvalidRequestError,
     ModelNotFoundError,
@@ -28,14 +40,26 @@ from llm_proxy_mw.health import CircuitState, HealthRegistry
 from llm_proxy_mw.providers import Provider
 from llm_proxy_mw.wire import WireFormat, send_json
 
-__all__ = ["Router", "RoutingMiddleware"]
+__all__ = ["NextAttempt", "Plan", "Router", "RoutingMiddleware"]
+
+#: Where the retry of a failed attempt would go: ``"elsewhere"``, another deployment, at
+#: once (it has its own limits and health); ``"same"``, the failed provider again, after a
+#: wait, when nothing else can take it and its retry budget allows.
+NextAttempt = Literal["elsewhere", "same"]
 
 
 class Router:
-    """Chooses a provider for a wire format and model; pure, no I/O."""
+    """The deployments of every model, and their health; makes one ``Plan`` per request.
+
+    ``health`` defaults to a registry with the default ``HealthPolicy`` for every provider.
+    """
 
     def __init__(
-        self, providers: Sequence[Provider], *, random: Callable[[], float] = random.random
+        self,
+        providers: Sequence[Provider],
+        *,
+        health: HealthRegistry | None = None,
+        random: Callable[[], float] = random.random,
     ) -> None:
         self.providers = list(providers)
         self._random = random
@@ -43,6 +67,10 @@ class Router:
         self._wildcard: dict[WireFormat, list[Provider]] = {wf: [] for wf in WireFormat}
         self._default: dict[WireFormat, Provider] = {}
         self._by_name = {p.name: p for p in self.providers}
+        self.health = HealthRegistry(self._by_name) if health is None else health
+        missing = self._by_name.keys() - self.health.providers.keys()
+        if missing:
+            raise ValueError(f"the health registry lacks providers: {sorted(missing)}")
         for provider in self.providers:
             for wire_format in provider.wire_formats:
                 self._default.setdefault(wire_format, provider)
@@ -61,64 +89,20 @@ class Router:
                     seen.setdefault(model, provider.name)
         return list(seen.items())
 
-    def candidates(self, wire_format: WireFormat, model: str | None) -> list[Provider]:
+    def plan(self, wire_format: WireFormat, model: str | None) -> Plan:
+        """The plan of one request; ``NotFoundError`` when nothing serves its model."""
         if model is None:
             default = self._default.get(wire_format)
-            return [default] if default else []
-        return self._exact.get((wire_format, model)) or self._wildcard[wire_format]
-
-    def choose(
-        self,
-        wire_format: WireFormat,
-        model: str | None,
-        exclude: set[str] | frozenset[str] = frozenset(),
-        *,
-        after: str | None = None,
-        health: HealthRegistry | None = None,
-    ) -> Provider:
-        """The provider for the next attempt.
-
-        After a failure on ``after``, its ``fallbacks`` come first, in order. Otherwise the
-        candidates share the load by weight. Excluded providers and open circuits are
-        skipped; when every candidate is out, the candidates' own fallbacks are tried.
-        """
-        candidates = self.candidates(wire_format, model)
-        if not candidates:
-            if model is None:
+            if default is None:
                 raise NotFoundError("No provider serves this API.")
+            return Plan(self, [default])
+        candidates = self._exact.get((wire_format, model)) or self._wildcard[wire_format]
+        if not candidates:
             raise ModelNotFoundError(f"The model {json.dumps(model)[:200]} does not exist.")
-        if after is not None and after in self._by_name:
-            chosen = self._first_admitted(self._fallbacks(after, exclude), health)
-            if chosen is not None:
-                return chosen
-        pool = [p for p in candidates if p.name not in exclude]
-        while pool:
-            provider = self._weighted(pool)
-            if health is None or health[provider.name].admit():
-                return provider
-            pool.remove(provider)
-        fallbacks = [f for c in candidates for f in self._fallbacks(c.name, exclude)]
-        chosen = self._first_admitted(fallbacks, health)
-        if chosen is not None:
-            return chosen
-        headers = {}
-        if health is not None:
-            headers["retry-after"] = str(health.retry_after(p.name for p in candidates))
-        raise ProviderUnavailableError(
-            "No provider serving this model is available right now.", headers=headers
-        )
+        return Plan(self, candidates)
 
-    def _fallbacks(self, name: str, exclude: set[str] | frozenset[str]) -> list[Provider]:
-        return [self._by_name[f] for f in self._by_name[name].config.fallbacks if f not in exclude]
-
-    @staticmethod
-    def _first_admitted(
-        providers: list[Provider], health: HealthRegistry | None
-    ) -> Provider | None:
-        for provider in providers:
-            if health is None or health[provider.name].admit():
-                return provider
-        return None
+    def _fallbacks(self, name: str, out: frozenset[str]) -> list[Provider]:
+        return [self._by_name[f] for f in self._by_name[name].config.fallbacks if f not in out]
 
     def _weighted(self, pool: list[Provider]) -> Provider:
         if len(pool) == 1:
@@ -131,46 +115,99 @@ class Router:
                 return provider
         return pool[-1]
 
-    def has_alternative(
-        self,
-        wire_format: WireFormat,
-        model: str | None,
-        failed: str,
-        exclude: set[str] | frozenset[str],
-        *,
-        health: HealthRegistry | None = None,
-    ) -> bool:
-        """Whether another deployment than ``failed`` could take the next attempt.
 
-        The same deployments ``choose`` would try (``failed``'s fallbacks, the other
-        candidates, the candidates' fallbacks), minus those whose circuit is open.
+class Plan:
+    """Where each attempt of one request goes: the one answer to *where*, attempt after attempt.
+
+    Routing asks ``next()`` for each attempt's deployment and ``record``s how it ended (which
+    feeds the provider's health); Retry asks ``after_failure()`` where a retry would go, and
+    decides from that whether and when. Both walk the same tiers (``_tiers``): after a failure,
+    the failed provider's fallbacks in order; the model's providers, sharing the load by
+    weight; their fallbacks in order. The model's own fallbacks would be further tiers.
+    Providers whose circuit is open are skipped; a provider the plan moved away from stays
+    out for the rest of the request.
+    """
+
+    __slots__ = ("_router", "_candidates", "_excluded", "_last")
+
+    def __init__(self, router: Router, candidates: list[Provider]) -> None:
+        self._router = router
+        self._candidates = candidates
+        self._excluded: frozenset[str] = frozenset()
+        self._last: Attempt | None = None
+
+    def next(self) -> Provider:
+        """The deployment of the next attempt, admitted by its circuit.
+
+        ``ProviderUnavailableError`` (503, with ``retry-after``) when every deployment left
+        has its circuit open.
         """
-        out = exclude | {failed}
-        candidates = self.candidates(wire_format, model)
-        others = [p for p in candidates if p.name not in out]
-        if failed in self._by_name:
-            others += self._fallbacks(failed, out)
-        others += [f for c in candidates for f in self._fallbacks(c.name, out)]
-        return any(
-            health is None or health[p.name].current_state() is not CircuitState.OPEN
-            for p in others
+        last = self._last
+        after = last.provider if last is not None and last.outcome != "success" else None
+        health = self._router.health
+        for tier, weighted in self._tiers(after, self._excluded):
+            while tier:
+                provider = self._router._weighted(tier) if weighted else tier[0]
+                if health[provider.name].admit():
+                    return provider
+                tier.remove(provider)
+        retry_after = health.retry_after(p.name for p in self._candidates)
+        raise ProviderUnavailableError(
+            "No provider serving this model is available right now.",
+            headers={"retry-after": str(retry_after)},
         )
+
+    def record(self, attempt: Attempt) -> None:
+        """How an attempt ended: its provider's health learns it, and ``next`` follows it."""
+        self._last = attempt
+        self._router.health[attempt.provider].record(attempt.outcome)
+
+    def after_failure(self) -> NextAttempt | None:
+        """Where a retry of the last attempt would go; ``None`` when nowhere.
+
+        Elsewhere when another deployment's circuit is not open (the failed provider is then
+        left out for the rest of the request); else the same provider while its retry budget
+        allows and its circuit did not just open (the retry would only fail fast, and the
+        client would get a 503 instead of the provider's own answer).
+        """
+        assert self._last is not None, "no attempt was recorded"
+        failed = self._last.provider
+        out = self._excluded | {failed}
+        health = self._router.health
+        for tier, _ in self._tiers(failed, out):
+            if any(health[p.name].current_state() is not CircuitState.OPEN for p in tier):
+                self._excluded = out
+                return "elsewhere"
+        own = health[failed]
+        if own.can_retry() and own.current_state() is not CircuitState.OPEN:
+            return "same"
+        return None
+
+    def _tiers(
+        self, after: str | None, out: frozenset[str]
+    ) -> Iterator[tuple[list[Provider], bool]]:
+        """The deployments the next attempt may go to, tier by tier, each with whether it
+        shares the load by weight (else its order is the preference)."""
+        router = self._router
+        if after is not None:
+            yield router._fallbacks(after, out), False
+        yield [p for p in self._candidates if p.name not in out], True
+        yield [f for c in self._candidates for f in router._fallbacks(c.name, out)], False
 
 
 class RoutingMiddleware:
-    """Sets ``ctx.model`` and ``ctx.provider``; answers ``GET /v1/models`` itself."""
+    """Plans the request's route, sets ``ctx.provider`` for each attempt and records its
+    outcome; answers ``GET /v1/models`` itself."""
 
     def __init__(
         self,
         app: ASGIApp,
         *,
         router: Router,
-        health: HealthRegistry | None = None,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     ) -> None:
         self.app = app
         self.router = router
-        self.health = health
         self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -178,30 +215,38 @@ class RoutingMiddleware:
             await self.app(scope, receive, send)
             return
         ctx = get_context(scope)
-        if ctx.route_path == "/v1/models" and scope["method"] == "GET":
-            await self._list_models(scope, send)
-            return
-        if ctx.model is None and scope["method"] not in ("GET", "HEAD", "DELETE"):
-            if ctx.body is None:  # Retry in front has read it already
-                await read_body(ctx, scope, receive, self.max_body_bytes)
-            body_is_json = ctx.body_is_json
-            if body_is_json is None:  # the body came from elsewhere than ``read_body``
-                body_is_json = declares_json(scope)
-            if body_is_json:
-                ctx.model = _model_of(ctx)
-            elif ctx.body and not takes_other_bodies(ctx.route_path):
-                # Unparsed, it would reach the first provider, which may read it as JSON
-                # anyway and serve whatever model it names.
-                raise UnsupportedMediaTypeError(
-                    "This endpoint takes a JSON body: send it as application/json."
-                )
-        after = None
-        if ctx.attempts and ctx.attempts[-1].outcome != "success":
-            after = ctx.attempts[-1].provider
-        ctx.provider = self.router.choose(
-            ctx.wire_format, ctx.model, ctx.excluded, after=after, health=self.health
-        ).name
-        await self.app(scope, receive, send)
+        plan: Plan | None = ctx.plan
+        if plan is None:  # the first attempt; Retry calls again for each retry
+            if ctx.route_path == "/v1/models" and scope["method"] == "GET":
+                await self._list_models(scope, send)
+                return
+            if ctx.model is None and scope["method"] not in ("GET", "HEAD", "DELETE"):
+                await self._read_model(ctx, scope, receive)
+            plan = ctx.plan = self.router.plan(ctx.wire_format, ctx.model)
+        ctx.provider = plan.next().name
+        attempts = ctx.attempts
+        first = len(attempts)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            # However the call ended: an attempt Upstream made has an outcome of its own.
+            if len(attempts) > first:
+                plan.record(attempts[-1])
+
+    async def _read_model(self, ctx: RequestContext, scope: Scope, receive: Receive) -> None:
+        if ctx.body is None:  # Retry in front has read it already
+            await read_body(ctx, scope, receive, self.max_body_bytes)
+        body_is_json = ctx.body_is_json
+        if body_is_json is None:  # the body came from elsewhere than ``read_body``
+            body_is_json = declares_json(scope)
+        if body_is_json:
+            ctx.model = _model_of(ctx)
+        elif ctx.body and not takes_other_bodies(ctx.route_path):
+            # Unparsed, it would reach the first provider, which may read it as JSON
+            # anyway and serve whatever model it names.
+            raise UnsupportedMediaTypeError(
+                "This endpoint takes a JSON body: send it as application/json."
+            )
 
     async def _list_models(self, scope: Scope, send: Send) -> None:
         anthropic = any(name == b"anthropic-version" for name, _ in scope["headers"])

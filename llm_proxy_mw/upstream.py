@@ -1,5 +1,7 @@
 """The terminal app: send the request to the chosen provider, stream its answer back.
 
+Upstream only sends: to the deployment Routing chose (``ctx.provider``), once per call, and
+appends an ``Attempt`` saying how it ended; whether to retry, and where, is decided around it.
 Bytes flow chunk by chunk as they arrive; nothing is buffered, decoded or re-encoded. When
 the provider fails after the response started, an SSE client gets a terminal error event in
 its wire format and any other client a response that visibly breaks off, never a clean end
@@ -13,7 +15,7 @@ from collections.abc import Mapping, Sequence
 
 from starlette.types import Receive, Scope, Send
 
-from llm_proxy_mw._disconnect import cancel_on_disconnect
+from llm_proxy_mw._disconnect import cancel_on_disconnect, watched
 from llm_proxy_mw.context import (
     DEFAULT_MAX_BODY_BYTES,
     Attempt,
@@ -121,6 +123,8 @@ class UpstreamApp:
         provider = self.providers.get(ctx.provider) if ctx.provider else self._only
         if provider is None:
             raise ProviderUnavailableError("No provider was chosen for this request.")
+        if ctx.provider is None:  # alone, without Routing: it names its one provider
+            ctx.provider = provider.name
         body = ctx.body  # read once, by whichever layer needed it first
         if body is None:
             body = await read_body(ctx, scope, receive, self.max_body_bytes)
@@ -130,7 +134,7 @@ class UpstreamApp:
             provider.request_headers(scope["headers"]),
             body,
         )
-        if ctx.watching_disconnect:
+        if watched(ctx):
             # Retry in front already guards the request (and owns its one watcher).
             await self._exchange(ctx, provider, request, send)
             return
@@ -171,7 +175,6 @@ class UpstreamApp:
             time.perf_counter() - started,
         )
         ctx.attempts.append(attempt)
-        ctx.provider = provider.name
         try:
             headers, remaining, sse = response_headers(response.headers)
             headers.append((b"x-llm-proxy-provider", provider.name.encode()))

@@ -1,9 +1,9 @@
 """Helpers for the retry and health tests: a fake clock and sleep, and the stack composed by hand.
 
-``build_stack`` composes ``RequestContext -> Retry -> Routing -> Upstream`` over one respx
-``MockRouter(using=None)`` per provider (no global patching), each plugged into its provider
-through ``HttpxTransport(httpx.MockTransport(...))``. A provider's ``route`` takes a
-``side_effect`` list that scripts each upstream attempt.
+``build_stack`` composes ``RequestContext -> Retry -> Routing -> Upstream`` (or the same
+without Retry) over one respx ``MockRouter(using=None)`` per provider (no global patching),
+each plugged into its provider through ``HttpxTransport(httpx.MockTransport(...))``. A
+provider's ``route`` takes a ``side_effect`` list that scripts each upstream attempt.
 """
 
 from __future__ import annotations
@@ -206,13 +206,14 @@ def build_stack(
     transports: Mapping[str, httpx.AsyncBaseTransport] | None = None,
     sleep: Callable[[float], Any] | None = None,
     clock: Callable[[], float] | None = None,
-    with_router: bool = True,
+    with_retry: bool = True,
     max_body_bytes: int = 32 * 1024 * 1024,
 ) -> Stack:
     """Compose the stack by hand, every provider on its own respx mock.
 
     ``transports`` replaces a provider's mock by another httpx transport; ``sleep`` and
     ``clock`` replace the fakes (a test of real cancellation or a real deadline).
+    ``with_retry=False`` leaves Retry out: Routing over Upstream.
     """
     fake_clock = FakeClock()
     fake_sleep = FakeSleep(fake_clock)
@@ -226,21 +227,20 @@ def build_stack(
             routes[name] = mock.route()
             transport = httpx.MockTransport(mock.async_handler)
         built.append(Provider.from_config(name, config, HttpxTransport(transport)))
-    router = Router(built, random=random)
+    router = Router(built, health=health, random=random)
     contexts: list[RequestContext] = []
     app: ASGIApp = UpstreamApp(built)
-    app = RoutingMiddleware(app, router=router, health=health)
-    app = RetryMiddleware(
-        app,
-        policy=policy,
-        health=health,
-        router=router if with_router else None,
-        deadline=deadline,
-        sleep=sleep or fake_sleep,
-        clock=clock or fake_clock,
-        wall_clock=lambda: WALL_NOW,
-        jitter=jitter,
-        max_body_bytes=max_body_bytes,
-    )
+    app = RoutingMiddleware(app, router=router, max_body_bytes=max_body_bytes)
+    if with_retry:
+        app = RetryMiddleware(
+            app,
+            policy=policy,
+            deadline=deadline,
+            sleep=sleep or fake_sleep,
+            clock=clock or fake_clock,
+            wall_clock=lambda: WALL_NOW,
+            jitter=jitter,
+            max_body_bytes=max_body_bytes,
+        )
     app = RequestContextMiddleware(_capture(app, contexts))
     return Stack(app, fake_clock, fake_sleep, health, router, routes, contexts)

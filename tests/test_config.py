@@ -180,7 +180,7 @@ def test_retry_and_health_defaults(tmp_path: Path) -> None:
     assert provider.health.model_dump() == defaults
     # The middlewares' own defaults, used without a config, are the same numbers.
     assert RetryPolicy().max_attempts == 4
-    assert RetryPolicy.from_config(provider.retry) == RetryPolicy()
+    assert provider.retry.policy() == RetryPolicy()
     assert dataclasses.asdict(HealthPolicy()) == defaults
 
 

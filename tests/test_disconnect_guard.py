@@ -13,7 +13,7 @@ import threading
 import pytest
 
 from llm_proxy_mw import _disconnect
-from llm_proxy_mw._disconnect import WATCH_AFTER, cancel_on_disconnect
+from llm_proxy_mw._disconnect import WATCH_AFTER, cancel_on_disconnect, watched
 from llm_proxy_mw.context import ClientDisconnected, RequestContext
 from llm_proxy_mw.wire import WireFormat
 from tests.asgi_helpers import GUARD_SECONDS
@@ -126,6 +126,27 @@ async def test_a_disarmed_deadline_does_not_cancel_a_watched_request() -> None:
             guard.disarm_deadline()
             await asyncio.sleep(WATCH_AFTER * 5)  # past the deadline, and watched
     assert client.calls == 1
+
+
+async def test_a_nested_guard_for_the_same_request_does_nothing() -> None:
+    client, ctx = Client(), new_context()
+    async with asyncio.timeout(GUARD_SECONDS):
+        request = asyncio.create_task(run_nested(client, ctx))
+        await client.watched()
+        client.leave()
+        with pytest.raises(ClientDisconnected):
+            await request
+    # One watcher, the outer guard's: ``receive`` was never awaited twice at once.
+    assert client.calls == 1
+    assert not watched(ctx)
+
+
+async def run_nested(client: Client, ctx: RequestContext) -> None:
+    assert not watched(ctx)
+    async with cancel_on_disconnect(ctx, client.receive):
+        assert watched(ctx)
+        async with cancel_on_disconnect(ctx, client.receive):
+            await asyncio.sleep(GUARD_SECONDS * 2)
 
 
 def test_a_closed_loops_sweep_is_dropped() -> None:

@@ -14,11 +14,12 @@ import respx
 from retry_helpers import FakeClock, build_stack, ok, openai_body, provider_config, status
 
 from llm_proxy_mw.builder import build_proxy
+from llm_proxy_mw.context import Attempt
 from llm_proxy_mw.errors import ProviderUnavailableError
 from llm_proxy_mw.health import CircuitState, HealthPolicy, HealthRegistry, ProviderHealth
 from llm_proxy_mw.providers import Provider
 from llm_proxy_mw.retry import RetryPolicy
-from llm_proxy_mw.routing import Router
+from llm_proxy_mw.routing import NextAttempt, Plan, Router
 from llm_proxy_mw.transports import HttpxTransport
 from llm_proxy_mw.wire import WireFormat
 
@@ -365,14 +366,30 @@ def router_with_health(
         for name, config in configs.items()
     ]
     clock = FakeClock()
-    return Router(providers, random=lambda: random), HealthRegistry(configs, clock=clock), clock
+    health = HealthRegistry(configs, clock=clock)
+    return Router(providers, health=health, random=lambda: random), health, clock
+
+
+def first_attempt(router: Router) -> str:
+    return router.plan(WireFormat.OPENAI, "m").next().name
+
+
+def after_failing(plan: Plan, *names: str) -> NextAttempt | None:
+    """Fail an attempt on each of ``names`` in turn (the plan's choice, checked); where would
+    the retry of the last go?"""
+    where = None
+    for name in names:
+        assert plan.next().name == name
+        plan.record(Attempt(name, "server_error", 503, 0.0))
+        where = plan.after_failure()
+    return where
 
 
 def test_router_skips_an_open_provider() -> None:
     router, health, _ = router_with_health({"a": {"weight": 9}, "b": {"weight": 1}})
-    assert router.choose(WireFormat.OPENAI, "m", health=health).name == "a"
+    assert first_attempt(router) == "a"
     trip(health["a"])
-    assert router.choose(WireFormat.OPENAI, "m", health=health).name == "b"
+    assert first_attempt(router) == "b"
 
 
 def test_router_goes_to_fallbacks_when_every_candidate_is_open() -> None:
@@ -380,7 +397,7 @@ def test_router_goes_to_fallbacks_when_every_candidate_is_open() -> None:
         {"a": {"models": ["m"], "fallbacks": ["b"]}, "b": {"models": ["other"]}}
     )
     trip(health["a"])
-    assert router.choose(WireFormat.OPENAI, "m", health=health).name == "b"
+    assert first_attempt(router) == "b"
 
 
 def test_router_fails_fast_with_retry_after_when_none_is_admitted() -> None:
@@ -388,33 +405,63 @@ def test_router_fails_fast_with_retry_after_when_none_is_admitted() -> None:
     trip(health["a"])
     clock.advance(3.5)
     with pytest.raises(ProviderUnavailableError) as caught:
-        router.choose(WireFormat.OPENAI, "m", health=health)
+        first_attempt(router)
     assert caught.value.status_code == 503
     assert caught.value.headers == {"retry-after": "7"}
 
 
-def test_has_alternative_ignores_open_deployments() -> None:
+def test_a_retry_goes_elsewhere_only_to_a_deployment_not_open() -> None:
     router, health, clock = router_with_health({"a": {}, "b": {}})
-    assert router.has_alternative(WireFormat.OPENAI, "m", "a", set(), health=health)
+    assert after_failing(router.plan(WireFormat.OPENAI, "m"), "a") == "elsewhere"
     trip(health["b"])
-    assert not router.has_alternative(WireFormat.OPENAI, "m", "a", set(), health=health)
-    assert router.has_alternative(WireFormat.OPENAI, "m", "a", set())
+    assert after_failing(router.plan(WireFormat.OPENAI, "m"), "a") == "same"
     clock.advance(POLICY.cooldown_seconds)
-    assert router.has_alternative(WireFormat.OPENAI, "m", "a", set(), health=health)
+    assert after_failing(router.plan(WireFormat.OPENAI, "m"), "a") == "elsewhere"
 
 
-def test_has_alternative_sees_the_candidates_fallbacks() -> None:
-    router, health, _ = router_with_health(
-        {
-            "a": {"models": ["m"], "fallbacks": ["b", "c"]},
-            "b": {"models": ["x"]},
-            "c": {"models": ["y"]},
-        }
-    )
-    assert router.has_alternative(WireFormat.OPENAI, "m", "b", {"a"}, health=health)
-    assert not router.has_alternative(WireFormat.OPENAI, "m", "c", {"a", "b"}, health=health)
+def test_a_retry_goes_to_the_candidates_fallbacks() -> None:
+    configs: dict[str, dict[str, object]] = {
+        "a": {"models": ["m"], "fallbacks": ["b", "c"]},
+        "b": {"models": ["x"]},
+        "c": {"models": ["y"]},
+    }
+    router, _, _ = router_with_health(configs)
+    plan = router.plan(WireFormat.OPENAI, "m")
+    assert after_failing(plan, "a", "b") == "elsewhere"
+    assert after_failing(plan, "c") == "same"  # a and b are out for the rest of the request
+    router, health, _ = router_with_health(configs)
     trip(health["c"])
-    assert not router.has_alternative(WireFormat.OPENAI, "m", "b", {"a"}, health=health)
+    assert after_failing(router.plan(WireFormat.OPENAI, "m"), "a", "b") == "same"
+
+
+def test_a_drained_budget_leaves_the_retry_nowhere() -> None:
+    router, health, _ = router_with_health({"a": {}})
+    health["a"].tokens = health["a"].policy.budget_max_tokens / 2
+    assert after_failing(router.plan(WireFormat.OPENAI, "m"), "a") is None
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("failure", [status(503), httpx.ConnectError], ids=["503", "connect-error"])
+async def test_routing_without_retry_records_health_and_opens_the_circuit(failure: object) -> None:
+    # Health is recorded where the attempt is made: no Retry is needed for a circuit to open.
+    stack = build_stack({"a": provider_config()}, with_retry=False)
+    stack.script("a", *[failure] * POLICY.min_calls)
+    for _ in range(POLICY.min_calls):
+        assert (await stack.post()).status_code in (502, 503)
+    assert stack.health["a"].window() == (0, POLICY.min_calls)
+    assert stack.health["a"].current_state() is CircuitState.OPEN
+    response = await stack.post()
+    assert response.json()["error"]["code"] == "provider_unavailable"
+    assert response.headers["retry-after"] == "10"
+    assert stack.calls("a") == POLICY.min_calls
+
+
+@pytest.mark.anyio
+async def test_each_attempt_is_recorded_once_through_the_whole_stack() -> None:
+    stack = build_stack({"a": provider_config()})
+    stack.script("a", status(503), httpx.ConnectError, ok())
+    assert (await stack.post()).status_code == 200
+    assert stack.health["a"].window() == (1, 2)
 
 
 @pytest.mark.anyio

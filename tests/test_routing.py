@@ -10,9 +10,20 @@ import anyio
 import httpx
 import pytest
 
-from llm_proxy_mw import EchoTransport, HttpxTransport, LLMProxy, Provider, Router, build_proxy
+from llm_proxy_mw import (
+    EchoTransport,
+    HealthPolicy,
+    HealthRegistry,
+    HttpxTransport,
+    LLMProxy,
+    Provider,
+    Router,
+    build_proxy,
+)
 from llm_proxy_mw.config import ProviderConfig
+from llm_proxy_mw.context import Attempt
 from llm_proxy_mw.errors import ModelNotFoundError, NotFoundError, ProviderUnavailableError
+from llm_proxy_mw.routing import Plan
 from llm_proxy_mw.wire import WireFormat
 
 OPENAI = WireFormat.OPENAI
@@ -26,6 +37,16 @@ def provider(
     return Provider.from_config(name, config, EchoTransport())
 
 
+def choose(router: Router, wire_format: WireFormat, model: str | None) -> str:
+    """The deployment of a new request's first attempt."""
+    return router.plan(wire_format, model).next().name
+
+
+def fail(plan: Plan, name: str) -> None:
+    """Tell the plan that an attempt on ``name`` failed."""
+    plan.record(Attempt(name, "server_error", 503, 0.0))
+
+
 def sequence(*values: float) -> Any:
     """A ``random`` that returns the given values in order."""
     it: Iterator[float] = iter(values)
@@ -37,36 +58,36 @@ def sequence(*values: float) -> Any:
 
 def test_exact_model_beats_wildcard_whatever_the_order() -> None:
     router = Router([provider("any"), provider("exact", models=["gpt-4o"])])
-    assert router.choose(OPENAI, "gpt-4o").name == "exact"
-    assert router.choose(OPENAI, "gpt-4o-mini").name == "any"
+    assert choose(router, OPENAI, "gpt-4o") == "exact"
+    assert choose(router, OPENAI, "gpt-4o-mini") == "any"
 
 
 def test_anthropic_provider_is_never_chosen_for_openai_paths() -> None:
     router = Router(
         [provider("claude", "anthropic", ["shared", "*"]), provider("gpt", "openai", ["gpt-4o"])]
     )
-    assert router.choose(OPENAI, "gpt-4o").name == "gpt"
-    assert router.choose(ANTHROPIC, "shared").name == "claude"
-    assert router.choose(ANTHROPIC, "gpt-4o").name == "claude"  # its wildcard
+    assert choose(router, OPENAI, "gpt-4o") == "gpt"
+    assert choose(router, ANTHROPIC, "shared") == "claude"
+    assert choose(router, ANTHROPIC, "gpt-4o") == "claude"  # its wildcard
     with pytest.raises(ModelNotFoundError):
-        router.choose(OPENAI, "shared")
+        router.plan(OPENAI, "shared")
     with pytest.raises(NotFoundError):
-        Router([provider("claude", "anthropic")]).choose(OPENAI, None)
+        Router([provider("claude", "anthropic")]).plan(OPENAI, None)
 
 
 def test_openai_provider_is_never_chosen_for_anthropic_paths() -> None:
     router = Router([provider("gpt", "openai"), provider("claude", "anthropic", ["claude-x"])])
-    assert router.choose(ANTHROPIC, "claude-x").name == "claude"
+    assert choose(router, ANTHROPIC, "claude-x") == "claude"
     with pytest.raises(ModelNotFoundError):
-        router.choose(ANTHROPIC, "gpt-4o")
+        router.plan(ANTHROPIC, "gpt-4o")
 
 
 def test_echo_serves_both_wire_formats() -> None:
     router = Router([provider("demo", "echo")])
-    assert router.choose(OPENAI, "anything").name == "demo"
-    assert router.choose(ANTHROPIC, "anything").name == "demo"
-    assert router.choose(OPENAI, None).name == "demo"
-    assert router.choose(ANTHROPIC, None).name == "demo"
+    assert choose(router, OPENAI, "anything") == "demo"
+    assert choose(router, ANTHROPIC, "anything") == "demo"
+    assert choose(router, OPENAI, None) == "demo"
+    assert choose(router, ANTHROPIC, None) == "demo"
 
 
 def test_weights_split_the_load() -> None:
@@ -74,7 +95,7 @@ def test_weights_split_the_load() -> None:
     heavy = provider("heavy", models=["m"], weight=3)
     points = [i / 100 for i in range(100)]
     router = Router([light, heavy], random=sequence(*points))
-    chosen = [router.choose(OPENAI, "m").name for _ in points]
+    chosen = [choose(router, OPENAI, "m") for _ in points]
     assert chosen.count("light") == 25
     assert chosen.count("heavy") == 75
     # Low draws go to the first provider, high ones to the second: the split is by weight,
@@ -88,27 +109,47 @@ def test_single_candidate_does_not_draw() -> None:
         raise AssertionError("random drawn for a single candidate")
 
     router = Router([provider("only", models=["m"])], random=no_random)
-    assert router.choose(OPENAI, "m").name == "only"
+    assert choose(router, OPENAI, "m") == "only"
 
 
-def test_excluded_providers_are_skipped() -> None:
-    router = Router([provider("a", models=["m"]), provider("b", models=["m"])], random=lambda: 0.0)
-    assert router.choose(OPENAI, "m").name == "a"
-    assert router.choose(OPENAI, "m", {"a"}).name == "b"
-    assert router.choose(OPENAI, "m", {"b"}).name == "a"
+@pytest.mark.parametrize(("draw", "first", "other"), [(0.0, "a", "b"), (0.99, "b", "a")])
+def test_a_provider_the_plan_moved_away_from_is_skipped(
+    draw: float, first: str, other: str
+) -> None:
+    router = Router([provider("a", models=["m"]), provider("b", models=["m"])], random=lambda: draw)
+    plan = router.plan(OPENAI, "m")
+    assert plan.next().name == first
+    fail(plan, first)
+    assert plan.after_failure() == "elsewhere"
+    assert plan.next().name == other
+    # Nothing else left: the same provider again, while its budget allows; never the first.
+    fail(plan, other)
+    assert plan.after_failure() == "same"
+    assert plan.next().name == other
 
 
-def test_all_excluded_is_provider_unavailable() -> None:
+def test_nothing_left_to_admit_is_provider_unavailable() -> None:
     router = Router([provider("a", models=["m"]), provider("b", models=["m"])])
+    plan = router.plan(OPENAI, "m")
+    fail(plan, plan.next().name)
+    assert plan.after_failure() == "elsewhere"
+    left = plan.next().name
+    for _ in range(HealthPolicy().min_calls):
+        router.health[left].record("server_error")
     with pytest.raises(ProviderUnavailableError) as info:
-        router.choose(OPENAI, "m", {"a", "b"})
+        plan.next()
     assert info.value.status_code == 503
+
+
+def test_the_health_registry_must_know_every_provider() -> None:
+    with pytest.raises(ValueError, match="'b'"):
+        Router([provider("a"), provider("b")], health=HealthRegistry(["a"]))
 
 
 def test_unknown_model_names_the_model() -> None:
     router = Router([provider("a", models=["gpt-4o"])])
     with pytest.raises(ModelNotFoundError) as info:
-        router.choose(OPENAI, "gpt-9-turbo")
+        router.plan(OPENAI, "gpt-9-turbo")
     assert "gpt-9-turbo" in info.value.message
     assert info.value.status_code == 404
 
@@ -116,7 +157,7 @@ def test_unknown_model_names_the_model() -> None:
 def test_unknown_model_message_is_bounded() -> None:
     router = Router([provider("a", models=["gpt-4o"])])
     with pytest.raises(ModelNotFoundError) as info:
-        router.choose(OPENAI, "x" * 10_000)
+        router.plan(OPENAI, "x" * 10_000)
     assert len(info.value.message) < 300
 
 
@@ -129,8 +170,8 @@ def test_no_model_goes_to_the_first_provider_of_the_wire_format() -> None:
         ],
         random=lambda: 0.99,
     )
-    assert router.choose(OPENAI, None).name == "gpt"
-    assert router.choose(ANTHROPIC, None).name == "claude"
+    assert choose(router, OPENAI, None) == "gpt"
+    assert choose(router, ANTHROPIC, None) == "claude"
 
 
 def test_models_lists_configured_names_once_in_config_order() -> None:
@@ -490,4 +531,4 @@ async def test_empty_post_body_goes_to_the_first_provider(
 
 def test_weighted_choice_never_falls_off_the_end() -> None:
     router = Router([provider("a", models=["m"]), provider("b", models=["m"])], random=lambda: 1.0)
-    assert router.choose(OPENAI, "m").name == "b"
+    assert choose(router, OPENAI, "m") == "b"
