@@ -12,7 +12,7 @@ nothing above those sees them.
     ProxyError                             500 internal_error
     ├── ClientRequestError                 4xx: the caller's request is at fault
     │   ├── InvalidRequestError            400 invalid_request
-    │   ├── TokenGrantError                400 invalid_grant (a refresh token that is spent)
+    │   ├── TokenGrantError                400 invalid_grant (a refresh token that cannot be used)
     │   ├── UnsupportedGrantTypeError      400 unsupported_grant_type
     │   ├── AuthenticationError            401 authentication_error
     │   ├── PermissionDeniedError          403 permission_denied
@@ -272,8 +272,9 @@ class StoreError(Exception):
 
 
 class FetchError(Exception):
-    """A fetch of the proxy's own (``_http_fetch``) failed before an answer was read. The
-    message completes "its endpoint ...": ``timed out``, ``failed (ConnectError)``."""
+    """A fetch of the proxy's own (``_http_fetch``) got no answer it could read whole. The
+    message completes "its endpoint ...": ``timed out``, ``failed (ConnectError)``,
+    ``sent more than 1048576 bytes``."""
 
 
 #: Outcomes of an attempt the provider answered with a status the SDKs retry. A provider's

@@ -784,14 +784,21 @@ async def test_the_outcome_label_takes_exactly_the_closed_set() -> None:
     assert sum(series.values()) == len(endings)
 
 
+def outcome_series(exposed: Exposition) -> list[dict[tuple[str, ...], float]]:
+    """The attempts by (provider, model, outcome), and the retries by (provider, reason)."""
+    return [
+        exposed.series("llm_proxy_upstream_attempts_total", "provider", "model", "outcome"),
+        exposed.series("llm_proxy_retries_total", "provider", "reason"),
+    ]
+
+
 async def test_a_retried_attempt_outside_the_closed_set_counts_as_other() -> None:
     transport = ScriptedEndings(ForeignError("scripted"), 200)
     exposed = await exposed_after(transport, 1, attempts=2)
-    assert exposed.series("llm_proxy_upstream_attempts_total", "provider", "model", "outcome") == {
-        ("p", "m", "other"): 1,
-        ("p", "m", "success"): 1,
-    }
-    assert exposed.series("llm_proxy_retries_total", "provider", "reason") == {("p", "other"): 1}
+    assert outcome_series(exposed) == [
+        {("p", "m", "other"): 1, ("p", "m", "success"): 1},
+        {("p", "other"): 1},
+    ]
 
 
 def test_restore_counts_a_stored_outcome_outside_the_closed_set_as_other() -> None:
@@ -802,12 +809,10 @@ def test_restore_counts_a_stored_outcome_outside_the_closed_set_as_other() -> No
         total_key("retries", "p", "foreign_code"): 3,
     }
     assert metrics.restore(totals) == 3
-    exposed = Exposition(exposition(metrics)[0].decode())
-    assert exposed.series("llm_proxy_upstream_attempts_total", "provider", "model", "outcome") == {
-        ("p", "m", "success"): 1,
-        ("p", "m", "other"): 2,
-    }
-    assert exposed.series("llm_proxy_retries_total", "provider", "reason") == {("p", "other"): 3}
+    assert outcome_series(Exposition(exposition(metrics)[0].decode())) == [
+        {("p", "m", "success"): 1, ("p", "m", "other"): 2},
+        {("p", "other"): 3},
+    ]
 
 
 # -- restore, multiprocess -------------------------------------------------------------------
