@@ -186,9 +186,11 @@ class TooManyTokenFamiliesError(ClientRequestError):
     status_code = 409
     code = "too_many_token_families"
 
-    def __init__(self, limit: int) -> None:
-        message = f"At most {limit} live token families per owner; revoke one to mint another."
-        super().__init__(message, headers={"x-should-retry": "false"})
+    def __init__(
+        self, message: str, *, provider: str | None = None, headers: dict[str, str] | None = None
+    ) -> None:
+        headers = {"x-should-retry": "false", **(headers or {})}
+        super().__init__(message, provider=provider, headers=headers)
 
 
 class RequestTooLargeError(ClientRequestError):

@@ -251,6 +251,17 @@ def test_error_carries_message_provider_and_headers() -> None:
     assert errors.InvalidRequestError("x").headers == {}
 
 
+def test_every_class_takes_the_same_arguments() -> None:
+    for cls in ERROR_CLASSES:
+        error = cls("Why.", provider="p", headers={"retry-after": "1"})
+        assert (error.message, error.provider, error.headers["retry-after"]) == ("Why.", "p", "1")
+
+
+def test_a_409_for_too_many_token_families_tells_sdks_not_to_retry() -> None:
+    error = errors.TooManyTokenFamiliesError("At most 2.", headers={"retry-after": "1"})
+    assert error.headers == {"x-should-retry": "false", "retry-after": "1"}
+
+
 # -- the docstring tree ----------------------------------------------------------------------
 
 TREE_LINE = re.compile(r"^(?P<indent>[ │├└─]*)(?P<name>[A-Z]\w+)(?:\s+(?P<rest>.*))?$")

@@ -30,12 +30,7 @@ from starlette.types import Message, Receive, Scope, Send
 from llm_proxy_mw import HttpxTransport, LLMProxy, build_proxy, errors
 from llm_proxy_mw.config import ConfigError
 from llm_proxy_mw.context import Attempt, ClientDisconnected, get_context
-from llm_proxy_mw.errors import (
-    OUTCOMES,
-    ProxyError,
-    TooManyTokenFamiliesError,
-    UpstreamConnectError,
-)
+from llm_proxy_mw.errors import OUTCOMES, ProxyError, UpstreamConnectError
 from llm_proxy_mw.health import HealthRegistry
 from llm_proxy_mw.history import DURATION_BUCKETS, total_key
 from llm_proxy_mw.metrics import CLIENT_CLOSED, MetricsMiddleware, ProxyMetrics, exposition
@@ -753,7 +748,7 @@ def every_ending() -> list[int | ProxyError]:
     tree = [cls for cls in classes if inspect.isclass(cls) and issubclass(cls, ProxyError)]
     return [
         *(200, 400, 408, 409, 429, 500, 529),
-        *(cls(2) if cls is TooManyTokenFamiliesError else cls("scripted") for cls in tree),
+        *(cls("scripted") for cls in tree),
         ForeignError("scripted"),
     ]
 

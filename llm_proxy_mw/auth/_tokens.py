@@ -253,7 +253,9 @@ class TokenService:
         limit = self.config.max_families_per_owner
         added = self.store.add_family(family, refresh_digest(refresh), limit=limit)
         if not await self._guard(added):
-            raise TooManyTokenFamiliesError(limit)
+            raise TooManyTokenFamiliesError(
+                f"At most {limit} live token families per owner; revoke one to mint another."
+            )
         if session is not None:
             self.live_families.minted(family, session)
         logger.info("llm_proxy_mw: %s minted token family %s", owner.name, family.id)
