@@ -21,6 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from llm_proxy_mw._body_deadline import start_body_read
 from llm_proxy_mw._json_body import is_json_type, parse_object, takes_other_bodies
 from llm_proxy_mw.errors import (
+    ClientDisconnected,
     InvalidRequestError,
     ProxyError,
     RequestBodyTimeout,
@@ -50,10 +51,6 @@ current_request_id: contextvars.ContextVar[str] = contextvars.ContextVar(
 )
 
 _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
-
-
-class ClientDisconnected(Exception):
-    """The client went away; the request ends without a response."""
 
 
 @dataclass(slots=True)

@@ -1,21 +1,29 @@
-"""Typed errors, one hierarchy, each rendered in the caller's wire format.
+"""Typed errors: one tree of what the proxy renders, and the few signals it never renders.
 
-Every failure the proxy itself produces is one of these classes. Each knows its HTTP
-``status_code`` and a machine ``code``; the codes form the closed set that metrics use as the
-``outcome`` label. Third-party exceptions (aiohttp, httpx) are converted at exactly one
-boundary each, in ``llm_proxy_mw.transports`` (and, for a provider's OAuth2 token endpoint,
-in the token source of ``llm_proxy_mw.auth``); nothing above that sees them.
+Every error the proxy renders to a client is a ``ProxyError`` defined here. Each knows its HTTP
+``status_code`` and a machine ``code``, and is rendered in the caller's wire format (OpenAI,
+Anthropic, or RFC 6749 on the token endpoints). The codes, with the outcomes of the
+provider's own answers (``outcome_for_status``), make ``OUTCOMES``: the closed set of the
+metrics ``outcome`` label. Third-party exceptions are converted at exactly one boundary each:
+aiohttp's and httpx's in ``llm_proxy_mw.transports`` for requests to providers, httpx's in
+``llm_proxy_mw._http_fetch`` for the proxy's own fetches (JWKS, OAuth2 token endpoints);
+nothing above those sees them.
 
-    ProxyError
+    ProxyError                             500 internal_error
     ├── ClientRequestError                 4xx: the caller's request is at fault
     │   ├── InvalidRequestError            400 invalid_request
+    │   ├── TokenGrantError                400 invalid_grant (a refresh token that cannot be used)
+    │   ├── UnsupportedGrantTypeError      400 unsupported_grant_type
     │   ├── AuthenticationError            401 authentication_error
     │   ├── PermissionDeniedError          403 permission_denied
     │   ├── NotFoundError                  404 not_found
     │   │   └── ModelNotFoundError         404 model_not_found
+    │   ├── MethodNotAllowedError          405 method_not_allowed
     │   ├── RequestBodyTimeout             408 request_timeout (the body came too slowly)
+    │   ├── TooManyTokenFamiliesError      409 too_many_token_families
     │   ├── RequestTooLargeError           413 request_too_large
     │   └── UnsupportedMediaTypeError      415 unsupported_media_type
+    ├── TokenStoreUnavailableError         503 store_unavailable (the proxy's own store failed)
     └── UpstreamError                      5xx: the provider could not be reached or failed
         ├── UpstreamAuthError              502 upstream_auth_error (no OAuth token for it)
         ├── UpstreamConnectError           502 connect_error
@@ -26,23 +34,43 @@ in the token source of ``llm_proxy_mw.auth``); nothing above that sees them.
         │   ├── UpstreamWriteTimeout       504 timeout
         │   └── UpstreamPoolTimeout        503 pool_timeout
         └── ProviderUnavailableError       503 provider_unavailable (no deployment can serve)
+
+Three signals pass between layers and are never rendered; each is caught where named:
+
+    ClientDisconnected    the client left: no response (RequestContextMiddleware; metrics: 499)
+    StoreError            a store failed: TokenStoreUnavailableError, or the history retries
+    FetchError            an own fetch failed: UpstreamAuthError, or the JWKS keys stay as they are
+
+Two exceptions live elsewhere because no proxied request ever meets them: ``ConfigError``
+(``llm_proxy_mw.config``, a config refused at load) and ``TokenRefreshError``
+(``llm_proxy_mw.client``, raised in the host's own client code).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import ClassVar
 
 __all__ = [
     "AuthenticationError",
+    "ClientDisconnected",
     "ClientRequestError",
+    "FetchError",
     "InvalidRequestError",
+    "MethodNotAllowedError",
     "ModelNotFoundError",
     "NotFoundError",
+    "OUTCOMES",
     "PermissionDeniedError",
     "ProviderUnavailableError",
     "ProxyError",
     "RequestBodyTimeout",
     "RequestTooLargeError",
+    "StoreError",
+    "TokenGrantError",
+    "TokenStoreUnavailableError",
+    "TooManyTokenFamiliesError",
+    "UnsupportedGrantTypeError",
     "UnsupportedMediaTypeError",
     "UpstreamAuthError",
     "UpstreamConnectError",
@@ -95,6 +123,19 @@ class InvalidRequestError(ClientRequestError):
     """Malformed JSON, a non-object body, a field of the wrong type, a bad path."""
 
 
+class TokenGrantError(ClientRequestError):
+    """A refresh token that cannot be honoured: unknown, expired, revoked or already used.
+    The code is RFC 6749's, which the token endpoint answers."""
+
+    code = "invalid_grant"
+
+
+class UnsupportedGrantTypeError(ClientRequestError):
+    """A token request for a grant the proxy does not issue (only ``refresh_token``)."""
+
+    code = "unsupported_grant_type"
+
+
 class AuthenticationError(ClientRequestError):
     status_code = 401
     code = "authentication_error"
@@ -120,12 +161,36 @@ class ModelNotFoundError(NotFoundError):
     code = "model_not_found"
 
 
+class MethodNotAllowedError(ClientRequestError):
+    """An endpoint called with a method it does not take; ``headers`` carry ``allow``."""
+
+    status_code = 405
+    code = "method_not_allowed"
+
+
 class RequestBodyTimeout(ClientRequestError):
     """The client did not send its whole body in time (``request_body_timeout``)."""
 
     status_code = 408
     code = "request_timeout"
     anthropic_type = "timeout_error"
+
+
+class TooManyTokenFamiliesError(ClientRequestError):
+    """The owner holds ``max_families_per_owner`` live families already. 409: the request
+    conflicts with the owner's current families and revoking one resolves it (AWS IAM
+    answers a key over its limit so); not 429, which says waiting helps, nor 403, which
+    says the caller may not mint at all. The OpenAI SDK retries a 409, so it is told not to.
+    """
+
+    status_code = 409
+    code = "too_many_token_families"
+
+    def __init__(
+        self, message: str, *, provider: str | None = None, headers: dict[str, str] | None = None
+    ) -> None:
+        headers = {"x-should-retry": "false", **(headers or {})}
+        super().__init__(message, provider=provider, headers=headers)
 
 
 class RequestTooLargeError(ClientRequestError):
@@ -139,6 +204,13 @@ class UnsupportedMediaTypeError(ClientRequestError):
 
     status_code = 415
     code = "unsupported_media_type"
+
+
+class TokenStoreUnavailableError(ProxyError):
+    """The token store cannot be reached; token operations fail until it is back."""
+
+    status_code = 503
+    code = "store_unavailable"
 
 
 class UpstreamError(ProxyError):
@@ -192,18 +264,54 @@ class ProviderUnavailableError(UpstreamError):
     anthropic_type = "overloaded_error"
 
 
+class ClientDisconnected(Exception):
+    """The client went away; the request ends without a response."""
+
+
+class StoreError(Exception):
+    """A store operation failed (unreachable, locked, corrupt). The message names the store
+    by its URL with any password redacted; the backend's own exception is the ``__cause__``."""
+
+
+class FetchError(Exception):
+    """A fetch of the proxy's own (``_http_fetch``) got no answer it could read whole. The
+    message completes "its endpoint ...": ``timed out``, ``failed (ConnectError)``,
+    ``sent more than 1048576 bytes``."""
+
+
+#: Outcomes of an attempt the provider answered with a status the SDKs retry. A provider's
+#: 408 is the same outcome as a timeout the proxy hit itself.
+_RETRIED_STATUS_OUTCOMES = {
+    408: UpstreamTimeout.code,
+    409: "conflict",
+    429: "rate_limited",
+    529: "overloaded",
+}
+
+
 def outcome_for_status(status: int) -> str:
-    """The attempt outcome of an upstream HTTP status, from the same closed set of codes."""
+    """The outcome of an attempt the provider answered with ``status``, one of ``OUTCOMES``."""
     if status < 400:
         return "success"
-    if status == 429:
-        return "rate_limited"
-    if status == 408:
-        return "timeout"
-    if status == 409:
-        return "conflict"
-    if status == 529:
-        return "overloaded"
-    if status < 500:
-        return "client_error"
-    return "server_error"
+    outcome = _RETRIED_STATUS_OUTCOMES.get(status)
+    if outcome is not None:
+        return outcome
+    return "client_error" if status < 500 else "server_error"
+
+
+def _tree(root: type[ProxyError]) -> Iterator[type[ProxyError]]:
+    yield root
+    for child in root.__subclasses__():
+        yield from _tree(child)
+
+
+#: Every value of the metrics ``outcome`` label: the codes of the tree above, the outcomes
+#: of the provider's answers, and ``other``, which metrics count a code from outside the
+#: tree under (a subclass defined elsewhere with a code of its own).
+OUTCOMES: frozenset[str] = frozenset(
+    {
+        *(cls.code for cls in _tree(ProxyError)),
+        *(outcome_for_status(status) for status in range(100, 600)),
+        "other",
+    }
+)

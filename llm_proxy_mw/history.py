@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from llm_proxy_mw._usage import token_count
+from llm_proxy_mw.errors import StoreError
 
 __all__ = [
     "DURATION_BUCKETS",
@@ -80,11 +81,6 @@ class MinuteBucket:
         self.ttfb_count += other.ttfb_count
         self.prompt_tokens += other.prompt_tokens
         self.completion_tokens += other.completion_tokens
-
-
-class StoreError(Exception):
-    """A store operation failed (unreachable, locked, corrupt). The message names the store
-    by its URL with any password redacted; the backend's own exception is the ``__cause__``."""
 
 
 class MetricsStore(Protocol):

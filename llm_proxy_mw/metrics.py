@@ -6,7 +6,8 @@ response back: it watches ``send`` for the status, the first body byte and the t
 objects are created once per ``CollectorRegistry`` passed in (the library has no global
 registry), and label children are bound once per label set, so a request costs a few dict
 lookups and increments. Labels are bounded by construction: models only from config (any
-other is ``other``), providers from config, outcomes from the closed error-code set.
+other is ``other``), providers from config, outcomes from ``errors.OUTCOMES`` (any other
+code is ``other``).
 """
 
 from __future__ import annotations
@@ -31,8 +32,8 @@ from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llm_proxy_mw._usage import UsageReader, token_count
-from llm_proxy_mw.context import Attempt, ClientDisconnected, RequestContext, get_context
-from llm_proxy_mw.errors import ProxyError
+from llm_proxy_mw.context import Attempt, RequestContext, get_context
+from llm_proxy_mw.errors import OUTCOMES, ClientDisconnected, ProxyError
 from llm_proxy_mw.health import HealthRegistry
 from llm_proxy_mw.history import DURATION_BUCKETS, HistoryRecorder, total_key
 
@@ -40,6 +41,12 @@ __all__ = ["MetricsMiddleware", "ProxyMetrics", "exposition"]
 
 #: nginx's code for "the client closed the request": the status of a request whose client left.
 CLIENT_CLOSED = 499
+
+
+def _outcome_label(outcome: str) -> str:
+    """An attempt's outcome as a label value: a code from outside the closed set (a
+    ``ProxyError`` subclass defined elsewhere) counts as ``other``."""
+    return outcome if outcome in OUTCOMES else "other"
 
 
 class _HealthCollector(Collector):
@@ -98,7 +105,7 @@ class _Series:
     )
 
     def __init__(self, metrics: ProxyMetrics, provider: str, model: str) -> None:
-        #: Value objects of the request and attempt counters, by status and by outcome.
+        #: Value objects of the request and attempt counters, by status and by raw outcome.
         self.requests: dict[int, Any] = {}
         self.attempts: dict[str, Any] = {}
         duration = metrics.duration.labels(provider, model)
@@ -110,7 +117,7 @@ class _Series:
         self.prompt_tokens: Any = None
         self.completion_tokens: Any = None
         self.ttfb_sum_key = total_key("ttfb_sum", provider, model)
-        #: Persisted-total keys of the attempt counter, by outcome.
+        #: Persisted-total keys of the attempt counter, by raw outcome.
         self.attempt_keys: dict[str, str] = {}
 
 
@@ -232,17 +239,18 @@ class ProxyMetrics:
         history = self.history
         attempts = ctx.attempts
         if len(attempts) == 1 and attempts[0].provider == provider:
+            # Keyed by the attempt's outcome; its label value is checked once, on first use.
             outcome = attempts[0].outcome
             value = series.attempts.get(outcome)
             if value is None:
-                child = self.attempts.labels(provider, model, outcome)
+                child = self.attempts.labels(provider, model, _outcome_label(outcome))
                 value = series.attempts[outcome] = child._value
             value.inc(1)
             if history is not None:
                 key = series.attempt_keys.get(outcome)
                 if key is None:
                     key = series.attempt_keys[outcome] = total_key(
-                        "attempts", provider, model, outcome
+                        "attempts", provider, model, _outcome_label(outcome)
                     )
                 history.add_total(key, 1.0)
         else:
@@ -278,16 +286,17 @@ class ProxyMetrics:
         """Attempts and retries of a request that was retried or answered by another."""
         child = self._child
         history = self.history
-        previous = None
+        previous: tuple[str, str] | None = None
         for attempt in attempts:
-            child(self.attempts, attempt.provider, model, attempt.outcome).inc()
+            outcome = _outcome_label(attempt.outcome)
+            child(self.attempts, attempt.provider, model, outcome).inc()
             if history is not None:
-                self._total("attempts", attempt.provider, model, attempt.outcome)
+                self._total("attempts", attempt.provider, model, outcome)
             if previous is not None:
-                child(self.retries, previous.provider, previous.outcome).inc()
+                child(self.retries, *previous).inc()
                 if history is not None:
-                    self._total("retries", previous.provider, previous.outcome)
-            previous = attempt
+                    self._total("retries", *previous)
+            previous = (attempt.provider, outcome)
 
     def restore(self, totals: dict[str, float]) -> int:
         """Continue the counters from persisted totals; returns how many were restored.
@@ -309,9 +318,9 @@ class ProxyMetrics:
             elif name == "tokens" and len(text) == 3:
                 self.tokens.labels(*text).inc(value)
             elif name == "attempts" and len(text) == 3:
-                self.attempts.labels(*text).inc(value)
+                self.attempts.labels(*text[:2], _outcome_label(text[2])).inc(value)
             elif name == "retries" and len(text) == 2:
-                self.retries.labels(*text).inc(value)
+                self.retries.labels(text[0], _outcome_label(text[1])).inc(value)
             elif name in ("duration", "ttfb") and len(text) == 3 and text[2].isdigit():
                 histogram = self.duration if name == "duration" else self.ttfb
                 slots = histogram.labels(*text[:2])._buckets

@@ -25,9 +25,10 @@ from redis.asyncio import Redis
 
 from llm_proxy_mw.auth import Principal
 from llm_proxy_mw.auth._token_owners import LoginSession, owner_check
-from llm_proxy_mw.auth._tokens import TokenGrantError, TokenService
+from llm_proxy_mw.auth._tokens import TokenService
 from llm_proxy_mw.auth.token_store._redis import RedisTokenStore
 from llm_proxy_mw.config import AuthConfig, TokensConfig
+from llm_proxy_mw.errors import TokenGrantError
 from tests.fakes.redis_server import redis_server
 from tests.fakes.servers import free_port
 

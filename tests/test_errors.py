@@ -2,35 +2,45 @@
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import logging
+import pkgutil
 import re
 from collections.abc import Callable
 
 import httpx
 import pytest
 
+import llm_proxy_mw
 from llm_proxy_mw import HttpxTransport, build_proxy, errors
-from llm_proxy_mw.errors import ProxyError, outcome_for_status
+from llm_proxy_mw.errors import OUTCOMES, ProxyError, outcome_for_status
 
 ERROR_CLASSES: list[type[ProxyError]] = [
     obj
     for name in errors.__all__
     if inspect.isclass(obj := getattr(errors, name)) and issubclass(obj, ProxyError)
 ]
+#: The exceptions that pass between layers and are never rendered.
+SIGNALS = {"ClientDisconnected", "StoreError", "FetchError"}
 
 #: What each class must be: (status, code). Written out, not read back from the classes.
 EXPECTED: dict[str, tuple[int, str]] = {
     "ProxyError": (500, "internal_error"),
     "ClientRequestError": (400, "invalid_request"),
     "InvalidRequestError": (400, "invalid_request"),
+    "TokenGrantError": (400, "invalid_grant"),
+    "UnsupportedGrantTypeError": (400, "unsupported_grant_type"),
     "AuthenticationError": (401, "authentication_error"),
     "PermissionDeniedError": (403, "permission_denied"),
     "NotFoundError": (404, "not_found"),
     "ModelNotFoundError": (404, "model_not_found"),
+    "MethodNotAllowedError": (405, "method_not_allowed"),
     "RequestBodyTimeout": (408, "request_timeout"),
+    "TooManyTokenFamiliesError": (409, "too_many_token_families"),
     "RequestTooLargeError": (413, "request_too_large"),
     "UnsupportedMediaTypeError": (415, "unsupported_media_type"),
+    "TokenStoreUnavailableError": (503, "store_unavailable"),
     "UpstreamError": (502, "upstream_error"),
     "UpstreamAuthError": (502, "upstream_auth_error"),
     "UpstreamConnectError": (502, "connect_error"),
@@ -70,6 +80,49 @@ ANTHROPIC_TYPES = {
 
 def test_every_exported_error_class_is_expected() -> None:
     assert {cls.__name__ for cls in ERROR_CLASSES} == set(EXPECTED)
+
+
+def test_the_signals_are_exceptions_outside_the_rendered_tree() -> None:
+    exported = {name for name in errors.__all__ if inspect.isclass(getattr(errors, name))}
+    assert exported - set(EXPECTED) == SIGNALS
+    for name in SIGNALS:
+        cls = getattr(errors, name)
+        assert issubclass(cls, Exception) and not issubclass(cls, ProxyError), name
+
+
+#: Exceptions defined outside errors.py, each because no proxied request ever meets it.
+ELSEWHERE = {
+    "llm_proxy_mw.config.ConfigError",  # a config refused at load, before anything serves
+    "llm_proxy_mw.client.TokenRefreshError",  # the host's own client code, not the proxy
+    "llm_proxy_mw.client.InvalidGrantError",
+}
+
+
+def test_every_exception_of_the_package_is_defined_in_errors_py() -> None:
+    ours: set[str] = set()
+    for module_info in pkgutil.walk_packages(llm_proxy_mw.__path__, "llm_proxy_mw."):
+        module = importlib.import_module(module_info.name)
+        ours |= {
+            f"{obj.__module__}.{obj.__qualname__}"
+            for obj in vars(module).values()
+            if inspect.isclass(obj)
+            and issubclass(obj, BaseException)
+            and obj.__module__.startswith("llm_proxy_mw.")
+        }
+    assert ours - {f"llm_proxy_mw.errors.{name}" for name in errors.__all__} == ELSEWHERE
+
+
+@pytest.mark.parametrize(
+    ("module", "name"),
+    [
+        ("llm_proxy_mw.context", "ClientDisconnected"),
+        ("llm_proxy_mw.history", "StoreError"),
+        ("llm_proxy_mw.store", "StoreError"),
+        ("llm_proxy_mw.auth.token_store", "StoreError"),
+    ],
+)
+def test_the_signals_keep_their_old_import_paths(module: str, name: str) -> None:
+    assert getattr(importlib.import_module(module), name) is getattr(errors, name)
 
 
 @pytest.mark.parametrize("cls", ERROR_CLASSES, ids=lambda c: c.__name__)
@@ -176,6 +229,18 @@ def test_outcome_for_status_stays_in_the_closed_set() -> None:
     assert {outcome_for_status(s) for s in range(100, 600)} == HTTP_OUTCOMES
 
 
+def test_outcomes_are_the_codes_the_answered_statuses_and_other() -> None:
+    assert isinstance(OUTCOMES, frozenset)
+    assert OUTCOMES == {code for _, code in EXPECTED.values()} | HTTP_OUTCOMES | {"other"}
+
+
+def test_a_subclass_defined_elsewhere_does_not_widen_the_outcomes() -> None:
+    class CustomError(errors.UpstreamError):
+        code = "custom_outcome"
+
+    assert CustomError.code not in OUTCOMES
+
+
 def test_error_carries_message_provider_and_headers() -> None:
     error = errors.ProviderUnavailableError(
         "No provider.", provider="p", headers={"retry-after": "3"}
@@ -186,20 +251,41 @@ def test_error_carries_message_provider_and_headers() -> None:
     assert errors.InvalidRequestError("x").headers == {}
 
 
+def test_every_class_takes_the_same_arguments() -> None:
+    for cls in ERROR_CLASSES:
+        error = cls("Why.", provider="p", headers={"retry-after": "1"})
+        assert (error.message, error.provider, error.headers["retry-after"]) == ("Why.", "p", "1")
+
+
+def test_a_409_for_too_many_token_families_tells_sdks_not_to_retry() -> None:
+    error = errors.TooManyTokenFamiliesError("At most 2.", headers={"retry-after": "1"})
+    assert error.headers == {"x-should-retry": "false", "retry-after": "1"}
+
+
 # -- the docstring tree ----------------------------------------------------------------------
 
 TREE_LINE = re.compile(r"^(?P<indent>[ │├└─]*)(?P<name>[A-Z]\w+)(?:\s+(?P<rest>.*))?$")
 
 
-def parse_tree() -> list[tuple[int, str, str]]:
-    """(depth, class name, annotation) for each line of the tree in the module docstring."""
+def drawn_blocks() -> list[list[str]]:
+    """The module docstring's indented paragraphs, unindented: the tree, then the signals."""
     doc = errors.__doc__
     assert doc is not None
-    lines = [line for line in doc.splitlines() if line.startswith("    ")]
-    assert lines, "the errors module docstring draws no tree"
+    paragraphs = [paragraph.splitlines() for paragraph in doc.split("\n\n")]
+    return [
+        [line[4:] for line in lines]
+        for lines in paragraphs
+        if lines and all(line.startswith("    ") for line in lines)
+    ]
+
+
+def parse_tree() -> list[tuple[int, str, str]]:
+    """(depth, class name, annotation) for each line of the tree in the module docstring."""
+    blocks = drawn_blocks()
+    assert len(blocks) == 2, "the errors module docstring draws a tree, then the signals"
     parsed = []
-    for line in lines:
-        match = TREE_LINE.match(line[4:])
+    for line in blocks[0]:
+        match = TREE_LINE.match(line)
         assert match, line
         depth, rem = divmod(len(match["indent"]), 4)
         assert rem == 0, line
@@ -210,6 +296,11 @@ def parse_tree() -> list[tuple[int, str, str]]:
 def test_docstring_tree_lists_every_error_class_once() -> None:
     names = [name for _, name, _ in parse_tree()]
     assert sorted(names) == sorted(cls.__name__ for cls in ERROR_CLASSES)
+
+
+def test_docstring_lists_every_signal_once() -> None:
+    names = [line.split()[0] for line in drawn_blocks()[1]]
+    assert sorted(names) == sorted(SIGNALS)
 
 
 def test_docstring_tree_matches_the_class_hierarchy() -> None:

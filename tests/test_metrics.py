@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import inspect
 import json
 import math
 from collections.abc import Mapping
@@ -22,17 +23,18 @@ from typing import Any
 import anyio
 import httpx
 import pytest
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.types import Message, Receive, Scope, Send
 
-from llm_proxy_mw import HttpxTransport, LLMProxy, build_proxy
+from llm_proxy_mw import HttpxTransport, LLMProxy, build_proxy, errors
 from llm_proxy_mw.config import ConfigError
 from llm_proxy_mw.context import Attempt, ClientDisconnected, get_context
-from llm_proxy_mw.errors import UpstreamConnectError
+from llm_proxy_mw.errors import OUTCOMES, ProxyError, UpstreamConnectError
 from llm_proxy_mw.health import HealthRegistry
 from llm_proxy_mw.history import DURATION_BUCKETS, total_key
 from llm_proxy_mw.metrics import CLIENT_CLOSED, MetricsMiddleware, ProxyMetrics, exposition
+from llm_proxy_mw.transports import UpstreamRequest, UpstreamResponse
 from tests.asgi_helpers import AsgiDriver, eventually, http_scope
 from tests.conftest import require_binary
 
@@ -707,6 +709,105 @@ async def test_other_scopes_pass_through_uncounted() -> None:
     exposed = Exposition(exposition(metrics)[0].decode())
     assert exposed.series("llm_proxy_requests_total", "provider", "model", "status") == {}
     assert exposed.value("llm_proxy_requests_in_flight") == 0
+
+
+# -- the outcome label: exactly errors.OUTCOMES -----------------------------------------------
+
+
+class ForeignError(UpstreamConnectError):
+    """A transport's own error class, with a code of its own outside the closed set."""
+
+    code = "foreign_code"
+
+
+class ScriptedEndings:
+    """An ``UpstreamTransport`` ending each attempt as scripted: a status, or an error raised."""
+
+    def __init__(self, *endings: int | ProxyError) -> None:
+        self.endings = list(endings)
+
+    async def send(self, request: UpstreamRequest) -> UpstreamResponse:
+        ending = self.endings.pop(0)
+        if isinstance(ending, ProxyError):
+            raise ending
+        body = [b"{}"]
+
+        async def read_chunk() -> bytes:
+            return body.pop() if body else b""
+
+        return UpstreamResponse(ending, [(b"content-type", b"application/json")], read_chunk)
+
+    async def aclose(self) -> None:
+        pass
+
+
+def every_ending() -> list[int | ProxyError]:
+    """A status for each outcome of an answer, an instance of every class of the tree, and
+    a foreign error: together, every way an attempt can end."""
+    classes = [getattr(errors, name) for name in errors.__all__]
+    tree = [cls for cls in classes if inspect.isclass(cls) and issubclass(cls, ProxyError)]
+    return [
+        *(200, 400, 408, 409, 429, 500, 529),
+        *(cls("scripted") for cls in tree),
+        ForeignError("scripted"),
+    ]
+
+
+async def exposed_after(transport: ScriptedEndings, requests: int, attempts: int) -> Exposition:
+    provider = {
+        "kind": "openai",
+        "models": ["m"],
+        "retry": {"max_attempts": attempts},
+        # Every ending is scripted: no breaker or budget cuts an attempt short.
+        "health": {"min_calls": 1000, "budget_max_tokens": 1000},
+    }
+    config = {"providers": {"p": provider}, "store": {"url": "sqlite:///:memory:"}}
+    registry = CollectorRegistry()
+    proxy = build_proxy(config, transports={"p": transport}, registry=registry)
+    async with proxy.lifespan(), client_for(proxy) as client:
+        for _ in range(requests):
+            await client.post("/v1/chat/completions", json=chat("m"))
+    assert transport.endings == []
+    return Exposition(generate_latest(registry).decode())
+
+
+async def test_the_outcome_label_takes_exactly_the_closed_set() -> None:
+    endings = every_ending()
+    exposed = await exposed_after(ScriptedEndings(*endings), len(endings), attempts=1)
+    series = exposed.series("llm_proxy_upstream_attempts_total", "provider", "model", "outcome")
+    assert {outcome for _, _, outcome in series} == OUTCOMES
+    assert sum(series.values()) == len(endings)
+
+
+def outcome_series(exposed: Exposition) -> list[dict[tuple[str, ...], float]]:
+    """The attempts by (provider, model, outcome), and the retries by (provider, reason)."""
+    return [
+        exposed.series("llm_proxy_upstream_attempts_total", "provider", "model", "outcome"),
+        exposed.series("llm_proxy_retries_total", "provider", "reason"),
+    ]
+
+
+async def test_a_retried_attempt_outside_the_closed_set_counts_as_other() -> None:
+    transport = ScriptedEndings(ForeignError("scripted"), 200)
+    exposed = await exposed_after(transport, 1, attempts=2)
+    assert outcome_series(exposed) == [
+        {("p", "m", "other"): 1, ("p", "m", "success"): 1},
+        {("p", "other"): 1},
+    ]
+
+
+def test_restore_counts_a_stored_outcome_outside_the_closed_set_as_other() -> None:
+    metrics = ProxyMetrics(CollectorRegistry(), models=["m"])
+    totals = {
+        total_key("attempts", "p", "m", "success"): 1,
+        total_key("attempts", "p", "m", "foreign_code"): 2,
+        total_key("retries", "p", "foreign_code"): 3,
+    }
+    assert metrics.restore(totals) == 3
+    assert outcome_series(Exposition(exposition(metrics)[0].decode())) == [
+        {("p", "m", "success"): 1, ("p", "m", "other"): 2},
+        {("p", "other"): 3},
+    ]
 
 
 # -- restore, multiprocess -------------------------------------------------------------------

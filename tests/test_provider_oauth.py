@@ -247,6 +247,15 @@ FAILURES = [
         "no bearer",
         id="not-bearer",
     ),
+    pytest.param(httpx.Response(200, content=b"[" * 100_000), "no bearer", id="nested-json"),
+    pytest.param(
+        httpx.Response(200, content=b" " * (1024 * 1024 + 1)), "sent more than", id="too-large"
+    ),
+    pytest.param(
+        httpx.Response(302, headers={"location": "https://elsewhere.example/token"}),
+        "HTTP 302.",
+        id="redirect",
+    ),
     pytest.param(httpx.ConnectError(f"refused {SECRET}"), "(ConnectError)", id="connect"),
     pytest.param(httpx.ReadTimeout(f"slow {SECRET}"), "timed out", id="timeout"),
 ]
@@ -343,7 +352,7 @@ async def test_the_builder_makes_the_source_from_config_and_closes_it() -> None:
             assert (await client.post("/v1/chat/completions", json=CHAT)).status_code == 200
     assert route.call_count == 1
     assert upstream_seen == ["Bearer from-respx"] * 2
-    assert source._client is None  # closed by the proxy's shutdown
+    assert not source._fetcher.is_open  # closed by the proxy's shutdown
 
 
 def test_oauth_and_a_static_authorization_are_refused_together() -> None:

@@ -5,8 +5,8 @@ tenant's token endpoint rather than a static key. ``ClientCredentialsTokenSource
 that token, caches it and renews it before it expires, so the request path awaits nothing but
 a cached value: a fresh token is returned at once; inside the refresh margin the still-valid
 token is returned while one background fetch renews it; only with no valid token does a
-request wait, and every waiter shares one fetch. A failed fetch becomes ``UpstreamAuthError``
-(httpx's exceptions are converted here, the token endpoint's one boundary), and the failure is
+request wait, and every waiter shares one fetch (``_http_fetch``: one deadline, a bounded
+body, no redirects). A failed fetch becomes ``UpstreamAuthError``, and the failure is
 remembered for a moment so a broken identity provider is not asked once per request.
 
 Neither the client secret nor a token is ever logged or put in an error message.
@@ -20,11 +20,14 @@ import math
 import re
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-import httpx
-
+from llm_proxy_mw._http_fetch import HttpFetcher
 from llm_proxy_mw.config import ProviderOAuthConfig
-from llm_proxy_mw.errors import UpstreamAuthError
+from llm_proxy_mw.errors import FetchError, UpstreamAuthError
+
+if TYPE_CHECKING:
+    import httpx
 
 __all__ = ["ClientCredentialsTokenSource"]
 
@@ -40,8 +43,9 @@ class ClientCredentialsTokenSource:
 
     ``headers()`` is the provider's credential hook: ``[("authorization", "Bearer ...")]``.
     The token is renewed ``refresh_margin`` seconds before it expires (at most half its
-    lifetime). ``transport`` and ``clock`` (monotonic seconds) are injectable for tests; the
-    httpx client is created on first use and closed by ``aclose``.
+    lifetime). ``timeout`` is in seconds for a whole token request. ``transport`` and
+    ``clock`` (monotonic seconds) are injectable for tests; the HTTP client is created on
+    first use and closed by ``aclose``.
     """
 
     def __init__(
@@ -50,7 +54,7 @@ class ClientCredentialsTokenSource:
         *,
         provider: str = "-",
         transport: httpx.AsyncBaseTransport | None = None,
-        timeout: httpx.Timeout | None = None,
+        timeout: float = 10.0,
         refresh_margin: float = 60.0,
         failure_cooldown: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
@@ -59,10 +63,8 @@ class ClientCredentialsTokenSource:
         self.provider = provider
         self.refresh_margin = refresh_margin
         self.failure_cooldown = failure_cooldown
-        self._transport = transport
-        self._timeout = timeout or httpx.Timeout(10.0, connect=5.0)
+        self._fetcher = HttpFetcher(transport=transport, timeout=timeout)
         self._clock = clock
-        self._client: httpx.AsyncClient | None = None
         self._token: str | None = None
         self._refresh_at = -math.inf
         self._expires_at = -math.inf
@@ -133,10 +135,6 @@ class ClientCredentialsTokenSource:
 
     async def _request(self) -> tuple[str, float]:
         """POST the client credentials; the token and its lifetime, or ``UpstreamAuthError``."""
-        if self._client is None:
-            self._client = httpx.AsyncClient(
-                transport=self._transport, timeout=self._timeout, follow_redirects=False
-            )
         form = {
             "grant_type": "client_credentials",
             "client_id": self.config.client_id,
@@ -147,27 +145,18 @@ class ClientCredentialsTokenSource:
             form["scope"] = self.config.scope
         prefix = f"Could not obtain an access token for provider {self.provider!r}"
         try:
-            response = await self._client.post(
-                self.config.token_url, data=form, headers={"accept": "application/json"}
-            )
-        except httpx.TimeoutException:
-            raise UpstreamAuthError(f"{prefix}: its token endpoint timed out.") from None
-        except (httpx.HTTPError, httpx.InvalidURL) as exc:
-            raise UpstreamAuthError(
-                f"{prefix}: its token endpoint failed ({type(exc).__name__})."
-            ) from None
-        try:
-            payload = response.json()
-        except ValueError:
-            payload = None
+            answer = await self._fetcher.post_form(self.config.token_url, form)
+        except FetchError as error:
+            raise UpstreamAuthError(f"{prefix}: its token endpoint {error}.") from None
+        payload = answer.json()
         if not isinstance(payload, dict):
             payload = {}
-        if response.status_code != 200:
+        if answer.status != 200:
             # Only a well-formed OAuth error code is repeated; error_description is free text.
             code = payload.get("error")
             detail = f" {code}" if isinstance(code, str) and _OAUTH_ERROR.match(code) else ""
             raise UpstreamAuthError(
-                f"{prefix}: its token endpoint answered HTTP {response.status_code}{detail}."
+                f"{prefix}: its token endpoint answered HTTP {answer.status}{detail}."
             )
         token = payload.get("access_token")
         if (
@@ -179,12 +168,10 @@ class ClientCredentialsTokenSource:
         return token, _lifetime(payload.get("expires_in"))
 
     async def aclose(self) -> None:
-        """Cancel a fetch in flight and close the httpx client. Idempotent."""
+        """Cancel a fetch in flight and close the HTTP client. Idempotent."""
         if self._pending is not None:
             self._pending.cancel()
-        if self._client is not None:
-            client, self._client = self._client, None
-            await client.aclose()
+        await self._fetcher.aclose()
 
 
 def _lifetime(value: object) -> float:

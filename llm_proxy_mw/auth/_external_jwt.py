@@ -12,8 +12,9 @@ the parser recurses, are refused like any other junk.
 
 An unknown ``kid`` refetches the JWKS (the provider rotated its keys), at most once per
 ``refetch_interval`` per issuer and one fetch at a time, so junk tokens cannot make us hammer
-the provider; the keys are refetched anyway when older than ``keys_max_age``. Verified tokens
-are cached (by digest) until they expire.
+the provider; the keys are refetched anyway when older than ``keys_max_age``. A fetch
+(``_http_fetch``: one deadline, a bounded body, no redirects) that fails keeps the keys held so
+far. Verified tokens are cached (by digest) until they expire.
 """
 
 from __future__ import annotations
@@ -26,23 +27,25 @@ import json
 import logging
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
 from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import Key, import_key
 from joserfc.jws import JWSRegistry
 from starlette.types import Scope
 
+from llm_proxy_mw._http_fetch import HttpFetcher
 from llm_proxy_mw.auth._principal import Principal
 from llm_proxy_mw.config import JwtIssuerConfig
+from llm_proxy_mw.errors import FetchError
+
+if TYPE_CHECKING:
+    import httpx
 
 __all__ = ["ExternalJwtAuthenticator"]
 
 logger = logging.getLogger("llm_proxy_mw")
-
-MAX_JWKS_BYTES = 1024 * 1024
 
 #: ``typ`` values of an access token, compared case-insensitively without the optional
 #: ``application/`` prefix (RFC 7515 §4.1.9): RFC 9068's ``at+jwt``, and a plain ``JWT``.
@@ -133,7 +136,8 @@ class ExternalJwtAuthenticator:
     """Resolves bearer tokens of the configured issuers to principals of kind ``jwt``.
 
     ``transport`` (an ``httpx.AsyncBaseTransport``) and the clocks are injectable for tests;
-    the HTTP client is created on first use and closed by ``stop``.
+    ``timeout`` is in seconds for a whole JWKS fetch. The HTTP client is created on first use
+    and closed by ``stop``.
     """
 
     def __init__(
@@ -151,8 +155,7 @@ class ExternalJwtAuthenticator:
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._issuers = {c.issuer: _Issuer(name, c) for name, c in issuers.items()}
-        self.transport = transport
-        self.timeout = timeout
+        self._fetcher = HttpFetcher(transport=transport, timeout=timeout)
         self.leeway = leeway
         self.refetch_interval = refetch_interval
         self.keys_max_age = keys_max_age
@@ -160,16 +163,13 @@ class ExternalJwtAuthenticator:
         self.cache_size = cache_size
         self.clock = clock
         self.monotonic = monotonic
-        self._client: httpx.AsyncClient | None = None
         self._verified: dict[bytes, tuple[Principal, float]] = {}
 
     async def start(self) -> None:
         pass
 
     async def stop(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        await self._fetcher.aclose()
 
     async def authenticate(self, scope: Scope, secret: str | None) -> Principal | None:
         if secret is None or len(secret) > self.max_token_bytes or secret.count(".") != 2:
@@ -244,21 +244,12 @@ class ExternalJwtAuthenticator:
     async def _fetch(self, issuer: _Issuer) -> None:
         """Load the issuer's JWKS; on failure the keys held so far stay in use."""
         issuer.attempted_at = self.monotonic()
-        if self._client is None:
-            self._client = httpx.AsyncClient(
-                transport=self.transport, timeout=self.timeout, follow_redirects=False
-            )
         try:
-            async with self._client.stream("GET", issuer.config.jwks_url) as response:
-                if response.status_code != 200:
-                    raise ValueError(f"status {response.status_code}")
-                body = bytearray()
-                async for chunk in response.aiter_bytes():
-                    body += chunk
-                    if len(body) > MAX_JWKS_BYTES:
-                        raise ValueError("JWKS too large")
-            issuer.load(json.loads(body))
-        except (httpx.HTTPError, ValueError, RecursionError) as exc:
+            answer = await self._fetcher.get(issuer.config.jwks_url)
+            if answer.status != 200:
+                raise ValueError(f"status {answer.status}")
+            issuer.load(answer.json())
+        except (FetchError, ValueError) as exc:
             logger.warning("jwks of issuer %s not loaded: %s", issuer.name, exc)
             return
         issuer.fetched_at = self.monotonic()

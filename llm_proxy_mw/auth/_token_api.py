@@ -11,33 +11,32 @@ are ``no-store``.
 from __future__ import annotations
 
 import json
-import logging
 import re
 from collections.abc import Awaitable, Callable
-from typing import Any, ClassVar
+from typing import Any
 from urllib.parse import parse_qsl
 
 from starlette.types import Receive, Scope, Send
 
 from llm_proxy_mw.auth._principal import Principal
 from llm_proxy_mw.auth._token_owners import LoginSession
-from llm_proxy_mw.auth._tokens import IssuedTokens, TokenGrantError, TokenService
+from llm_proxy_mw.auth._tokens import IssuedTokens, TokenService
 from llm_proxy_mw.auth.token_store import Family
 from llm_proxy_mw.context import get_context, read_body
 from llm_proxy_mw.errors import (
     AuthenticationError,
-    ClientRequestError,
     InvalidRequestError,
+    MethodNotAllowedError,
     NotFoundError,
     PermissionDeniedError,
     ProxyError,
+    TokenGrantError,
+    UnsupportedGrantTypeError,
     UnsupportedMediaTypeError,
 )
 from llm_proxy_mw.wire import log_error, send_json
 
 __all__ = ["TokenApi"]
-
-logger = logging.getLogger("llm_proxy_mw.auth")
 
 MAX_BODY_BYTES = 64 * 1024
 _NO_STORE = [(b"cache-control", b"no-store"), (b"pragma", b"no-cache")]
@@ -52,20 +51,14 @@ Resolver = Callable[[Scope], Awaitable[Principal | None]]
 SessionFinder = Callable[[Scope], LoginSession | None]
 
 
-class MethodNotAllowedError(ClientRequestError):
-    status_code: ClassVar[int] = 405
-    code: ClassVar[str] = "method_not_allowed"
-
-
-class _OAuthError(Exception):
-    """An RFC 6749 §5.2 error: ``{"error", "error_description"}``."""
-
-    def __init__(
-        self, status: int, error: str, description: str, headers: dict[str, str] | None = None
-    ) -> None:
-        super().__init__(description)
-        self.status, self.error, self.description = status, error, description
-        self.headers = headers or {}
+#: The RFC 6749 §5.2 ``error`` of our codes (``insufficient_scope``: RFC 6750 §3.1). Any
+#: other is ``invalid_request``, or ``temporarily_unavailable`` for a 503 (§4.1.2.1).
+_OAUTH_ERRORS = {
+    AuthenticationError.code: "invalid_client",
+    PermissionDeniedError.code: "insufficient_scope",
+    TokenGrantError.code: TokenGrantError.code,
+    UnsupportedGrantTypeError.code: UnsupportedGrantTypeError.code,
+}
 
 
 class TokenApi:
@@ -110,10 +103,12 @@ class TokenApi:
             else:
                 await _json(send, 200, _public(family))
 
-    async def _caller(self, scope: Scope) -> Principal:
+    async def _caller(
+        self, scope: Scope, message: str = "Invalid or missing credentials."
+    ) -> Principal:
         caller = await self.resolve(scope)
         if caller is None:
-            raise AuthenticationError("Invalid or missing credentials.", headers=dict(_CHALLENGE))
+            raise AuthenticationError(message, headers=dict(_CHALLENGE))
         # A session cookie on an unsafe method from another origin (CSRF) resolves to no one:
         # the session authenticator checks ``Origin``, honouring trusted proxy headers.
         return caller
@@ -143,57 +138,33 @@ class TokenApi:
         return family
 
     async def _oauth(self, path: str, scope: Scope, receive: Receive, send: Send) -> None:
+        """The RFC 6749 endpoints: every error as ``{"error", "error_description"}``."""
         try:
-            if scope["method"] != "POST":
-                raise _OAuthError(405, "invalid_request", "Use POST.", {"allow": "POST"})
+            _allow(scope["method"], "POST")
             if path == "/auth/token":
                 body = await self._refresh(await _form(scope, receive))
             else:
-                caller = await self._oauth_caller(scope)
+                caller = await self._caller(scope, "Authenticate with an API key or token.")
                 form = await _form(scope, receive)
                 if path == "/auth/revoke":
                     body = await self._revoke(caller, form)
                 else:
                     body = await self._introspect(caller, form)
-        except _OAuthError as error:
-            logger.info(
-                "request %s failed: %s %s status=%d",
-                get_context(scope).request_id,
-                path,
-                error.error,
-                error.status,
-            )
-            body = {"error": error.error, "error_description": error.description}
-            headers = [(k.encode(), v.encode()) for k, v in error.headers.items()]
-            await _json(send, error.status, body, _NO_STORE + headers)
-            return
         except ProxyError as error:
             log_error(error, get_context(scope).request_id)
-            code = "temporarily_unavailable" if error.status_code == 503 else "invalid_request"
+            code = _OAUTH_ERRORS.get(error.code) or (
+                "temporarily_unavailable" if error.status_code == 503 else "invalid_request"
+            )
             headers = [(k.encode(), v.encode()) for k, v in error.headers.items()]
-            status = error.status_code
             payload = {"error": code, "error_description": error.message}
-            await _json(send, status, payload, _NO_STORE + headers)
+            await _json(send, error.status_code, payload, _NO_STORE + headers)
             return
         await _json(send, 200, body, _NO_STORE)
 
-    async def _oauth_caller(self, scope: Scope) -> Principal:
-        try:
-            return await self._caller(scope)
-        except AuthenticationError:
-            description = "Authenticate with an API key or token."
-            raise _OAuthError(401, "invalid_client", description, dict(_CHALLENGE)) from None
-
     async def _refresh(self, form: dict[str, str]) -> dict[str, Any]:
-        grant_type = _param(form, "grant_type")
-        if grant_type != "refresh_token":
-            description = "Only grant_type=refresh_token is supported."
-            raise _OAuthError(400, "unsupported_grant_type", description)
-        try:
-            issued = await self.service.refresh(_param(form, "refresh_token"))
-        except TokenGrantError as error:
-            raise _OAuthError(400, "invalid_grant", error.description) from None
-        return _pair(issued)
+        if _param(form, "grant_type") != "refresh_token":
+            raise UnsupportedGrantTypeError("Only grant_type=refresh_token is supported.")
+        return _pair(await self.service.refresh(_param(form, "refresh_token")))
 
     async def _revoke(self, caller: Principal, form: dict[str, str]) -> dict[str, Any]:
         """RFC 7009: the token's whole family, if the caller may; 200 whatever the token."""
@@ -204,7 +175,7 @@ class TokenApi:
 
     async def _introspect(self, caller: Principal, form: dict[str, str]) -> dict[str, Any]:
         if not caller.admin:
-            raise _OAuthError(403, "insufficient_scope", "Introspection needs an admin.")
+            raise PermissionDeniedError("Introspection needs an admin.")
         found = await self.service.lookup(_param(form, "token"))
         if found is None:
             return {"active": False}
@@ -282,19 +253,16 @@ def _require_media_type(scope: Scope, expected: str) -> None:
 
 async def _form(scope: Scope, receive: Receive) -> dict[str, str]:
     """The form body of an OAuth request; each parameter at most once (RFC 6749 §3.2)."""
-    try:
-        _require_media_type(scope, "application/x-www-form-urlencoded")
-    except UnsupportedMediaTypeError as error:
-        raise _OAuthError(415, "invalid_request", error.message) from None
+    _require_media_type(scope, "application/x-www-form-urlencoded")
     body = await read_body(get_context(scope), scope, receive, MAX_BODY_BYTES)
     try:
         pairs = parse_qsl(body.decode("ascii"), keep_blank_values=True, max_num_fields=16)
     except (UnicodeDecodeError, ValueError):
-        raise _OAuthError(400, "invalid_request", "The form body is malformed.") from None
+        raise InvalidRequestError("The form body is malformed.") from None
     form: dict[str, str] = {}
     for name, value in pairs:
         if name in form:
-            raise _OAuthError(400, "invalid_request", "A parameter was given more than once.")
+            raise InvalidRequestError("A parameter was given more than once.")
         form[name] = value
     return form
 
@@ -302,7 +270,7 @@ async def _form(scope: Scope, receive: Receive) -> dict[str, str]:
 def _param(form: dict[str, str], name: str) -> str:
     value = form.get(name)
     if not value:
-        raise _OAuthError(400, "invalid_request", f"The {name} parameter is required.")
+        raise InvalidRequestError(f"The {name} parameter is required.")
     return value
 
 

@@ -32,61 +32,30 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from llm_proxy_mw.auth._jwt_auth import AccessToken, ProxyTokenAuthenticator
 from llm_proxy_mw.auth._principal import Principal
 from llm_proxy_mw.auth._token_owners import LiveFamilies, LoginSession, OwnerCheck, identity_facts
-from llm_proxy_mw.auth.token_store import Family, RevocationSync, StoreError, TokenStore
+from llm_proxy_mw.auth.token_store import Family, RevocationSync, TokenStore
 from llm_proxy_mw.config import ConfigError, TokensConfig
-from llm_proxy_mw.errors import ClientRequestError, ProxyError
+from llm_proxy_mw.errors import (
+    StoreError,
+    TokenGrantError,
+    TokenStoreUnavailableError,
+    TooManyTokenFamiliesError,
+)
 
 if TYPE_CHECKING:
     from llm_proxy_mw.auth._signing_key import SigningKey
 
-__all__ = [
-    "IssuedTokens",
-    "TokenGrantError",
-    "TokenService",
-    "TokenStoreUnavailableError",
-    "TooManyTokenFamiliesError",
-]
+__all__ = ["IssuedTokens", "TokenService"]
 
 logger = logging.getLogger("llm_proxy_mw.auth")
 
 _T = TypeVar("_T")
 REFRESH_PREFIX = "lpx_rt_"
 FAMILY_PREFIX = "tf_"
-
-
-class TokenStoreUnavailableError(ProxyError):
-    """The token store cannot be reached; token operations fail until it is back."""
-
-    status_code: ClassVar[int] = 503
-    code: ClassVar[str] = "store_unavailable"
-
-
-class TooManyTokenFamiliesError(ClientRequestError):
-    """The owner holds ``max_families_per_owner`` live families already. 409: the request
-    conflicts with the owner's current families and revoking one resolves it (AWS IAM
-    answers a key over its limit so); not 429, which says waiting helps, nor 403, which
-    says the caller may not mint at all. The OpenAI SDK retries a 409, so it is told not to.
-    """
-
-    status_code: ClassVar[int] = 409
-    code: ClassVar[str] = "too_many_token_families"
-
-    def __init__(self, limit: int) -> None:
-        message = f"At most {limit} live token families per owner; revoke one to mint another."
-        super().__init__(message, headers={"x-should-retry": "false"})
-
-
-class TokenGrantError(Exception):
-    """A refresh grant that cannot be honoured (RFC 6749 ``invalid_grant``)."""
-
-    def __init__(self, description: str) -> None:
-        super().__init__(description)
-        self.description = description
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,7 +253,9 @@ class TokenService:
         limit = self.config.max_families_per_owner
         added = self.store.add_family(family, refresh_digest(refresh), limit=limit)
         if not await self._guard(added):
-            raise TooManyTokenFamiliesError(limit)
+            raise TooManyTokenFamiliesError(
+                f"At most {limit} live token families per owner; revoke one to mint another."
+            )
         if session is not None:
             self.live_families.minted(family, session)
         logger.info("llm_proxy_mw: %s minted token family %s", owner.name, family.id)

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from llm_proxy_mw.history import StoreError
+from llm_proxy_mw.errors import StoreError
 
 __all__ = ["Family", "RefreshRecord", "Rotation", "StoreError", "TokenStore"]
 
