@@ -26,6 +26,9 @@ in the token source of ``llm_proxy_mw.auth``); nothing above that sees them.
         │   ├── UpstreamWriteTimeout       504 timeout
         │   └── UpstreamPoolTimeout        503 pool_timeout
         └── ProviderUnavailableError       503 provider_unavailable (no deployment can serve)
+
+Outside the tree, never rendered: ``StartupError``, raised by the proxy's lifespan when it
+cannot start (the host, or the ASGI server, then exits).
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ __all__ = [
     "ProxyError",
     "RequestBodyTimeout",
     "RequestTooLargeError",
+    "StartupError",
     "UnsupportedMediaTypeError",
     "UpstreamAuthError",
     "UpstreamConnectError",
@@ -190,6 +194,11 @@ class ProviderUnavailableError(UpstreamError):
     status_code = 503
     code = "provider_unavailable"
     anthropic_type = "overloaded_error"
+
+
+class StartupError(Exception):
+    """The proxy cannot start (its ``[store]`` does not open); the message says why, in one
+    line."""
 
 
 def outcome_for_status(status: int) -> str:

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from llm_proxy_mw._json_body import declares_json, takes_other_bodies
-from llm_proxy_mw.context import DEFAULT_MAX_BODY_BYTES, RequestContext, get_context, read_body
+from llm_proxy_mw.context import RequestContext, get_context, read_body
 from llm_proxy_mw.errors import (
     InvalidRequestError,
     ModelNotFoundError,
@@ -166,7 +166,7 @@ class RoutingMiddleware:
         *,
         router: Router,
         health: HealthRegistry | None = None,
-        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        max_body_bytes: int | None = None,  # None: the request context's limit
     ) -> None:
         self.app = app
         self.router = router
