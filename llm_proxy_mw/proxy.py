@@ -14,9 +14,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import traceback
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from traceback import format_exception
 from typing import TYPE_CHECKING, Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -158,7 +158,8 @@ class LLMProxy:
                 raise StartupError(message) from None
             started.push_async_callback(history.stop)
             await self._continue_counters()
-            for lifecycle in self.parts.auth.lifecycles if self.parts.auth is not None else ():
+            auth = self.parts.auth
+            for lifecycle in auth.lifecycles if auth is not None else ():
                 await lifecycle.start()
                 started.push_async_callback(lifecycle.stop)
             self._running = started.pop_all()
@@ -184,7 +185,7 @@ class LLMProxy:
                 if provider.credential_source is not None:
                     closing.push_async_callback(provider.credential_source.aclose)
             if running is not None:
-                closing.push_async_exit(running)  # first: the history flushes before
+                closing.push_async_exit(running)  # pushed last, so stopped before the pools
 
     def _start_lazily(self) -> None:
         self._warned = True
@@ -193,9 +194,9 @@ class LLMProxy:
             "and its connection pools and metrics history are not closed or flushed on "
             "shutdown. Pass it on: Starlette(..., lifespan=proxy.lifespan)."
         )
-        self._lazy_start = asyncio.get_running_loop().create_task(self._start_serving())
+        self._lazy_start = asyncio.get_running_loop().create_task(self._lazy_startup())
 
-    async def _start_serving(self) -> None:
+    async def _lazy_startup(self) -> None:
         # Requests are served already, whatever happens here: a store that does not open is
         # tried again at every flush, and anything else is logged once.
         try:
@@ -212,23 +213,19 @@ class LLMProxy:
         """
         await receive()  # lifespan.startup
         self._lifespan_entered = True
-        try:
-            await self.startup()
-        except Exception as exc:  # reported, not raised: see above
-            await send({"type": "lifespan.startup.failed", "message": _reason(exc)})
-            return
-        await send({"type": "lifespan.startup.complete"})
-        await receive()  # lifespan.shutdown
-        try:
-            await self.aclose()
-        except Exception as exc:  # reported, not raised: see above
-            await send({"type": "lifespan.shutdown.failed", "message": _reason(exc)})
-            return
-        await send({"type": "lifespan.shutdown.complete"})
+        if await _answer(send, "startup", self.startup):
+            await receive()  # lifespan.shutdown
+            await _answer(send, "shutdown", self.aclose)
 
 
-def _reason(error: Exception) -> str:
-    """A ``StartupError``'s one line; the whole traceback of anything else (a bug)."""
-    if isinstance(error, StartupError):
-        return str(error)
-    return "".join(traceback.format_exception(error)).rstrip()
+async def _answer(send: Send, event: str, step: Callable[[], Awaitable[None]]) -> bool:
+    """Run ``step``, then send ``lifespan.<event>.complete``, or ``.failed`` with the reason:
+    a ``StartupError``'s one line, the whole traceback of anything else (a bug)."""
+    try:
+        await step()
+    except Exception as exc:  # reported, not raised: see ``LLMProxy._serve_lifespan``
+        reason = str(exc) if isinstance(exc, StartupError) else "".join(format_exception(exc))
+        await send({"type": f"lifespan.{event}.failed", "message": reason.rstrip()})
+        return False
+    await send({"type": f"lifespan.{event}.complete"})
+    return True
