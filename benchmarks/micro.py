@@ -401,7 +401,7 @@ async def _cases(env: Env) -> tuple[list[Case], list[str], Any]:
         )
     )
     proxy = build_proxy(env.config, transports=_noop_transports(env.config))
-    stack = f"LLMProxy: RequestContextMiddleware → {_chain(proxy.pipeline)}"
+    stack = f"LLMProxy → {_chain(proxy.pipeline)}"
     cases.append(Case("full stack build_proxy(), JSON", proxy, note=stack))
     cases.append(
         Case(

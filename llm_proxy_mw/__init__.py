@@ -5,13 +5,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from llm_proxy_mw.auth import ApiKeyAuthenticator, AuthMiddleware, Principal
-from llm_proxy_mw.builder import LLMProxy, build_proxy
+from llm_proxy_mw.builder import build_proxy
 from llm_proxy_mw.config import ProxyConfig, load_config
 from llm_proxy_mw.context import RequestContext, RequestContextMiddleware, get_context
 from llm_proxy_mw.health import HealthPolicy, HealthRegistry
 from llm_proxy_mw.metrics import MetricsMiddleware, ProxyMetrics
 from llm_proxy_mw.mounting import PrefixMount, mount
 from llm_proxy_mw.providers import Provider
+from llm_proxy_mw.proxy import LLMProxy
 from llm_proxy_mw.retry import RetryMiddleware, RetryPolicy
 from llm_proxy_mw.routing import Router, RoutingMiddleware
 from llm_proxy_mw.transports import (

@@ -90,6 +90,8 @@ class RequestContext:
     usage: Usage = field(default_factory=Usage)
     ttfb: float | None = None
     status: int | None = None
+    #: The most bytes of body ``read_body`` takes (``max_body_bytes``).
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     #: Seconds to receive the whole body; uploads have none (see ``read_body``).
     body_timeout: float = DEFAULT_BODY_TIMEOUT
     #: Whether every ``content-type`` of the request is JSON; known once the body is read.
@@ -151,9 +153,10 @@ def _new_context(scope: Scope) -> RequestContext:
 
 
 async def read_body(
-    ctx: RequestContext, scope: Scope, receive: Receive, limit: int = DEFAULT_MAX_BODY_BYTES
+    ctx: RequestContext, scope: Scope, receive: Receive, limit: int | None = None
 ) -> bytes:
-    """Buffer the request body into the context, once, refusing more than ``limit`` bytes.
+    """Buffer the request body into the context, once, refusing more than ``limit`` bytes
+    (by default the context's ``max_body_bytes``).
 
     A declared ``content-length`` over the limit is refused before anything is read. The
     whole body must arrive within ``ctx.body_timeout`` seconds, else ``RequestBodyTimeout``
@@ -162,6 +165,8 @@ async def read_body(
     """
     if ctx.body is not None:
         return ctx.body
+    if limit is None:
+        limit = ctx.max_body_bytes
     json_type: bool | None = None  # one pass over the headers, for Routing too
     for name, value in scope["headers"]:
         if name == b"content-length":
@@ -218,11 +223,20 @@ class RequestContextMiddleware:
     """Creates the request context, tags every response with ``x-request-id``, and renders
     any ``ProxyError`` an inner layer raised in the caller's wire format.
 
-    ``body_timeout``: seconds for the client to send a whole JSON or form body.
+    It sets the limits of the request body for every layer below (``read_body``):
+    ``max_body_bytes``, past which the request is refused (413), and ``body_timeout``, seconds
+    for the client to send a whole JSON or form body (408).
     """
 
-    def __init__(self, app: ASGIApp, *, body_timeout: float = DEFAULT_BODY_TIMEOUT) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        body_timeout: float = DEFAULT_BODY_TIMEOUT,
+    ) -> None:
         self.app = app
+        self.max_body_bytes = max_body_bytes
         self.body_timeout = body_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -230,6 +244,7 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send)
             return
         ctx = get_context(scope)
+        ctx.max_body_bytes = self.max_body_bytes
         ctx.body_timeout = self.body_timeout
         token = current_request_id.set(ctx.request_id)
         tagged = _TaggedSend(send, ctx)

@@ -6,7 +6,8 @@ per-minute history, so they show every worker's and every replica's traffic when
 shared, and survive restarts. The page has no external assets: its CSS and script are inline
 and pinned by hash in the content security policy, the charts are inline SVG, names enter the
 DOM only as text, and it fetches ``./metrics/history`` relative to its own URL, so it works
-under any mount path. Access control is the mounting app's job (the proxy asks for an admin).
+under any mount path. Access control is the caller's job: the proxy serves it behind its
+``AdminGate``.
 """
 
 from __future__ import annotations

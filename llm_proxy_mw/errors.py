@@ -35,11 +35,12 @@ nothing above those sees them.
         │   └── UpstreamPoolTimeout        503 pool_timeout
         └── ProviderUnavailableError       503 provider_unavailable (no deployment can serve)
 
-Three signals pass between layers and are never rendered; each is caught where named:
+Four signals are never rendered; each is caught where named:
 
     ClientDisconnected    the client left: no response (RequestContextMiddleware; metrics: 499)
     StoreError            a store failed: TokenStoreUnavailableError, or the history retries
     FetchError            an own fetch failed: UpstreamAuthError, or the JWKS keys stay as they are
+    StartupError          the proxy cannot start: its lifespan fails, the host or server exits
 
 Two exceptions live elsewhere because no proxied request ever meets them: ``ConfigError``
 (``llm_proxy_mw.config``, a config refused at load) and ``TokenRefreshError``
@@ -66,6 +67,7 @@ __all__ = [
     "ProxyError",
     "RequestBodyTimeout",
     "RequestTooLargeError",
+    "StartupError",
     "StoreError",
     "TokenGrantError",
     "TokenStoreUnavailableError",
@@ -287,6 +289,11 @@ _RETRIED_STATUS_OUTCOMES = {
     429: "rate_limited",
     529: "overloaded",
 }
+
+
+class StartupError(Exception):
+    """The proxy cannot start (its ``[store]`` does not open); the message says why, in one
+    line."""
 
 
 def outcome_for_status(status: int) -> str:

@@ -10,6 +10,7 @@ counters continue where they were instead of dropping to zero.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -224,8 +225,12 @@ class HistoryRecorder:
         """Add ``delta`` to the cumulative counter ``key`` (persisted, restored at start)."""
         self._totals[key] = self._totals.get(key, 0.0) + delta
 
-    async def start(self) -> None:
-        """Open the store and start the background flush (and purge) task. Idempotent."""
+    async def start(self, *, require_store: bool = False) -> None:
+        """Open the store and start the background flush (and purge) task. Idempotent.
+
+        A store that does not open is logged and tried again at every flush; with
+        ``require_store`` its ``StoreError`` is raised instead, and nothing is started.
+        """
         if self._task is not None:
             return
         self._stopped = False
@@ -235,6 +240,10 @@ class HistoryRecorder:
         try:
             await self.store.open()
         except StoreError as exc:
+            if require_store:
+                with contextlib.suppress(StoreError):  # the failed open is what to report
+                    await self.store.close()
+                raise
             self._failed("open", exc)
         self._task = asyncio.create_task(self._run(), name="llm_proxy_mw-history-flush")
 

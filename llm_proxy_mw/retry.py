@@ -37,7 +37,6 @@ from llm_proxy_mw._disconnect import cancel_on_disconnect
 from llm_proxy_mw._retry_after import retry_after_seconds
 from llm_proxy_mw._retry_policy import RetryPolicy
 from llm_proxy_mw.context import (
-    DEFAULT_MAX_BODY_BYTES,
     Attempt,
     RequestContext,
     get_context,
@@ -181,7 +180,7 @@ class RetryMiddleware:
         *,
         policy: RetryPolicy | Mapping[str, RetryPolicy] | None = None,
         deadline: float = 600.0,
-        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        max_body_bytes: int | None = None,  # None: the request context's limit
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,

@@ -22,13 +22,7 @@ from typing import Literal
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from llm_proxy_mw._json_body import declares_json, takes_other_bodies
-from llm_proxy_mw.context import (
-    DEFAULT_MAX_BODY_BYTES,
-    Attempt,
-    RequestContext,
-    get_context,
-    read_body,
-)
+from llm_proxy_mw.context import Attempt, RequestContext, get_context, read_body
 from llm_proxy_mw.errors import (
     InvalidRequestError,
     ModelNotFoundError,
@@ -204,7 +198,7 @@ class RoutingMiddleware:
         app: ASGIApp,
         *,
         router: Router,
-        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        max_body_bytes: int | None = None,  # None: the request context's limit
     ) -> None:
         self.app = app
         self.router = router

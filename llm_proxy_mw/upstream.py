@@ -17,7 +17,6 @@ from starlette.types import Receive, Scope, Send
 
 from llm_proxy_mw._disconnect import cancel_on_disconnect, watched
 from llm_proxy_mw.context import (
-    DEFAULT_MAX_BODY_BYTES,
     Attempt,
     RequestContext,
     get_context,
@@ -108,7 +107,7 @@ class UpstreamApp:
         self,
         providers: Mapping[str, Provider] | Sequence[Provider],
         *,
-        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        max_body_bytes: int | None = None,  # None: the request context's limit
     ) -> None:
         if not isinstance(providers, Mapping):
             providers = {p.name: p for p in providers}

@@ -725,14 +725,20 @@ async def test_concurrent_refreshes_rotate_exactly_once(tmp_path: Path) -> None:
 async def test_an_unreachable_store_answers_503_then_recovers(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    # A [store] that does not open keeps the proxy from starting, so the store goes away
+    # once the proxy has started: the token store, started on demand, opens only then.
     config = proxy_config(tmp_path)
-    config["store"]["url"] = f"sqlite:///{tmp_path}/later/s.db"  # its directory is missing
+    del config["auth"]["tokens"]
+    directory = tmp_path / "store"
+    directory.mkdir()
+    config["store"]["url"] = f"sqlite:///{directory}/s.db"
     async with running(config) as (_, client):
+        directory.rename(tmp_path / "away")
         minted = await client.post("/auth/tokens", json={"name": "ci"}, headers=USER)
         jwks = await client.get("/.well-known/jwks.json")
         refreshed = await refresh(client, "lpx_rt_whatever")
         api_key_works = await client.post("/v1/chat/completions", json=CHAT, headers=USER)
-        (tmp_path / "later").mkdir()
+        (tmp_path / "away").rename(directory)
         recovered = await client.post("/auth/tokens", json={"name": "ci"}, headers=USER)
     assert minted.status_code == jwks.status_code == 503
     assert minted.headers["retry-after"] == "5"

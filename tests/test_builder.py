@@ -145,6 +145,41 @@ async def test_transports_replace_the_default_of_named_providers() -> None:
     assert [r.url for r in transport.sent] == ["https://gpt.example/v1/chat/completions"]
 
 
+# -- the stack -------------------------------------------------------------------------------
+
+
+def layers(app: object) -> list[str]:
+    """The classes of ``app`` and of every app it wraps, outermost first."""
+    names = []
+    while app is not None:
+        names.append(type(app).__name__)
+        app = getattr(app, "app", None)
+    return names
+
+
+def test_the_pipeline_is_the_request_flow_outermost_first() -> None:
+    flow = ["RequestContextMiddleware", "MetricsMiddleware", "AuthMiddleware"]
+    flow += ["RetryMiddleware", "RoutingMiddleware", "UpstreamApp"]
+    assert layers(build_proxy(guarded()).pipeline) == flow
+    flow.remove("AuthMiddleware")  # no [auth]: no layer for it
+    assert layers(build_proxy(ECHO).pipeline) == flow
+
+
+@pytest.mark.anyio
+async def test_the_body_limit_is_set_once_by_the_request_context() -> None:
+    proxy = build_proxy({**ECHO, "max_body_bytes": 1024})
+    app: Any = proxy.pipeline
+    assert app.max_body_bytes == 1024
+    while (app := getattr(app, "app", None)) is not None:
+        assert getattr(app, "max_body_bytes", None) is None  # the context's, not their own
+    big = {**CHAT, "messages": [{"role": "user", "content": "x" * 1024}]}
+    async with proxy.lifespan(), client_for(proxy) as client:
+        too_large = await client.post("/v1/chat/completions", json=big)
+        small = await client.post("/v1/chat/completions", json=CHAT)
+    assert too_large.status_code == 413
+    assert small.status_code == 200
+
+
 # -- the proxy's own endpoints ---------------------------------------------------------------
 
 

@@ -22,7 +22,7 @@ ERROR_CLASSES: list[type[ProxyError]] = [
     if inspect.isclass(obj := getattr(errors, name)) and issubclass(obj, ProxyError)
 ]
 #: The exceptions that pass between layers and are never rendered.
-SIGNALS = {"ClientDisconnected", "StoreError", "FetchError"}
+SIGNALS = {"ClientDisconnected", "StoreError", "FetchError", "StartupError"}
 
 #: What each class must be: (status, code). Written out, not read back from the classes.
 EXPECTED: dict[str, tuple[int, str]] = {

@@ -10,6 +10,10 @@ whose streams are slow, and the metrics history in a SQLite file under the test'
 - ``kill -9`` during traffic: the app starts again on the same SQLite file, and the restored
   ``llm_proxy_requests_total`` is never below what had been flushed before the kill (read
   from the file itself just before killing).
+- A ``[store]`` that does not open (SQLite under a path that is a file, Redis on a loopback
+  port where nothing listens), under plain ``uvicorn`` and its default ``--lifespan auto``,
+  both for the example app and for the proxy served on its own: the process exits non-zero
+  before it listens, and one line says why.
 """
 
 from __future__ import annotations
@@ -93,15 +97,20 @@ class App:
         return self.log.read_text(encoding="utf-8", errors="replace")
 
 
-def start_app(config: Path, log: Path) -> App:
-    """Start uvicorn on the example app and wait until it answers ``/healthz``."""
-    port = free_port()
+def app_env(config: Path) -> dict[str, str]:
+    """This process's environment, less what would change the app's config, plus ``config``."""
     env = {
         k: v
         for k, v in os.environ.items()
         if not k.startswith(("OPENAI_", "ANTHROPIC_", "LLM_PROXY_", "PROMETHEUS_"))
     }
-    env |= {"LLM_PROXY_CONFIG": str(config), "LIFECYCLE_PROVIDER_KEY": PROVIDER_KEY}
+    return env | {"LLM_PROXY_CONFIG": str(config), "LIFECYCLE_PROVIDER_KEY": PROVIDER_KEY}
+
+
+def start_app(config: Path, log: Path) -> App:
+    """Start uvicorn on the example app and wait until it answers ``/healthz``."""
+    port = free_port()
+    env = app_env(config)
     command = [
         sys.executable,
         "-m",
@@ -304,3 +313,43 @@ def test_kill_9_during_traffic_restarts_on_the_same_store_never_below_the_last_f
     assert exposed_requests(third) == restored + 1
     assert_clean_exit(third, stop(third, signal.SIGTERM))
     assert flushed_requests(db) >= restored + 1
+
+
+# -- a store that does not open --------------------------------------------------------------
+
+#: The proxy served on its own, as ``uvicorn served:proxy --app-dir <dir>``.
+SERVED_ALONE = """\
+import os
+
+from llm_proxy_mw import build_proxy
+
+proxy = build_proxy(os.environ["LLM_PROXY_CONFIG"])
+"""
+
+
+@pytest.mark.parametrize("store", ["sqlite", "redis"])
+@pytest.mark.parametrize("app", ["examples.app:app", "served:proxy"])
+def test_a_store_that_does_not_open_exits_non_zero_with_one_line_and_serves_nothing(
+    app: str, store: str, tmp_path: Path
+) -> None:
+    if store == "sqlite":
+        (tmp_path / "a-file").touch()
+        url = f"sqlite:///{tmp_path}/a-file/metrics.db"
+    else:
+        url = f"redis://127.0.0.1:{free_port()}/0"
+    config = tmp_path / "llm-proxy.toml"
+    config.write_text(f'[providers.echo]\nkind = "echo"\n\n[store]\nurl = "{url}"\n')
+    (tmp_path / "served.py").write_text(SERVED_ALONE)
+    command = [sys.executable, "-m", "uvicorn", app, "--app-dir", str(tmp_path)]
+    command += ["--host", "127.0.0.1", "--port", str(free_port()), "--log-level", "info"]
+    result = subprocess.run(
+        command, cwd=REPO, env=app_env(config), capture_output=True, timeout=PROCESS_GUARD
+    )
+    output = (result.stdout + result.stderr).decode(errors="replace")
+    assert result.returncode != 0, output
+    [reason] = [line for line in output.splitlines() if "cannot start" in line]
+    assert "llm_proxy_mw: cannot start: the [store] does not open (" in reason, output
+    assert url in reason, output
+    assert "Application startup failed. Exiting." in output
+    # Not taken for a lifespan uvicorn does not support, and never listening.
+    assert "unsupported" not in output and "Uvicorn running" not in output, output

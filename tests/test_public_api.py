@@ -12,13 +12,18 @@ from llm_proxy_mw import errors
 
 MODULES = [
     "llm_proxy_mw",
+    "llm_proxy_mw.admin",
+    "llm_proxy_mw.auth",
     "llm_proxy_mw.builder",
     "llm_proxy_mw.config",
     "llm_proxy_mw.client",
     "llm_proxy_mw.context",
     "llm_proxy_mw.errors",
+    "llm_proxy_mw.healthz",
+    "llm_proxy_mw.metrics_app",
     "llm_proxy_mw.mounting",
     "llm_proxy_mw.providers",
+    "llm_proxy_mw.proxy",
     "llm_proxy_mw.routing",
     "llm_proxy_mw.transports",
     "llm_proxy_mw.upstream",
@@ -50,6 +55,13 @@ def test_star_import_gives_exactly_all() -> None:
 def test_entry_points_are_public() -> None:
     for name in ("build_proxy", "load_config", "LLMProxy", "ProxyConfig", "WireFormat"):
         assert name in llm_proxy_mw.__all__
+
+
+def test_llm_proxy_lives_in_its_own_module_and_imports_from_the_old_one() -> None:
+    from llm_proxy_mw.builder import LLMProxy
+
+    assert LLMProxy is llm_proxy_mw.LLMProxy
+    assert LLMProxy.__module__ == "llm_proxy_mw.proxy"
 
 
 def test_errors_all_is_sorted_and_importable() -> None:

@@ -8,7 +8,6 @@ proxy (stores, background refreshers).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -16,8 +15,7 @@ from starlette.types import Receive, Scope, Send
 
 from llm_proxy_mw._extras import installed
 from llm_proxy_mw.auth._api_keys import ApiKeyAuthenticator
-from llm_proxy_mw.auth._middleware import Authenticator, presented_secret
-from llm_proxy_mw.auth._principal import Principal
+from llm_proxy_mw.auth._middleware import Authenticator, AuthenticatorChain
 from llm_proxy_mw.auth._token_api import TokenApi
 from llm_proxy_mw.auth._token_owners import LoginSession, owner_check
 from llm_proxy_mw.auth._tokens import TokenService
@@ -46,28 +44,22 @@ class Lifecycle(Protocol):
 
 @dataclass
 class AuthSetup:
+    """``chain`` asks ``authenticators`` (the very list, so every one added is asked): the
+    pipeline's ``AuthMiddleware``, the admin gate and the token API all resolve callers so."""
+
     authenticators: list[Authenticator] = field(default_factory=list)
     endpoints: list[AuthEndpoints] = field(default_factory=list)
     lifecycles: list[Lifecycle] = field(default_factory=list)
+    chain: AuthenticatorChain = field(init=False, repr=False)
 
-    async def resolve(self, scope: Scope) -> Principal | None:
-        """The request's principal by every configured means, or ``None``."""
-        secret = presented_secret(scope)
-        for authenticator in self.authenticators:
-            principal = await authenticator.authenticate(scope, secret)
-            if principal is not None:
-                return principal
-        return None
+    def __post_init__(self) -> None:
+        self.chain = AuthenticatorChain(self.authenticators)
 
     def endpoint_for(self, route_path: str) -> AuthEndpoints | None:
         for endpoint in self.endpoints:
             if endpoint.handles(route_path):
                 return endpoint
         return None
-
-
-#: Resolves a request's principal; endpoint apps get this to know who is calling.
-Resolver = Callable[[Scope], Awaitable[Principal | None]]
 
 
 def build_auth(config: AuthConfig, *, store_url: str) -> AuthSetup:
@@ -101,7 +93,7 @@ def _add_tokens(
         owner_exists=owner_check(config),
     )
     setup.authenticators.append(service.authenticator)
-    api = TokenApi(service, resolve=setup.resolve)
+    api = TokenApi(service, resolve=setup.chain.resolve)
     setup.endpoints.append(api)
     setup.lifecycles.append(service)
     return api

@@ -45,7 +45,7 @@ _FAMILY_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _OAUTH_PATHS = ("/auth/token", "/auth/revoke", "/auth/introspect")
 _PATHS = frozenset({"/auth/tokens", "/.well-known/jwks.json", *_OAUTH_PATHS})
 
-#: Resolves a request's principal by every configured means (``AuthSetup.resolve``).
+#: Resolves a request's principal by every configured means (``AuthenticatorChain.resolve``).
 Resolver = Callable[[Scope], Awaitable[Principal | None]]
 #: The login session a request is signed in with, if any.
 SessionFinder = Callable[[Scope], LoginSession | None]

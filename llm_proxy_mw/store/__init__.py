@@ -26,13 +26,13 @@ __all__ = [
 ]
 
 
-def open_metrics_store(url: str) -> MetricsStore:
+def open_metrics_store(url: str, *, memory_fallback: bool = True) -> MetricsStore:
     """The store for a ``[store] url``, not yet connected: ``await store.open()`` it (the
     ``HistoryRecorder`` does). A malformed URL or a missing client raises at once, since that
-    is a configuration mistake, not an outage."""
+    is a configuration mistake, not an outage. ``memory_fallback``: see ``SqliteMetricsStore``."""
     scheme = url.partition("://")[0].lower()
     if scheme == "sqlite":
-        return SqliteMetricsStore(sqlite_path(url), url=url)
+        return SqliteMetricsStore(sqlite_path(url), url=url, memory_fallback=memory_fallback)
     if scheme in ("redis", "rediss"):
         return _redis_store()(url)
     raise ValueError(

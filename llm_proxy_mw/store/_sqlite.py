@@ -94,13 +94,22 @@ class SqliteMetricsStore:
 
     ``busy_timeout`` is how long a write waits for another connection's lock before it
     fails with ``StoreError`` (the recorder keeps the batch and retries). ``in_memory`` tells
-    whether the store fell back to memory because the file could not be opened.
+    whether the store fell back to memory because the file could not be opened; without
+    ``memory_fallback`` such a file fails ``open`` with ``StoreError`` instead.
     """
 
-    def __init__(self, path: str, *, busy_timeout: float = 5.0, url: str | None = None) -> None:
+    def __init__(
+        self,
+        path: str,
+        *,
+        busy_timeout: float = 5.0,
+        url: str | None = None,
+        memory_fallback: bool = True,
+    ) -> None:
         self.path = path
         self.url = url or f"sqlite:///{path}"
         self.busy_timeout = busy_timeout
+        self.memory_fallback = memory_fallback
         self.in_memory = path == ":memory:"
         self._conn: sqlite3.Connection | None = None
         self._executor: ThreadPoolExecutor | None = None
@@ -215,6 +224,8 @@ class SqliteMetricsStore:
         self._use_memory(error)
 
     def _use_memory(self, error: sqlite3.Error) -> None:
+        if not self.memory_fallback:
+            raise error
         logger.warning(
             "llm_proxy_mw: cannot open metrics store %s (%s); keeping metrics history in "
             "memory for this run: it starts empty and will not survive a restart",
