@@ -801,8 +801,9 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         yield redis.url
 
 
-#: Real epoch seconds: Redis expires keys by its own clock (EXPIREAT).
-T = float(int(time.time()))
+#: Epoch seconds a day ahead: Redis expires keys by its own clock (EXPIREAT), so families
+#: made "now" at import would expire under it in a long run in random order (they live 100 s).
+T = float(int(time.time())) + 86_400
 
 
 def family(family_id: str, owner: str = "alice", now: float = T, **changes: Any) -> Family:
