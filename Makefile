@@ -3,10 +3,11 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
+DOCS_STAMP := $(VENV)/.docs-installed-stamp
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install bytecode demo test lint typecheck pytest bench clean
+.PHONY: install bytecode demo test lint typecheck pytest docs bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,10 +34,18 @@ pytest: $(STAMP)
 	$(PY) -m pip check
 	$(PY) -m pytest --cov --cov-report=term --cov-fail-under=90
 
-test: lint pytest
+# The documentation site (docs/, mkdocs.yml) into site/; --strict: any warning fails the build.
+$(DOCS_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e '.[docs]'
+	touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
+test: lint docs pytest
 
 bench: bytecode
 	$(PY) -m benchmarks
 
 clean:
-	rm -rf $(VENV) .coverage .pytest_cache .mypy_cache .ruff_cache htmlcov test-artifacts
+	rm -rf $(VENV) site .coverage .pytest_cache .mypy_cache .ruff_cache htmlcov test-artifacts
