@@ -10,15 +10,13 @@ About 3 minutes, 5 with LiteLLM; ``--quick`` is a smoke test of about a minute, 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from benchmarks._procs import Processes, cpus
+from benchmarks._procs import cpus
 from benchmarks._table import num, ratio, table
-from benchmarks.compare._litellm import LITELLM, CompareRun, litellm_contender
+from benchmarks.compare._litellm import LITELLM, litellm_contender
 from benchmarks.e2e import (
     CHAT_PATH,
     Load,
@@ -26,6 +24,7 @@ from benchmarks.e2e import (
     choose_tool,
     floor_contender,
     ours_contender,
+    pinned_run,
     report,
     scenarios,
     write_config,
@@ -84,28 +83,18 @@ def main(*, quick: bool = False, load: str = "auto", litellm: Path | None = None
     tool = choose_tool(load)
     runs, rounds = scenarios(quick)
     proxy_cpu, load_cpu, cpu_note = cpus()
-    original = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {load_cpu})  # the orchestrator stays off the proxies' CPU
-    try:
-        with (
-            tempfile.TemporaryDirectory(prefix="llm-bench-compare-") as tmp,
-            Processes(Path(tmp)) as procs,
-        ):
-            workdir = Path(tmp)
-            run = CompareRun(procs, workdir, tool, False, (proxy_cpu, load_cpu))
-            provider_port = run.start_provider()
-            contenders = [
-                floor_contender(provider_port),
-                ours_contender(write_config(workdir, provider_port, None)),
-            ]
-            if litellm is not None:
-                contenders.append(litellm_contender(litellm, workdir, provider_port))
-            ns1 = next(sc for sc in runs if sc.key == "ns1")
-            run.load(provider_port, CHAT_PATH, ns1, ns1.warmup)
-            direct = run.load(provider_port, CHAT_PATH, ns1, ns1.duration)
-            run.measure(contenders, runs, rounds)
-    finally:
-        os.sched_setaffinity(0, original)
+    with pinned_run("llm-bench-compare-", tool) as run:
+        provider_port = run.start_provider()
+        contenders = [
+            floor_contender(provider_port),
+            ours_contender(write_config(run.workdir, provider_port, None)),
+        ]
+        if litellm is not None:
+            contenders.append(litellm_contender(litellm, run.workdir, provider_port))
+        ns1 = next(sc for sc in runs if sc.key == "ns1")
+        run.load(provider_port, CHAT_PATH, ns1, ns1.warmup)
+        direct = run.load(provider_port, CHAT_PATH, ns1, ns1.duration)
+        run.measure(contenders, runs, rounds)
     header = (
         f"Each proxy served alone by uvicorn (uvloop, httptools, 1 worker; LiteLLM by its own "
         f"command, 1 worker), pinned to CPU {proxy_cpu}; load ({tool}) and fake provider on "
