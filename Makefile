@@ -3,10 +3,13 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
+DOCS_STAMP := $(VENV)/.docs-installed-stamp
+LITELLM_VERSION ?= 1.108.7
+LITELLM_VENV := .bench/litellm-venv
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install bytecode demo test lint typecheck pytest bench clean
+.PHONY: install bytecode demo test lint typecheck pytest docs bench bench-compare clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,10 +36,34 @@ pytest: $(STAMP)
 	$(PY) -m pip check
 	$(PY) -m pytest --cov --cov-report=term --cov-fail-under=90
 
-test: lint pytest
+# The documentation site (docs/, mkdocs.yml) into site/; --strict: any warning fails the build.
+$(DOCS_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e '.[docs]'
+	touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
+test: lint docs pytest
 
 bench: bytecode
 	$(PY) -m benchmarks
 
+# LiteLLM's proxy, only for `make bench-compare LITELLM=1`: in a venv of its own, never in .venv.
+$(LITELLM_VENV)/bin/litellm:
+	$(PYTHON) -m venv $(LITELLM_VENV)
+	$(LITELLM_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(LITELLM_VENV)/bin/python -m pip install --quiet 'litellm[proxy]==$(LITELLM_VERSION)'
+
+# The side-by-side comparison with the aiohttp floor, and LiteLLM's proxy with LITELLM=1;
+# QUICK=1 is a smoke test (a minute, not figures).
+COMPARE_ARGS := $(if $(filter 1,$(QUICK)),--quick)
+ifeq ($(LITELLM),1)
+bench-compare: $(LITELLM_VENV)/bin/litellm
+COMPARE_ARGS += --litellm $(LITELLM_VENV)/bin/litellm
+endif
+bench-compare: bytecode
+	$(PY) -m benchmarks.compare $(COMPARE_ARGS)
+
 clean:
-	rm -rf $(VENV) .coverage .pytest_cache .mypy_cache .ruff_cache htmlcov test-artifacts
+	rm -rf $(VENV) .bench site .coverage .pytest_cache .mypy_cache .ruff_cache htmlcov test-artifacts

@@ -9,6 +9,7 @@ one issue 6 budgets as a ratio to the floor measured in the same run.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -20,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,6 +58,7 @@ __all__ = [
     "free_port",
     "main",
     "ours_contender",
+    "pinned_run",
     "write_config",
 ]
 
@@ -122,6 +124,10 @@ class Contender:
     prefix: str
     env: dict[str, str]
     workers: int = 1
+    #: A proxy that is no ASGI app of ours (LiteLLM's): the command that serves it, with
+    #: ``{port}`` in place of the port, and how to check its answers (default: byte for byte).
+    command: tuple[str, ...] = ()
+    check: Callable[[int, str], list[str]] | None = None
 
 
 def floor_contender(provider_port: int, *, key: str = "floor", workers: int = 1) -> Contender:
@@ -366,11 +372,13 @@ class Run:
     def start(self, contender: Contender, outcome: Outcome) -> Served | None:
         """Serve one proxy; ``None`` (and a problem noted) if it never answers."""
         port = free_port()
-        argv = [sys.executable, "-m", "uvicorn", contender.app, "--host", HOST]
-        argv += ["--port", str(port), "--loop", "uvloop", "--http", "httptools"]
-        # No websocket endpoints to serve: --ws none spares uvicorn importing a websocket
-        # library at start (~40 ms when one is installed, as uvicorn[standard] does).
-        argv += ["--no-access-log", "--ws", "none", "--workers", str(contender.workers)]
+        argv = [arg.replace("{port}", str(port)) for arg in contender.command]
+        if not argv:
+            argv = [sys.executable, "-m", "uvicorn", contender.app, "--host", HOST]
+            argv += ["--port", str(port), "--loop", "uvloop", "--http", "httptools"]
+            # No websocket endpoints to serve: --ws none spares uvicorn importing a websocket
+            # library at start (~40 ms when one is installed, as uvicorn[standard] does).
+            argv += ["--no-access-log", "--ws", "none", "--workers", str(contender.workers)]
         path = contender.prefix + CHAT_PATH
         started = time.perf_counter()
         proc = self.procs.start(
@@ -385,7 +393,7 @@ class Run:
             self.procs.stop(proc)
             return None
         outcome.startup_s = time.perf_counter() - started
-        outcome.problems += check_bodies(port, path)
+        outcome.problems += (contender.check or check_bodies)(port, path)
         outcome.idle_rss_mb = rss_mb(proc.pid)
         return Served(contender.key, proc, port, path, outcome)
 
@@ -671,34 +679,37 @@ def choose_tool(requested: str) -> str:
     return requested
 
 
+@contextlib.contextmanager
+def pinned_run(prefix: str, tool: str, profile: bool = False) -> Iterator[Run]:
+    """A run in a fresh work directory, its processes stopped on the way out. The orchestrator
+    sleeps while loads run; meanwhile it stays on the load CPU, off the proxies'."""
+    proxy_cpu, load_cpu, _ = cpus()
+    original = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {load_cpu})
+    try:
+        with tempfile.TemporaryDirectory(prefix=prefix) as tmp, Processes(Path(tmp)) as procs:
+            yield Run(procs, Path(tmp), tool, profile, (proxy_cpu, load_cpu))
+    finally:
+        os.sched_setaffinity(0, original)
+
+
 def main(
     *, quick: bool = False, load: str = "auto", pool_max: int | None = None, profile: bool = False
 ) -> str:
     """Run the end-to-end comparison and return its markdown report."""
     tool = choose_tool(load)
     runs, rounds = scenarios(quick)
-    # The orchestrator sleeps while loads run; it stays off the proxies' CPU.
     proxy_cpu, load_cpu, cpu_note = cpus()
-    original = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {load_cpu})
-    try:
-        with (
-            tempfile.TemporaryDirectory(prefix="llm-bench-e2e-") as tmp,
-            Processes(Path(tmp)) as procs,
-        ):
-            workdir = Path(tmp)
-            run = Run(procs, workdir, tool, profile, (proxy_cpu, load_cpu))
-            provider_port = run.start_provider()
-            config = write_config(workdir, provider_port, pool_max)
-            contenders = [floor_contender(provider_port), ours_contender(config)]
-            ns1 = next(sc for sc in runs if sc.key == "ns1")
-            run.load(provider_port, CHAT_PATH, ns1, ns1.warmup)
-            direct = run.load(provider_port, CHAT_PATH, ns1, ns1.duration)
-            _progress("direct ns1", direct)
-            run.measure(contenders, runs, rounds)
-            floor, ours = run.outcomes["floor"], run.outcomes["ours"]
-    finally:
-        os.sched_setaffinity(0, original)
+    with pinned_run("llm-bench-e2e-", tool, profile) as run:
+        provider_port = run.start_provider()
+        config = write_config(run.workdir, provider_port, pool_max)
+        contenders = [floor_contender(provider_port), ours_contender(config)]
+        ns1 = next(sc for sc in runs if sc.key == "ns1")
+        run.load(provider_port, CHAT_PATH, ns1, ns1.warmup)
+        direct = run.load(provider_port, CHAT_PATH, ns1, ns1.duration)
+        _progress("direct ns1", direct)
+        run.measure(contenders, runs, rounds)
+        floor, ours = run.outcomes["floor"], run.outcomes["ours"]
     load_text = "wrk 1 thread" if tool == "wrk" else "benchmarks.loadgen (Python, httptools)"
     durations = ", ".join(f"{sc.key} {sc.duration:g} s" for sc in runs)
     header = (

@@ -417,7 +417,7 @@ async def _cases(env: Env) -> tuple[list[Case], list[str], Any]:
             "host app: Starlette Mount('/llm') + full stack, JSON",
             host,
             path="/llm/v1/chat/completions",
-            note="the proxy in the host's route table",
+            note="the proxy in the host's route table, as the examples app serves it",
         )
     )
     cases.append(
@@ -425,7 +425,7 @@ async def _cases(env: Env) -> tuple[list[Case], list[str], Any]:
             "host app: mount(host, '/llm', proxy) + full stack, JSON",
             mount(host, "/llm", proxy),
             path="/llm/v1/chat/completions",
-            note="in front of the host's router, as the examples app serves it",
+            note="in front of the host's router, past its middleware",
         )
     )
     return cases, skipped, proxy

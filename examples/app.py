@@ -1,21 +1,13 @@
-"""A host Starlette app with its own routes that mounts the LLM proxy at ``/llm``.
+"""A host Starlette app with a route of its own and the LLM proxy mounted at ``/llm``.
 
 Run it with ``make demo`` (or ``uvicorn examples.app:app``). It reads the TOML file named by
 ``LLM_PROXY_CONFIG``; without one it serves the offline ``echo`` provider, plus OpenAI and
-Anthropic when ``OPENAI_API_KEY`` / ``ANTHROPIC_API_KEY`` are set.
+Anthropic when ``OPENAI_API_KEY`` / ``ANTHROPIC_API_KEY`` are set. The proxy sits in the host's
+route table under a standard ``Mount``, so middleware the host adds (CORS, logging,
+OpenTelemetry's ASGI instrumentation, its own auth) sees proxied requests too.
 """
 
 from __future__ import annotations
-
-import gc
-
-# Loading the app allocates ~90,000 objects (pydantic builds the config's validators, aiohttp
-# its TLS contexts, ...), and with the collector on CPython walks them ~130 times before the
-# first request: ~0.1 s of a ~0.6 s start-up. Paused until the end of this module, which
-# freezes what it built. (The imports below come after this on purpose: ruff's E402 is off
-# for this file.)
-_collector_was_on = gc.isenabled()
-gc.disable()
 
 import contextlib
 import logging
@@ -28,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Mount, Route
 
-from llm_proxy_mw import LLMProxy, build_proxy, load_config, mount
+from llm_proxy_mw import LLMProxy, build_proxy, load_config, tuned_gc
 from llm_proxy_mw.logging_filters import RedactQuerySecrets
 
 
@@ -77,33 +69,13 @@ async def homepage(request: Request) -> JSONResponse:
 
 @contextlib.asynccontextmanager
 async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    # Starlette runs no lifespan for mounted apps: the host enters the proxy's.
     async with proxy.lifespan(app):
-        # What the proxy's start-up built (pools, store) joins what the import froze.
-        gc.freeze()
-        # A proxy keeps tens of objects alive per request in flight. At CPython's default
-        # first-generation threshold (700 new objects) hundreds of concurrent requests make
-        # the collector run every few requests and walk all of them again: 10-15% of the
-        # CPU at 256 connections. The proxy frees its objects without the collector's help
-        # (no reference cycles per request), so collecting less often costs no memory.
-        thresholds = gc.get_threshold()
-        gc.set_threshold(50_000, 10, 10)
-        try:
+        with tuned_gc():  # the collector set for serving: see llm_proxy_mw.gc_tuning
             yield
-        finally:
-            gc.set_threshold(*thresholds)
 
 
-host = Starlette(
+app = Starlette(
     routes=[Route("/", homepage), Mount("/llm", app=proxy, name="llm")],
     lifespan=lifespan,
 )
-
-#: ``/llm/...`` goes straight to the proxy, in front of the host's router (which keeps its
-#: Mount for ``url_for``): a Starlette Mount alone costs each proxied request ~20 µs more.
-app = mount(host, "/llm", proxy)
-
-# Everything loaded and built above lives as long as the process: out of the collector's
-# generations, later collections never walk it again.
-gc.freeze()
-if _collector_was_on:
-    gc.enable()

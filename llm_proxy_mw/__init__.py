@@ -8,6 +8,7 @@ from llm_proxy_mw.auth import ApiKeyAuthenticator, AuthMiddleware, Principal
 from llm_proxy_mw.builder import build_proxy
 from llm_proxy_mw.config import ProxyConfig, load_config
 from llm_proxy_mw.context import RequestContext, RequestContextMiddleware, get_context
+from llm_proxy_mw.gc_tuning import tuned_gc
 from llm_proxy_mw.health import HealthPolicy, HealthRegistry
 from llm_proxy_mw.metrics import MetricsMiddleware, ProxyMetrics
 from llm_proxy_mw.mounting import PrefixMount, mount
@@ -62,6 +63,7 @@ __all__ = [
     "get_context",
     "load_config",
     "mount",
+    "tuned_gc",
 ]
 
 

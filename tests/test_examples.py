@@ -1,13 +1,15 @@
-"""The examples and the README, as a new user meets them.
+"""The examples, the README and the docs, as a new user meets them.
 
 The example config sets every option and loads; the example apps (Starlette and FastAPI) serve
-the proxy under ``/llm`` with its lifespan; and every README snippet marked
-``# works against make demo`` runs, unchanged but for the URL, against the example app under
-real uvicorn, while every one marked ``# runs as is`` runs on its own.
+the proxy under ``/llm`` with its lifespan, behind the host's middleware; and every snippet of
+the README and of ``docs/`` marked ``# works against make demo`` runs, unchanged but for the
+URL, against the example app under real uvicorn, while every one marked ``# runs as is`` runs
+on its own.
 """
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import logging
 import os
@@ -24,13 +26,16 @@ from typing import Any
 import httpx
 import pytest
 from pydantic import BaseModel
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from llm_proxy_mw import build_proxy, load_config
 from llm_proxy_mw.config import ConfigError, ProxyConfig
+from llm_proxy_mw.gc_tuning import SERVING_THRESHOLD
 from tests.fakes.servers import UvicornServer
 
 ROOT = Path(__file__).resolve().parent.parent
-README = ROOT / "README.md"
+#: The README and every page of the documentation site: their snippets run here.
+DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 EXAMPLE_TOML = ROOT / "examples" / "llm-proxy.toml"
 
 DEMO_URL = "http://127.0.0.1:8000"
@@ -274,25 +279,80 @@ def test_example_app_serves_the_proxy_under_llm(
     assert not [r for r in caplog.records if "lifespan was not entered" in r.getMessage()]
 
 
-# ---- README snippets -------------------------------------------------------------------------
+class PathRecorder:
+    """Host middleware, where CORS, request logging or tracing would sit: notes each path."""
+
+    def __init__(self, app: ASGIApp, *, seen: list[str]) -> None:
+        self.app = app
+        self.seen = seen
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            self.seen.append(scope["path"])
+        await self.app(scope, receive, send)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("name", ["app", "fastapi_app"])
+async def test_host_middleware_sees_the_proxied_requests(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for var in PROVIDER_ENV:
+        monkeypatch.delenv(var, raising=False)
+    module = _load_example(name)
+    seen: list[str] = []
+    module.app.add_middleware(PathRecorder, seen=seen)
+    chat = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "seen?"}]}
+
+    async with module.app.router.lifespan_context(module.app):
+        transport = httpx.ASGITransport(app=module.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://host") as client:
+            home = await client.get("/")
+            proxied = await client.post("/llm/v1/chat/completions", json=chat)
+
+    assert home.status_code == 200
+    assert proxied.status_code == 200, proxied.text
+    assert proxied.headers["x-llm-proxy-provider"] == "echo"
+    assert seen == ["/", "/llm/v1/chat/completions"]
+
+
+@pytest.mark.anyio
+async def test_the_example_app_serves_with_the_collector_tuned(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for var in PROVIDER_ENV:
+        monkeypatch.delenv(var, raising=False)
+    module = _load_example("app")
+    before = gc.get_threshold()
+
+    async with module.app.router.lifespan_context(module.app):
+        serving = gc.get_threshold()
+
+    assert serving == (SERVING_THRESHOLD, *before[1:])
+    assert gc.get_threshold() == before
+
+
+# ---- README and docs snippets ---------------------------------------------------------------
 
 _FENCE = re.compile(r"^```(\w*)[ \t]*\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
 
 
-def _readme_blocks(language: str) -> list[tuple[int, str]]:
-    """(line number, code) of every fenced block in the README in ``language``."""
-    text = README.read_text(encoding="utf-8")
-    return [
-        (text.count("\n", 0, m.start()) + 1, m.group(2))
-        for m in _FENCE.finditer(text)
-        if m.group(1) == language
-    ]
+def _doc_blocks(language: str) -> list[tuple[str, str]]:
+    """(``file:line``, code) of every fenced block in ``language`` in the README and docs."""
+    blocks = []
+    for path in DOCUMENTS:
+        text = path.read_text(encoding="utf-8")
+        for m in _FENCE.finditer(text):
+            if m.group(1) == language:
+                line = text.count("\n", 0, m.start()) + 1
+                blocks.append((f"{path.relative_to(ROOT).as_posix()}:{line}", m.group(2)))
+    return blocks
 
 
 def _marked(language: str, mark: str) -> list[Any]:
     return [
-        pytest.param(code, id=f"README.md:{line}")
-        for line, code in _readme_blocks(language)
+        pytest.param(code, id=where)
+        for where, code in _doc_blocks(language)
         if code.startswith(mark + "\n")
     ]
 
@@ -314,13 +374,13 @@ def _run(argv: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
     return result
 
 
-def test_every_python_snippet_in_the_readme_is_marked() -> None:
+def test_every_python_snippet_in_the_docs_is_marked() -> None:
     """So that none goes untested: each one runs against the demo or on its own."""
-    blocks = _readme_blocks("python")
+    blocks = _doc_blocks("python")
     unmarked = [
-        line for line, code in blocks if not code.startswith((DEMO_MARK + "\n", STANDALONE_MARK))
+        where for where, code in blocks if not code.startswith((DEMO_MARK + "\n", STANDALONE_MARK))
     ]
-    assert not unmarked, f"README.md python blocks without a mark, at lines {unmarked}"
+    assert not unmarked, f"python blocks without a mark, at {unmarked}"
     demo = [code for _, code in blocks if code.startswith(DEMO_MARK)]
     assert len(demo) >= 4
     assert any("openai" in code and "stream=True" in code for code in demo)

@@ -1,4 +1,5 @@
-"""``mount(host, prefix, proxy)``: the proxy in front of the host's router, as a Mount sees it."""
+"""``mount(host, prefix, proxy)``: the proxy in front of the host's router, as a Mount sees it,
+and past the host's middleware, as documented."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from typing import Any
 
 import pytest
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Mount, Route
@@ -14,6 +16,7 @@ from test_builder import CHAT, client_for, mounted_proxy, serving_lifespan
 
 from llm_proxy_mw import mount
 from llm_proxy_mw.context import get_context
+from tests.test_examples import PathRecorder
 
 pytestmark = pytest.mark.anyio
 
@@ -48,6 +51,25 @@ async def test_requests_under_the_prefix_reach_the_proxy_and_the_rest_the_host()
     assert beside.text == "host /llmx"  # a prefix of the path, not of a path segment
     assert home_page.text == "host /"
     assert link.json() == {"llm": "http://host/llm/v1"}
+
+
+async def test_the_host_middleware_sees_only_what_mount_leaves_to_the_host() -> None:
+    """What ``mount()`` skips: whatever the host wraps around its routes, for the proxied
+    requests; a standard ``Mount`` keeps them inside (tests/test_examples.py)."""
+    proxy, _ = mounted_proxy()
+    seen: list[str] = []
+    host = Starlette(
+        routes=[Route("/", home), Mount("/llm", app=proxy)],
+        middleware=[Middleware(PathRecorder, seen=seen)],
+        lifespan=proxy.lifespan,
+    )
+    app = mount(host, "/llm", proxy)
+    async with serving_lifespan(app), client_for(app) as client:
+        chat = await client.post("/llm/v1/chat/completions", json=CHAT)
+        home_page = await client.get("/")
+    assert chat.status_code == 200
+    assert home_page.text == "host /"
+    assert seen == ["/"]
 
 
 async def test_the_proxy_sees_the_scope_a_starlette_mount_gives_it() -> None:
