@@ -21,16 +21,21 @@ from starlette.responses import JSONResponse
 from starlette.routing import Mount, Route
 
 from llm_proxy_mw import LLMProxy, build_proxy, load_config, tuned_gc
-from llm_proxy_mw.logging_filters import RedactQuerySecrets
+from llm_proxy_mw.logging_filters import RedactQuerySecrets, StartupErrorLine
 
 
 def redact_logged_urls() -> None:
-    """Keep ``?key=``, ``?code=``, ``?state=`` and other query secrets out of uvicorn's logs:
-    its access log and its log of refused websocket handshakes quote each URL in full."""
-    for name in ("uvicorn.access", "uvicorn.error"):
+    """Keep ``?key=``, ``?code=``, ``?state=`` and other query secrets out of uvicorn's logs
+    (its access log and its log of refused websocket handshakes quote each URL in full), and
+    a proxy that cannot start to its one-line reason."""
+    for name, filters in (
+        ("uvicorn.access", [RedactQuerySecrets]),
+        ("uvicorn.error", [RedactQuerySecrets, StartupErrorLine]),
+    ):
         logger = logging.getLogger(name)
-        if not any(isinstance(f, RedactQuerySecrets) for f in logger.filters):
-            logger.addFilter(RedactQuerySecrets())
+        for kind in filters:
+            if not any(isinstance(f, kind) for f in logger.filters):
+                logger.addFilter(kind())
 
 
 redact_logged_urls()

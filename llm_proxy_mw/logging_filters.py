@@ -1,4 +1,8 @@
-"""``RedactQuerySecrets``: a logging filter that hides secrets in logged URLs' query strings.
+"""Logging filters a host installs on its server's loggers.
+
+``RedactQuerySecrets`` hides secrets in logged URLs' query strings; ``StartupErrorLine``
+turns the traceback of a proxy that cannot start into its one-line reason.
+
 
 A server's access log quotes each request line with its query string (uvicorn:
 ``"GET /llm/v1/models?key=... HTTP/1.1" 200``), and so does its log of refused websocket
@@ -17,7 +21,7 @@ import logging
 import re
 from collections.abc import Iterable, Mapping
 
-__all__ = ["QUERY_SECRETS", "RedactQuerySecrets"]
+__all__ = ["QUERY_SECRETS", "RedactQuerySecrets", "StartupErrorLine"]
 
 #: Query parameters whose values are redacted unless told otherwise (case-insensitive).
 QUERY_SECRETS = frozenset(
@@ -73,4 +77,27 @@ class RedactQuerySecrets(logging.Filter):
             record.args = tuple(self.redact(a) if isinstance(a, str) else a for a in args)
         elif isinstance(args, Mapping):
             record.args = {k: self.redact(v) if isinstance(v, str) else v for k, v in args.items()}
+        return True
+
+
+_STARTUP_ERROR = "llm_proxy_mw.errors.StartupError: "
+
+
+class StartupErrorLine(logging.Filter):
+    """Logs a ``StartupError`` traceback as its last line, the reason, which says it all.
+
+    Starlette's router runs the host's lifespan and, when it fails, hands the ASGI server
+    the whole traceback as the ``lifespan.startup.failed`` message, which uvicorn logs on
+    ``uvicorn.error``. A proxy whose store does not open has one thing to say (``cannot
+    start: the [store] does not open (...)``); this filter keeps that line and drops the
+    trace above it. Any other record passes unchanged::
+
+        logging.getLogger("uvicorn.error").addFilter(StartupErrorLine())
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str) and record.msg.startswith("Traceback"):
+            last = record.msg.rstrip().rpartition("\n")[2]
+            if last.startswith(_STARTUP_ERROR):
+                record.msg, record.args = last.removeprefix(_STARTUP_ERROR), None
         return True

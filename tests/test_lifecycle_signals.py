@@ -351,5 +351,6 @@ def test_a_store_that_does_not_open_exits_non_zero_with_one_line_and_serves_noth
     assert "llm_proxy_mw: cannot start: the [store] does not open (" in reason, output
     assert url in reason, output
     assert "Application startup failed. Exiting." in output
+    assert "Traceback" not in output, output
     # Not taken for a lifespan uvicorn does not support, and never listening.
     assert "unsupported" not in output and "Uvicorn running" not in output, output
