@@ -61,7 +61,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route
 
 from llm_proxy_mw import build_proxy
-from llm_proxy_mw.auth._jwt_auth import SigningKey
+from llm_proxy_mw.auth._signing_key import SigningKey
 from llm_proxy_mw.client import InvalidGrantError, ProxyTokenAuth
 from llm_proxy_mw.config import ConfigError, parse_config
 from llm_proxy_mw.logging_filters import QUERY_SECRETS, RedactQuerySecrets
