@@ -594,44 +594,6 @@ def _since(t: float | None, origin: float | None) -> str:
     return "–" if t is None or origin is None else f"{t - origin:.2f}"
 
 
-@dataclass(frozen=True, slots=True)
-class Odds:
-    """How often the breaker opens at 25% transient failures, by traffic."""
-
-    label: str
-    defaults: float
-    previous: float
-
-
-def _trips(policy: HealthPolicy, seed: int, calls: int, spacing: float) -> bool:
-    """Feed the real ``ProviderHealth`` seeded 25%-failure outcomes on a simulated clock."""
-    now = [1000.0]
-    health = ProviderHealth(policy, lambda: now[0])
-    rng = random.Random(seed)
-    for _ in range(calls):
-        health.record("server_error" if rng.random() < FAIL_RATE else "success")
-        if health.state is CircuitState.OPEN:
-            return True
-        now[0] += spacing
-    return False
-
-
-def _breaker_odds(seeds: int) -> list[Odds]:
-    cases = [
-        ("a fresh window (start, or after a close): first 300 calls", 300, 0.001),
-        ("1 req/s for 10 min", 600, 1.0),
-        ("0.5 req/s for 10 min", 300, 2.0),
-    ]
-    out = []
-    for label, calls, spacing in cases:
-        shares = [
-            sum(_trips(policy, seed, calls, spacing) for seed in range(seeds)) / seeds
-            for policy in (HealthPolicy(), PREVIOUS_HEALTH)
-        ]
-        out.append(Odds(label, *shares))
-    return out
-
-
 # -- the report ------------------------------------------------------------------------------
 
 
@@ -659,8 +621,6 @@ class _Report:
     down: list[Down]
     limited: list[RateLimited]
     recovery: Recovery
-    odds: list[Odds]
-    seeds: int
     header: str
 
     def render(self) -> str:
@@ -678,7 +638,7 @@ class _Report:
             ),
         ]
         text += ["", f"### 1. 25% transient 503s (seeded), {CONCURRENCY} concurrent clients", ""]
-        text += [self._flaky_table(), "", *self._flaky_notes(), "", self._odds_table()]
+        text += [self._flaky_table(), "", *self._flaky_notes()]
         text += ["", "### 2. Provider hard down (503 to every call), steady rate", ""]
         text += [self._down_table()]
         text += ["", "### 3. 429 with `retry-after: 1`, 20 concurrent requests, 429 once each", ""]
@@ -745,17 +705,6 @@ class _Report:
                 f"{on.opened}× / {prev.opened}× / {mixed.opened}×",
                 "stays closed (defaults)",
                 _met(on.opened == 0),
-            ]
-        )
-        worst = max(self.odds, key=lambda o: o.defaults)
-        rows.append(
-            [
-                "1. 25% 503s",
-                f"breaker opens by chance (model check), {worst.label}",
-                "–",
-                _pct_str(worst.defaults),
-                "stays closed",
-                _met(worst.defaults < 0.01),
             ]
         )
         d_off = next(d for d in self.down if d.label == "retries off")
@@ -886,31 +835,6 @@ class _Report:
             "*min budget tokens* is the lowest value seen by a 2 ms poll.",
         ]
 
-    def _odds_table(self) -> str:
-        rows = [[o.label, _pct_str(o.defaults), _pct_str(o.previous)] for o in self.odds]
-        now, old = HealthPolicy(), PREVIOUS_HEALTH
-        k_now, p_now = _first_window(now)
-        k_old, p_old = _first_window(old)
-        return (
-            "How often the breaker opens at 25% transient failures, by traffic: the real "
-            f"`ProviderHealth` fed seeded outcomes on a simulated clock, {self.seeds} seeds per "
-            "cell (a model check, no HTTP). A fresh window opens the circuit on "
-            f"{k_old} failures in its first {old.min_calls} calls with the previous "
-            f"failure_rate {old.failure_rate:g} ({p_old:.1%} at 25%), on {k_now} with the "
-            f"default {now.failure_rate:g} ({p_now:.3%}); at low traffic the "
-            f"{now.window_seconds} s window holds just over min_calls calls, so it keeps drawing "
-            "small samples until one reaches the failure rate.\n\n"
-            + table(
-                [
-                    "traffic",
-                    f"opens: defaults (min_calls {now.min_calls}, rate {now.failure_rate:g}, "
-                    f"{now.window_seconds} s)",
-                    f"opens: previous failure_rate {old.failure_rate:g}",
-                ],
-                rows,
-            )
-        )
-
     def _down_table(self) -> str:
         rows = []
         for d in self.down:
@@ -1016,14 +940,12 @@ class _Plan:
     down_short_s: float
     recover_after_opening: int
     tail_s: float
-    #: Seeds per row of the breaker-odds table.
-    odds_seeds: int
 
 
 def _plan(quick: bool) -> _Plan:
     if quick:
-        return _Plan(400, 3.0, 50.0, 7.0, 2.0, 1, 0.5, 100)
-    return _Plan(4000, 12.0, 50.0, 60.0, 5.0, 2, 2.0, 300)
+        return _Plan(400, 3.0, 50.0, 7.0, 2.0, 1, 0.5)
+    return _Plan(4000, 12.0, 50.0, 60.0, 5.0, 2, 2.0)
 
 
 #: The defaults before this run made the case for the current ones: three attempts, a
@@ -1048,14 +970,6 @@ def _defaults() -> str:
         f"max_attempts {RetryPolicy().max_attempts}, budget_max_tokens "
         f"{health.budget_max_tokens:g}, failure_rate {health.failure_rate:g}"
     )
-
-
-def _first_window(policy: HealthPolicy) -> tuple[int, float]:
-    """Failures in a fresh window's first ``min_calls`` calls that open it, and the odds."""
-    n = policy.min_calls
-    k = math.ceil(n * policy.failure_rate - 1e-9)
-    odds = sum(math.comb(n, i) * FAIL_RATE**i * (1 - FAIL_RATE) ** (n - i) for i in range(k, n + 1))
-    return k, odds
 
 
 async def _bench(
@@ -1111,7 +1025,6 @@ def main(*, quick: bool = False) -> str:
                 raise RuntimeError("fake provider did not start:\n" + procs.log_tail("provider"))
             os.sched_setaffinity(0, {proxy_cpu})
             flaky, down, limited, recovery = _run(_bench(int(line), Path(tmp), plan))
-            odds = _breaker_odds(plan.odds_seeds)
     finally:
         os.sched_setaffinity(0, original)
         quiet.setLevel(level)
@@ -1125,7 +1038,7 @@ def main(*, quick: bool = False) -> str:
         f"{time.monotonic() - started:.0f} s; load average {load:.2f} at the end."
         + (" **--quick: short runs, rough figures.**" if quick else "")
     )
-    return _Report(flaky, down, limited, recovery, odds, plan.odds_seeds, header).render()
+    return _Report(flaky, down, limited, recovery, header).render()
 
 
 def _cli() -> None:
