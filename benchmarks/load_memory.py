@@ -31,8 +31,8 @@ from benchmarks._load_big import RssWatch, SlowRead, Transfer, read_fast, read_s
 from benchmarks._load_client import KINDS, PREFIX, PROVIDERS, Tally, concurrent_streams, mixed
 from benchmarks._procs import Processes, cpu_busy_seconds, cpu_seconds, cpus, rss_mb
 from benchmarks._table import num, table
-from benchmarks.e2e import free_port, wait_ready
 from benchmarks.fixtures import CLIENT_KEY, UPSTREAM_KEY
+from benchmarks.overhead import free_port, wait_ready
 
 __all__ = ["main"]
 

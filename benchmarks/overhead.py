@@ -1,4 +1,5 @@
-"""End-to-end run: the examples app under uvicorn against the aiohttp passthrough floor.
+"""What the proxy costs over a bare passthrough: the examples app under uvicorn against the
+aiohttp passthrough floor, through real servers and sockets.
 
 Both proxies are served the same way (uvicorn, uvloop, httptools, one worker, pinned to the
 first CPU) in front of the same fast fake provider, and driven by the same load (``wrk`` when
@@ -206,7 +207,7 @@ def write_config(workdir: Path, provider_port: int, pool_max: int | None) -> Pat
     pool = f"\n[providers.bench.pool]\nmax_connections = {pool_max}\n" if pool_max else ""
     path = workdir / "llm-proxy.toml"
     path.write_text(
-        f"""# Written by benchmarks/e2e.py for one run.
+        f"""# Written by benchmarks/overhead.py for one run.
 [providers.bench]
 kind = "openai"
 base_url = "http://{HOST}:{provider_port}/v1"
@@ -683,7 +684,7 @@ def main(
     os.sched_setaffinity(0, {load_cpu})
     try:
         with (
-            tempfile.TemporaryDirectory(prefix="llm-bench-e2e-") as tmp,
+            tempfile.TemporaryDirectory(prefix="llm-bench-overhead-") as tmp,
             Processes(Path(tmp)) as procs,
         ):
             workdir = Path(tmp)
