@@ -29,7 +29,7 @@ from benchmarks._event_client import EventTally, check_splitter, paced_streams
 from benchmarks._procs import Processes, cpus
 from benchmarks._raw_http import run as run_async
 from benchmarks._table import num, table
-from benchmarks.fake_provider import PACE_MS, PACED_EVENTS
+from benchmarks.fixtures import PACE_MS, PACED_EVENTS
 from benchmarks.loadgen import percentile
 from benchmarks.overhead import (
     CHAT_PATH,
