@@ -62,6 +62,18 @@ CHAT: bytes = _dumps(
 N_STREAM_CHUNKS = 100
 
 
+def _choice(i: int, n: int) -> dict[str, Any]:
+    """Chunk ``i`` of ``n``'s choice: the role first, content tokens, then the finish."""
+    fin: str | None
+    if i == 0:
+        delta, fin = {"role": "assistant", "content": ""}, None
+    elif i == n - 1:
+        delta, fin = {}, "stop"
+    else:
+        delta, fin = {"content": f" tok{i:03d}"}, None
+    return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": fin}
+
+
 def _chat_sse_events(n: int = N_STREAM_CHUNKS) -> list[bytes]:
     """Role chunk, n-2 content chunks, a finish chunk carrying usage, then ``[DONE]``."""
     base = {
@@ -73,16 +85,7 @@ def _chat_sse_events(n: int = N_STREAM_CHUNKS) -> list[bytes]:
     }
     events = []
     for i in range(n):
-        fin: str | None
-        if i == 0:
-            delta, fin = {"role": "assistant", "content": ""}, None
-        elif i == n - 1:
-            delta, fin = {}, "stop"
-        else:
-            delta, fin = {"content": f" tok{i:03d}"}, None
-        chunk: dict[str, Any] = dict(
-            base, choices=[{"index": 0, "delta": delta, "logprobs": None, "finish_reason": fin}]
-        )
+        chunk: dict[str, Any] = dict(base, choices=[_choice(i, n)])
         if i == n - 1:
             chunk["usage"] = {
                 "prompt_tokens": 25,
@@ -108,13 +111,6 @@ def paced_templates(n: int = PACED_EVENTS) -> list[tuple[bytes, bytes]]:
     ``fixtures``: role first, content tokens, a finish chunk with usage)."""
     templates = []
     for seq in range(n):
-        fin: str | None
-        if seq == 0:
-            delta, fin = {"role": "assistant", "content": ""}, None
-        elif seq == n - 1:
-            delta, fin = {}, "stop"
-        else:
-            delta, fin = {"content": f" tok{seq:03d}"}, None
         event: dict[str, Any] = {
             "sent_ns": 0,
             "seq": seq,
@@ -122,7 +118,7 @@ def paced_templates(n: int = PACED_EVENTS) -> list[tuple[bytes, bytes]]:
             "object": "chat.completion.chunk",
             "created": 1700000000,
             "model": "gpt-4o-mini-2024-07-18",
-            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": fin}],
+            "choices": [_choice(seq, n)],
         }
         if seq == n - 1:
             event["usage"] = {"prompt_tokens": 25, "completion_tokens": n, "total_tokens": 25 + n}
