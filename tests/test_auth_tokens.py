@@ -788,11 +788,22 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         yield redis.url
 
 
-#: Real epoch seconds: Redis expires keys by its own clock (EXPIREAT).
+#: Real epoch seconds as the test started (``fresh_epoch``): Redis expires keys by its own
+#: clock (EXPIREAT), so a time read as the module was imported would be minutes old for a
+#: test that runs late in the suite, and its families would expire as they were added.
 T = float(int(time.time()))
 
 
-def family(family_id: str, owner: str = "alice", now: float = T, **changes: Any) -> Family:
+@pytest.fixture(autouse=True)
+def fresh_epoch() -> None:
+    global T
+    T = float(int(time.time()))
+
+
+def family(
+    family_id: str, owner: str = "alice", now: float | None = None, **changes: Any
+) -> Family:
+    now = T if now is None else now
     fields: dict[str, Any] = {
         "id": family_id,
         "owner": owner,
