@@ -1,4 +1,4 @@
-"""``python -m benchmarks [micro|e2e|resilience|load|scaling] [--quick]``: print the benchmark
+"""``python -m benchmarks [layers|overhead|resilience|load|scaling] [--quick]``: print the benchmark
 tables.
 
 Without a target all five run (about 8-9 minutes on the 2-core box); ``--quick`` is a smoke test
@@ -13,7 +13,7 @@ import platform
 import sys
 import time
 
-from benchmarks import e2e, load_memory, micro, resilience, scaling
+from benchmarks import layers, load_memory, overhead, resilience, scaling
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "target",
         nargs="?",
-        choices=("all", "micro", "e2e", "resilience", "load", "scaling"),
+        choices=("all", "layers", "overhead", "resilience", "load", "scaling"),
         default="all",
     )
     parser.add_argument("--quick", action="store_true", help="smoke test, seconds not minutes")
@@ -29,19 +29,19 @@ def main(argv: list[str] | None = None) -> int:
         "--load",
         choices=("auto", "wrk", "python"),
         default="auto",
-        help="e2e and scaling load generator: wrk when installed (auto), or the Python one",
+        help="overhead and scaling load generator: wrk when installed (auto), or the Python one",
     )
     parser.add_argument(
         "--pool-max",
         type=int,
         default=None,
         metavar="N",
-        help="e2e: set the provider's pool max_connections (default: the config's default)",
+        help="overhead: set the provider's pool max_connections (default: the config's default)",
     )
     parser.add_argument(
         "--profile",
         action="store_true",
-        help="add profiles: cProfile of the full stack (micro), py-spy under load (e2e)",
+        help="add profiles: cProfile of the full stack (layers), py-spy under load (overhead)",
     )
     args = parser.parse_args(argv)
     started = time.monotonic()
@@ -59,10 +59,10 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
     try:
-        if args.target in ("all", "micro"):
-            print(micro.main(quick=args.quick, profile=args.profile) + "\n", flush=True)
-        if args.target in ("all", "e2e"):
-            text = e2e.main(
+        if args.target in ("all", "layers"):
+            print(layers.main(quick=args.quick, profile=args.profile) + "\n", flush=True)
+        if args.target in ("all", "overhead"):
+            text = overhead.main(
                 quick=args.quick, load=args.load, pool_max=args.pool_max, profile=args.profile
             )
             print(text + "\n", flush=True)

@@ -20,8 +20,7 @@ from typing import cast
 
 import httptools
 
-from benchmarks.fake_provider import PACED_EVENTS
-from benchmarks.fixtures import CLIENT_KEY, request_body
+from benchmarks.fixtures import CLIENT_KEY, PACED_EVENTS, request_body
 
 __all__ = ["EventSplitter", "EventTally", "check_splitter", "paced_streams"]
 

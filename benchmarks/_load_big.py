@@ -21,8 +21,8 @@ from typing import Any
 import httptools
 
 from benchmarks._load_client import request
+from benchmarks._marked_answers import BIG_EVENT
 from benchmarks._procs import rss_mb
-from benchmarks.load_provider import BIG_EVENT
 
 __all__ = ["RssWatch", "SlowRead", "Transfer", "read_fast", "read_slowly"]
 

@@ -1,6 +1,6 @@
 """The load benchmark's client: mixed requests in both wire formats, each answer checked.
 
-Every request carries its own marker, which ``load_provider`` echoes in every event. An
+Every request carries its own marker, which the fake provider echoes in every event. An
 answer counts as *ok* only when it is complete (the JSON parses; the stream has every event
 and its proper end), has status 200, came from the expected provider, and carries its own
 marker and no other. Anything else is counted by kind: *lost* (no answer, a cut body or
@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 
 import httptools
 
+from benchmarks._marked_answers import DELTAS, MARKER
 from benchmarks.fixtures import CLIENT_KEY
-from benchmarks.load_provider import DELTAS, MARKER
 
 __all__ = ["KINDS", "PREFIX", "PROVIDERS", "Tally", "concurrent_streams", "mixed", "request"]
 

@@ -1,4 +1,4 @@
-"""Markdown tables and number formatting shared by the micro and end-to-end reports."""
+"""Markdown tables and number formatting shared by the benchmark reports."""
 
 from __future__ import annotations
 

@@ -2,7 +2,8 @@
 
 Copied from the shared benchmark harness (its ``fixtures.py``) so that figures from here and
 from there describe the same payloads: a 678-byte chat completion with ``usage`` and a
-100-event ``chat.completion.chunk`` stream ending in ``data: [DONE]``.
+100-event ``chat.completion.chunk`` stream ending in ``data: [DONE]``; and the paced stream
+whose chunks carry the time they were written.
 """
 
 from __future__ import annotations
@@ -15,7 +16,10 @@ __all__ = [
     "CHAT_SSE_EVENTS",
     "CLIENT_KEY",
     "N_STREAM_CHUNKS",
+    "PACED_EVENTS",
+    "PACE_MS",
     "UPSTREAM_KEY",
+    "paced_templates",
     "request_body",
 ]
 
@@ -58,6 +62,18 @@ CHAT: bytes = _dumps(
 N_STREAM_CHUNKS = 100
 
 
+def _choice(i: int, n: int) -> dict[str, Any]:
+    """Chunk ``i`` of ``n``'s choice: the role first, content tokens, then the finish."""
+    fin: str | None
+    if i == 0:
+        delta, fin = {"role": "assistant", "content": ""}, None
+    elif i == n - 1:
+        delta, fin = {}, "stop"
+    else:
+        delta, fin = {"content": f" tok{i:03d}"}, None
+    return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": fin}
+
+
 def _chat_sse_events(n: int = N_STREAM_CHUNKS) -> list[bytes]:
     """Role chunk, n-2 content chunks, a finish chunk carrying usage, then ``[DONE]``."""
     base = {
@@ -69,16 +85,7 @@ def _chat_sse_events(n: int = N_STREAM_CHUNKS) -> list[bytes]:
     }
     events = []
     for i in range(n):
-        fin: str | None
-        if i == 0:
-            delta, fin = {"role": "assistant", "content": ""}, None
-        elif i == n - 1:
-            delta, fin = {}, "stop"
-        else:
-            delta, fin = {"content": f" tok{i:03d}"}, None
-        chunk: dict[str, Any] = dict(
-            base, choices=[{"index": 0, "delta": delta, "logprobs": None, "finish_reason": fin}]
-        )
+        chunk: dict[str, Any] = dict(base, choices=[_choice(i, n)])
         if i == n - 1:
             chunk["usage"] = {
                 "prompt_tokens": 25,
@@ -92,6 +99,32 @@ def _chat_sse_events(n: int = N_STREAM_CHUNKS) -> list[bytes]:
 
 #: 101 events: 100 chunks and the terminating ``data: [DONE]`` (26,580 bytes in all).
 CHAT_SSE_EVENTS: list[bytes] = _chat_sse_events()
+
+
+#: The paced stream: how many stamped chunks, how far apart.
+PACED_EVENTS = 50
+PACE_MS = 5.0
+
+
+def paced_templates(n: int = PACED_EVENTS) -> list[tuple[bytes, bytes]]:
+    """Per chunk, the bytes before and after its ``sent_ns`` digits (an OpenAI chunk as in
+    ``fixtures``: role first, content tokens, a finish chunk with usage)."""
+    templates = []
+    for seq in range(n):
+        event: dict[str, Any] = {
+            "sent_ns": 0,
+            "seq": seq,
+            "id": "chatcmpl-bench-paced",
+            "object": "chat.completion.chunk",
+            "created": 1700000000,
+            "model": "gpt-4o-mini-2024-07-18",
+            "choices": [_choice(seq, n)],
+        }
+        if seq == n - 1:
+            event["usage"] = {"prompt_tokens": 25, "completion_tokens": n, "total_tokens": 25 + n}
+        before, after = json.dumps(event, separators=(",", ":")).encode().split(b"0", 1)
+        templates.append((b"data: " + before, after + b"\n\n"))
+    return templates
 
 
 def request_body(model: str = "gpt-4o-mini", *, stream: bool = False) -> bytes:

@@ -1,7 +1,7 @@
 """Load and memory (issue 7): nothing lost, nothing mixed up, memory flat, streams paced.
 
 The examples app under uvicorn (uvloop, httptools, one worker, pinned to the first CPU) with
-an API key and two providers, one per wire format, both pointing at ``load_provider`` (pinned
+an API key and two providers, one per wire format, both pointing at ``fake_provider`` (pinned
 to the second CPU with this process, which is the client). In order, on one proxy process:
 
 1. mixed: JSON and streams, OpenAI and Anthropic, at concurrency 64; every answer checked;
@@ -31,8 +31,8 @@ from benchmarks._load_big import RssWatch, SlowRead, Transfer, read_fast, read_s
 from benchmarks._load_client import KINDS, PREFIX, PROVIDERS, Tally, concurrent_streams, mixed
 from benchmarks._procs import Processes, cpu_busy_seconds, cpu_seconds, cpus, rss_mb
 from benchmarks._table import num, table
-from benchmarks.e2e import free_port, wait_ready
 from benchmarks.fixtures import CLIENT_KEY, UPSTREAM_KEY
+from benchmarks.overhead import free_port, wait_ready
 
 __all__ = ["main"]
 
@@ -137,11 +137,11 @@ def _tally_line(t: Tally) -> str:
 def measure(procs: Processes, workdir: Path, p: Plan, pins: tuple[int, int]) -> Results:
     proxy_cpu, load_cpu = pins
     out = Results()
-    argv = [sys.executable, "-m", "benchmarks.load_provider", "--port", "0"]
-    provider = procs.start("load-provider", argv, cpu=load_cpu, cwd=ROOT, stdout_pipe=True)
+    argv = [sys.executable, "-m", "benchmarks.fake_provider", "--port", "0"]
+    provider = procs.start("provider", argv, cpu=load_cpu, cwd=ROOT, stdout_pipe=True)
     line = procs.wait_line(provider, timeout=20)
     if not line:
-        raise RuntimeError("load provider did not start:\n" + procs.log_tail("load-provider"))
+        raise RuntimeError("fake provider did not start:\n" + procs.log_tail("provider"))
     provider_port = int(line)
     port = free_port()
     argv = [sys.executable, "-m", "uvicorn", "examples.app:app", "--host", HOST]
@@ -384,7 +384,7 @@ def main(*, quick: bool = False) -> str:
     header = (
         f"`examples.app` under uvicorn (uvloop, httptools, 1 worker) pinned to CPU {proxy_cpu}, "
         f"API key auth, an OpenAI-kind and an Anthropic-kind provider (pools of 256) on "
-        f"`benchmarks/load_provider.py`; it and the checking client pinned to CPU {load_cpu}"
+        f"`benchmarks/fake_provider.py`; it and the checking client pinned to CPU {load_cpu}"
         + (f" ({cpu_note})" if cpu_note else "")
         + ". Mixed = OpenAI and Anthropic, JSON and SSE (22/25 events) in equal shares, "
         "closed loop; every answer must be complete (JSON parsed, stream with every event and "

@@ -3,8 +3,8 @@
 Issue 3's four goals, each measured with real parts: ``build_proxy(config)`` entered with
 ``proxy.lifespan()`` and its default aiohttp transport, driven in this process through its
 ASGI interface (``httpx.ASGITransport``), in front of a fake provider that is a real HTTP
-server on loopback in a child process (``python -m benchmarks.resilience provider``: the
-fast fake provider of ``fake_provider.py`` with a fault mode set over ``POST /control``).
+server on loopback in a child process (the benchmarks' ``fake_provider``, with a fault mode
+set over ``POST /control``).
 The proxy runs pinned to one CPU and the provider to the other, so that the provider's clock
 readings (``time.monotonic`` is the same clock in both processes) time the proxy's retries.
 
@@ -25,15 +25,12 @@ from ``RetryPolicy()`` and ``HealthPolicy()`` at run time.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import json
 import logging
 import math
 import os
-import random
-import re
 import statistics
 import sys
 import tempfile
@@ -45,11 +42,10 @@ from typing import Any
 
 import httpx
 
+from benchmarks._faults import SEED
 from benchmarks._procs import Processes, cpus
-from benchmarks._raw_http import serve
 from benchmarks._table import num, table
-from benchmarks.fake_provider import _Provider
-from benchmarks.fixtures import CHAT, CLIENT_KEY, UPSTREAM_KEY
+from benchmarks.fixtures import CLIENT_KEY, UPSTREAM_KEY
 from llm_proxy_mw import build_proxy
 from llm_proxy_mw.builder import LLMProxy
 from llm_proxy_mw.health import CircuitState, HealthPolicy, ProviderHealth
@@ -62,125 +58,10 @@ HOST = "127.0.0.1"
 NAME = "bench"
 CHAT_PATH = "/v1/chat/completions"
 FAIL_RATE = 0.25
-SEED = 20251126
 #: A request counts as failed fast locally when answered by the proxy itself this quickly.
 FAST_S = 0.020
 #: Clients of scenario 1: enough that backoff sleeps do not limit the request rate.
 CONCURRENCY = 200
-
-# -- the fake provider with scripted faults (runs in the child process) --------------------
-
-_TAG = re.compile(rb'"user"\s*:\s*"([^"]+)"')
-_CHAT_PATHS = (b"/v1/chat/completions", b"/chat/completions")
-_LOG_LIMIT = 200_000
-
-
-def _response(status: str, body: bytes, *headers: tuple[str, str]) -> bytes:
-    lines = [f"HTTP/1.1 {status}", "Server: fake-provider", "Connection: keep-alive"]
-    lines += ["Content-Type: application/json", f"Content-Length: {len(body)}"]
-    lines += [f"{k}: {v}" for k, v in headers]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
-
-
-def _error(message: str, kind: str, code: str) -> bytes:
-    return json.dumps({"error": {"message": message, "type": kind, "code": code}}).encode()
-
-
-_ANSWERS = {
-    200: _response("200 OK", CHAT),
-    503: _response(
-        "503 Service Unavailable",
-        _error("The fake provider is overloaded.", "server_error", "fake_down"),
-    ),
-    429: _response(
-        "429 Too Many Requests",
-        _error("Rate limit reached for requests.", "requests", "rate_limit_exceeded"),
-        ("retry-after", "1"),
-    ),
-}
-
-
-class _Faults:
-    """The provider's fault mode, shared by all connections, and what it has answered.
-
-    Modes: ``ok``; ``flaky`` (503 with probability ``rate``, from a seeded generator);
-    ``down`` (503 always); ``rate_limit_once`` (429 ``retry-after: 1`` to the first attempt of
-    each request tag, the ``user`` field of the body; 200 after).
-    """
-
-    def __init__(self) -> None:
-        self.mode = "ok"
-        self.rate = 0.0
-        self.rng = random.Random(SEED)
-        self.requests = 0
-        self.statuses: dict[int, int] = {}
-        self.log: list[tuple[str, float, int]] = []
-        self.told: set[str] = set()
-        self.changed_at = time.monotonic()
-
-    def control(self, body: bytes) -> dict[str, Any]:
-        command = json.loads(body) if body else {}
-        if command.get("reset"):
-            self.requests = 0
-            self.statuses = {}
-            self.log = []
-            self.told = set()
-        if "mode" in command:
-            self.mode = command["mode"]
-            self.rate = float(command.get("rate", 0.0))
-            self.rng = random.Random(command.get("seed", SEED))
-            self.changed_at = time.monotonic()
-        reply: dict[str, Any] = {
-            "mode": self.mode,
-            "requests": self.requests,
-            "statuses": self.statuses,
-            "changed_at": self.changed_at,
-        }
-        if command.get("log"):
-            reply["log"] = self.log
-        return reply
-
-    def answer(self, body: bytes) -> bytes:
-        now = time.monotonic()
-        self.requests += 1
-        match = _TAG.search(body)
-        tag = match.group(1).decode() if match else ""
-        status = 200
-        if self.mode == "down" or (self.mode == "flaky" and self.rng.random() < self.rate):
-            status = 503
-        elif self.mode == "rate_limit_once" and tag not in self.told:
-            self.told.add(tag)
-            status = 429
-        self.statuses[status] = self.statuses.get(status, 0) + 1
-        if len(self.log) < _LOG_LIMIT:
-            self.log.append((tag, now, status))
-        return _ANSWERS[status]
-
-
-class _FaultyProvider(_Provider):
-    """``fake_provider``'s connection protocol, answering chat calls by the fault mode."""
-
-    def __init__(self, faults: _Faults) -> None:
-        super().__init__(delay=0.0)
-        self._faults = faults
-
-    def on_message_complete(self) -> None:
-        keep_alive = self._parser.should_keep_alive()
-        path = self._url.partition(b"?")[0]
-        body = b"".join(self._body)
-        if path == b"/control":
-            reply = json.dumps(self._faults.control(body)).encode()
-            self._write([_response("200 OK", reply)], keep_alive)
-        elif path in _CHAT_PATHS:
-            self._write([self._faults.answer(body)], keep_alive)
-        else:
-            super().on_message_complete()
-
-
-async def _serve_provider() -> None:
-    faults = _Faults()
-    await serve(lambda: _FaultyProvider(faults), 0)
-
 
 # -- driving the proxy ----------------------------------------------------------------------
 
@@ -594,44 +475,6 @@ def _since(t: float | None, origin: float | None) -> str:
     return "–" if t is None or origin is None else f"{t - origin:.2f}"
 
 
-@dataclass(frozen=True, slots=True)
-class Odds:
-    """How often the breaker opens at 25% transient failures, by traffic."""
-
-    label: str
-    defaults: float
-    previous: float
-
-
-def _trips(policy: HealthPolicy, seed: int, calls: int, spacing: float) -> bool:
-    """Feed the real ``ProviderHealth`` seeded 25%-failure outcomes on a simulated clock."""
-    now = [1000.0]
-    health = ProviderHealth(policy, lambda: now[0])
-    rng = random.Random(seed)
-    for _ in range(calls):
-        health.record("server_error" if rng.random() < FAIL_RATE else "success")
-        if health.state is CircuitState.OPEN:
-            return True
-        now[0] += spacing
-    return False
-
-
-def _breaker_odds(seeds: int) -> list[Odds]:
-    cases = [
-        ("a fresh window (start, or after a close): first 300 calls", 300, 0.001),
-        ("1 req/s for 10 min", 600, 1.0),
-        ("0.5 req/s for 10 min", 300, 2.0),
-    ]
-    out = []
-    for label, calls, spacing in cases:
-        shares = [
-            sum(_trips(policy, seed, calls, spacing) for seed in range(seeds)) / seeds
-            for policy in (HealthPolicy(), PREVIOUS_HEALTH)
-        ]
-        out.append(Odds(label, *shares))
-    return out
-
-
 # -- the report ------------------------------------------------------------------------------
 
 
@@ -659,8 +502,6 @@ class _Report:
     down: list[Down]
     limited: list[RateLimited]
     recovery: Recovery
-    odds: list[Odds]
-    seeds: int
     header: str
 
     def render(self) -> str:
@@ -678,7 +519,7 @@ class _Report:
             ),
         ]
         text += ["", f"### 1. 25% transient 503s (seeded), {CONCURRENCY} concurrent clients", ""]
-        text += [self._flaky_table(), "", *self._flaky_notes(), "", self._odds_table()]
+        text += [self._flaky_table(), "", *self._flaky_notes()]
         text += ["", "### 2. Provider hard down (503 to every call), steady rate", ""]
         text += [self._down_table()]
         text += ["", "### 3. 429 with `retry-after: 1`, 20 concurrent requests, 429 once each", ""]
@@ -745,17 +586,6 @@ class _Report:
                 f"{on.opened}× / {prev.opened}× / {mixed.opened}×",
                 "stays closed (defaults)",
                 _met(on.opened == 0),
-            ]
-        )
-        worst = max(self.odds, key=lambda o: o.defaults)
-        rows.append(
-            [
-                "1. 25% 503s",
-                f"breaker opens by chance (model check), {worst.label}",
-                "–",
-                _pct_str(worst.defaults),
-                "stays closed",
-                _met(worst.defaults < 0.01),
             ]
         )
         d_off = next(d for d in self.down if d.label == "retries off")
@@ -886,31 +716,6 @@ class _Report:
             "*min budget tokens* is the lowest value seen by a 2 ms poll.",
         ]
 
-    def _odds_table(self) -> str:
-        rows = [[o.label, _pct_str(o.defaults), _pct_str(o.previous)] for o in self.odds]
-        now, old = HealthPolicy(), PREVIOUS_HEALTH
-        k_now, p_now = _first_window(now)
-        k_old, p_old = _first_window(old)
-        return (
-            "How often the breaker opens at 25% transient failures, by traffic: the real "
-            f"`ProviderHealth` fed seeded outcomes on a simulated clock, {self.seeds} seeds per "
-            "cell (a model check, no HTTP). A fresh window opens the circuit on "
-            f"{k_old} failures in its first {old.min_calls} calls with the previous "
-            f"failure_rate {old.failure_rate:g} ({p_old:.1%} at 25%), on {k_now} with the "
-            f"default {now.failure_rate:g} ({p_now:.3%}); at low traffic the "
-            f"{now.window_seconds} s window holds just over min_calls calls, so it keeps drawing "
-            "small samples until one reaches the failure rate.\n\n"
-            + table(
-                [
-                    "traffic",
-                    f"opens: defaults (min_calls {now.min_calls}, rate {now.failure_rate:g}, "
-                    f"{now.window_seconds} s)",
-                    f"opens: previous failure_rate {old.failure_rate:g}",
-                ],
-                rows,
-            )
-        )
-
     def _down_table(self) -> str:
         rows = []
         for d in self.down:
@@ -1016,14 +821,12 @@ class _Plan:
     down_short_s: float
     recover_after_opening: int
     tail_s: float
-    #: Seeds per row of the breaker-odds table.
-    odds_seeds: int
 
 
 def _plan(quick: bool) -> _Plan:
     if quick:
-        return _Plan(400, 3.0, 50.0, 7.0, 2.0, 1, 0.5, 100)
-    return _Plan(4000, 12.0, 50.0, 60.0, 5.0, 2, 2.0, 300)
+        return _Plan(400, 3.0, 50.0, 7.0, 2.0, 1, 0.5)
+    return _Plan(4000, 12.0, 50.0, 60.0, 5.0, 2, 2.0)
 
 
 #: The defaults before this run made the case for the current ones: three attempts, a
@@ -1048,14 +851,6 @@ def _defaults() -> str:
         f"max_attempts {RetryPolicy().max_attempts}, budget_max_tokens "
         f"{health.budget_max_tokens:g}, failure_rate {health.failure_rate:g}"
     )
-
-
-def _first_window(policy: HealthPolicy) -> tuple[int, float]:
-    """Failures in a fresh window's first ``min_calls`` calls that open it, and the odds."""
-    n = policy.min_calls
-    k = math.ceil(n * policy.failure_rate - 1e-9)
-    odds = sum(math.comb(n, i) * FAIL_RATE**i * (1 - FAIL_RATE) ** (n - i) for i in range(k, n + 1))
-    return k, odds
 
 
 async def _bench(
@@ -1104,14 +899,13 @@ def main(*, quick: bool = False) -> str:
             tempfile.TemporaryDirectory(prefix="llm-bench-resilience-") as tmp,
             Processes(Path(tmp)) as procs,
         ):
-            argv = [sys.executable, "-m", "benchmarks.resilience", "provider"]
+            argv = [sys.executable, "-m", "benchmarks.fake_provider", "--port", "0"]
             proc = procs.start("provider", argv, cpu=load_cpu, cwd=ROOT, stdout_pipe=True)
             line = procs.wait_line(proc, timeout=20)
             if not line:
                 raise RuntimeError("fake provider did not start:\n" + procs.log_tail("provider"))
             os.sched_setaffinity(0, {proxy_cpu})
             flaky, down, limited, recovery = _run(_bench(int(line), Path(tmp), plan))
-            odds = _breaker_odds(plan.odds_seeds)
     finally:
         os.sched_setaffinity(0, original)
         quiet.setLevel(level)
@@ -1125,15 +919,4 @@ def main(*, quick: bool = False) -> str:
         f"{time.monotonic() - started:.0f} s; load average {load:.2f} at the end."
         + (" **--quick: short runs, rough figures.**" if quick else "")
     )
-    return _Report(flaky, down, limited, recovery, odds, plan.odds_seeds, header).render()
-
-
-def _cli() -> None:
-    parser = argparse.ArgumentParser(description="resilience benchmark pieces")
-    parser.add_argument("what", choices=("provider",), help="serve the faulty fake provider")
-    parser.parse_args()
-    _run(_serve_provider())
-
-
-if __name__ == "__main__":
-    _cli()
+    return _Report(flaky, down, limited, recovery, header).render()

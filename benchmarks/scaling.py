@@ -4,13 +4,13 @@ and how throughput scales from ``uvicorn --workers 1`` to ``--workers 2``.
 **Streaming.** The fake provider's paced stream (``bench-paced``: ``PACED_EVENTS`` chunks
 ``PACE_MS`` apart, each stamped with the ``time.monotonic_ns()`` of its write) is read by
 ``_event_client`` straight from the provider (*direct*), through the aiohttp floor and
-through the examples app, all served as ``e2e`` serves them (uvicorn, uvloop, httptools, one
+through the examples app, all served as ``overhead`` serves them (uvicorn, uvloop, httptools, one
 worker, pinned to the first CPU; provider and client on the second). Per-event latency =
 arrival − send; the added latency is the proxy's percentile minus direct's, at 1 and 16
 concurrent streams.
 
 **Workers.** The floor and the examples app, each with ``--workers 1`` and ``--workers 2``,
-none pinned, under ``e2e``'s non-streaming load at 64 connections; the 2-worker examples app
+none pinned, under ``overhead``'s non-streaming load at 64 connections; the 2-worker examples app
 with ``PROMETHEUS_MULTIPROC_DIR`` set to a fresh directory, as multiprocess deployments must.
 Load generator and fake provider share the same cores, so their CPU is reported beside.
 """
@@ -29,7 +29,9 @@ from benchmarks._event_client import EventTally, check_splitter, paced_streams
 from benchmarks._procs import Processes, cpus
 from benchmarks._raw_http import run as run_async
 from benchmarks._table import num, table
-from benchmarks.e2e import (
+from benchmarks.fixtures import PACE_MS, PACED_EVENTS
+from benchmarks.loadgen import percentile
+from benchmarks.overhead import (
     CHAT_PATH,
     Load,
     Outcome,
@@ -40,8 +42,6 @@ from benchmarks.e2e import (
     ours_contender,
     write_config,
 )
-from benchmarks.fake_provider import PACE_MS, PACED_EVENTS
-from benchmarks.loadgen import percentile
 
 __all__ = ["main"]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from llm_proxy_mw import transports
 from llm_proxy_mw.auth import ApiKeyAuthenticator, AuthMiddleware, Principal
 from llm_proxy_mw.builder import build_proxy
 from llm_proxy_mw.config import ProxyConfig, load_config
@@ -68,9 +69,7 @@ __all__ = [
 
 
 def __getattr__(name: str) -> object:
-    # The httpx adapter (and httpx) load only when asked for: see llm_proxy_mw.transports.
+    # The httpx adapter (and httpx) load on first use, as llm_proxy_mw.transports does it.
     if name == "HttpxTransport":
-        from llm_proxy_mw.transports._httpx import HttpxTransport
-
-        return HttpxTransport
+        return transports.HttpxTransport
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

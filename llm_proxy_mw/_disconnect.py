@@ -8,11 +8,12 @@ task waits for it and cancels the request's task; the cancellation is turned int
 connection closed) at most ``WATCH_AFTER`` after the client left.
 
 Most requests are answered before ``WATCH_AFTER``, so a request does not get a timer of its
-own for that: one ``_Sweep`` per loop ticks every ``WATCH_AFTER / 2`` while guards are
-pending and starts the watchers that are due (a watch starts 50-75 ms into a request). A
-request answered in time costs a dict entry, where a timer handle cost ~10,000 instructions
-to create and cancel. Retry's deadline rides on the same guard: on a timer of its own once
-the watch started (or from the start, if it is due within a tick of the watch).
+own for that: one ``_Sweep`` (a ``TimerWheel``) per loop ticks every ``WATCH_AFTER / 2``
+while guards are pending and starts the watchers that are due (a watch starts 50-75 ms into
+a request). A request answered in time costs a dict entry, where a timer handle cost
+~10,000 instructions to create and cancel. Retry's deadline rides on the same guard: on a
+timer of its own once the watch started (or from the start, if it is due within a tick of
+the watch).
 
 What lives while a request waits for a provider is what the garbage collector walks over and
 over at high concurrency, so it is kept to one object, and later one task and one timer.
@@ -28,6 +29,7 @@ from typing import Any, cast
 
 from starlette.types import Message, Receive
 
+from llm_proxy_mw._timer_wheel import LoopWheels, TimerWheel
 from llm_proxy_mw.context import ClientDisconnected, RequestContext
 
 __all__ = ["WATCH_AFTER", "cancel_on_disconnect", "watched"]
@@ -36,7 +38,8 @@ __all__ = ["WATCH_AFTER", "cancel_on_disconnect", "watched"]
 WATCH_AFTER = 0.05
 
 #: How often a loop's sweep looks for watches that are due.
-_TICK = WATCH_AFTER / 2
+_TICKS = 2
+_TICK = WATCH_AFTER / _TICKS
 
 _INFINITY = float("inf")
 
@@ -45,40 +48,19 @@ _INFINITY = float("inf")
 _BARE = contextvars.Context()
 
 
-class _Sweep:
-    """The guards of one loop whose watch is not due yet, oldest first, and the one timer
-    that starts their watchers. Every guard waits the same ``WATCH_AFTER``, so insertion
-    order is due order and a tick stops at the first guard that is not due."""
+class _Sweep(TimerWheel["cancel_on_disconnect"]):
+    """The guards of one loop whose watch is not due yet: the wheel starts their watchers."""
 
-    __slots__ = ("loop", "pending", "_timer")
+    __slots__ = ()
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self.pending: dict[cancel_on_disconnect, None] = {}
-        self._timer: asyncio.TimerHandle | None = None
+    ticks = _TICKS
 
-    def add(self, guard: cancel_on_disconnect) -> None:
-        self.pending[guard] = None
-        if self._timer is None:
-            self._timer = self.loop.call_later(_TICK, self._on_tick, context=_BARE)
-
-    def _on_tick(self) -> None:
-        now = self.loop.time()
-        due = []
-        for guard in self.pending:
-            if guard._watch_at > now:
-                break
-            due.append(guard)
-        for guard in due:
-            del self.pending[guard]
-            guard._watch_due()
-        self._timer = (
-            self.loop.call_later(_TICK, self._on_tick, context=_BARE) if self.pending else None
-        )
+    def on_due(self, guard: cancel_on_disconnect) -> None:
+        guard._watch_due()
 
 
 #: One sweep per running loop (a host may run loops in several threads).
-_sweeps: dict[asyncio.AbstractEventLoop, _Sweep] = {}
+_sweeps = LoopWheels(_Sweep)
 
 #: The requests a guard watches, by their context's ``id`` (the context lives at least as
 #: long as its guard): a guard nested in another for the same request does nothing.
@@ -89,16 +71,6 @@ def watched(ctx: RequestContext) -> bool:
     """Whether a guard already watches this request: a nested one would do nothing, so a
     layer that may run alone can skip building one."""
     return id(ctx) in _watched
-
-
-def _sweep_for(loop: asyncio.AbstractEventLoop) -> _Sweep:
-    sweep = _sweeps.get(loop)
-    if sweep is None:
-        # A closed loop's sweep, and whatever it held, goes with it.
-        for closed in [old for old in _sweeps if old.is_closed()]:
-            del _sweeps[closed]
-        sweep = _sweeps[loop] = _Sweep(loop)
-    return sweep
 
 
 class cancel_on_disconnect:  # noqa: N801 - used as a context manager, reads like a function
@@ -165,8 +137,8 @@ class cancel_on_disconnect:  # noqa: N801 - used as a context manager, reads lik
             if self._deadline_at < self._watch_at + _TICK:
                 self._schedule()  # the sweep could start the watch after the deadline
                 return self
-        self._sweep = _sweep_for(loop)
-        self._sweep.add(self)
+        self._sweep = _sweeps.get(loop, WATCH_AFTER)
+        self._sweep.add(self, now)
         return self
 
     def _watch_due(self) -> None:

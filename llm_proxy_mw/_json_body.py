@@ -86,48 +86,45 @@ def _loads_object(text: str) -> Any:
             return json.loads(text)
     obj: dict[str, Any] = {}
     try:
-        end += 1
-        char = text[end]
-        if char in _WHITESPACE:
-            end = _skip(text, end).end()
+        # Each round steps past the "{" or "," at ``end``, then reads one key and its value.
+        while True:
+            end += 1
             char = text[end]
-        if char != "}":
-            while True:
-                if char != '"':
-                    return json.loads(text)
-                key, end = _scan_string(text, end + 1)
-                if text[end] != ":":
-                    end = _skip(text, end).end()
-                    if text[end] != ":":
-                        return json.loads(text)
+            if char in _WHITESPACE:  # one space, as most clients write ", "
                 end += 1
-                if text[end] in _WHITESPACE:  # one space, as most clients write ": "
-                    end += 1
-                    if text[end] in _WHITESPACE:
-                        end = _skip(text, end).end()
-                value, end = _scan_value(text, end)
-                if key in obj:
-                    quoted = json.dumps(key)[:100]
-                    raise InvalidRequestError(f"The request body gives the key {quoted} twice.")
-                obj[key] = value
-                if len(obj) == _WALK_LIMIT:
-                    return _loads_counted(text)
                 char = text[end]
                 if char in _WHITESPACE:
                     end = _skip(text, end).end()
                     char = text[end]
-                if char != ",":
-                    break
-                end += 1
-                char = text[end]
-                if char in _WHITESPACE:  # one space, as most clients write ", "
-                    end += 1
-                    char = text[end]
-                    if char in _WHITESPACE:
-                        end = _skip(text, end).end()
-                        char = text[end]
-            if char != "}":
+            if char != '"':
+                if char == "}" and not obj:
+                    break  # {}
                 return json.loads(text)
+            key, end = _scan_string(text, end + 1)
+            if text[end] != ":":
+                end = _skip(text, end).end()
+                if text[end] != ":":
+                    return json.loads(text)
+            end += 1
+            if text[end] in _WHITESPACE:  # one space, as most clients write ": "
+                end += 1
+                if text[end] in _WHITESPACE:
+                    end = _skip(text, end).end()
+            value, end = _scan_value(text, end)
+            if key in obj:
+                quoted = json.dumps(key)[:100]
+                raise InvalidRequestError(f"The request body gives the key {quoted} twice.")
+            obj[key] = value
+            if len(obj) == _WALK_LIMIT:
+                return _loads_counted(text)
+            char = text[end]
+            if char in _WHITESPACE:
+                end = _skip(text, end).end()
+                char = text[end]
+            if char != ",":
+                break
+        if char != "}":
+            return json.loads(text)
     except (IndexError, StopIteration):
         return json.loads(text)  # truncated or malformed: its error says where
     end += 1

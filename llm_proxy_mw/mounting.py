@@ -6,7 +6,7 @@ instrumentation, the host's own auth) then sees proxied requests too. ``mount`` 
 path prefix alone and hands the request straight to the proxy; everything else, the
 lifespan included, goes to the host. So a proxied request skips everything the host wraps
 around its routes (its middleware, exception handlers and router), and saves their cost:
-8 to 12 µs of CPU per request (``python -m benchmarks micro``, the ``host app`` rows) and some
+8 to 12 µs of CPU per request (``python -m benchmarks layers``, the ``host app`` rows) and some
 30 objects kept alive per waiting request for the garbage collector to walk. Choose it for a
 process that mostly proxies, at high concurrency, when no host middleware must see ``/llm``.
 

@@ -80,8 +80,12 @@ def http_scope(
     method: str = "POST",
     headers: Iterable[tuple[str, str]] = (("content-type", "application/json"),),
     query_string: bytes = b"",
+    body: bytes | None = None,
 ) -> Scope:
-    """An HTTP scope as uvicorn builds it (ASGI spec 2.3)."""
+    """An HTTP scope as uvicorn builds it (ASGI spec 2.3); with ``body``, its
+    ``content-length`` is declared too."""
+    if body is not None:
+        headers = (*headers, ("content-length", str(len(body))))
     return {
         "type": "http",
         "asgi": {"version": "3.0", "spec_version": "2.3"},

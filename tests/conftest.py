@@ -1,11 +1,19 @@
-"""Shared fixtures: anyio on asyncio, and a proxy client over httpx's ASGI transport."""
+"""Shared fixtures: anyio on asyncio, service binaries, and the end-to-end tests' fake
+provider under uvicorn with the recorder of what their SDK clients received."""
 
 from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:  # imported where used: the SDKs alone take a second to import
+    from tests.e2e_helpers import RecordingTransport
+    from tests.fakes.provider import FakeProvider
+    from tests.fakes.servers import UvicornServer
 
 
 @pytest.fixture
@@ -21,3 +29,36 @@ def require_binary(name: str) -> str:
             pytest.fail(f"{name} is required in CI but is not installed")
         pytest.skip(f"{name} is not installed")
     return path
+
+
+# ---- end to end ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def fake_server() -> Iterator[UvicornServer]:
+    """A ``FakeProvider`` under uvicorn on loopback, for the tests of one module."""
+    from tests.fakes.provider import FakeProvider
+    from tests.fakes.servers import UvicornServer
+
+    with UvicornServer(FakeProvider()) as server:
+        yield server
+
+
+@pytest.fixture
+def provider(fake_server: UvicornServer) -> Iterator[FakeProvider]:
+    """The module's fake provider, with nothing recorded or scripted (also after the test:
+    every hold is released)."""
+    fake: FakeProvider = fake_server.app
+    fake.reset()
+    yield fake
+    fake.reset()
+
+
+@pytest.fixture
+def recorder() -> Iterator[RecordingTransport]:
+    """Everything the SDK clients of one test received; no provider key may be in it."""
+    from tests.e2e_helpers import RecordingTransport
+
+    recorder = RecordingTransport()
+    yield recorder
+    assert recorder.leaked() == [], "a provider key reached a client"

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,6 +118,18 @@ class ProxyServer:
     @property
     def url(self) -> str:
         return self.server.url
+
+    def health_report(self, *, calls: int) -> dict[str, Any]:
+        """Each provider's health (what an admin's ``/healthz`` shows) once ``calls`` attempts
+        are recorded in all, or after ``TIMEOUT``. A request's last attempt is recorded as
+        the proxy's handler returns, which may be after its client had the whole answer."""
+        deadline = time.monotonic() + TIMEOUT
+        while True:
+            report: dict[str, Any] = self.proxy.health_report()["providers"]
+            recorded = sum(health["window_calls"] for health in report.values())
+            if recorded >= calls or time.monotonic() > deadline:
+                return report
+            time.sleep(0.005)
 
 
 def _load_example_app() -> ModuleType:

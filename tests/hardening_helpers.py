@@ -20,14 +20,12 @@ from typing import Any
 import uvicorn
 
 from llm_proxy_mw import LLMProxy
-from llm_proxy_mw.transports import EchoTransport, UpstreamRequest, UpstreamResponse
 from tests.asgi_helpers import GUARD_SECONDS, LOOPBACK, RawServer
 
 __all__ = [
     "CANARY",
     "Exchange",
     "LoopTicker",
-    "RecordingTransport",
     "RefusingPort",
     "asgi_call",
     "collect_response",
@@ -72,21 +70,6 @@ def provider(
 def config(providers: dict[str, dict[str, Any]], **top: Any) -> dict[str, Any]:
     """A proxy config whose metrics history lives in memory (no file in the working dir)."""
     return {"providers": providers, "store": {"url": "sqlite:///:memory:"}, **top}
-
-
-class RecordingTransport:
-    """An ``UpstreamTransport`` that records every request and answers like the echo one."""
-
-    def __init__(self) -> None:
-        self.sent: list[UpstreamRequest] = []
-        self._echo = EchoTransport()
-
-    async def send(self, request: UpstreamRequest) -> UpstreamResponse:
-        self.sent.append(request)
-        return await self._echo.send(request)
-
-    async def aclose(self) -> None:
-        await self._echo.aclose()
 
 
 class RefusingPort:

@@ -26,6 +26,7 @@ from llm_proxy_mw.retry import RetryMiddleware, RetryPolicy
 from llm_proxy_mw.routing import Router, RoutingMiddleware
 from llm_proxy_mw.transports import HttpxTransport
 from llm_proxy_mw.upstream import UpstreamApp
+from tests.fakes.clock import FakeClock
 
 OPENAI_PATH = "/v1/chat/completions"
 ANTHROPIC_PATH = "/v1/messages"
@@ -35,19 +36,6 @@ BODY = b'{"model": "gpt-x",  "messages": [{"role": "user", "content": "h\xc3\xa9
 
 #: A fixed wall-clock time, for HTTP-dates and RFC 3339 reset times.
 WALL_NOW = 1_700_000_000.0
-
-
-class FakeClock:
-    """A monotonic clock that only moves when told to."""
-
-    def __init__(self, start: float = 1000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 class FakeSleep:

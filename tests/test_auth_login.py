@@ -51,6 +51,7 @@ from llm_proxy_mw.auth._oauth_presets import (
 from llm_proxy_mw.auth._oauth_refresh import SessionRefresher, stored_token
 from llm_proxy_mw.auth._sessions import Session
 from llm_proxy_mw.config import ConfigError, OAuthConfig
+from tests.fakes.processes import stop_process
 from tests.fakes.servers import UvicornServer, free_port
 
 CLIENT_SECRET = "client-secret-canary-5d1c7e90ab"
@@ -149,12 +150,7 @@ def oidc_provider() -> Iterator[str]:
             time.sleep(0.05)
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
+        stop_process(process)
 
 
 @dataclass

@@ -29,6 +29,7 @@ from llm_proxy_mw.auth._tokens import TokenService
 from llm_proxy_mw.auth.token_store._redis import RedisTokenStore
 from llm_proxy_mw.config import AuthConfig, TokensConfig
 from llm_proxy_mw.errors import TokenGrantError
+from tests.fakes.processes import stop_process
 from tests.fakes.redis_server import redis_server
 from tests.fakes.servers import free_port
 
@@ -93,15 +94,6 @@ def _wait_ready(process: subprocess.Popen[bytes], url: str, log: Path) -> None:
     pytest.fail(f"replica at {url} did not start in {STARTUP_SECONDS}s:\n{log.read_text()}")
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
 @pytest.fixture(scope="module")
 def replicas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replicas]:
     directory = tmp_path_factory.mktemp("replicas")
@@ -121,7 +113,7 @@ def replicas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replicas]:
                 yield Replicas(a, b)
         finally:
             for process in processes:
-                _stop(process)
+                stop_process(process)
 
 
 def _mint(client: httpx.Client) -> dict[str, str]:

@@ -31,6 +31,7 @@ from llm_proxy_mw.auth._tokens import TokenService
 from llm_proxy_mw.auth.token_store import Family, SqliteTokenStore, StoreError, open_token_store
 from llm_proxy_mw.config import ConfigError, TokensConfig
 from llm_proxy_mw.context import RequestContextMiddleware
+from tests.fakes.clock import FakeClock
 
 ADMIN_KEY = "admin-key-canary-0123456789"
 USER_KEY = "user-key-canary-0123456789"
@@ -63,14 +64,6 @@ def proxy_config(tmp_path: Path, **tokens: Any) -> dict[str, Any]:
 def token_service(proxy: LLMProxy) -> TokenService:
     assert proxy.auth_setup is not None
     return next(x for x in proxy.auth_setup.lifecycles if isinstance(x, TokenService))
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @contextlib.asynccontextmanager
@@ -546,7 +539,7 @@ async def test_introspect_shapes(tmp_path: Path) -> None:
 
 @pytest.mark.anyio
 async def test_access_token_expires_after_leeway(tmp_path: Path) -> None:
-    clock = FakeClock()
+    clock = FakeClock(time.time())
     async with running(proxy_config(tmp_path, leeway_seconds=30)) as (proxy, client):
         token_service(proxy).clock = clock
         pair = await mint(client, USER, ttl_seconds=60)
@@ -561,7 +554,7 @@ async def test_access_token_expires_after_leeway(tmp_path: Path) -> None:
 
 @pytest.mark.anyio
 async def test_family_expiry_ends_refresh(tmp_path: Path) -> None:
-    clock = FakeClock()
+    clock = FakeClock(time.time())
     config = proxy_config(tmp_path, refresh_ttl_seconds=3600, max_ttl_seconds=7200)
     async with running(config) as (proxy, client):
         token_service(proxy).clock = clock
@@ -801,12 +794,22 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         yield redis.url
 
 
-#: Epoch seconds a day ahead: Redis expires keys by its own clock (EXPIREAT), so families
-#: made "now" at import would expire under it in a long run in random order (they live 100 s).
-T = float(int(time.time())) + 86_400
+#: Real epoch seconds as the test started (``fresh_epoch``): Redis expires keys by its own
+#: clock (EXPIREAT), so a time read as the module was imported would be minutes old for a
+#: test that runs late in the suite, and its families would expire as they were added.
+T = float(int(time.time()))
 
 
-def family(family_id: str, owner: str = "alice", now: float = T, **changes: Any) -> Family:
+@pytest.fixture(autouse=True)
+def fresh_epoch() -> None:
+    global T
+    T = float(int(time.time()))
+
+
+def family(
+    family_id: str, owner: str = "alice", now: float | None = None, **changes: Any
+) -> Family:
+    now = T if now is None else now
     fields: dict[str, Any] = {
         "id": family_id,
         "owner": owner,

@@ -17,34 +17,16 @@ from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Message
 
 from llm_proxy_mw import (
-    EchoTransport,
     HttpxTransport,
     LLMProxy,
     ProxyConfig,
-    UpstreamRequest,
-    UpstreamResponse,
     build_proxy,
 )
 from llm_proxy_mw.config import ConfigError, parse_config
+from tests.fakes.transports import RecordingTransport
 
 ECHO = {"providers": {"demo": {"kind": "echo"}}}
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
-
-
-class RecordingTransport:
-    """An echo transport that counts how often it was closed."""
-
-    def __init__(self) -> None:
-        self.sent: list[UpstreamRequest] = []
-        self.closed = 0
-        self._echo = EchoTransport()
-
-    async def send(self, request: UpstreamRequest) -> UpstreamResponse:
-        self.sent.append(request)
-        return await self._echo.send(request)
-
-    async def aclose(self) -> None:
-        self.closed += 1
 
 
 def client_for(app: ASGIApp, root_path: str = "") -> httpx.AsyncClient:

@@ -64,7 +64,7 @@ async def test_requests_answered_in_time_never_watch_and_leave_the_loop_idle() -
             await asyncio.sleep(0)
     await asyncio.sleep(WATCH_AFTER * 2)
     assert client.calls == 0  # no watcher was started for any of them
-    sweep = _disconnect._sweeps[asyncio.get_running_loop()]
+    sweep = _disconnect._sweeps.get(asyncio.get_running_loop(), WATCH_AFTER)
     assert not sweep.pending
     assert sweep._timer is None  # nothing pending: no more wake-ups
 
@@ -157,6 +157,6 @@ def test_a_closed_loops_sweep_is_dropped() -> None:
     loop = asyncio.new_event_loop()
     loop.run_until_complete(slow_request())
     loop.close()
-    assert loop in _disconnect._sweeps
+    assert (loop, WATCH_AFTER) in _disconnect._sweeps._wheels
     asyncio.run(slow_request())
-    assert loop not in _disconnect._sweeps
+    assert (loop, WATCH_AFTER) not in _disconnect._sweeps._wheels

@@ -47,17 +47,6 @@ REPLY = "fake reply to: hello"
 
 
 @pytest.fixture(scope="module")
-def provider() -> FakeProvider:
-    return FakeProvider()
-
-
-@pytest.fixture(scope="module")
-def fake_server(provider: FakeProvider) -> Iterator[UvicornServer]:
-    with UvicornServer(provider) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
 def proxy(
     fake_server: UvicornServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ProxyServer]:
@@ -66,20 +55,11 @@ def proxy(
         yield served
 
 
-@pytest.fixture(autouse=True)
-def fresh_provider(provider: FakeProvider) -> Iterator[None]:
-    provider.reset()
-    yield
-    provider.reset()
-
-
 @pytest.fixture
-def recorder() -> Iterator[RecordingTransport]:
-    """Everything the SDK clients of one test received; no provider key may be in it."""
-    recorder = RecordingTransport()
+def recorder(recorder: RecordingTransport) -> Iterator[RecordingTransport]:
+    """The shared recorder; every test here makes its requests through it."""
     yield recorder
     assert recorder.received, "the test made no request through the recorder"
-    assert recorder.leaked() == [], "a provider key reached a client"
 
 
 @pytest.fixture

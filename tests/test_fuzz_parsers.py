@@ -32,9 +32,9 @@ from starlette.routing import Route
 from llm_proxy_mw import LLMProxy, build_proxy
 from llm_proxy_mw._json_body import declares_json, takes_other_bodies
 from tests.asgi_helpers import http_scope
+from tests.fakes.transports import RecordingTransport
 from tests.hardening_helpers import (
     Exchange,
-    RecordingTransport,
     asgi_call,
     config,
     provider,

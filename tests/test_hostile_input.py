@@ -39,10 +39,10 @@ import pytest
 
 from llm_proxy_mw import LLMProxy, build_proxy
 from tests.asgi_helpers import GUARD_SECONDS, LOOPBACK, AsgiDriver, RawServer, http_scope
+from tests.fakes.transports import RecordingTransport
 from tests.hardening_helpers import (
     CANARY,
     LoopTicker,
-    RecordingTransport,
     collect_response,
     config,
     json_answers,

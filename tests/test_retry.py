@@ -48,6 +48,7 @@ from llm_proxy_mw.providers import Provider
 from llm_proxy_mw.retry import RETRYABLE_STATUSES, RetryMiddleware, RetryPolicy
 from llm_proxy_mw.transports import HttpxTransport
 from llm_proxy_mw.upstream import UpstreamApp
+from tests.asgi_helpers import http_scope
 
 pytestmark = pytest.mark.anyio
 
@@ -533,7 +534,7 @@ async def test_started_plain_body_breaks_off_and_is_not_retried() -> None:
     )
     body = openai_body()
     sent, send = recorder()
-    await stack.app(http_scope(body), body_then_wait(body), send)
+    await stack.app(http_scope(body=body), body_then_wait(body), send)
     assert stack.calls("a") == 1
     assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]
     assert sent[0]["status"] == 200
@@ -640,7 +641,7 @@ async def test_without_routing_retries_stay_on_upstreams_provider() -> None:
     sleep = FakeSleep(FakeClock())
     app = RequestContextMiddleware(RetryMiddleware(upstream, sleep=sleep, jitter=no_jitter))
     sent, send = recorder()
-    await app(http_scope(BODY), body_then_wait(BODY), send)
+    await app(http_scope(body=BODY), body_then_wait(BODY), send)
     assert sent[0]["status"] == 200
     assert mock.calls.call_count == 2
     assert sleep.waits == [0.5]
@@ -868,7 +869,7 @@ async def test_a_cancellation_from_elsewhere_is_not_taken_for_the_deadline() -> 
     stack = build_stack(ONE, deadline=600.0, transports={"a": httpx.MockTransport(hang)})
     body = openai_body()
     sent, send = recorder()
-    task = asyncio.create_task(stack.app(http_scope(body), body_then_wait(body), send))
+    task = asyncio.create_task(stack.app(http_scope(body=body), body_then_wait(body), send))
     await asyncio.sleep(0.1)  # past the watcher's arming too
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -901,27 +902,6 @@ def body_then_wait(body: bytes) -> Any:
         raise AssertionError("unreachable")
 
     return receive
-
-
-def http_scope(body: bytes, *, path: str = "/v1/chat/completions") -> dict[str, Any]:
-    return {
-        "type": "http",
-        "asgi": {"version": "3.0", "spec_version": "2.3"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "root_path": "",
-        "query_string": b"",
-        "headers": [
-            (b"host", b"proxy"),
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-        ],
-        "client": ("127.0.0.1", 50000),
-        "server": ("proxy", 80),
-    }
 
 
 async def test_disconnect_during_backoff_cancels_the_sleep() -> None:
@@ -957,7 +937,7 @@ async def test_disconnect_during_backoff_cancels_the_sleep() -> None:
 
     started = time.monotonic()
     with anyio.fail_after(3):
-        await stack.app(http_scope(body), receive, send)
+        await stack.app(http_scope(body=body), receive, send)
     assert time.monotonic() - started < 2.0
     assert cancelled == [5.0]
     assert stack.calls("a") == 1
@@ -979,7 +959,7 @@ async def test_declared_oversized_body_is_refused_before_reading() -> None:
         return {"type": "http.request", "body": body, "more_body": False}
 
     sent, send = recorder()
-    await stack.app(http_scope(body), receive, send)
+    await stack.app(http_scope(body=body), receive, send)
     assert received == 0
     assert sent[0]["status"] == 413
     assert json.loads(sent[1]["body"])["error"]["code"] == "request_too_large"
@@ -996,7 +976,7 @@ async def test_undeclared_oversized_body_is_refused_once_past_the_limit() -> Non
         received += 1
         return {"type": "http.request", "body": next(chunks), "more_body": True}
 
-    scope = http_scope(b"")
+    scope = http_scope(body=b"")
     scope["headers"] = [(n, v) for n, v in scope["headers"] if n != b"content-length"]
     sent, send = recorder()
     await stack.app(scope, receive, send)
@@ -1040,7 +1020,7 @@ async def test_each_attempt_of_an_inner_app_reads_the_replayed_body() -> None:
     retry = RetryMiddleware(terminal, sleep=sleep, jitter=no_jitter)
     app = RequestContextMiddleware(retry)
     sent, send = recorder()
-    await app(http_scope(BODY), body_then_wait(BODY), send)
+    await app(http_scope(body=BODY), body_then_wait(BODY), send)
     assert seen == [BODY, BODY]
     assert sent[0]["status"] == 200
     assert sleep.waits == [0.5]
@@ -1057,7 +1037,7 @@ async def test_inner_app_that_records_no_attempt_is_not_retried() -> None:
 
     app = RequestContextMiddleware(RetryMiddleware(terminal, sleep=FakeSleep(FakeClock())))
     sent, send = recorder()
-    await app(http_scope(BODY), body_then_wait(BODY), send)
+    await app(http_scope(body=BODY), body_then_wait(BODY), send)
     # Without an attempt record there is no provider to retry on, nor a count to stop at.
     assert calls == 1
     assert sent[0]["status"] == 503
@@ -1072,7 +1052,7 @@ async def test_deadline_before_any_provider_was_chosen() -> None:
     app = RequestContextMiddleware(RetryMiddleware(stuck, deadline=0.0))
     sent, send = recorder()
     with anyio.fail_after(2):
-        await app(http_scope(BODY), body_then_wait(BODY), send)
+        await app(http_scope(body=BODY), body_then_wait(BODY), send)
     assert sent[0]["status"] == 504
     assert json.loads(sent[1]["body"])["error"]["code"] == "timeout"
 

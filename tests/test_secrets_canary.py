@@ -61,10 +61,11 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route
 
 from llm_proxy_mw import build_proxy
-from llm_proxy_mw.auth._jwt_auth import SigningKey
+from llm_proxy_mw.auth._signing_key import SigningKey
 from llm_proxy_mw.client import InvalidGrantError, ProxyTokenAuth
 from llm_proxy_mw.config import ConfigError, parse_config
 from llm_proxy_mw.logging_filters import QUERY_SECRETS, RedactQuerySecrets
+from tests.fakes.processes import stop_process
 from tests.fakes.provider import Action, FakeProvider
 from tests.fakes.servers import UvicornServer
 from tests.hardening_helpers import RefusingPort
@@ -883,12 +884,7 @@ def example_app_process(tmp: Path, config: str, canaries: Canaries) -> Iterator[
         app.url = started.group(1)
         yield app
     finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
 
 
 def websocket_handshake(url: str, path: str) -> bytes:

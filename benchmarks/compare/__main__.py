@@ -17,7 +17,7 @@ from pathlib import Path
 from benchmarks._procs import cpus
 from benchmarks._table import num, ratio, table
 from benchmarks.compare._litellm import LITELLM, litellm_contender
-from benchmarks.e2e import (
+from benchmarks.overhead import (
     CHAT_PATH,
     Load,
     Outcome,

@@ -6,8 +6,8 @@ import json
 import os
 from pathlib import Path
 
-from benchmarks.e2e import HOST, Contender, post
 from benchmarks.fixtures import CLIENT_KEY, request_body
+from benchmarks.overhead import HOST, Contender, post
 
 __all__ = ["LITELLM", "litellm_contender"]
 

@@ -8,7 +8,8 @@ and anything unknown are refused. ``iss`` and ``aud`` compare exactly; ``exp``, 
 ``iat`` are required and checked with a small leeway. Oversized tokens are refused before
 any decoding. The keys that sign and check the signatures are ``SigningKey``s
 (``_signing_key``, over joserfc); this module needs neither joserfc nor cryptography, so
-they load only with the first key.
+they load only with the first key. What both read of a token's header is
+``_token_header``.
 
 A verified token is cached until it expires, so the hot path costs a dictionary lookup,
 a clock read and a revocation-set lookup instead of a signature check; revocation is
@@ -19,10 +20,7 @@ its family (it must exist, be live, and its owner too), from a cache of families
 
 from __future__ import annotations
 
-import base64
-import json
 import math
-import re
 import time
 from collections.abc import Awaitable, Callable, Container
 from dataclasses import dataclass
@@ -31,38 +29,15 @@ from typing import TYPE_CHECKING, Any
 from starlette.types import Scope
 
 from llm_proxy_mw.auth._principal import Principal
+from llm_proxy_mw.auth._token_header import token_header
 
 if TYPE_CHECKING:
     from llm_proxy_mw.auth._signing_key import SigningKey
 
-__all__ = [
-    "ACCESS_TOKEN_TYPE",
-    "AccessToken",
-    "ProxyTokenAuthenticator",
-    "SigningKey",
-    "token_header",
-]
+__all__ = ["AccessToken", "ProxyTokenAuthenticator"]
 
-ACCESS_TOKEN_TYPE = "at+jwt"
 #: Longer tokens are refused before any decoding (RFC 8725 §3.5 spirit; ours are ~500 B).
 MAX_TOKEN_BYTES = 8192
-
-#: The only header parameters our tokens carry; a token with any other one is refused.
-HEADER_PARAMETERS = frozenset({"alg", "kid", "typ"})
-_B64URL = re.compile(r"[A-Za-z0-9_-]+")
-
-
-def token_header(token: str) -> dict[str, Any] | None:
-    """The JOSE header of a compact JWS, or ``None`` when the token is not shaped like one.
-    Nothing in it is trusted yet."""
-    header_segment = token.partition(".")[0]
-    if token.count(".") != 2 or not _B64URL.fullmatch(header_segment):
-        return None
-    try:
-        header = json.loads(base64.urlsafe_b64decode(header_segment + "=" * 3))
-    except (ValueError, RecursionError):
-        return None
-    return header if isinstance(header, dict) else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,12 +168,3 @@ def _is_time(*values: float) -> bool:
     # NumericDate is a finite JSON number; a bool is an int to Python but not a date.
     # An int is always finite (and math.isfinite overflows on a huge one).
     return all(not isinstance(v, bool) and (isinstance(v, int) or math.isfinite(v)) for v in values)
-
-
-def __getattr__(name: str) -> object:
-    # ``SigningKey`` lives with joserfc, which loads with the first key, not with this module.
-    if name == "SigningKey":
-        from llm_proxy_mw.auth._signing_key import SigningKey
-
-        return SigningKey
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

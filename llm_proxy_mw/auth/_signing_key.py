@@ -1,7 +1,8 @@
 """``SigningKey``: the proxy's private key for its access tokens, over joserfc.
 
 Kept apart from the verifier (``_jwt_auth``) so that joserfc and cryptography load only
-when a key is: a proxy whose tokens are never used does not pay for them at start-up.
+when a key is: a proxy whose tokens are never used does not pay for them at start-up. The
+two share only ``_token_header``, so neither imports the other.
 
 Config's ``EdDSA`` signs with Ed25519 under the fully specified JWS name ``Ed25519``
 (RFC 9864), which joserfc recommends over the deprecated polymorphic ``EdDSA``.
@@ -17,7 +18,7 @@ from joserfc.errors import JoseError
 from joserfc.jws import JWSRegistry
 from joserfc.registry import JWS_HEADER_REGISTRY
 
-from llm_proxy_mw.auth._jwt_auth import ACCESS_TOKEN_TYPE, HEADER_PARAMETERS, token_header
+from llm_proxy_mw.auth._token_header import ACCESS_TOKEN_TYPE, HEADER_PARAMETERS, token_header
 
 __all__ = ["SigningKey"]
 

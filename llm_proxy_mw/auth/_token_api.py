@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qsl
 
+from starlette.datastructures import Headers
 from starlette.types import Receive, Scope, Send
 
 from llm_proxy_mw.auth._principal import Principal
@@ -237,16 +238,9 @@ def _allow(method: str, *allowed: str) -> None:
         )
 
 
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope["headers"]:
-        if key == name:
-            text: str = value.decode("latin-1")
-            return text
-    return None
-
-
 def _require_media_type(scope: Scope, expected: str) -> None:
-    media_type = (_header(scope, b"content-type") or "").partition(";")[0].strip().lower()
+    content_type = Headers(scope=scope).get("content-type", "")
+    media_type = content_type.partition(";")[0].strip().lower()
     if media_type != expected:
         raise UnsupportedMediaTypeError(f"The request body must be {expected}.")
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from llm_proxy_mw._store_urls import redact_url, sqlite_path
 from llm_proxy_mw.history import MetricsStore, StoreError
 from llm_proxy_mw.store._sqlite import SqliteMetricsStore
-from llm_proxy_mw.store._urls import redact_url, sqlite_path
 
 if TYPE_CHECKING:
     from llm_proxy_mw.store._redis import RedisMetricsStore

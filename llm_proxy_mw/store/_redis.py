@@ -28,9 +28,9 @@ import json
 from collections.abc import Sequence
 from typing import Any, cast
 
+from llm_proxy_mw._redis_db import RedisStoreBase
 from llm_proxy_mw.history import DURATION_BUCKETS, BucketKey, MinuteBucket, StoreError
 from llm_proxy_mw.store._checks import describe, storable
-from llm_proxy_mw.store._redis_client import RedisStoreBase
 
 __all__ = ["RedisMetricsStore"]
 

@@ -25,9 +25,9 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+from llm_proxy_mw._sqlite_db import connect_private, immediate_transaction
 from llm_proxy_mw.history import DURATION_BUCKETS, BucketKey, MinuteBucket, StoreError
 from llm_proxy_mw.store._checks import Dropped, describe, storable
-from llm_proxy_mw.store._private_db import connect_private
 
 __all__ = ["SqliteMetricsStore"]
 
@@ -69,24 +69,6 @@ _SELECT = (
     f"SELECT {_COLUMNS} FROM buckets WHERE minute >= ? AND minute < ? "
     "ORDER BY minute, provider, model, status"
 )
-
-
-def immediate_transaction(conn: sqlite3.Connection, function: Callable[..., _T], *args: Any) -> _T:
-    """Run ``function(conn, *args)`` in one ``BEGIN IMMEDIATE`` transaction.
-
-    IMMEDIATE takes the write lock up front: a busy database fails (after the busy timeout)
-    before anything was applied, never halfway through a batch, and two writers never both
-    read the same row as unchanged (a refresh token can be rotated only once).
-    """
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        result = function(conn, *args)
-        conn.execute("COMMIT")
-    except BaseException:  # whatever interrupted the batch: undo it, then re-raise
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
-    return result
 
 
 class SqliteMetricsStore:

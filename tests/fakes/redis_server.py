@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from tests.conftest import require_binary
+from tests.fakes.processes import stop_process
 from tests.fakes.servers import free_port
 
 __all__ = ["RedisServer", "redis_server"]
@@ -50,12 +51,7 @@ def redis_server(
             _wait_for_ping(process, port, password, startup_timeout, log)
             yield RedisServer(process, port, password)
         finally:
-            process.terminate()
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop_process(process)
 
 
 def _wait_for_ping(

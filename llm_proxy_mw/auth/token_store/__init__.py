@@ -7,6 +7,7 @@ signing key, the families and every revocation (needs the ``redis`` extra).
 
 from __future__ import annotations
 
+from llm_proxy_mw._store_urls import redact_url, sqlite_path
 from llm_proxy_mw.auth.token_store._base import (
     Family,
     RefreshRecord,
@@ -16,8 +17,6 @@ from llm_proxy_mw.auth.token_store._base import (
 )
 from llm_proxy_mw.auth.token_store._revocations import RevocationSync
 from llm_proxy_mw.auth.token_store._sqlite import SqliteTokenStore
-from llm_proxy_mw.store import redact_url
-from llm_proxy_mw.store._urls import sqlite_path
 
 __all__ = [
     "Family",

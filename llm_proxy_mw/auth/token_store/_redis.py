@@ -27,8 +27,8 @@ from typing import Any, cast
 from redis.exceptions import RedisError
 from redis.typing import EncodableT, FieldT
 
+from llm_proxy_mw._redis_db import RedisStoreBase
 from llm_proxy_mw.auth.token_store._base import Family, RefreshRecord, Rotation, StoreError
-from llm_proxy_mw.store._redis_client import RedisStoreBase
 
 __all__ = ["RedisTokenStore"]
 

@@ -17,9 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any, TypeVar
 
+from llm_proxy_mw._sqlite_db import connect_private, immediate_transaction
 from llm_proxy_mw.auth.token_store._base import Family, RefreshRecord, Rotation, StoreError
-from llm_proxy_mw.store._private_db import connect_private
-from llm_proxy_mw.store._sqlite import immediate_transaction
 
 __all__ = ["SqliteTokenStore"]
 

@@ -1,4 +1,5 @@
-"""End-to-end run: the examples app under uvicorn against the aiohttp passthrough floor.
+"""What the proxy costs over a bare passthrough: the examples app under uvicorn against the
+aiohttp passthrough floor, through real servers and sockets.
 
 Both proxies are served the same way (uvicorn, uvloop, httptools, one worker, pinned to the
 first CPU) in front of the same fast fake provider, and driven by the same load (``wrk`` when
@@ -212,7 +213,7 @@ def write_config(workdir: Path, provider_port: int, pool_max: int | None) -> Pat
     pool = f"\n[providers.bench.pool]\nmax_connections = {pool_max}\n" if pool_max else ""
     path = workdir / "llm-proxy.toml"
     path.write_text(
-        f"""# Written by benchmarks/e2e.py for one run.
+        f"""# Written by benchmarks/overhead.py for one run.
 [providers.bench]
 kind = "openai"
 base_url = "http://{HOST}:{provider_port}/v1"
@@ -700,7 +701,7 @@ def main(
     tool = choose_tool(load)
     runs, rounds = scenarios(quick)
     proxy_cpu, load_cpu, cpu_note = cpus()
-    with pinned_run("llm-bench-e2e-", tool, profile) as run:
+    with pinned_run("llm-bench-overhead-", tool, profile) as run:
         provider_port = run.start_provider()
         config = write_config(run.workdir, provider_port, pool_max)
         contenders = [floor_contender(provider_port), ours_contender(config)]

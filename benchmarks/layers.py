@@ -1,4 +1,4 @@
-"""In-process microbenchmark: CPU µs per request through each layer, with no server or socket.
+"""What each layer costs: CPU µs per request through each, in process, with no server or socket.
 
 Each row drives an ASGI app with a pre-built scope, a receive that hands over the body once
 (then waits, as a server does, for a disconnect that never comes) and a no-op send, so the
@@ -448,7 +448,7 @@ def loop_name() -> str:
 
 
 async def _bench(rounds: int, round_seconds: float) -> tuple[list[Row], list[str]]:
-    with tempfile.TemporaryDirectory(prefix="llm-bench-micro-") as store_dir:
+    with tempfile.TemporaryDirectory(prefix="llm-bench-layers-") as store_dir:
         env = make_env(store_dir)
         cases, skipped, proxy = await _cases(env)
         async with proxy.lifespan(None):
@@ -477,7 +477,7 @@ def report(rows: list[Row], skipped: list[str], rounds: int) -> str:
             ]
         )
     text = [
-        "## In-process microbenchmark (CPU µs per request, no server, no socket)",
+        "## What each layer costs (CPU µs per request, in process, no server, no socket)",
         "",
         f"{loop_name()}; `time.process_time()`; median of {rounds} rounds; each row's "
         "iterations sized to its cost; full stack = `build_proxy(config, transports={name: "
@@ -490,13 +490,13 @@ def report(rows: list[Row], skipped: list[str], rounds: int) -> str:
         ),
     ]
     if skipped:
-        text += ["", "Skipped layers (add or fix their entry in `benchmarks/micro.py` LAYERS):"]
+        text += ["", "Skipped layers (add or fix their entry in `benchmarks/layers.py` LAYERS):"]
         text += [f"- {s}" for s in skipped]
     return "\n".join(text)
 
 
 async def _profile(n: int, top: int) -> str:
-    with tempfile.TemporaryDirectory(prefix="llm-bench-micro-") as store_dir:
+    with tempfile.TemporaryDirectory(prefix="llm-bench-layers-") as store_dir:
         env = make_env(store_dir)
         proxy = build_proxy(env.config, transports=_noop_transports(env.config))
         out = []
@@ -518,7 +518,7 @@ async def _profile(n: int, top: int) -> str:
 
 
 def main(*, quick: bool = False, profile: bool = False) -> str:
-    """Run the microbenchmark and return its markdown report."""
+    """Run the per-layer benchmark and return its markdown report."""
     rounds, round_seconds = (3, 0.05) if quick else (5, 0.3)
     rows, skipped = _run(_bench(rounds, round_seconds))
     text = report(rows, skipped, rounds)

@@ -12,7 +12,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import RedisError
 
-from llm_proxy_mw.store._urls import redact_url
+from llm_proxy_mw._store_urls import redact_url
 
 __all__ = ["RedisStoreBase"]
 

@@ -1,4 +1,5 @@
-"""Opening the SQLite store file so that only its owner can read it.
+"""What both SQLite stores (metrics history, tokens) share: opening the file so that only
+its owner can read it, and the one kind of write transaction.
 
 The ``[store]`` file holds the token signing key: whoever reads it can sign an admin token.
 SQLite creates a database file with mode 0644 (less the umask), and its ``-wal``, ``-shm``
@@ -15,8 +16,12 @@ import logging
 import os
 import sqlite3
 import stat
+from collections.abc import Callable
+from typing import Any, TypeVar
 
-__all__ = ["connect_private"]
+__all__ = ["connect_private", "immediate_transaction"]
+
+_T = TypeVar("_T")
 
 logger = logging.getLogger("llm_proxy_mw.store")
 
@@ -68,3 +73,21 @@ def _restrict(path: str) -> None:
         mode,
         mode & ~_OTHERS,
     )
+
+
+def immediate_transaction(conn: sqlite3.Connection, function: Callable[..., _T], *args: Any) -> _T:
+    """Run ``function(conn, *args)`` in one ``BEGIN IMMEDIATE`` transaction.
+
+    IMMEDIATE takes the write lock up front: a busy database fails (after the busy timeout)
+    before anything was applied, never halfway through a batch, and two writers never both
+    read the same row as unchanged (a refresh token can be rotated only once).
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        result = function(conn, *args)
+        conn.execute("COMMIT")
+    except BaseException:  # whatever interrupted the batch: undo it, then re-raise
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return result
