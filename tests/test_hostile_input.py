@@ -26,6 +26,7 @@ Decisions recorded here:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import logging
@@ -65,9 +66,10 @@ JSON_HEADERS = (("content-type", "application/json"),)
 HTTP_IMPLS = ["h11", "httptools"]
 
 
-@pytest.fixture
-async def recorded() -> AsyncIterator[tuple[LLMProxy, RecordingTransport]]:
-    """A proxy whose two providers answer like the echo one and record every request."""
+@contextlib.asynccontextmanager
+async def both_wire_formats(**top: Any) -> AsyncIterator[tuple[LLMProxy, RecordingTransport]]:
+    """A proxy whose two providers (one per wire format) answer like the echo one and record
+    every request; ``top`` are top-level config keys."""
     transport = RecordingTransport()
     proxy = build_proxy(
         config(
@@ -77,12 +79,18 @@ async def recorded() -> AsyncIterator[tuple[LLMProxy, RecordingTransport]]:
                     "http://anthropic.invalid/v1", kind="anthropic", models=[ANTHROPIC_MODEL]
                 ),
             },
-            max_body_bytes=1024 * 1024,
+            **top,
         ),
         transports={"openai": transport, "anthropic": transport},
     )
     async with proxy.lifespan():
         yield proxy, transport
+
+
+@pytest.fixture
+async def recorded() -> AsyncIterator[tuple[LLMProxy, RecordingTransport]]:
+    async with both_wire_formats(max_body_bytes=1024 * 1024) as proxied:
+        yield proxied
 
 
 async def call(
@@ -454,22 +462,11 @@ CLIENT_KEY = "client-key-hostile-0123456789"
 @pytest.fixture
 async def slow_bodies() -> AsyncIterator[tuple[LLMProxy, RecordingTransport]]:
     """Both wire formats and the token endpoints, with a short body deadline."""
-    transport = RecordingTransport()
-    proxy = build_proxy(
-        config(
-            {
-                "openai": provider("http://openai.invalid/v1", models=[OPENAI_MODEL]),
-                "anthropic": provider(
-                    "http://anthropic.invalid/v1", kind="anthropic", models=[ANTHROPIC_MODEL]
-                ),
-            },
-            auth={"api_keys": [{"name": "client", "key": CLIENT_KEY}]},
-            request_body_timeout=BODY_TIMEOUT,
-        ),
-        transports={"openai": transport, "anthropic": transport},
-    )
-    async with proxy.lifespan():
-        yield proxy, transport
+    async with both_wire_formats(
+        auth={"api_keys": [{"name": "client", "key": CLIENT_KEY}]},
+        request_body_timeout=BODY_TIMEOUT,
+    ) as proxied:
+        yield proxied
 
 
 def slow_head(path: str, content_type: str, length: int) -> bytes:
