@@ -113,6 +113,27 @@ def test_the_package_imports_no_cycle() -> None:
     assert cycles(import_graph()) == []
 
 
+def drawn_imports() -> dict[str, set[str]]:
+    """The import drawing of ``docs/architecture.md``: ``module -> a, b`` lines."""
+    text = (PACKAGE.parent / "docs" / "architecture.md").read_text(encoding="utf-8")
+    drawing = text.partition("## The import drawing")[2].split("```")[1]
+    drawn = {}
+    for line in drawing.strip().splitlines():
+        name, _, imports = line.partition("->")
+        drawn[name.strip()] = {part.strip() for part in imports.split(",") if part.strip()}
+    return drawn
+
+
+def test_the_docs_import_drawing_is_the_code() -> None:
+    graph, drawn = import_graph(), drawn_imports()
+    for name, imports in drawn.items():
+        real = {m.removeprefix("llm_proxy_mw.") for m in graph[f"llm_proxy_mw.{name}"]}
+        # Every import drawn is real, and every import of a drawn module among drawn
+        # modules is drawn (a module may also import ones the drawing leaves out: config).
+        assert imports <= real, name
+        assert real & drawn.keys() <= imports, name
+
+
 def test_only_the_router_and_the_stack_builder_import_the_health_registry() -> None:
     # Health is fed and read where routing decides (the Router's plan); the builder makes the
     # registry, the endpoints and metrics report it. Retry and Upstream never decide with it.
