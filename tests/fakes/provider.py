@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
-from types import TracebackType
 
 from benchmarks._scripted import Action, FakeProvider, RecordedRequest, StreamHold
 from benchmarks._scripted_server import ScriptedProtocol
@@ -25,7 +24,7 @@ _LOOPBACK = "127.0.0.1"
 
 class FakeProviderServer:
     """Serves ``app`` on a free loopback port until the ``with`` block ends; ``url`` is its
-    base URL. Closing aborts the open connections and joins the thread."""
+    base URL."""
 
     def __init__(self, app: FakeProvider | None = None, *, timeout: float = 10.0) -> None:
         self.app = app if app is not None else FakeProvider()
@@ -64,16 +63,17 @@ class FakeProviderServer:
         await self._server.wait_closed()
         await asyncio.sleep(0)  # let the aborted transports report connection_lost
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop serving: drop every connection (held streams too), join the thread. Idempotent."""
         loop, thread = self._loop, self._thread
-        assert loop is not None and thread is not None
-        self.app.reset()
+        if loop is None or thread is None:
+            return
+        self._loop = self._thread = None
         asyncio.run_coroutine_threadsafe(self._close(), loop).result(self._timeout)
+        self.app.reset()
         loop.call_soon_threadsafe(loop.stop)
         thread.join(self._timeout)
         loop.close()
