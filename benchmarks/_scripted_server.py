@@ -58,12 +58,12 @@ def _record(
 
 
 class ScriptedProtocol(RequestProtocol):
-    """One client connection of the scripted fake provider; ``open`` holds the live ones."""
+    """One client connection of the scripted fake provider; ``connections`` holds the live ones."""
 
-    def __init__(self, provider: FakeProvider, open: set[ScriptedProtocol]) -> None:
+    def __init__(self, provider: FakeProvider, connections: set[ScriptedProtocol]) -> None:
         super().__init__()
         self._provider = provider
-        self._open = open
+        self._open = connections
         self._headers: list[tuple[str, str]] = []
         self.task: asyncio.Task[None] | None = None
 
