@@ -2,8 +2,7 @@
 
 It shares a core with the load generator, so it must cost far less per request than the
 proxy under test; a Starlette mock costs ~50x more than nginx, which would make it the
-bottleneck (the tests' scriptable ``tests/fakes/provider.py`` is such a mock). One server
-serves every benchmark:
+bottleneck. One server serves every benchmark:
 
 - ``POST /v1/chat/completions`` (and ``/chat/completions``): the 678-byte JSON of
   ``fixtures``, or its 100-event SSE stream when the body has ``"stream": true`` (each event
@@ -23,7 +22,11 @@ serves every benchmark:
   answers every chat call.
 - ``GET /health``: ``ok``.
 
-Run: ``python -m benchmarks.fake_provider [--port 0]``; it prints the bound port on stdout.
+With ``--scripted`` it answers as the tests' provider does instead (``_scripted_server``: both
+wire formats, scripted by ``x-fake-*`` request headers), for trying a proxy by hand.
+
+Run: ``python -m benchmarks.fake_provider [--port 0] [--scripted]``; it prints the bound port
+on stdout.
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ from typing import Any
 from benchmarks import _marked_answers as marked
 from benchmarks._faults import Faults
 from benchmarks._raw_http import RequestProtocol, chunk, head, run, serve
+from benchmarks._scripted import FakeProvider
+from benchmarks._scripted_server import ScriptedProtocol
 from benchmarks.fixtures import CHAT, CHAT_SSE_EVENTS, PACE_MS, paced_templates
 
 __all__ = ["main"]
@@ -269,7 +274,12 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
     parser.add_argument("--delay-ms", type=float, default=100.0)
     parser.add_argument("--pace-ms", type=float, default=80.0)
+    parser.add_argument("--scripted", action="store_true", help="answer as the tests' provider")
     args = parser.parse_args()
+    if args.scripted:
+        provider, connections = FakeProvider(), set[ScriptedProtocol]()
+        run(serve(lambda: ScriptedProtocol(provider, connections), args.port))
+        return
     faults = Faults()
     run(serve(lambda: _Provider(args.delay_ms / 1000, args.pace_ms / 1000, faults), args.port))
 

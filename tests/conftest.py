@@ -1,5 +1,5 @@
 """Shared fixtures: anyio on asyncio, service binaries, and the end-to-end tests' fake
-provider under uvicorn with the recorder of what their SDK clients received."""
+provider on loopback with the recorder of what their SDK clients received."""
 
 from __future__ import annotations
 
@@ -12,8 +12,7 @@ import pytest
 
 if TYPE_CHECKING:  # imported where used: the SDKs alone take a second to import
     from tests.e2e_helpers import RecordingTransport
-    from tests.fakes.provider import FakeProvider
-    from tests.fakes.servers import UvicornServer
+    from tests.fakes.provider import FakeProvider, FakeProviderServer
 
 
 @pytest.fixture
@@ -35,17 +34,16 @@ def require_binary(name: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def fake_server() -> Iterator[UvicornServer]:
-    """A ``FakeProvider`` under uvicorn on loopback, for the tests of one module."""
-    from tests.fakes.provider import FakeProvider
-    from tests.fakes.servers import UvicornServer
+def fake_server() -> Iterator[FakeProviderServer]:
+    """A ``FakeProvider`` on loopback, for the tests of one module."""
+    from tests.fakes.provider import FakeProviderServer
 
-    with UvicornServer(FakeProvider()) as server:
+    with FakeProviderServer() as server:
         yield server
 
 
 @pytest.fixture
-def provider(fake_server: UvicornServer) -> Iterator[FakeProvider]:
+def provider(fake_server: FakeProviderServer) -> Iterator[FakeProvider]:
     """The module's fake provider, with nothing recorded or scripted (also after the test:
     every hold is released)."""
     fake: FakeProvider = fake_server.app

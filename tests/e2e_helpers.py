@@ -1,10 +1,10 @@
-"""Shared pieces of the end-to-end tests: the example app and a fake provider under real uvicorn.
+"""Shared pieces of the end-to-end tests: the example app under real uvicorn, and a fake provider.
 
 The proxy under test is the example host app (``examples/app.py``) exactly as ``make demo``
 builds it: a fresh copy of the module is executed with ``LLM_PROXY_CONFIG`` naming a TOML file
 written from DESIGN.md's shape, whose provider keys are ``${ENV}`` references to canary
 values. It is served by uvicorn (httptools) on loopback; the providers' ``base_url`` point at
-a ``FakeProvider`` under a second uvicorn. Clients are the official SDKs, with no retries of
+a ``FakeProvider`` on a second loopback port. Clients are the official SDKs, with no retries of
 their own, over an ``httpx2`` client that records every response byte they receive, so the
 tests can prove that no provider key ever reaches a client.
 """

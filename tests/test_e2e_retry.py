@@ -37,8 +37,8 @@ from tests.e2e_helpers import (
     serve_example_app,
     standard_providers,
 )
-from tests.fakes.provider import Action, FakeProvider
-from tests.fakes.servers import UvicornServer, free_port
+from tests.fakes.provider import Action, FakeProvider, FakeProviderServer
+from tests.fakes.servers import free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -64,7 +64,7 @@ def serve_proxy(tmp_path: Path) -> Iterator[ServeProxy]:
 
 
 @pytest.fixture
-def proxy(serve_proxy: ServeProxy, fake_server: UvicornServer) -> ProxyServer:
+def proxy(serve_proxy: ServeProxy, fake_server: FakeProviderServer) -> ProxyServer:
     return serve_proxy(*standard_providers(fake_server.url, retry=FAST_RETRY))
 
 
@@ -97,7 +97,7 @@ def test_retry_after_is_honoured_never_early(
 
 def test_retry_after_above_the_cap_goes_back_to_the_client(
     serve_proxy: ServeProxy,
-    fake_server: UvicornServer,
+    fake_server: FakeProviderServer,
     provider: FakeProvider,
     recorder: RecordingTransport,
 ) -> None:
@@ -210,7 +210,7 @@ def test_client_disconnect_during_backoff_stops_the_request(
 
 def test_dead_provider_falls_back(
     serve_proxy: ServeProxy,
-    fake_server: UvicornServer,
+    fake_server: FakeProviderServer,
     provider: FakeProvider,
     recorder: RecordingTransport,
 ) -> None:

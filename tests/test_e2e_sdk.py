@@ -35,8 +35,7 @@ from tests.e2e_helpers import (
     serve_example_app,
     standard_providers,
 )
-from tests.fakes.provider import Action, FakeProvider, RecordedRequest
-from tests.fakes.servers import UvicornServer
+from tests.fakes.provider import Action, FakeProvider, FakeProviderServer, RecordedRequest
 
 pytestmark = pytest.mark.e2e
 
@@ -48,7 +47,7 @@ REPLY = "fake reply to: hello"
 
 @pytest.fixture(scope="module")
 def proxy(
-    fake_server: UvicornServer, tmp_path_factory: pytest.TempPathFactory
+    fake_server: FakeProviderServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ProxyServer]:
     config = config_toml(*standard_providers(fake_server.url))
     with serve_example_app(config, tmp_path_factory.mktemp("e2e-sdk")) as served:

@@ -2,7 +2,7 @@
 
 ``python -m examples.serve examples.app:app`` (uvicorn's command line, exiting 0 after a
 graceful stop) runs as a subprocess with ``LLM_PROXY_CONFIG`` naming
-a TOML file: one provider on a ``FakeProvider`` (in this process, under uvicorn in a thread)
+a TOML file: one provider on a ``FakeProvider`` (in this process, served from a thread)
 whose streams are slow, and the metrics history in a SQLite file under the test's tmp dir.
 
 - SIGTERM with streams in flight: uvicorn's graceful shutdown lets them finish (each ends
@@ -36,8 +36,8 @@ import httpx
 import pytest
 
 from llm_proxy_mw.config import MetricsConfig
-from tests.fakes.provider import Action, FakeProvider
-from tests.fakes.servers import UvicornServer, free_port
+from tests.fakes.provider import Action, FakeProvider, FakeProviderServer
+from tests.fakes.servers import free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -58,7 +58,7 @@ def provider() -> FakeProvider:
 
 @pytest.fixture(scope="module")
 def fake(provider: FakeProvider) -> Iterator[str]:
-    with UvicornServer(provider) as server:
+    with FakeProviderServer(provider) as server:
         yield server.url
 
 

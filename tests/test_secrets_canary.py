@@ -66,7 +66,7 @@ from llm_proxy_mw.client import InvalidGrantError, ProxyTokenAuth
 from llm_proxy_mw.config import ConfigError, parse_config
 from llm_proxy_mw.logging_filters import QUERY_SECRETS, RedactQuerySecrets
 from tests.fakes.processes import stop_process
-from tests.fakes.provider import Action, FakeProvider
+from tests.fakes.provider import Action, FakeProvider, FakeProviderServer
 from tests.fakes.servers import UvicornServer
 from tests.hardening_helpers import RefusingPort
 
@@ -410,7 +410,7 @@ def upstreams() -> Iterator[Upstreams]:
     canaries = Canaries()
     fake, idp = FakeProvider(), FakeIdentityProvider(canaries)
     with (
-        UvicornServer(fake) as fake_server,
+        FakeProviderServer(fake) as fake_server,
         UvicornServer(idp.app) as idp_server,
         RefusingPort() as refused,
     ):
