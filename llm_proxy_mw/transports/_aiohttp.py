@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Iterable
 from typing import Any
 
 import aiohttp
+from multidict import CIMultiDict
 from yarl import URL
 
 from llm_proxy_mw.errors import (
@@ -51,7 +53,20 @@ def _convert(exc: BaseException) -> UpstreamError:
 
 
 #: Headers aiohttp would add on its own, and its default ``Content-Type`` for a body.
-_NO_AUTO_HEADERS = ("Accept", "Accept-Encoding", "Content-Type", "User-Agent")
+_NO_AUTO_HEADERS: CIMultiDict[None] = CIMultiDict(
+    (name, None) for name in ("Accept", "Accept-Encoding", "Content-Type", "User-Agent")
+)
+
+
+class _PassthroughRequest(aiohttp.ClientRequest):
+    """aiohttp's request without automatic headers: the client's go out as they came.
+
+    ``skip_auto_headers`` does the same by building two header dicts per request (a
+    CIMultiDict of the names to skip, and a copy of the headers to check them against).
+    """
+
+    def update_auto_headers(self, skip_auto_headers: Iterable[str] | None) -> None:
+        self._skip_auto_headers = _NO_AUTO_HEADERS
 
 
 class _Exchange(Watched):
@@ -148,7 +163,7 @@ class AiohttpTransport:
                 sock_connect=self._timeout.connect,
             ),
             auto_decompress=False,
-            skip_auto_headers=_NO_AUTO_HEADERS,
+            request_class=_PassthroughRequest,
             cookie_jar=aiohttp.DummyCookieJar(),
             read_bufsize=self._read_chunk_size,
         )
