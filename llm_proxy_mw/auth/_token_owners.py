@@ -175,8 +175,12 @@ class LiveFamilies:
     def session_ended(self, digest: str) -> None:
         """Revoke what the login session ``digest`` minted: here at once, and through the
         store for the other replicas (in the background: sessions end in synchronous code).
-        Sessions live in one process, so their families are all known here."""
+        Sessions live in one process, so their families are all known here. A family that
+        expired already (an expired session's, at the latest) needs no revocation."""
+        now = self.clock()
         for family in self._by_session.pop(digest, []):
+            if family.expires <= now:
+                continue
             self.revocations.add(family.id, family.expires)
             task = asyncio.get_running_loop().create_task(self._revoke(family))
             self._revoking.add(task)
