@@ -12,6 +12,7 @@ nothing above those sees them.
     ProxyError                             500 internal_error
     ├── ClientRequestError                 4xx: the caller's request is at fault
     │   ├── InvalidRequestError            400 invalid_request
+    │   │   └── UntranslatableError        400 unsupported_parameter (no equivalent at the provider)
     │   ├── TokenGrantError                400 invalid_grant (a refresh token that cannot be used)
     │   ├── UnsupportedGrantTypeError      400 unsupported_grant_type
     │   ├── AuthenticationError            401 authentication_error
@@ -72,6 +73,7 @@ __all__ = [
     "TokenGrantError",
     "TokenStoreUnavailableError",
     "TooManyTokenFamiliesError",
+    "UntranslatableError",
     "UnsupportedGrantTypeError",
     "UnsupportedMediaTypeError",
     "UpstreamAuthError",
@@ -98,18 +100,19 @@ class ProxyError(Exception):
     code: ClassVar[str] = "internal_error"
     openai_type: ClassVar[str] = "api_error"
     anthropic_type: ClassVar[str] = "api_error"
-
     def __init__(
         self,
         message: str,
         *,
         provider: str | None = None,
         headers: dict[str, str] | None = None,
+        param: str | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.provider = provider
         self.headers = headers or {}
+        self.param = param  # the request parameter at fault, when one is (OpenAI's ``param``)
 
 
 class ClientRequestError(ProxyError):
@@ -123,6 +126,14 @@ class ClientRequestError(ProxyError):
 
 class InvalidRequestError(ClientRequestError):
     """Malformed JSON, a non-object body, a field of the wrong type, a bad path."""
+
+
+class UntranslatableError(InvalidRequestError):
+    """A parameter the chosen provider's API has no equivalent for (``n > 1`` to Anthropic):
+    refused before anything is sent, rather than dropped in silence."""
+
+    code = "unsupported_parameter"
+
 
 
 class TokenGrantError(ClientRequestError):

@@ -52,7 +52,7 @@ def error_body(error: ProxyError, wire_format: WireFormat) -> bytes:
             "error": {
                 "message": error.message,
                 "type": error.openai_type,
-                "param": None,
+                "param": error.param,
                 "code": error.code,
             }
         }

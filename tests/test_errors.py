@@ -40,6 +40,7 @@ EXPECTED: dict[str, tuple[int, str]] = {
     "TooManyTokenFamiliesError": (409, "too_many_token_families"),
     "RequestTooLargeError": (413, "request_too_large"),
     "UnsupportedMediaTypeError": (415, "unsupported_media_type"),
+    "UntranslatableError": (400, "unsupported_parameter"),
     "TokenStoreUnavailableError": (503, "store_unavailable"),
     "UpstreamError": (502, "upstream_error"),
     "UpstreamAuthError": (502, "upstream_auth_error"),

@@ -1,0 +1,1 @@
+"""Translation between Chat Completions, Messages and Responses (see ``_codec.py``)."""
