@@ -73,9 +73,9 @@ __all__ = [
     "TokenGrantError",
     "TokenStoreUnavailableError",
     "TooManyTokenFamiliesError",
-    "UntranslatableError",
     "UnsupportedGrantTypeError",
     "UnsupportedMediaTypeError",
+    "UntranslatableError",
     "UpstreamAuthError",
     "UpstreamConnectError",
     "UpstreamConnectTimeout",
@@ -100,6 +100,7 @@ class ProxyError(Exception):
     code: ClassVar[str] = "internal_error"
     openai_type: ClassVar[str] = "api_error"
     anthropic_type: ClassVar[str] = "api_error"
+
     def __init__(
         self,
         message: str,
@@ -133,7 +134,6 @@ class UntranslatableError(InvalidRequestError):
     refused before anything is sent, rather than dropped in silence."""
 
     code = "unsupported_parameter"
-
 
 
 class TokenGrantError(ClientRequestError):
