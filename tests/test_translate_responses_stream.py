@@ -28,7 +28,7 @@ Json = dict[str, Any]
 EVENTS: TypeAdapter[Any] = TypeAdapter(ResponseStreamEvent)
 TERMINAL = {"response.completed", "response.incomplete", "response.failed"}
 PROPERTIES = settings(
-    max_examples=150,
+    max_examples=100,
     derandomize=True,
     database=None,
     deadline=None,
@@ -191,3 +191,200 @@ def test_golden_stream(case: Json) -> None:
 
 def test_there_are_enough_stream_goldens() -> None:
     assert len(cases("responses_to_chat", "provider_events", "client_events")) >= 16
+
+
+REQUEST = {"model": "gpt-4o-mini", "input": "hi", "stream": True}
+
+
+def chunk(delta: Json, finish: str | None = None, **extra: Any) -> Json:
+    base = {"id": "chatcmpl-u", "object": "chat.completion.chunk", "created": 1, "model": "m"}
+    return {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}
+
+
+def call(index: int, arguments: str, id: str | None = None, name: str | None = None) -> Json:
+    function = {"arguments": arguments} if name is None else {"name": name, "arguments": arguments}
+    first = {} if id is None else {"id": id, "type": "function"}
+    return {"tool_calls": [{"index": index, **first, "function": function}]}
+
+
+def checked(events: list[Json]) -> list[Json]:
+    for event in events:
+        validate_event(Api.RESPONSES, event)
+    check_grammar(events)
+    return events
+
+
+class _RateLimited(ProxyError):
+    status_code = 429
+    code = "rate_limited"
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        (UpstreamProtocolError("The connection was reset."), "server_error"),
+        (_RateLimited("Slow down."), "rate_limit_exceeded"),
+    ],
+)
+def test_fail_mid_stream_ends_failed_with_the_items_so_far(error: ProxyError, code: str) -> None:
+    translator = ChatChunksToResponses(REQUEST)
+    events = translator.feed(chunk({"role": "assistant", "content": "Hel"}))
+    events += translator.feed(chunk(call(0, '{"a', id="call_1", name="f")))
+    events += translator.fail(error)
+    failed = checked(events)[-1]["response"]
+    assert failed["status"] == "failed"
+    assert failed["error"] == {"code": code, "message": error.message}
+    assert [item["status"] for item in failed["output"]] == ["completed", "incomplete"]
+    assert failed["output"][1]["arguments"] == '{"a'
+    assert accumulate(REQUEST, events).status == "failed"
+    # Nothing follows a terminal event.
+    assert translator.feed(chunk({"content": "lo"})) == []
+    assert translator.finish() == []
+    assert translator.fail(error) == []
+
+
+@pytest.mark.parametrize("end", ["finish", "fail"])
+def test_a_stream_without_any_chunk_still_opens_before_it_fails(end: str) -> None:
+    translator = ChatChunksToResponses(REQUEST)
+    if end == "finish":
+        events = translator.finish()
+    else:
+        events = translator.fail(UpstreamProtocolError("No answer."))
+    types = [e["type"] for e in checked(events)]
+    assert types == ["response.created", "response.in_progress", "response.failed"]
+    assert events[0]["response"]["id"].startswith("resp_")
+    assert events[0]["response"]["model"] == "gpt-4o-mini"
+    assert accumulate(REQUEST, events).status == "failed"
+
+
+def test_a_chunk_without_an_id_gets_a_fresh_response_id() -> None:
+    first, second = (ChatChunksToResponses(REQUEST).feed({"choices": []}) for _ in range(2))
+    assert first[0]["response"]["id"] != second[0]["response"]["id"]
+
+
+def test_usage_is_the_providers_so_far() -> None:
+    translator = ChatChunksToResponses(REQUEST)
+    events = translator.feed(chunk({"content": "Hi"}, "stop"))
+    assert translator.usage is None
+    details = {"prompt_tokens_details": {"cached_tokens": 6}}
+    usage = {"prompt_tokens": 10, "completion_tokens": 2, "total_tokens": 12, **details}
+    events += translator.feed({**chunk({}), "choices": [], "usage": usage})
+    assert translator.usage == TokenUsage(prompt_tokens=10, completion_tokens=2, cached_tokens=6)
+    completed = checked(events + translator.finish())[-1]["response"]
+    assert completed["usage"]["input_tokens_details"]["cached_tokens"] == 6
+
+
+def test_deltas_after_the_finish_reason_add_nothing() -> None:
+    translator = ChatChunksToResponses(REQUEST)
+    events = translator.feed(chunk({"content": "Done."}, "stop"))
+    assert translator.feed(chunk({"content": " More?"})) == []
+    assert translator.feed(chunk(call(0, "{}", id="call_late", name="f"))) == []
+    events += translator.finish()
+    assert accumulate(REQUEST, checked(events)).output_text == "Done."
+
+
+def _split(data: st.DataObject, text: str) -> list[str]:
+    cuts = sorted(data.draw(st.sets(st.integers(1, max(len(text) - 1, 1)), max_size=6)))
+    bounds = [0, *(c for c in cuts if c < len(text)), len(text)]
+    return [text[a:b] for a, b in zip(bounds, bounds[1:], strict=False) if a < b]
+
+
+@PROPERTIES
+@given(
+    thinking=st.text(max_size=30),
+    text=st.text(max_size=30),
+    arguments=st.lists(st.text(max_size=30), max_size=3),
+    data=st.data(),
+)
+def test_any_fragmentation_accumulates_to_the_same_response(
+    thinking: str, text: str, arguments: list[str], data: st.DataObject
+) -> None:
+    tools = [(f"call_{i}", f"tool_{i}") for i in range(len(arguments))]
+    whole = [chunk({"role": "assistant", "reasoning_content": thinking, "content": text})]
+    whole += [chunk(call(i, a, *tools[i])) for i, a in enumerate(arguments)]
+    pieces = [chunk({"role": "assistant"})]
+    pieces += [chunk({"reasoning_content": p}) for p in _split(data, thinking)]
+    pieces += [chunk({"content": p}) for p in _split(data, text)]
+    for i, a in enumerate(arguments):
+        pieces += [chunk(call(i, "", *tools[i]))]
+        pieces += [chunk(call(i, p)) for p in _split(data, a)]
+    ending = [chunk({}, "tool_calls" if arguments else "stop")]
+    results = [
+        accumulate(REQUEST, checked(translate(REQUEST, s + ending))) for s in (whole, pieces)
+    ]
+    assert results[0].model_dump() == results[1].model_dump()
+    assert results[1].output_text == text
+    calls = [
+        (i.call_id, i.name, i.arguments) for i in results[1].output if i.type == "function_call"
+    ]
+    assert calls == [(*tool, a) for tool, a in zip(tools, arguments, strict=True)]
+
+
+_KEYS = st.sampled_from(
+    "id model created choices index delta content refusal reasoning_content reasoning "
+    "thinking_blocks type thinking signature data tool_calls function name arguments "
+    "finish_reason usage prompt_tokens completion_tokens error message code".split()
+)
+_LEAF = (
+    st.none()
+    | st.booleans()
+    | st.integers(-2, 3)
+    | st.text(max_size=4)
+    | st.sampled_from(["thinking", "redacted_thinking", "stop", "length", "tool_calls"])
+)
+_JUNK = st.recursive(
+    _LEAF, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_KEYS, inner, max_size=4)
+)
+
+
+def _or_junk(valid: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    return valid | valid | _JUNK
+
+
+_TEXT = _or_junk(st.text(max_size=4))
+_BLOCK = st.fixed_dictionaries(
+    {"type": _or_junk(st.sampled_from(["thinking", "redacted_thinking"]))},
+    optional={"thinking": _TEXT, "signature": _TEXT, "data": _TEXT},
+)
+_CALL = st.fixed_dictionaries(
+    {"index": _or_junk(st.integers(0, 2))},
+    optional={
+        "id": _TEXT,
+        "function": _or_junk(
+            st.fixed_dictionaries({}, optional={"name": _TEXT, "arguments": _TEXT})
+        ),
+    },
+)
+_DELTA = st.fixed_dictionaries(
+    {},
+    optional={
+        "content": _TEXT,
+        "refusal": _TEXT,
+        "reasoning_content": _TEXT,
+        "reasoning": _TEXT,
+        "thinking_blocks": _or_junk(st.lists(_BLOCK, max_size=2)),
+        "tool_calls": _or_junk(st.lists(_CALL, max_size=2)),
+    },
+)
+_CHOICE = st.fixed_dictionaries(
+    {"index": st.sampled_from([0, 0, 1, None]), "delta": _or_junk(_DELTA)},
+    optional={"finish_reason": _or_junk(st.sampled_from(["stop", "length", "tool_calls"]))},
+)
+_USAGE = st.fixed_dictionaries({"prompt_tokens": _JUNK, "completion_tokens": _JUNK})
+_EVENT = (
+    st.dictionaries(_KEYS, _JUNK, max_size=4)
+    | st.fixed_dictionaries(
+        {"choices": st.lists(_CHOICE, max_size=2)},
+        optional={"usage": _or_junk(_USAGE), "id": _TEXT, "error": _JUNK},
+    )
+    | st.fixed_dictionaries({"choices": st.lists(_CHOICE, max_size=2)})
+)
+
+
+@PROPERTIES
+@given(events=st.lists(_EVENT, max_size=12), failed=st.booleans())
+def test_any_event_sequence_gives_a_well_formed_stream(events: list[Json], failed: bool) -> None:
+    translator = ChatChunksToResponses(REQUEST)
+    out = [e for event in events for e in translator.feed(event)]
+    out += translator.fail(UpstreamProtocolError("cut")) if failed else translator.finish()
+    checked(out)
