@@ -283,6 +283,21 @@ def test_deltas_after_the_finish_reason_add_nothing() -> None:
     assert accumulate(REQUEST, checked(events)).output_text == "Done."
 
 
+def test_a_tool_call_without_an_index_or_with_its_name_late_is_kept() -> None:
+    translator = ChatChunksToResponses(REQUEST)
+    events = translator.feed(
+        chunk({"tool_calls": [{"id": "call_x", "function": {"arguments": ""}}]})
+    )
+    events += translator.feed(
+        chunk({"tool_calls": [{"function": {"name": "f", "arguments": "{}"}}]})
+    )
+    events += translator.feed(chunk({"tool_calls": [{"id": "call_y", "function": {"name": "g"}}]}))
+    events += translator.feed(chunk({}, "tool_calls")) + translator.finish()
+    final = accumulate(REQUEST, checked(events))
+    calls = [(i.call_id, i.name, i.arguments) for i in final.output if i.type == "function_call"]
+    assert calls == [("call_x", "f", "{}"), ("call_y", "g", "")]
+
+
 def _split(data: st.DataObject, text: str) -> list[str]:
     cuts = sorted(data.draw(st.sets(st.integers(1, max(len(text) - 1, 1)), max_size=6)))
     bounds = [0, *(c for c in cuts if c < len(text)), len(text)]
