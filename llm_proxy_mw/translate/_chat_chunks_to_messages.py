@@ -115,6 +115,9 @@ class ChatChunksToMessages:
         usage = chunk.get("usage")
         if isinstance(usage, dict):
             self.usage = usage_from_chat(usage)
+        # Chat Completions counts only at the end (Anthropic requires numbers here):
+        # message_delta's cumulative counts replace these.
+        start_usage = {"input_tokens": 0, "output_tokens": 0}
         return {
             "type": "message_start",
             "message": {
@@ -125,8 +128,7 @@ class ChatChunksToMessages:
                 "content": [],
                 "stop_reason": None,
                 "stop_sequence": None,
-                # The input is counted only at the end; message_delta's counts replace these.
-                "usage": anthropic_usage(self.usage or TokenUsage()),
+                "usage": start_usage if self.usage is None else anthropic_usage(self.usage),
             },
         }
 
@@ -214,7 +216,7 @@ class ChatChunksToMessages:
     def _end(self) -> list[Json]:
         self._done = True
         # Without the provider's usage, no input count rather than a zero that lies.
-        usage = anthropic_usage(self.usage) if self.usage is not None else {"output_tokens": 0}
+        usage = {"output_tokens": 0} if self.usage is None else anthropic_usage(self.usage)
         return [
             {
                 "type": "message_delta",

@@ -47,6 +47,7 @@ class MessagesEventsToChat:
         "_blocks",
         "_thinking_count",
         "_tool_count",
+        "_argless_tool",
         "_anthropic_usage",
         "_finished",
         "_done",
@@ -61,6 +62,7 @@ class MessagesEventsToChat:
         self._blocks: dict[int, tuple[int, int]] = {}  # Anthropic index -> (kind, index)
         self._thinking_count = 0
         self._tool_count = 0
+        self._argless_tool = -1  # the Anthropic index of a tool block without arguments yet
         self._anthropic_usage: Json = {}
         self._finished = False  # the finish chunk went out
         self._done = False  # the last chunk went out, or the error
@@ -77,11 +79,13 @@ class MessagesEventsToChat:
             return self._start(_dict(event.get("message")))
         if kind == "message_delta":
             return self._message_delta(event)
+        if kind == "content_block_stop":
+            return self._block_stop(event)
         if kind == "message_stop":
             return self._stop()
         if kind == "error":
             return self._error(_dict(event.get("error")))
-        return []  # content_block_stop, ping, an event type added later
+        return []  # ping, an event type added later
 
     def finish(self) -> list[Json]:
         if self._done:
@@ -128,7 +132,7 @@ class MessagesEventsToChat:
         self._model = _str(message.get("model")) or self._model
         self._created = int(time.time())
         self._count_usage(message.get("usage"))
-        return [self._chunk({"role": "assistant", "content": ""})]
+        return [self._chunk({"role": "assistant"})]  # content stays null for a tool call
 
     def _count_usage(self, usage: Any) -> None:
         # message_delta's counts are cumulative and may leave out what did not change.
@@ -150,6 +154,7 @@ class MessagesEventsToChat:
             tool = self._tool_count
             self._tool_count += 1
             self._blocks[index] = (_TOOL, tool)
+            self._argless_tool = index
             call = {"name": _str(block.get("name")), "arguments": ""}
             return [self._chunk({"tool_calls": [_tool_call(tool, _str(block.get("id")), call)]})]
         if block_type in ("thinking", "redacted_thinking"):
@@ -178,6 +183,7 @@ class MessagesEventsToChat:
         if kind == _TOOL and delta_type == "input_json_delta":
             fragment = _str(delta.get("partial_json"))
             if fragment:
+                self._argless_tool = -1
                 call = _tool_call(index, None, {"arguments": fragment})
                 return [self._chunk({"tool_calls": [call]})]
         elif kind == _THINKING and delta_type == "thinking_delta":
@@ -187,6 +193,15 @@ class MessagesEventsToChat:
             signature = _str(delta.get("signature"))
             return [self._chunk(_thinking_delta(index, "", signature))] if signature else []
         return []  # citations, or a delta that does not fit its block
+
+    def _block_stop(self, event: Json) -> list[Json]:
+        """A tool call that took no input still gets arguments, ``{}``, as OpenAI's do."""
+        index = event.get("index")
+        if index != self._argless_tool or not isinstance(index, int):
+            return []
+        self._argless_tool = -1
+        call = _tool_call(self._blocks[index][1], None, {"arguments": "{}"})
+        return [self._chunk({"tool_calls": [call]})]
 
     def _stop(self) -> list[Json]:
         if not self._finished:
