@@ -480,3 +480,36 @@ def test_any_events_never_raise(events: list[Json], fail: bool, request: Json) -
         out += translator.fail(errors.UpstreamProtocolError("x")) if fail else translator.finish()
         assert all(isinstance(e, dict) for e in out)
         json.dumps(out)
+
+
+def test_a_block_opened_after_the_finish_reason_is_stopped_before_message_delta() -> None:
+    chunks = chat_stream("stop")
+    late = {**chunks[1], "choices": [{"index": 0, "delta": {"content": "late"}}]}
+    events = feed_all(ChatChunksToMessages({"model": "gpt"}), [*chunks[:3], late, chunks[3]])
+    check_messages_grammar(events)
+    assert messages_final(events)["content"] == [
+        {"type": "text", "text": "x"},
+        {"type": "text", "text": "late"},
+    ]
+
+
+def test_a_fragment_of_a_stopped_tool_call_is_dropped() -> None:
+    def call(index: int, delta: Json) -> Json:
+        choice = {"index": 0, "delta": {"tool_calls": [{"index": index, **delta}]}}
+        return {**chat_stream("stop")[1], "choices": [choice]}
+
+    start = {"type": "function", "function": {"name": "f", "arguments": "{"}}
+    interleaved = [
+        call(0, {"id": "a", **start}),
+        call(1, {"id": "b", **start}),
+        call(0, {"function": {"arguments": "}"}}),  # block 0 was stopped when 1 started
+        call(1, {"function": {"arguments": "}"}}),
+    ]
+    stream = chat_stream("tool_calls")
+    events = feed_all(
+        ChatChunksToMessages({"model": "gpt"}), [stream[0], *interleaved, *stream[2:]]
+    )
+    check_messages_grammar(events)
+    deltas = [e for e in events if e["type"] == "content_block_delta"]
+    fragments = [(e["index"], e["delta"]["partial_json"]) for e in deltas]
+    assert fragments == [(0, "{"), (1, "{"), (1, "}")]

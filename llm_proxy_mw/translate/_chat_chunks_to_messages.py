@@ -71,7 +71,7 @@ class ChatChunksToMessages:
         self._started = False
         self._open = _NONE
         self._index = -1  # the Anthropic index of the open (or last) block
-        self._tools: dict[int, int] = {}  # tool call index -> its block's Anthropic index
+        self._tools: dict[int, tuple[int, str]] = {}  # call index -> its block's index, id
         self._stop_reason: str | None = None
         self._done = False
 
@@ -185,18 +185,22 @@ class ChatChunksToMessages:
         if not isinstance(number, int):
             return
         function = _dict(call.get("function"))
-        if number not in self._tools:
+        call_id = _str(call.get("id"))
+        known = self._tools.get(number)
+        # Some providers give every call index 0: a new id is a new call.
+        if known is None or (call_id and call_id != known[1]):
+            call_id = call_id or f"call_{self._index + 1}"
             block = {
                 "type": "tool_use",
-                "id": _str(call.get("id")) or f"toolu_{number}",
+                "id": call_id,
                 "name": _str(function.get("name")),
                 "input": {},
             }
             self._open_block(_TOOL, block, out)
-            self._tools[number] = self._index
+            known = self._tools[number] = (self._index, call_id)
         fragment = _str(function.get("arguments"))
         # A fragment of a call whose block was stopped (interleaved calls) has nowhere to go.
-        if fragment and self._open == _TOOL and self._tools[number] == self._index:
+        if fragment and self._open == _TOOL and known[0] == self._index:
             out.append(self._delta({"type": "input_json_delta", "partial_json": fragment}))
 
     def _open_block(self, kind: int, block: Json, out: list[Json]) -> None:
@@ -215,16 +219,14 @@ class ChatChunksToMessages:
 
     def _end(self) -> list[Json]:
         self._done = True
+        out: list[Json] = []
+        self._close(out)  # a delta after the finish_reason opened one
         # Without the provider's usage, no input count rather than a zero that lies.
         usage = {"output_tokens": 0} if self.usage is None else anthropic_usage(self.usage)
-        return [
-            {
-                "type": "message_delta",
-                "delta": {"stop_reason": self._stop_reason, "stop_sequence": None},
-                "usage": usage,
-            },
-            {"type": "message_stop"},
-        ]
+        delta = {"stop_reason": self._stop_reason, "stop_sequence": None}
+        out.append({"type": "message_delta", "delta": delta, "usage": usage})
+        out.append({"type": "message_stop"})
+        return out
 
     def _error(self, error: Json) -> list[Json]:
         self._done = True
