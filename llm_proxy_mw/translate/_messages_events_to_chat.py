@@ -68,22 +68,22 @@ class MessagesEventsToChat:
         self._done = False  # the last chunk went out, or the error
 
     def feed(self, event: Json) -> list[Json]:
-        kind = event.get("type")
-        if self._done or (not self._id and kind not in ("message_start", "error")):
+        event_type = event.get("type")
+        if self._done or (not self._id and event_type not in ("message_start", "error")):
             return []
-        if kind == "content_block_delta":
+        if event_type == "content_block_delta":
             return self._delta(event)
-        if kind == "content_block_start":
+        if event_type == "content_block_start":
             return self._block_start(event)
-        if kind == "message_start":
+        if event_type == "message_start":
             return self._start(_dict(event.get("message")))
-        if kind == "message_delta":
+        if event_type == "message_delta":
             return self._message_delta(event)
-        if kind == "content_block_stop":
+        if event_type == "content_block_stop":
             return self._block_stop(event)
-        if kind == "message_stop":
+        if event_type == "message_stop":
             return self._stop()
-        if kind == "error":
+        if event_type == "error":
             return self._error(_dict(event.get("error")))
         return []  # ping, an event type added later
 
@@ -175,7 +175,7 @@ class MessagesEventsToChat:
         delta = event.get("delta")
         if block is None or not isinstance(delta, dict):
             return []
-        kind, index = block
+        kind, number = block
         delta_type = delta.get("type")
         if kind == _TEXT and delta_type == "text_delta":
             text = _str(delta.get("text"))
@@ -184,14 +184,14 @@ class MessagesEventsToChat:
             fragment = _str(delta.get("partial_json"))
             if fragment:
                 self._argless_tool = -1
-                call = _tool_call(index, None, {"arguments": fragment})
+                call = _tool_call(number, None, {"arguments": fragment})
                 return [self._chunk({"tool_calls": [call]})]
         elif kind == _THINKING and delta_type == "thinking_delta":
             text = _str(delta.get("thinking"))
-            return [self._chunk(_thinking_delta(index, text, ""))] if text else []
+            return [self._chunk(_thinking_delta(number, text, ""))] if text else []
         elif kind == _THINKING and delta_type == "signature_delta":
             signature = _str(delta.get("signature"))
-            return [self._chunk(_thinking_delta(index, "", signature))] if signature else []
+            return [self._chunk(_thinking_delta(number, "", signature))] if signature else []
         return []  # citations, or a delta that does not fit its block
 
     def _block_stop(self, event: Json) -> list[Json]:
