@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 import json
 import logging
+from typing import Any
 
 from starlette.types import Send
 
@@ -19,6 +20,7 @@ __all__ = [
     "WireFormat",
     "error_body",
     "error_event",
+    "error_json",
     "log_error",
     "send_error",
     "send_json",
@@ -40,23 +42,26 @@ def wire_format_of(route_path: str) -> WireFormat:
     return WireFormat.OPENAI
 
 
-def error_body(error: ProxyError, wire_format: WireFormat) -> bytes:
-    """The JSON error body the caller's SDK expects."""
+def error_json(error: ProxyError, wire_format: WireFormat) -> dict[str, Any]:
+    """The error object the caller's SDK expects, as a body or as a stream's last event."""
     if wire_format is WireFormat.ANTHROPIC:
-        payload: dict[str, object] = {
+        return {
             "type": "error",
             "error": {"type": error.anthropic_type, "message": error.message},
         }
-    else:
-        payload = {
-            "error": {
-                "message": error.message,
-                "type": error.openai_type,
-                "param": error.param,
-                "code": error.code,
-            }
+    return {
+        "error": {
+            "message": error.message,
+            "type": error.openai_type,
+            "param": error.param,
+            "code": error.code,
         }
-    return json.dumps(payload, separators=(",", ":")).encode()
+    }
+
+
+def error_body(error: ProxyError, wire_format: WireFormat) -> bytes:
+    """The JSON error body the caller's SDK expects."""
+    return json.dumps(error_json(error, wire_format), separators=(",", ":")).encode()
 
 
 def error_event(error: ProxyError, wire_format: WireFormat) -> bytes:
