@@ -1,0 +1,173 @@
+"""The echo provider's OpenAI Responses API: JSON, and SSE with the full event grammar.
+
+A stream goes ``response.created``, ``response.in_progress``, ``response.output_item.added``,
+then for a message ``response.content_part.added``, ``response.output_text.delta``...,
+``response.output_text.done``, ``response.content_part.done``, or for a function call
+``response.function_call_arguments.delta``... and ``.done``, then
+``response.output_item.done`` and ``response.completed`` (``response.incomplete`` when cut
+by ``max_output_tokens``), every event numbered by ``sequence_number``. Stateless: the
+Response says ``store: false``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from llm_proxy_mw.errors import InvalidRequestError
+from llm_proxy_mw.translate._codec import TokenUsage
+from llm_proxy_mw.translate._mappings import responses_usage
+from llm_proxy_mw.translate._responses_envelope import ResponseStatus, response_object
+from llm_proxy_mw.transports._echo_answer import (
+    JSON_HEADERS,
+    SSE_HEADERS,
+    EchoAnswer,
+    Prompt,
+    Rendered,
+    count,
+    dumps,
+    field,
+    text_of,
+)
+
+__all__ = ["read_responses", "responses"]
+
+
+def read_responses(body: dict[str, Any]) -> Prompt:
+    """A Responses request: ``instructions`` and ``input`` (a string, or message, function
+    call and function call output items) make the prompt."""
+    items = body.get("input")
+    if isinstance(items, str):
+        items = [{"role": "user", "content": items}]
+    if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
+        raise InvalidRequestError(
+            "'input' must be a string or an array of input items.", param="input"
+        )
+    texts = [_text_of_item(item) for item in items]
+    prompt = Prompt(
+        said="", prompt_tokens=count(text_of(body.get("instructions"))) + sum(map(count, texts))
+    )
+    if items and items[-1].get("type") == "function_call_output":
+        prompt.said, prompt.tool_result = texts[-1], True
+    else:
+        prompt.said = next(
+            (
+                t
+                for item, t in zip(reversed(items), reversed(texts), strict=True)
+                if item.get("role") == "user"
+            ),
+            "",
+        )
+    prompt.tools = {
+        tool["name"]: tool.get("parameters")
+        for tool in field(body, "tools", list, [])
+        if isinstance(tool, dict) and tool.get("type") == "function" and "name" in tool
+    }
+    choice = body.get("tool_choice")
+    if choice == "none":
+        prompt.tool_choice = None
+    elif isinstance(choice, dict) and choice.get("type") == "function":
+        prompt.tool_choice = str(choice.get("name"))
+    text_format = field(body, "text", dict, {}).get("format")
+    if isinstance(text_format, dict) and text_format.get("type") == "json_schema":
+        prompt.schema = text_format.get("schema", {})
+    elif isinstance(text_format, dict) and text_format.get("type") == "json_object":
+        prompt.schema = {"type": "object"}
+    prompt.limit = body.get("max_output_tokens")
+    return prompt
+
+
+def _text_of_item(item: dict[str, Any]) -> str:
+    if item.get("type") == "function_call_output":
+        return text_of(item.get("output"))
+    if item.get("type") == "function_call":
+        return str(item.get("arguments", ""))
+    return text_of(item.get("content"))
+
+
+def responses(answer: EchoAnswer, request: dict[str, Any]) -> Rendered:
+    call = answer.tool_call
+    status: ResponseStatus = "incomplete" if answer.truncated else "completed"
+    if call is not None:
+        item: dict[str, Any] = {
+            "id": f"fc_{answer.id}",
+            "type": "function_call",
+            "status": status,
+            "call_id": f"call_{answer.id}",
+            "name": call.name,
+            "arguments": call.arguments,
+        }
+    else:
+        part = {"type": "output_text", "text": answer.text, "annotations": [], "logprobs": []}
+        item = {
+            "id": f"msg_{answer.id}",
+            "type": "message",
+            "status": status,
+            "role": "assistant",
+            "content": [part],
+        }
+    shell: dict[str, Any] = {
+        "id": f"resp_{answer.id}",
+        "created_at": int(time.time()),
+        "model": answer.model,
+    }
+    done = response_object(
+        request,
+        **shell,
+        status=status,
+        output=[item],
+        usage=responses_usage(TokenUsage(answer.prompt_tokens, answer.completion_tokens)),
+        incomplete_reason="max_output_tokens" if answer.truncated else None,
+    )
+    if not answer.stream:
+        return JSON_HEADERS, [dumps(done)]
+    started = response_object(request, **shell, status="in_progress", output=[])
+    at = {"item_id": item["id"], "output_index": 0}
+    events: list[dict[str, Any]] = [
+        {"type": "response.created", "response": started},
+        {"type": "response.in_progress", "response": started},
+    ]
+    if call is not None:
+        events.append(
+            {
+                "type": "response.output_item.added",
+                "output_index": 0,
+                "item": {**item, "status": "in_progress", "arguments": ""},
+            }
+        )
+        events += [
+            {"type": "response.function_call_arguments.delta", **at, "delta": piece}
+            for piece in answer.pieces
+        ]
+        events.append(
+            {"type": "response.function_call_arguments.done", **at, "arguments": call.arguments}
+        )
+    else:
+        text_at = {**at, "content_index": 0}
+        events += [
+            {
+                "type": "response.output_item.added",
+                "output_index": 0,
+                "item": {**item, "status": "in_progress", "content": []},
+            },
+            {"type": "response.content_part.added", **text_at, "part": {**part, "text": ""}},
+        ]
+        events += [
+            {"type": "response.output_text.delta", **text_at, "delta": piece, "logprobs": []}
+            for piece in answer.pieces
+        ]
+        events += [
+            {"type": "response.output_text.done", **text_at, "text": answer.text, "logprobs": []},
+            {"type": "response.content_part.done", **text_at, "part": part},
+        ]
+    events += [
+        {"type": "response.output_item.done", "output_index": 0, "item": item},
+        {"type": f"response.{status}", "response": done},
+    ]
+    return SSE_HEADERS, [_sse(number, event) for number, event in enumerate(events)]
+
+
+def _sse(number: int, event: dict[str, Any]) -> bytes:
+    event["sequence_number"] = number
+    kind: str = event["type"]
+    return b"event: " + kind.encode() + b"\ndata: " + dumps(event) + b"\n\n"
