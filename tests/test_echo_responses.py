@@ -4,6 +4,7 @@ accumulator (which checks the event grammar: identities, indices, the final even
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -12,8 +13,8 @@ import pytest
 from pydantic import BaseModel
 
 from llm_proxy_mw.apis import Api
+from tests.echo_helpers import EchoClients, echo_clients, sse_data
 from tests.goldens import validate_event, validate_response
-from tests.test_echo import client, openai_client, proxy, sse_data  # noqa: F401
 
 WEATHER = {
     "type": "function",
@@ -27,8 +28,14 @@ WEATHER = {
 }
 
 
-async def stream_events(client: httpx.AsyncClient, body: dict[str, Any]) -> list[dict[str, Any]]:
-    response = await client.post("/v1/responses", json={**body, "stream": True})
+@pytest.fixture
+async def echo() -> AsyncIterator[EchoClients]:
+    async with echo_clients() as clients:
+        yield clients
+
+
+async def stream_events(http: httpx.AsyncClient, body: dict[str, Any]) -> list[dict[str, Any]]:
+    response = await http.post("/v1/responses", json={**body, "stream": True})
     assert response.headers["content-type"].startswith("text/event-stream")
     events = [json.loads(data) for data in sse_data(response.text)]
     for event in events:
@@ -38,9 +45,9 @@ async def stream_events(client: httpx.AsyncClient, body: dict[str, Any]) -> list
 
 
 @pytest.mark.anyio
-async def test_text_answer_is_a_valid_response(client: httpx.AsyncClient) -> None:
+async def test_text_answer_is_a_valid_response(echo: EchoClients) -> None:
     body = {"model": "echo-1", "input": "hello there", "instructions": "be brief"}
-    response = await client.post("/v1/responses", json=body)
+    response = await echo.http.post("/v1/responses", json=body)
     assert response.status_code == 200
     answer = response.json()
     validate_response(Api.RESPONSES, answer)
@@ -50,13 +57,13 @@ async def test_text_answer_is_a_valid_response(client: httpx.AsyncClient) -> Non
     assert message["content"][0]["text"] == "echo: hello there"
     assert answer["usage"]["input_tokens"] == 4  # instructions counted with the input
     assert answer["usage"]["output_tokens"] == 3
-    again = (await client.post("/v1/responses", json=body)).json()
+    again = (await echo.http.post("/v1/responses", json=body)).json()
     assert again["id"] == answer["id"] and again["output"] == answer["output"]
 
 
 @pytest.mark.anyio
-async def test_sdk_create_reads_input_items(openai_client: openai.AsyncOpenAI) -> None:
-    response = await openai_client.responses.create(
+async def test_sdk_create_reads_input_items(echo: EchoClients) -> None:
+    response = await echo.openai.responses.create(
         model="echo-1",
         input=[
             {"role": "user", "content": "first"},
@@ -73,10 +80,8 @@ async def test_sdk_create_reads_input_items(openai_client: openai.AsyncOpenAI) -
 
 
 @pytest.mark.anyio
-async def test_text_stream_has_the_full_event_grammar(
-    client: httpx.AsyncClient, openai_client: openai.AsyncOpenAI
-) -> None:
-    events = await stream_events(client, {"model": "echo-1", "input": "a b c"})
+async def test_text_stream_has_the_full_event_grammar(echo: EchoClients) -> None:
+    events = await stream_events(echo.http, {"model": "echo-1", "input": "a b c"})
     types = [e["type"] for e in events]
     assert types[:4] == [
         "response.created",
@@ -93,7 +98,7 @@ async def test_text_stream_has_the_full_event_grammar(
     ]
     assert events[-1]["response"]["usage"]["output_tokens"] == 4
 
-    async with openai_client.responses.stream(model="echo-1", input="a b c") as stream:
+    async with echo.openai.responses.stream(model="echo-1", input="a b c") as stream:
         deltas = [e.delta async for e in stream if e.type == "response.output_text.delta"]
         final = await stream.get_final_response()
     assert "".join(deltas) == final.output_text == "echo: a b c"
@@ -101,10 +106,8 @@ async def test_text_stream_has_the_full_event_grammar(
 
 
 @pytest.mark.anyio
-async def test_max_output_tokens_makes_the_response_incomplete(
-    client: httpx.AsyncClient, openai_client: openai.AsyncOpenAI
-) -> None:
-    response = await openai_client.responses.create(
+async def test_max_output_tokens_makes_the_response_incomplete(echo: EchoClients) -> None:
+    response = await echo.openai.responses.create(
         model="echo-1", input="one two three four", max_output_tokens=2
     )
     assert response.status == "incomplete"
@@ -112,29 +115,27 @@ async def test_max_output_tokens_makes_the_response_incomplete(
     assert response.incomplete_details.reason == "max_output_tokens"
     assert response.output_text == "echo: one"
     events = await stream_events(
-        client, {"model": "echo-1", "input": "one two three", "max_output_tokens": 2}
+        echo.http, {"model": "echo-1", "input": "one two three", "max_output_tokens": 2}
     )
     assert events[-1]["type"] == "response.incomplete"
 
 
 @pytest.mark.anyio
-async def test_function_call_from_the_tool_schema(
-    client: httpx.AsyncClient, openai_client: openai.AsyncOpenAI
-) -> None:
+async def test_function_call_from_the_tool_schema(echo: EchoClients) -> None:
     body: dict[str, Any] = {"model": "echo-1", "input": "Paris", "tools": [WEATHER]}
-    answer = (await client.post("/v1/responses", json=body)).json()
+    answer = (await echo.http.post("/v1/responses", json=body)).json()
     validate_response(Api.RESPONSES, answer)
     [call] = answer["output"]
     assert call["type"] == "function_call" and call["name"] == "get_weather"
     assert json.loads(call["arguments"]) == {"city": "Paris", "days": 0}
 
-    events = await stream_events(client, body)
+    events = await stream_events(echo.http, body)
     deltas = [e["delta"] for e in events if e["type"] == "response.function_call_arguments.delta"]
     assert len(deltas) > 1
     done = next(e for e in events if e["type"] == "response.function_call_arguments.done")
     assert "".join(deltas) == done["arguments"] == call["arguments"]
 
-    async with openai_client.responses.stream(
+    async with echo.openai.responses.stream(
         model="echo-1", input="Paris", tools=[WEATHER]
     ) as stream:
         final = await stream.get_final_response()
@@ -143,19 +144,19 @@ async def test_function_call_from_the_tool_schema(
 
 
 @pytest.mark.anyio
-async def test_tool_choice_none_answers_with_text(openai_client: openai.AsyncOpenAI) -> None:
-    response = await openai_client.responses.create(
+async def test_tool_choice_none_answers_with_text(echo: EchoClients) -> None:
+    response = await echo.openai.responses.create(
         model="echo-1", input="Paris", tools=[WEATHER], tool_choice="none"
     )
     assert response.output_text == "echo: Paris"
 
 
 @pytest.mark.anyio
-async def test_function_call_output_ends_the_loop(openai_client: openai.AsyncOpenAI) -> None:
-    first = await openai_client.responses.create(model="echo-1", input="Paris", tools=[WEATHER])
+async def test_function_call_output_ends_the_loop(echo: EchoClients) -> None:
+    first = await echo.openai.responses.create(model="echo-1", input="Paris", tools=[WEATHER])
     call = first.output[0]
     assert call.type == "function_call"
-    second = await openai_client.responses.create(
+    second = await echo.openai.responses.create(
         model="echo-1",
         tools=[WEATHER],
         input=[
@@ -180,8 +181,8 @@ class City(BaseModel):
 
 
 @pytest.mark.anyio
-async def test_text_format_json_schema_is_satisfied(openai_client: openai.AsyncOpenAI) -> None:
-    parsed = await openai_client.responses.parse(model="echo-1", input="Lyon", text_format=City)
+async def test_text_format_json_schema_is_satisfied(echo: EchoClients) -> None:
+    parsed = await echo.openai.responses.parse(model="echo-1", input="Lyon", text_format=City)
     assert parsed.output_parsed == City(name="Lyon", population=0, capital=False, districts=[])
 
 
@@ -204,8 +205,8 @@ async def test_text_format_json_schema_is_satisfied(openai_client: openai.AsyncO
     ],
 )
 async def test_a_body_of_the_wrong_shape_is_an_openai_400(
-    openai_client: openai.AsyncOpenAI, body: dict[str, Any], param: str
+    echo: EchoClients, body: dict[str, Any], param: str
 ) -> None:
     with pytest.raises(openai.BadRequestError) as info:
-        await openai_client.post("/responses", body=body, cast_to=httpx.Response)
+        await echo.openai.post("/responses", body=body, cast_to=httpx.Response)
     assert info.value.param == param

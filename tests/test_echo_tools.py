@@ -4,25 +4,18 @@ checked by the SDKs' own types and stream accumulators."""
 from __future__ import annotations
 
 import json
-from enum import Enum
+from collections.abc import AsyncIterator
+from enum import StrEnum
 from typing import Any
 
 import anthropic
-import httpx
-import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam, ChatCompletionToolParam
 from pydantic import BaseModel
 
 from llm_proxy_mw.apis import Api
+from tests.echo_helpers import EchoClients, echo_clients, sse_data
 from tests.goldens import validate_event, validate_response
-from tests.test_echo import (  # noqa: F401
-    anthropic_client,
-    client,
-    openai_client,
-    proxy,
-    sse_data,
-)
 
 SCHEMA = {
     "type": "object",
@@ -60,13 +53,19 @@ ANTHROPIC_TOOLS: list[anthropic.types.ToolParam] = [
 USER: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Paris"}]
 
 
+@pytest.fixture
+async def echo() -> AsyncIterator[EchoClients]:
+    async with echo_clients() as clients:
+        yield clients
+
+
 # -- Chat Completions ------------------------------------------------------------------------
 
 
 @pytest.mark.anyio
-async def test_chat_calls_the_first_tool_with_schema_arguments(client: httpx.AsyncClient) -> None:
+async def test_chat_calls_the_first_tool_with_schema_arguments(echo: EchoClients) -> None:
     body = {"model": "echo-1", "messages": USER, "tools": CHAT_TOOLS}
-    answer = (await client.post("/v1/chat/completions", json=body)).json()
+    answer = (await echo.http.post("/v1/chat/completions", json=body)).json()
     validate_response(Api.CHAT, answer)
     choice = answer["choices"][0]
     assert choice["finish_reason"] == "tool_calls"
@@ -86,10 +85,8 @@ async def test_chat_calls_the_first_tool_with_schema_arguments(client: httpx.Asy
         ("none", None),
     ],
 )
-async def test_chat_tool_choice(
-    openai_client: openai.AsyncOpenAI, tool_choice: Any, called: str | None
-) -> None:
-    completion = await openai_client.chat.completions.create(
+async def test_chat_tool_choice(echo: EchoClients, tool_choice: Any, called: str | None) -> None:
+    completion = await echo.openai.chat.completions.create(
         model="echo-1", messages=USER, tools=CHAT_TOOLS, tool_choice=tool_choice
     )
     message = completion.choices[0].message
@@ -101,11 +98,9 @@ async def test_chat_tool_choice(
 
 
 @pytest.mark.anyio
-async def test_chat_stream_sends_the_arguments_in_fragments(
-    client: httpx.AsyncClient, openai_client: openai.AsyncOpenAI
-) -> None:
+async def test_chat_stream_sends_the_arguments_in_fragments(echo: EchoClients) -> None:
     body = {"model": "echo-1", "messages": USER, "tools": CHAT_TOOLS, "stream": True}
-    response = await client.post("/v1/chat/completions", json=body)
+    response = await echo.http.post("/v1/chat/completions", json=body)
     chunks = [json.loads(d) for d in sse_data(response.text)[:-1]]
     for chunk in chunks:
         validate_event(Api.CHAT, chunk)
@@ -114,7 +109,7 @@ async def test_chat_stream_sends_the_arguments_in_fragments(
     ]
     assert len(fragments) > 1 and json.loads("".join(fragments)) == ARGUMENTS
 
-    async with openai_client.chat.completions.stream(
+    async with echo.openai.chat.completions.stream(
         model="echo-1", messages=USER, tools=CHAT_TOOLS
     ) as stream:
         final = await stream.get_final_completion()
@@ -126,23 +121,23 @@ async def test_chat_stream_sends_the_arguments_in_fragments(
 
 
 @pytest.mark.anyio
-async def test_chat_agent_loop_ends_on_the_tool_result(openai_client: openai.AsyncOpenAI) -> None:
+async def test_chat_agent_loop_ends_on_the_tool_result(echo: EchoClients) -> None:
     messages: list[ChatCompletionMessageParam] = list(USER)
-    first = await openai_client.chat.completions.create(
+    first = await echo.openai.chat.completions.create(
         model="echo-1", messages=messages, tools=CHAT_TOOLS
     )
     calls = first.choices[0].message.tool_calls
     assert calls and calls[0].type == "function"
     messages.append(first.choices[0].message.model_dump(exclude_none=True))  # type: ignore[arg-type]
     messages.append({"role": "tool", "tool_call_id": calls[0].id, "content": "sunny, 21 C"})
-    second = await openai_client.chat.completions.create(
+    second = await echo.openai.chat.completions.create(
         model="echo-1", messages=messages, tools=CHAT_TOOLS
     )
     assert second.choices[0].finish_reason == "stop"
     assert second.choices[0].message.content == "echo: sunny, 21 C"
 
 
-class Unit(str, Enum):
+class Unit(StrEnum):
     CELSIUS = "celsius"
     FAHRENHEIT = "fahrenheit"
 
@@ -162,15 +157,15 @@ class Forecast(BaseModel):
 
 @pytest.mark.anyio
 async def test_chat_structured_output_parses_into_the_model(
-    openai_client: openai.AsyncOpenAI,
+    echo: EchoClients,
 ) -> None:
-    completion = await openai_client.chat.completions.parse(
+    completion = await echo.openai.chat.completions.parse(
         model="echo-1", messages=USER, response_format=Forecast
     )
     assert completion.choices[0].message.parsed == Forecast(
         city="Paris", days=0, unit=Unit.CELSIUS, place=Place(lat=0, label="Paris"), alerts=[]
     )
-    json_object = await openai_client.chat.completions.create(
+    json_object = await echo.openai.chat.completions.create(
         model="echo-1", messages=USER, response_format={"type": "json_object"}
     )
     assert json_object.choices[0].message.content == "{}"
@@ -180,25 +175,23 @@ async def test_chat_structured_output_parses_into_the_model(
 
 
 @pytest.mark.anyio
-async def test_messages_tool_use_json_and_stream(
-    client: httpx.AsyncClient, anthropic_client: anthropic.AsyncAnthropic
-) -> None:
+async def test_messages_tool_use_json_and_stream(echo: EchoClients) -> None:
     body = {"model": "echo-2", "max_tokens": 50, "messages": USER, "tools": ANTHROPIC_TOOLS}
-    answer = (await client.post("/v1/messages", json=body)).json()
+    answer = (await echo.http.post("/v1/messages", json=body)).json()
     validate_response(Api.MESSAGES, answer)
     assert answer["stop_reason"] == "tool_use"
     [block] = answer["content"]
     assert block["type"] == "tool_use" and block["name"] == "get_weather"
     assert block["input"] == ARGUMENTS
 
-    response = await client.post("/v1/messages", json={**body, "stream": True})
+    response = await echo.http.post("/v1/messages", json={**body, "stream": True})
     events = [json.loads(d) for d in sse_data(response.text)]
     for event in events:
         validate_event(Api.MESSAGES, event)
     partial = [e["delta"]["partial_json"] for e in events if e["type"] == "content_block_delta"]
     assert len(partial) > 1
 
-    async with anthropic_client.messages.stream(
+    async with echo.anthropic.messages.stream(
         model="echo-2",
         max_tokens=50,
         messages=[{"role": "user", "content": "Paris"}],
@@ -220,9 +213,9 @@ async def test_messages_tool_use_json_and_stream(
     ],
 )
 async def test_messages_tool_choice(
-    anthropic_client: anthropic.AsyncAnthropic, tool_choice: Any, called: str | None
+    echo: EchoClients, tool_choice: Any, called: str | None
 ) -> None:
-    message = await anthropic_client.messages.create(
+    message = await echo.anthropic.messages.create(
         model="echo-2",
         max_tokens=50,
         messages=[{"role": "user", "content": "Paris"}],
@@ -238,9 +231,9 @@ async def test_messages_tool_choice(
 
 @pytest.mark.anyio
 async def test_messages_tool_result_ends_the_loop(
-    anthropic_client: anthropic.AsyncAnthropic,
+    echo: EchoClients,
 ) -> None:
-    first = await anthropic_client.messages.create(
+    first = await echo.anthropic.messages.create(
         model="echo-2",
         max_tokens=50,
         messages=[{"role": "user", "content": "Paris"}],
@@ -253,7 +246,7 @@ async def test_messages_tool_result_ends_the_loop(
         "tool_use_id": call.id,
         "content": [{"type": "text", "text": "rain"}],
     }
-    second = await anthropic_client.messages.create(
+    second = await echo.anthropic.messages.create(
         model="echo-2",
         max_tokens=50,
         tools=ANTHROPIC_TOOLS,
@@ -268,8 +261,8 @@ async def test_messages_tool_result_ends_the_loop(
 
 
 @pytest.mark.anyio
-async def test_messages_structured_output(anthropic_client: anthropic.AsyncAnthropic) -> None:
-    message = await anthropic_client.messages.create(
+async def test_messages_structured_output(echo: EchoClients) -> None:
+    message = await echo.anthropic.messages.create(
         model="echo-2",
         max_tokens=50,
         messages=[{"role": "user", "content": "Paris"}],
@@ -277,7 +270,7 @@ async def test_messages_structured_output(anthropic_client: anthropic.AsyncAnthr
     )
     assert message.content[0].type == "text"
     assert json.loads(message.content[0].text) == ARGUMENTS
-    async with anthropic_client.messages.stream(
+    async with echo.anthropic.messages.stream(
         model="echo-2",
         max_tokens=50,
         messages=[{"role": "user", "content": "Paris"}],

@@ -18,11 +18,18 @@ from urllib.parse import urlsplit
 
 from llm_proxy_mw.errors import InvalidRequestError, NotFoundError, ProxyError
 from llm_proxy_mw.transports._base import UpstreamRequest, UpstreamResponse
-from llm_proxy_mw.transports._echo_answer import JSON_HEADERS, EchoAnswer, Rendered
-from llm_proxy_mw.transports._echo_chat import chat, completion, read_chat, read_completion
+from llm_proxy_mw.transports._echo_answer import EchoAnswer
+from llm_proxy_mw.transports._echo_chat import chat, completion
 from llm_proxy_mw.transports._echo_embeddings import embeddings
-from llm_proxy_mw.transports._echo_messages import count_tokens, messages, read_messages
-from llm_proxy_mw.transports._echo_responses import read_responses, responses
+from llm_proxy_mw.transports._echo_messages import count_tokens, messages
+from llm_proxy_mw.transports._echo_prompts import (
+    read_chat,
+    read_completion,
+    read_messages,
+    read_responses,
+)
+from llm_proxy_mw.transports._echo_responses import responses
+from llm_proxy_mw.transports._echo_wire import JSON_HEADERS, Rendered
 from llm_proxy_mw.wire import WireFormat, error_body
 
 __all__ = ["EchoTransport"]

@@ -16,41 +16,19 @@ A token is one streamed piece: a word of an echoed text, a fragment of JSON.
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from typing import Any
 
 from llm_proxy_mw.errors import InvalidRequestError
 from llm_proxy_mw.transports._echo_schema import minimal_value
+from llm_proxy_mw.transports._echo_wire import dumps
 
-__all__ = [
-    "JSON_HEADERS",
-    "SSE_HEADERS",
-    "EchoAnswer",
-    "Prompt",
-    "Rendered",
-    "ToolCall",
-    "count",
-    "dumps",
-    "field",
-    "text_of",
-]
+__all__ = ["EchoAnswer", "Prompt", "ToolCall", "count", "field", "text_of"]
 
-JSON_HEADERS = [(b"content-type", b"application/json")]
-SSE_HEADERS = [
-    (b"content-type", b"text/event-stream; charset=utf-8"),
-    (b"cache-control", b"no-cache"),
-]
-#: An answer's response headers and body chunks.
-Rendered = tuple[list[tuple[bytes, bytes]], list[bytes]]
 _JSON_TYPES = {dict: "object", list: "array", str: "string", int: "integer", bool: "boolean"}
 
 #: Width of the fragments a streamed JSON text or tool arguments are split into.
 _FRAGMENT = 8
-
-
-def dumps(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":")).encode()
 
 
 def count(text: str) -> int:

@@ -5,63 +5,12 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from llm_proxy_mw.errors import InvalidRequestError
 from llm_proxy_mw.translate._codec import TokenUsage
 from llm_proxy_mw.translate._mappings import chat_usage
-from llm_proxy_mw.transports._echo_answer import (
-    JSON_HEADERS,
-    SSE_HEADERS,
-    EchoAnswer,
-    Prompt,
-    Rendered,
-    count,
-    dumps,
-    field,
-    text_of,
-)
+from llm_proxy_mw.transports._echo_answer import EchoAnswer
+from llm_proxy_mw.transports._echo_wire import JSON_HEADERS, SSE_HEADERS, Rendered, dumps
 
-__all__ = ["chat", "completion", "read_chat", "read_completion"]
-
-
-def read_chat(body: dict[str, Any]) -> Prompt:
-    """A Chat Completions request: ``messages`` (system ones included) make the prompt."""
-    messages = field(body, "messages", list)
-    if messages is None:
-        raise InvalidRequestError("Missing required parameter: 'messages'.", param="messages")
-    if not all(isinstance(m, dict) for m in messages):
-        raise InvalidRequestError("Each of 'messages' must be an object.", param="messages")
-    prompt = Prompt(said="", prompt_tokens=sum(count(text_of(m.get("content"))) for m in messages))
-    if messages and messages[-1].get("role") == "tool":
-        prompt.said, prompt.tool_result = text_of(messages[-1].get("content")), True
-    else:
-        prompt.said = next(
-            (text_of(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), ""
-        )
-    prompt.tools = {}
-    for tool in field(body, "tools", list, []):
-        function = tool.get("function") if isinstance(tool, dict) else None
-        if isinstance(function, dict) and isinstance(function.get("name"), str):
-            prompt.tools[function["name"]] = function.get("parameters")
-    choice = body.get("tool_choice")
-    if choice == "none":
-        prompt.tool_choice = None
-    elif isinstance(choice, dict) and isinstance(choice.get("function"), dict):
-        prompt.tool_choice = str(choice["function"].get("name"))
-    response_format = field(body, "response_format", dict, {})
-    if response_format.get("type") == "json_schema":
-        spec = response_format.get("json_schema")
-        prompt.schema = spec.get("schema", {}) if isinstance(spec, dict) else {}
-    elif response_format.get("type") == "json_object":
-        prompt.schema = {"type": "object"}
-    prompt.limit = body.get("max_completion_tokens") or body.get("max_tokens")
-    return prompt
-
-
-def read_completion(body: dict[str, Any]) -> Prompt:
-    """A legacy Completions request: its ``prompt`` is what was said."""
-    said = body.get("prompt")
-    said = said if isinstance(said, str) else ""  # token arrays are answered with an empty echo
-    return Prompt(said=said, prompt_tokens=count(said), limit=body.get("max_tokens"))
+__all__ = ["chat", "completion"]
 
 
 def _usage(answer: EchoAnswer) -> dict[str, Any]:

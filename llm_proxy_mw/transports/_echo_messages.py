@@ -4,64 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from llm_proxy_mw.errors import InvalidRequestError
 from llm_proxy_mw.translate._codec import TokenUsage
 from llm_proxy_mw.translate._mappings import anthropic_usage
-from llm_proxy_mw.transports._echo_answer import (
-    JSON_HEADERS,
-    SSE_HEADERS,
-    EchoAnswer,
-    Prompt,
-    Rendered,
-    count,
-    dumps,
-    field,
-    text_of,
-)
+from llm_proxy_mw.transports._echo_answer import EchoAnswer
+from llm_proxy_mw.transports._echo_prompts import read_messages
+from llm_proxy_mw.transports._echo_wire import JSON_HEADERS, SSE_HEADERS, Rendered, dumps
 
-__all__ = ["count_tokens", "messages", "read_messages"]
-
-
-def read_messages(body: dict[str, Any]) -> Prompt:
-    """A Messages request: ``system`` and ``messages`` make the prompt; a user turn holding
-    ``tool_result`` blocks is a tool result."""
-    messages = field(body, "messages", list)
-    if messages is None:
-        raise InvalidRequestError("messages: Field required", param="messages")
-    if not all(isinstance(m, dict) for m in messages):
-        raise InvalidRequestError("messages: each message must be an object", param="messages")
-    tokens = count(text_of(body.get("system")))
-    prompt = Prompt(
-        said="", prompt_tokens=tokens + sum(count(text_of(m.get("content"))) for m in messages)
-    )
-    last = messages[-1].get("content") if messages else None
-    results = (
-        [part for part in last if isinstance(part, dict) and part.get("type") == "tool_result"]
-        if isinstance(last, list)
-        else []
-    )
-    if results:
-        prompt.said, prompt.tool_result = text_of(results), True
-    else:
-        prompt.said = next(
-            (text_of(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), ""
-        )
-    # Custom tools have an input_schema; server tools (web search, code execution) do not.
-    prompt.tools = {
-        tool["name"]: tool["input_schema"]
-        for tool in field(body, "tools", list, [])
-        if isinstance(tool, dict) and isinstance(tool.get("name"), str) and "input_schema" in tool
-    }
-    choice = field(body, "tool_choice", dict, {})
-    if choice.get("type") == "none":
-        prompt.tool_choice = None
-    elif choice.get("type") == "tool":
-        prompt.tool_choice = str(choice.get("name"))
-    output_format = field(body, "output_config", dict, {}).get("format")
-    if isinstance(output_format, dict) and output_format.get("type") == "json_schema":
-        prompt.schema = output_format.get("schema", {})
-    prompt.limit = body.get("max_tokens")
-    return prompt
+__all__ = ["count_tokens", "messages"]
 
 
 def count_tokens(body: dict[str, Any]) -> Rendered:

@@ -14,75 +14,13 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from llm_proxy_mw.errors import InvalidRequestError
 from llm_proxy_mw.translate._codec import TokenUsage
 from llm_proxy_mw.translate._mappings import responses_usage
 from llm_proxy_mw.translate._responses_envelope import ResponseStatus, response_object
-from llm_proxy_mw.transports._echo_answer import (
-    JSON_HEADERS,
-    SSE_HEADERS,
-    EchoAnswer,
-    Prompt,
-    Rendered,
-    count,
-    dumps,
-    field,
-    text_of,
-)
+from llm_proxy_mw.transports._echo_answer import EchoAnswer
+from llm_proxy_mw.transports._echo_wire import JSON_HEADERS, SSE_HEADERS, Rendered, dumps
 
-__all__ = ["read_responses", "responses"]
-
-
-def read_responses(body: dict[str, Any]) -> Prompt:
-    """A Responses request: ``instructions`` and ``input`` (a string, or message, function
-    call and function call output items) make the prompt."""
-    items = body.get("input")
-    if isinstance(items, str):
-        items = [{"role": "user", "content": items}]
-    if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
-        raise InvalidRequestError(
-            "'input' must be a string or an array of input items.", param="input"
-        )
-    texts = [_text_of_item(item) for item in items]
-    prompt = Prompt(
-        said="", prompt_tokens=count(text_of(body.get("instructions"))) + sum(map(count, texts))
-    )
-    if items and items[-1].get("type") == "function_call_output":
-        prompt.said, prompt.tool_result = texts[-1], True
-    else:
-        prompt.said = next(
-            (
-                t
-                for item, t in zip(reversed(items), reversed(texts), strict=True)
-                if item.get("role") == "user"
-            ),
-            "",
-        )
-    prompt.tools = {
-        tool["name"]: tool.get("parameters")
-        for tool in field(body, "tools", list, [])
-        if isinstance(tool, dict) and tool.get("type") == "function" and "name" in tool
-    }
-    choice = body.get("tool_choice")
-    if choice == "none":
-        prompt.tool_choice = None
-    elif isinstance(choice, dict) and choice.get("type") == "function":
-        prompt.tool_choice = str(choice.get("name"))
-    text_format = field(body, "text", dict, {}).get("format")
-    if isinstance(text_format, dict) and text_format.get("type") == "json_schema":
-        prompt.schema = text_format.get("schema", {})
-    elif isinstance(text_format, dict) and text_format.get("type") == "json_object":
-        prompt.schema = {"type": "object"}
-    prompt.limit = body.get("max_output_tokens")
-    return prompt
-
-
-def _text_of_item(item: dict[str, Any]) -> str:
-    if item.get("type") == "function_call_output":
-        return text_of(item.get("output"))
-    if item.get("type") == "function_call":
-        return str(item.get("arguments", ""))
-    return text_of(item.get("content"))
+__all__ = ["responses"]
 
 
 def responses(answer: EchoAnswer, request: dict[str, Any]) -> Rendered:
