@@ -14,7 +14,7 @@ import struct
 from typing import Any
 
 from llm_proxy_mw.errors import InvalidRequestError
-from llm_proxy_mw.transports._echo_answer import count, field
+from llm_proxy_mw.transports._echo_prompts import count, field
 from llm_proxy_mw.transports._echo_wire import JSON_HEADERS, Rendered, dumps
 
 __all__ = ["embeddings"]

@@ -11,9 +11,44 @@ from __future__ import annotations
 from typing import Any
 
 from llm_proxy_mw.errors import InvalidRequestError
-from llm_proxy_mw.transports._echo_answer import Prompt, count, field, text_of
+from llm_proxy_mw.transports._echo_answer import Prompt
 
-__all__ = ["read_chat", "read_completion", "read_messages", "read_responses"]
+__all__ = ["count", "field", "read_chat", "read_completion", "read_messages", "read_responses"]
+
+_JSON_TYPES = {dict: "object", list: "array", str: "string", int: "integer", bool: "boolean"}
+
+
+def count(text: str) -> int:
+    return len(text.split())
+
+
+def text_of(content: Any) -> str:
+    """The text of a message's content: a string, or parts with ``text`` (any API's text
+    parts), or Anthropic ``tool_result`` blocks whose ``content`` is either again."""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        return ""
+    texts = []
+    for part in content:
+        if isinstance(part, dict):
+            text = part.get("text")
+            if isinstance(text, str):
+                texts.append(text)
+            elif part.get("type") == "tool_result":
+                texts.append(text_of(part.get("content")))
+    return " ".join(t for t in texts if t).strip()
+
+
+def field(body: dict[str, Any], param: str, kind: type, default: Any = None) -> Any:
+    """``body[param]`` when it has the JSON type ``kind``, ``default`` when absent; a 400
+    naming the parameter otherwise, as the real APIs answer a body of the wrong shape."""
+    value = body.get(param)
+    if value is None:
+        return default
+    if not isinstance(value, kind) or isinstance(value, bool) is not (kind is bool):
+        raise InvalidRequestError(f"'{param}' must be of type {_JSON_TYPES[kind]}.", param=param)
+    return value
 
 
 def read_chat(body: dict[str, Any]) -> Prompt:
@@ -127,7 +162,9 @@ def read_responses(body: dict[str, Any]) -> Prompt:
     prompt.tools = {
         tool["name"]: tool.get("parameters")
         for tool in field(body, "tools", list, [])
-        if isinstance(tool, dict) and tool.get("type") == "function" and "name" in tool
+        if isinstance(tool, dict)
+        and tool.get("type") == "function"
+        and isinstance(tool.get("name"), str)
     }
     choice = body.get("tool_choice")
     if choice == "none":

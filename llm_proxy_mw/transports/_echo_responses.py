@@ -23,11 +23,11 @@ from llm_proxy_mw.transports._echo_wire import JSON_HEADERS, SSE_HEADERS, Render
 __all__ = ["responses"]
 
 
-def responses(answer: EchoAnswer, request: dict[str, Any]) -> Rendered:
+def _item(answer: EchoAnswer, status: ResponseStatus) -> dict[str, Any]:
+    """The one output item: the function call, or the message."""
     call = answer.tool_call
-    status: ResponseStatus = "incomplete" if answer.truncated else "completed"
     if call is not None:
-        item: dict[str, Any] = {
+        return {
             "id": f"fc_{answer.id}",
             "type": "function_call",
             "status": status,
@@ -35,15 +35,19 @@ def responses(answer: EchoAnswer, request: dict[str, Any]) -> Rendered:
             "name": call.name,
             "arguments": call.arguments,
         }
-    else:
-        part = {"type": "output_text", "text": answer.text, "annotations": [], "logprobs": []}
-        item = {
-            "id": f"msg_{answer.id}",
-            "type": "message",
-            "status": status,
-            "role": "assistant",
-            "content": [part],
-        }
+    part = {"type": "output_text", "text": answer.text, "annotations": [], "logprobs": []}
+    return {
+        "id": f"msg_{answer.id}",
+        "type": "message",
+        "status": status,
+        "role": "assistant",
+        "content": [part],
+    }
+
+
+def responses(answer: EchoAnswer, request: dict[str, Any]) -> Rendered:
+    status: ResponseStatus = "incomplete" if answer.truncated else "completed"
+    item = _item(answer, status)
     shell: dict[str, Any] = {
         "id": f"resp_{answer.id}",
         "created_at": int(time.time()),
@@ -60,49 +64,42 @@ def responses(answer: EchoAnswer, request: dict[str, Any]) -> Rendered:
     if not answer.stream:
         return JSON_HEADERS, [dumps(done)]
     started = response_object(request, **shell, status="in_progress", output=[])
-    at = {"item_id": item["id"], "output_index": 0}
     events: list[dict[str, Any]] = [
         {"type": "response.created", "response": started},
         {"type": "response.in_progress", "response": started},
-    ]
-    if call is not None:
-        events.append(
-            {
-                "type": "response.output_item.added",
-                "output_index": 0,
-                "item": {**item, "status": "in_progress", "arguments": ""},
-            }
-        )
-        events += [
-            {"type": "response.function_call_arguments.delta", **at, "delta": piece}
-            for piece in answer.pieces
-        ]
-        events.append(
-            {"type": "response.function_call_arguments.done", **at, "arguments": call.arguments}
-        )
-    else:
-        text_at = {**at, "content_index": 0}
-        events += [
-            {
-                "type": "response.output_item.added",
-                "output_index": 0,
-                "item": {**item, "status": "in_progress", "content": []},
-            },
-            {"type": "response.content_part.added", **text_at, "part": {**part, "text": ""}},
-        ]
-        events += [
-            {"type": "response.output_text.delta", **text_at, "delta": piece, "logprobs": []}
-            for piece in answer.pieces
-        ]
-        events += [
-            {"type": "response.output_text.done", **text_at, "text": answer.text, "logprobs": []},
-            {"type": "response.content_part.done", **text_at, "part": part},
-        ]
-    events += [
+        *_item_events(answer, item),
         {"type": "response.output_item.done", "output_index": 0, "item": item},
         {"type": f"response.{status}", "response": done},
     ]
     return SSE_HEADERS, [_sse(number, event) for number, event in enumerate(events)]
+
+
+def _item_events(answer: EchoAnswer, item: dict[str, Any]) -> list[dict[str, Any]]:
+    """From the item's ``output_item.added`` up to its ``output_item.done``, exclusive."""
+    at = {"item_id": item["id"], "output_index": 0}
+    if answer.tool_call is not None:
+        added = {**item, "status": "in_progress", "arguments": ""}
+        return [
+            {"type": "response.output_item.added", "output_index": 0, "item": added},
+            *(
+                {"type": "response.function_call_arguments.delta", **at, "delta": piece}
+                for piece in answer.pieces
+            ),
+            {"type": "response.function_call_arguments.done", **at, "arguments": item["arguments"]},
+        ]
+    part = item["content"][0]
+    at["content_index"] = 0
+    added = {**item, "status": "in_progress", "content": []}
+    return [
+        {"type": "response.output_item.added", "output_index": 0, "item": added},
+        {"type": "response.content_part.added", **at, "part": {**part, "text": ""}},
+        *(
+            {"type": "response.output_text.delta", **at, "delta": piece, "logprobs": []}
+            for piece in answer.pieces
+        ),
+        {"type": "response.output_text.done", **at, "text": answer.text, "logprobs": []},
+        {"type": "response.content_part.done", **at, "part": part},
+    ]
 
 
 def _sse(number: int, event: dict[str, Any]) -> bytes:
