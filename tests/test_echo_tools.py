@@ -15,7 +15,7 @@ from pydantic import BaseModel
 
 from llm_proxy_mw.apis import Api
 from tests.echo_helpers import EchoClients, echo_clients, sse_data
-from tests.goldens import validate_event, validate_response
+from tests.goldens import validate_event, validate_request, validate_response
 
 SCHEMA = {
     "type": "object",
@@ -280,3 +280,62 @@ async def test_messages_structured_output(echo: EchoClients) -> None:
     assert final.parsed_output == Forecast(
         city="Paris", days=0, unit=Unit.CELSIUS, place=Place(lat=0, label="Paris"), alerts=[]
     )
+
+
+# -- every answer shape, by the SDKs' own types ----------------------------------------------
+
+PATHS = {
+    Api.CHAT: "/v1/chat/completions",
+    Api.MESSAGES: "/v1/messages",
+    Api.RESPONSES: "/v1/responses",
+}
+BASES: dict[Api, dict[str, Any]] = {
+    Api.CHAT: {"model": "echo-1", "messages": USER},
+    Api.MESSAGES: {"model": "echo-2", "max_tokens": 50, "messages": USER},
+    Api.RESPONSES: {"model": "echo-1", "input": "Paris"},
+}
+VARIANTS: dict[str, dict[Api, dict[str, Any]]] = {
+    "text": {api: {} for api in Api},
+    "tool": {
+        Api.CHAT: {"tools": CHAT_TOOLS},
+        Api.MESSAGES: {"tools": ANTHROPIC_TOOLS},
+        Api.RESPONSES: {
+            "tools": [{"type": "function", "name": "get_weather", "parameters": SCHEMA}]
+        },
+    },
+    "schema": {
+        Api.CHAT: {
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {"name": "w", "schema": SCHEMA},
+            }
+        },
+        Api.MESSAGES: {"output_config": {"format": {"type": "json_schema", "schema": SCHEMA}}},
+        Api.RESPONSES: {"text": {"format": {"type": "json_schema", "name": "w", "schema": SCHEMA}}},
+    },
+    "truncated": {
+        Api.CHAT: {"max_tokens": 1},
+        Api.MESSAGES: {"max_tokens": 1},
+        Api.RESPONSES: {"max_output_tokens": 1},
+    },
+}
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("api", Api)
+async def test_every_answer_is_valid_json_and_sse(
+    echo: EchoClients, api: Api, variant: str
+) -> None:
+    body = {**BASES[api], **VARIANTS[variant][api]}
+    validate_request(api, body)
+    answer = (await echo.http.post(PATHS[api], json=body)).json()
+    validate_response(api, answer)
+    response = await echo.http.post(PATHS[api], json={**body, "stream": True})
+    data = sse_data(response.text)
+    if api is Api.CHAT:
+        assert data.pop() == "[DONE]"
+    events = [json.loads(d) for d in data]
+    for event in events:
+        validate_event(api, event)
+    assert len(events) >= 3  # opening, content, closing
