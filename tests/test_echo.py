@@ -12,7 +12,7 @@ import httpx2
 import openai
 import pytest
 
-from llm_proxy_mw import LLMProxy, build_proxy
+from tests.echo_helpers import EchoClients, echo_clients, sse_data
 
 MESSAGES = [
     {"role": "system", "content": "be brief"},
@@ -23,40 +23,24 @@ MESSAGES = [
 
 
 @pytest.fixture
-async def proxy() -> AsyncIterator[LLMProxy]:
-    proxy = build_proxy({"providers": {"demo": {"kind": "echo", "models": ["echo-1", "echo-2"]}}})
-    async with proxy.lifespan():
-        yield proxy
+async def echo() -> AsyncIterator[EchoClients]:
+    async with echo_clients() as clients:
+        yield clients
 
 
 @pytest.fixture
-async def client(proxy: LLMProxy) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=proxy)
-    async with httpx.AsyncClient(transport=transport, base_url="http://proxy") as client:
-        yield client
+def client(echo: EchoClients) -> httpx.AsyncClient:
+    return echo.http
 
 
 @pytest.fixture
-async def openai_client(proxy: LLMProxy) -> AsyncIterator[openai.AsyncOpenAI]:
-    http_client = httpx.AsyncClient(transport=httpx.ASGITransport(app=proxy))
-    async with openai.AsyncOpenAI(
-        base_url="http://proxy/v1", api_key="x", http_client=http_client, max_retries=0
-    ) as client:
-        yield client
+def openai_client(echo: EchoClients) -> openai.AsyncOpenAI:
+    return echo.openai
 
 
 @pytest.fixture
-async def anthropic_client(proxy: LLMProxy) -> AsyncIterator[anthropic.AsyncAnthropic]:
-    # The anthropic SDK runs on httpx2, with the same ASGI transport.
-    http_client = httpx2.AsyncClient(transport=httpx2.ASGITransport(app=proxy))
-    async with anthropic.AsyncAnthropic(
-        base_url="http://proxy", api_key="x", http_client=http_client, max_retries=0
-    ) as client:
-        yield client
-
-
-def sse_data(text: str) -> list[str]:
-    return [line[len("data: ") :] for line in text.splitlines() if line.startswith("data: ")]
+def anthropic_client(echo: EchoClients) -> anthropic.AsyncAnthropic:
+    return echo.anthropic
 
 
 def sse_events(text: str) -> list[str]:
@@ -354,3 +338,54 @@ async def test_anthropic_sdk_raises_not_found_for_an_unknown_model(
         await anthropic_client.messages.create(
             model="claude-nope", max_tokens=5, messages=[{"role": "user", "content": "hi"}]
         )
+
+
+# -- errors in the caller's format -----------------------------------------------------------
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"model": "echo-1"}, "messages"),
+        ({"model": "echo-1", "messages": ["hi"]}, "messages"),
+        ({"model": "echo-1", "messages": [], "response_format": "json"}, "response_format"),
+    ],
+)
+async def test_a_chat_body_of_the_wrong_shape_is_an_openai_400(
+    openai_client: openai.AsyncOpenAI, body: dict[str, Any], param: str
+) -> None:
+    with pytest.raises(openai.BadRequestError) as info:
+        await openai_client.post("/chat/completions", body=body, cast_to=httpx.Response)
+    assert info.value.param == param
+    assert info.value.type == "invalid_request_error"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"model": "echo-2", "max_tokens": 5},
+        {"model": "echo-2", "max_tokens": 5, "messages": {}},
+        {"model": "echo-2", "max_tokens": 5, "messages": [], "tools": "all"},
+        {"model": "echo-2", "max_tokens": 5, "messages": [], "output_config": []},
+    ],
+)
+async def test_a_messages_body_of_the_wrong_shape_is_an_anthropic_400(
+    anthropic_client: anthropic.AsyncAnthropic, body: dict[str, Any]
+) -> None:
+    with pytest.raises(anthropic.BadRequestError) as info:
+        await anthropic_client.post("/v1/messages", body=body, cast_to=httpx2.Response)
+    assert isinstance(info.value.body, dict) and info.value.body["type"] == "error"
+    assert info.value.body["error"]["type"] == "invalid_request_error"
+
+
+@pytest.mark.anyio
+async def test_an_unknown_messages_endpoint_is_an_anthropic_404(
+    anthropic_client: anthropic.AsyncAnthropic,
+) -> None:
+    with pytest.raises(anthropic.NotFoundError) as info:
+        await anthropic_client.post(
+            "/v1/messages/nothing", body={"model": "echo-2"}, cast_to=httpx2.Response
+        )
+    assert isinstance(info.value.body, dict) and info.value.body["type"] == "error"
