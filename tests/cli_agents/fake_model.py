@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
-__all__ = ["FINAL_ANSWER", "FakeModel", "ModelRequest", "ToolCall"]
+__all__ = ["FINAL_ANSWER", "FakeModel", "ModelRequest", "ToolCall", "answer"]
 
 FINAL_ANSWER = "All three reads done."
 SIDE_ANSWER = "Reading a file"
@@ -110,7 +110,7 @@ class FakeModel:
         if path.endswith("/count_tokens"):
             response: Response = JSONResponse({"input_tokens": _USAGE_IN})
         else:
-            body, events = _RENDERERS[path](recorded, self._next_call(recorded))
+            body, events = answer(recorded, self._next_call(recorded))
             response = _sse(events, path) if recorded.streamed else JSONResponse(body)
         await response(scope, receive, send)
 
@@ -270,3 +270,8 @@ def _responses(request: ModelRequest, call: ToolCall | None) -> tuple[Json, list
 
 
 _RENDERERS = {"/v1/messages": _messages, "/v1/chat/completions": _chat, "/v1/responses": _responses}
+
+
+def answer(request: ModelRequest, call: ToolCall | None) -> tuple[Json, list[Event]]:
+    """The model's answer to ``request`` in its format: the JSON body, and the stream events."""
+    return _RENDERERS[request.path](request, call)
