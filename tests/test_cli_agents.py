@@ -126,6 +126,16 @@ def test_three_tool_turns_all_streamed(
         assert f"lantern{n}" in result, results
 
 
+def test_a_cut_stream_shows_as_a_non_streaming_fallback(
+    model: tuple[FakeModel, str], tmp_path: Path, workdir: Path
+) -> None:
+    """The check above can fail: when a stream ends before ``message_stop``, Claude Code asks
+    again without ``stream`` (the double cost the issue names), and the model sees it."""
+    model[0].cut_streams = 1
+    fake = _session(claude_code, "claude", "anthropic", model, tmp_path, workdir)
+    assert [r.streamed for r in fake.model_requests][:3] == [True, False, True]
+
+
 @pytest.mark.parametrize(
     ("path", "api"),
     [

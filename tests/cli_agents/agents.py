@@ -28,7 +28,14 @@ CLI_BIN = Path(__file__).resolve().parents[2] / ".cli-agents" / "node_modules" /
 #: A whole session (process start to exit) is bounded by this (seconds).
 SESSION_TIMEOUT = 120.0
 PROMPT = "Read note1.txt, note2.txt and note3.txt, one at a time, then say done."
-_PATH = "/usr/local/bin:/usr/bin:/bin"
+#: The environment both start from: anything that escaped to another host than loopback
+#: would meet a proxy where nothing listens (the discard port), and fail at once.
+_BASE_ENV = {
+    "PATH": "/usr/local/bin:/usr/bin:/bin",
+    "HTTPS_PROXY": "http://127.0.0.1:9",
+    "HTTP_PROXY": "http://127.0.0.1:9",
+    "NO_PROXY": "127.0.0.1,localhost",
+}
 
 #: What keeps Codex offline: no update check, analytics, OpenTelemetry export, plugin sync
 #: (a git clone from GitHub, then its API), apps or tool suggestions; no tool a provider of
@@ -128,7 +135,7 @@ def claude_code(executable: str, *, base_url: str, api_key: str, model: str, hom
     (a stream that fails is asked again without ``stream``) stays on: the test is that it is
     never taken."""
     env = {
-        "PATH": _PATH,
+        **_BASE_ENV,
         "HOME": str(home),
         "ANTHROPIC_BASE_URL": base_url,
         "ANTHROPIC_API_KEY": api_key,
@@ -149,6 +156,6 @@ def codex(executable: str, *, base_url: str, api_key: str, model: str, home: Pat
     codex_home.mkdir(parents=True, exist_ok=True)
     config = _CODEX_CONFIG.format(model=model, base_url=base_url)
     (codex_home / "config.toml").write_text(config, encoding="utf-8")
-    env = {"PATH": _PATH, "HOME": str(home), "CODEX_HOME": str(codex_home)}
+    env = {**_BASE_ENV, "HOME": str(home), "CODEX_HOME": str(codex_home)}
     env["PROXY_API_KEY"] = api_key
     return Agent([executable, "exec", "--skip-git-repo-check", "--json", PROMPT], env)

@@ -7,7 +7,8 @@ next one (Claude Code's ``Read``, Codex's ``exec_command`` running ``cat``); the
 A request without tools (an agent's side request: a title, a summary) gets a short text.
 Answers are SSE when the request asked for a stream and JSON otherwise, so a non-streaming
 fallback shows in ``requests`` instead of failing the session. Tool-call arguments come in
-two fragments, so a translated stream has to keep their order.
+two fragments, so a translated stream has to keep their order. ``cut_streams`` cuts that many
+streams after their third event, as an upstream that fails mid-stream.
 """
 
 from __future__ import annotations
@@ -82,6 +83,7 @@ class FakeModel:
 
     def __init__(self, *, notes: list[str]) -> None:
         self.notes = notes
+        self.cut_streams = 0
         self.requests: list[ModelRequest] = []
         self._lock = threading.Lock()
 
@@ -111,6 +113,9 @@ class FakeModel:
             response: Response = JSONResponse({"input_tokens": _USAGE_IN})
         else:
             body, events = answer(recorded, self._next_call(recorded))
+            if recorded.streamed and self.cut_streams > 0:
+                self.cut_streams -= 1
+                events = events[:3]
             response = _sse(events, path) if recorded.streamed else JSONResponse(body)
         await response(scope, receive, send)
 
