@@ -6,10 +6,15 @@ STAMP := $(VENV)/.installed-stamp
 DOCS_STAMP := $(VENV)/.docs-installed-stamp
 LITELLM_VERSION ?= 1.108.7
 LITELLM_VENV := .bench/litellm-venv
+# The CLI agents that tests/test_cli_agents.py runs against the proxy, from npm, pinned.
+CLAUDE_CODE_VERSION ?= 2.1.197
+CODEX_VERSION ?= 0.171.0
+CLI_AGENTS := .cli-agents
+CLI_AGENTS_STAMP := $(CLI_AGENTS)/.installed-$(CLAUDE_CODE_VERSION)-$(CODEX_VERSION)
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install bytecode demo test lint typecheck pytest docs bench bench-compare clean
+.PHONY: install bytecode demo test lint typecheck pytest docs bench bench-compare cli-agents clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,7 +37,17 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-pytest: $(STAMP)
+# Claude Code and Codex CLI (native binaries inside their npm packages) in a folder of their
+# own, with no package.json or lock file: `npm` needs only the registry.
+$(CLI_AGENTS_STAMP):
+	rm -rf $(CLI_AGENTS)
+	npm install --prefix $(CLI_AGENTS) --no-save --no-package-lock --no-audit --no-fund \
+		--loglevel=error @anthropic-ai/claude-code@$(CLAUDE_CODE_VERSION) @openai/codex@$(CODEX_VERSION)
+	touch $@
+
+cli-agents: $(CLI_AGENTS_STAMP)
+
+pytest: $(STAMP) $(CLI_AGENTS_STAMP)
 	$(PY) -m pip check
 	$(PY) -m pytest --cov --cov-report=term --cov-fail-under=90
 
@@ -66,4 +81,4 @@ bench-compare: bytecode
 	$(PY) -m benchmarks.compare $(COMPARE_ARGS)
 
 clean:
-	rm -rf $(VENV) .bench site .coverage .pytest_cache .mypy_cache .ruff_cache htmlcov test-artifacts
+	rm -rf $(VENV) .bench $(CLI_AGENTS) site .coverage .pytest_cache .mypy_cache .ruff_cache htmlcov test-artifacts
