@@ -74,6 +74,11 @@ def messages_response_to_chat(body: Json) -> tuple[Json, TokenUsage]:
         message["reasoning_content"] = "".join(b.get("thinking", "") for b in thinking)
         message["thinking_blocks"] = thinking
     usage = usage_from_anthropic(body.get("usage"))
+    usage_body = chat_usage(usage)
+    details = _object(_object(body.get("usage")).get("output_tokens_details"))
+    thinking_tokens = details.get("thinking_tokens")
+    if isinstance(thinking_tokens, int) and 0 <= thinking_tokens <= usage.completion_tokens:
+        usage_body["completion_tokens_details"] = {"reasoning_tokens": thinking_tokens}
     chat = {
         "id": _str(body.get("id")),
         "object": "chat.completion",
@@ -87,7 +92,7 @@ def messages_response_to_chat(body: Json) -> tuple[Json, TokenUsage]:
                 "logprobs": None,
             }
         ],
-        "usage": chat_usage(usage),
+        "usage": usage_body,
     }
     return chat, usage
 
