@@ -163,6 +163,8 @@ def _user_part(block: Json, where: str) -> Json:
     kind = block.get("type")
     if kind == "text":
         return {"type": "text", "text": str_at(block.get("text"), f"{where}.text")}
+    if kind not in ("image", "document"):
+        raise refuse(f"{where}.type", _PROVIDER)
     source = object_at(block.get("source"), f"{where}.source")
     source_type = source.get("type")
     if kind == "image" and source_type == "url":
@@ -180,9 +182,7 @@ def _user_part(block: Json, where: str) -> Json:
     ):
         url = data_url(source.get("media_type"), source.get("data"), f"{where}.source")
         return {"type": "file", "file": {"file_data": url}}
-    raise refuse(
-        f"{where}.type" if kind not in ("image", "document") else f"{where}.source", _PROVIDER
-    )
+    raise refuse(f"{where}.source", _PROVIDER)
 
 
 def _tool_message(block: Json, where: str) -> Json:
