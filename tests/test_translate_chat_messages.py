@@ -114,6 +114,17 @@ def _messages(**body: Any) -> dict[str, Any]:
     return {"model": "m", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}], **body}
 
 
+def _calling(arguments: str) -> dict[str, Any]:
+    """A Chat body whose assistant called a tool with ``arguments``."""
+    call = {"id": "c", "function": {"name": "f", "arguments": arguments}}
+    return _chat(messages=[{"role": "assistant", "tool_calls": [call]}])
+
+
+def _turn(role: str, block: dict[str, Any]) -> dict[str, Any]:
+    """A Messages body of one turn holding ``block``."""
+    return _messages(messages=[{"role": role, "content": [block]}])
+
+
 @pytest.mark.parametrize(
     ("body", "param"),
     [
@@ -157,28 +168,8 @@ def _messages(**body: Any) -> dict[str, Any]:
             "response_format.json_schema.schema",
         ),
         (_chat(reasoning_effort="extreme"), "reasoning_effort"),
-        (
-            _chat(
-                messages=[
-                    {
-                        "role": "assistant",
-                        "tool_calls": [{"id": "c", "function": {"name": "f", "arguments": "[1]"}}],
-                    }
-                ]
-            ),
-            "messages[0].tool_calls[0].function.arguments",
-        ),
-        (
-            _chat(
-                messages=[
-                    {
-                        "role": "assistant",
-                        "tool_calls": [{"id": "c", "function": {"name": "f", "arguments": "{"}}],
-                    }
-                ]
-            ),
-            "messages[0].tool_calls[0].function.arguments",
-        ),
+        (_calling("[1]"), "messages[0].tool_calls[0].function.arguments"),
+        (_calling("{"), "messages[0].tool_calls[0].function.arguments"),
         (_chat(messages=[{"role": "tool", "content": "x"}]), "messages[0].tool_call_id"),
         (
             _chat(messages=[{"role": "assistant", "content": "x", "thinking_blocks": "x"}]),
@@ -215,25 +206,11 @@ def test_chat_request_of_wrong_shape(body: dict[str, Any], param: str) -> None:
             "output_config.format.schema",
         ),
         (
-            _messages(
-                messages=[
-                    {
-                        "role": "assistant",
-                        "content": [{"type": "tool_use", "id": "t", "name": "f", "input": "x"}],
-                    }
-                ]
-            ),
+            _turn("assistant", {"type": "tool_use", "id": "t", "name": "f", "input": "x"}),
             "messages[0].content[0].input",
         ),
         (
-            _messages(
-                messages=[
-                    {
-                        "role": "user",
-                        "content": [{"type": "image", "source": {"type": "base64", "data": "x"}}],
-                    }
-                ]
-            ),
+            _turn("user", {"type": "image", "source": {"type": "base64", "data": "x"}}),
             "messages[0].content[0].source.media_type",
         ),
     ],
