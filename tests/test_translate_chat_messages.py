@@ -133,6 +133,7 @@ def _turn(role: str, block: dict[str, Any]) -> dict[str, Any]:
         (_chat(messages=["hi"]), "messages[0]"),
         (_chat(messages=[{"role": "wizard", "content": "x"}]), "messages[0].role"),
         (_chat(messages=[{"role": "user", "content": 3}]), "messages[0].content"),
+        (_chat(messages=[{"role": "system", "content": None}]), "messages[0].content"),
         (
             _chat(messages=[{"role": "user", "content": [{"type": "text", "text": 3}]}]),
             "messages[0].content[0].text",

@@ -66,19 +66,19 @@ def tool_definition(value: Any, where: str) -> Json:
     tool = object_at(value, where)
     if tool.get("type", "function") != "function":
         raise refuse(f"{where}.type", _PROVIDER)
-    function = object_at(tool.get("function"), f"{where}.function")
+    function = object_at(tool.get("function"), where, ".function")
     parameters = function.get("parameters")
     out: Json = {
-        "name": str_at(function.get("name"), f"{where}.function.name"),
+        "name": str_at(function.get("name"), where, ".function.name"),
         "input_schema": (
             {"type": "object", "properties": {}}
             if parameters is None
-            else object_at(parameters, f"{where}.function.parameters")
+            else object_at(parameters, where, ".function.parameters")
         ),
     }
     description = function.get("description")
     if description is not None:
-        out["description"] = str_at(description, f"{where}.function.description")
+        out["description"] = str_at(description, where, ".function.description")
     strict = function.get("strict")
     if strict is not None:
         out["strict"] = bool(strict)

@@ -162,7 +162,9 @@ def _content(content: Any, where: str, *, text_only: bool) -> str | list[Json]:
     if isinstance(content, str):
         return content
     where += ".content"
-    parts = list_at(content, where)
+    if not isinstance(content, list):
+        raise InvalidRequestError(f"{where}: must be a string or an array", param=where)
+    parts = content
     return [_part(part, f"{where}[{j}]", text_only) for j, part in enumerate(parts)]
 
 
@@ -172,17 +174,17 @@ def _part(value: Any, where: str, text_only: bool) -> Json:
     part = object_at(value, where)
     kind = part.get("type")
     if kind == "text" or (kind == "refusal" and not text_only):
-        key = "text" if kind == "text" else "refusal"
-        block: Json = {"type": "text", "text": str_at(part.get(key), f"{where}.{key}")}
+        key = ".text" if kind == "text" else ".refusal"
+        block: Json = {"type": "text", "text": str_at(part.get(kind), where, key)}
     elif kind == "image_url" and not text_only:
         image = part.get("image_url")
         url = image if isinstance(image, str) else object_at(image, where).get("url")
         block = {
             "type": "image",
-            "source": _image_source(str_at(url, f"{where}.image_url.url"), where),
+            "source": _image_source(str_at(url, where, ".image_url.url"), where),
         }
     elif kind == "file" and not text_only:
-        block = _document(object_at(part.get("file"), f"{where}.file"), f"{where}.file")
+        block = _document(object_at(part.get("file"), where, ".file"), where)
     else:
         raise refuse(f"{where}.type", _PROVIDER)
     cache_control = part.get("cache_control")
@@ -194,9 +196,9 @@ def _part(value: Any, where: str, text_only: bool) -> Json:
 def _image_source(url: str, where: str) -> Json:
     if url.startswith(("https://", "http://")):
         return {"type": "url", "url": url}
-    media_type, data = split_data_url(url, f"{where}.image_url.url")
+    media_type, data = split_data_url(url, where, ".image_url.url")
     if media_type not in IMAGE_TYPES:
-        raise refuse(f"{where}.image_url.url", _PROVIDER)
+        raise refuse(where + ".image_url.url", _PROVIDER)
     return {"type": "base64", "media_type": media_type, "data": data}
 
 
@@ -204,10 +206,11 @@ def _document(file: Json, where: str) -> Json:
     """A ``file`` part holding a PDF as a data URL; a ``file_id`` lives at OpenAI only."""
     file_data = file.get("file_data")
     if file_data is None:
-        raise refuse(f"{where}.file_id", _PROVIDER)
-    media_type, data = split_data_url(str_at(file_data, f"{where}.file_data"), f"{where}.file_data")
+        raise refuse(where + ".file.file_id", _PROVIDER)
+    url = str_at(file_data, where, ".file.file_data")
+    media_type, data = split_data_url(url, where, ".file.file_data")
     if media_type != "application/pdf":
-        raise refuse(f"{where}.file_data", _PROVIDER)
+        raise refuse(where + ".file.file_data", _PROVIDER)
     return {
         "type": "document",
         "source": {"type": "base64", "media_type": media_type, "data": data},
@@ -225,10 +228,10 @@ def _assistant(message: Json, where: str) -> str | list[Json]:
         return content
     blocks: list[Json] = []
     if thinking:
-        for j, block in enumerate(list_at(thinking, f"{where}.thinking_blocks")):
-            kind = object_at(block, f"{where}.thinking_blocks[{j}]").get("type")
-            if kind not in ("thinking", "redacted_thinking"):
-                raise InvalidRequestError(f"{where}.thinking_blocks[{j}].type: unknown type")
+        for j, block in enumerate(list_at(thinking, where, ".thinking_blocks")):
+            at = f"{where}.thinking_blocks[{j}]"
+            if object_at(block, at).get("type") not in ("thinking", "redacted_thinking"):
+                raise InvalidRequestError(f"{at}.type: unknown type", param=f"{at}.type")
             blocks.append(block)
     if content is not None:
         blocks.extend(
@@ -236,20 +239,19 @@ def _assistant(message: Json, where: str) -> str | list[Json]:
         )
     refusal = message.get("refusal")
     if refusal:
-        blocks.append({"type": "text", "text": str_at(refusal, f"{where}.refusal")})
+        blocks.append({"type": "text", "text": str_at(refusal, where, ".refusal")})
     if calls:
-        for j, call in enumerate(list_at(calls, f"{where}.tool_calls")):
-            blocks.append(
-                _tool_use(object_at(call, f"{where}.tool_calls[{j}]"), f"{where}.tool_calls[{j}]")
-            )
+        for j, call in enumerate(list_at(calls, where, ".tool_calls")):
+            at = f"{where}.tool_calls[{j}]"
+            blocks.append(_tool_use(object_at(call, at), at))
     return blocks
 
 
 def _tool_use(call: Json, where: str) -> Json:
     if call.get("type", "function") != "function":
         raise refuse(f"{where}.type", _PROVIDER)
-    function = object_at(call.get("function"), f"{where}.function")
-    arguments = str_at(function.get("arguments", ""), f"{where}.function.arguments")
+    function = object_at(call.get("function"), where, ".function")
+    arguments = str_at(function.get("arguments", ""), where, ".function.arguments")
     try:
         tool_input = json.loads(arguments) if arguments.strip() else {}
     except ValueError:
@@ -261,8 +263,8 @@ def _tool_use(call: Json, where: str) -> Json:
         )
     return {
         "type": "tool_use",
-        "id": str_at(call.get("id"), f"{where}.id"),
-        "name": str_at(function.get("name"), f"{where}.function.name"),
+        "id": str_at(call.get("id"), where, ".id"),
+        "name": str_at(function.get("name"), where, ".function.name"),
         "input": tool_input,
     }
 
@@ -271,6 +273,6 @@ def _tool_result(message: Json, where: str) -> Json:
     content = message.get("content")
     return {
         "type": "tool_result",
-        "tool_use_id": str_at(message.get("tool_call_id"), f"{where}.tool_call_id"),
+        "tool_use_id": str_at(message.get("tool_call_id"), where, ".tool_call_id"),
         "content": "" if content is None else _content(content, where, text_only=False),
     }

@@ -24,28 +24,36 @@ __all__ = [
 IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
 
 
-def object_at(value: Any, where: str) -> Json:
+# Each takes the field's place as ``where`` and ``key`` (``"messages[2]"``, ``".content"``),
+# joined only for an error: a translation of a valid body builds no place names it never shows.
+
+
+def object_at(value: Any, where: str, key: str = "") -> Json:
     if not isinstance(value, dict):
-        raise InvalidRequestError(f"{where}: must be an object", param=where)
+        raise _wrong(where + key, "an object")
     return value
 
 
-def list_at(value: Any, where: str) -> list[Any]:
+def list_at(value: Any, where: str, key: str = "") -> list[Any]:
     if not isinstance(value, list):
-        raise InvalidRequestError(f"{where}: must be an array", param=where)
+        raise _wrong(where + key, "an array")
     return value
 
 
-def str_at(value: Any, where: str) -> str:
+def str_at(value: Any, where: str, key: str = "") -> str:
     if not isinstance(value, str):
-        raise InvalidRequestError(f"{where}: must be a string", param=where)
+        raise _wrong(where + key, "a string")
     return value
 
 
-def int_at(value: Any, where: str) -> int:
+def int_at(value: Any, where: str, key: str = "") -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise InvalidRequestError(f"{where}: must be a non-negative integer", param=where)
+        raise _wrong(where + key, "a non-negative integer")
     return value
+
+
+def _wrong(where: str, kind: str) -> InvalidRequestError:
+    return InvalidRequestError(f"{where}: must be {kind}", param=where)
 
 
 def refuse(where: str, provider: str) -> UntranslatableError:
@@ -53,11 +61,11 @@ def refuse(where: str, provider: str) -> UntranslatableError:
     return UntranslatableError(f"{where}: {provider} has no equivalent for it", param=where)
 
 
-def split_data_url(url: str, where: str) -> tuple[str, str]:
+def split_data_url(url: str, where: str, key: str) -> tuple[str, str]:
     """The media type and base64 data of a ``data:<type>;base64,<data>`` URL."""
     header, comma, data = url.partition(",")
     if not (comma and header.startswith("data:") and header.endswith(";base64")):
-        raise InvalidRequestError(f"{where}: must be a base64 data URL", param=where)
+        raise _wrong(where + key, "a base64 data URL")
     return header[5:-7], data
 
 

@@ -38,6 +38,7 @@ _TOOL_CHOICES = {"auto": "auto", "any": "required", "none": "none"}
 _TOOL_KEYS_DROPPED = frozenset(
     {"type", "cache_control", "defer_loading", "eager_input_streaming", "allowed_callers"}
 )
+_TOOL_KEYS = _TOOL_KEYS_DROPPED | {"name", "description", "input_schema", "strict"}
 
 
 def _effort_of_budget(budget: int) -> str:
@@ -125,7 +126,7 @@ def _text_part(value: Any, where: str) -> Json:
     block = object_at(value, where)
     if block.get("type") != "text":
         raise refuse(f"{where}.type", _PROVIDER)
-    return {"type": "text", "text": str_at(block.get("text"), f"{where}.text")}
+    return {"type": "text", "text": str_at(block.get("text"), where, ".text")}
 
 
 def _add_message(messages: list[Json], message: Json, where: str) -> None:
@@ -162,15 +163,15 @@ def _user_part(block: Json, where: str) -> Json:
     """A user block as a content part: text, an image, or a base64 PDF as a file."""
     kind = block.get("type")
     if kind == "text":
-        return {"type": "text", "text": str_at(block.get("text"), f"{where}.text")}
+        return {"type": "text", "text": str_at(block.get("text"), where, ".text")}
     if kind not in ("image", "document"):
         raise refuse(f"{where}.type", _PROVIDER)
-    source = object_at(block.get("source"), f"{where}.source")
+    source = object_at(block.get("source"), where, ".source")
     source_type = source.get("type")
     if kind == "image" and source_type == "url":
         return {
             "type": "image_url",
-            "image_url": {"url": str_at(source.get("url"), f"{where}.source.url")},
+            "image_url": {"url": str_at(source.get("url"), where, ".source.url")},
         }
     if kind == "image" and source_type == "base64":
         url = data_url(source.get("media_type"), source.get("data"), f"{where}.source")
@@ -201,7 +202,7 @@ def _tool_message(block: Json, where: str) -> Json:
         )
     return {
         "role": "tool",
-        "tool_call_id": str_at(block.get("tool_use_id"), f"{where}.tool_use_id"),
+        "tool_call_id": str_at(block.get("tool_use_id"), where, ".tool_use_id"),
         "content": content,
     }
 
@@ -214,19 +215,14 @@ def _assistant(blocks: list[Json], where: str) -> Json | None:
     for j, block in enumerate(blocks):
         kind = block.get("type")
         if kind == "text":
-            texts.append({"type": "text", "text": str_at(block.get("text"), f"{where}[{j}].text")})
+            texts.append({"type": "text", "text": str_at(block.get("text"), where, f"[{j}].text")})
         elif kind == "tool_use":
-            tool_input = object_at(block.get("input"), f"{where}[{j}].input")
-            function = {
-                "name": str_at(block.get("name"), f"{where}[{j}].name"),
-                "arguments": json.dumps(tool_input),
-            }
+            at = f"{where}[{j}]"
+            tool_input = object_at(block.get("input"), at, ".input")
+            name = str_at(block.get("name"), at, ".name")
+            function = {"name": name, "arguments": json.dumps(tool_input)}
             calls.append(
-                {
-                    "id": str_at(block.get("id"), f"{where}[{j}].id"),
-                    "type": "function",
-                    "function": function,
-                }
+                {"id": str_at(block.get("id"), at, ".id"), "type": "function", "function": function}
             )
         elif kind not in ("thinking", "redacted_thinking"):
             raise refuse(f"{where}[{j}].type", _PROVIDER)
@@ -246,14 +242,15 @@ def _tool(value: Any, where: str) -> Json:
     tool = object_at(value, where)
     if tool.get("type") not in (None, "custom"):
         raise refuse(f"{where}.type", _PROVIDER)
-    for key in tool.keys() - _TOOL_KEYS_DROPPED - {"name", "description", "input_schema", "strict"}:
-        raise refuse(f"{where}.{key}", _PROVIDER)
+    unknown = tool.keys() - _TOOL_KEYS
+    if unknown:
+        raise refuse(f"{where}.{min(unknown)}", _PROVIDER)
     function: Json = {
-        "name": str_at(tool.get("name"), f"{where}.name"),
-        "parameters": object_at(tool.get("input_schema"), f"{where}.input_schema"),
+        "name": str_at(tool.get("name"), where, ".name"),
+        "parameters": object_at(tool.get("input_schema"), where, ".input_schema"),
     }
     if tool.get("description") is not None:
-        function["description"] = str_at(tool["description"], f"{where}.description")
+        function["description"] = str_at(tool["description"], where, ".description")
     if tool.get("strict") is not None:
         function["strict"] = bool(tool["strict"])
     return {"type": "function", "function": function}
