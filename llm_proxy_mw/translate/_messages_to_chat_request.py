@@ -149,14 +149,15 @@ def _add_message(messages: list[Json], message: Json, where: str) -> None:
         if assistant is not None:
             messages.append(assistant)
         return
+    media: list[Json] = []  # images and documents of tool results
     parts: list[Json] = []
     for j, block in enumerate(blocks):
         if block.get("type") == "tool_result":
-            messages.append(_tool_message(block, f"{where}[{j}]"))
+            messages.append(_tool_message(block, f"{where}[{j}]", media))
         else:
             parts.append(_user_part(block, f"{where}[{j}]"))
-    if parts:
-        messages.append({"role": "user", "content": parts})
+    if media or parts:
+        messages.append({"role": "user", "content": media + parts})
 
 
 def _user_part(block: Json, where: str) -> Json:
@@ -186,16 +187,18 @@ def _user_part(block: Json, where: str) -> Json:
     raise refuse(f"{where}.source", _PROVIDER)
 
 
-def _tool_message(block: Json, where: str) -> Json:
-    """A ``tool_result`` as a ``tool`` message (text only, as Chat allows); ``is_error``,
-    which Chat has no field for, is said in the text."""
+def _tool_message(block: Json, where: str, media: list[Json]) -> Json:
+    """A ``tool_result`` as a ``tool`` message. Chat's tool messages hold text only: the
+    result's images and documents go to ``media``, for the user message that follows the
+    tool messages. ``is_error``, which Chat has no field for, is said in the text."""
     content = block.get("content", "")
     if not isinstance(content, str):
-        where_content = f"{where}.content"
-        content = [
-            _text_part(part, f"{where_content}[{k}]")
-            for k, part in enumerate(list_at(content, where_content))
-        ]
+        at = where + ".content"
+        texts: list[Json] = []
+        for k, part in enumerate(list_at(content, at)):
+            converted = _user_part(object_at(part, f"{at}[{k}]"), f"{at}[{k}]")
+            (texts if converted["type"] == "text" else media).append(converted)
+        content = texts or ""
     if block.get("is_error"):
         content = "Error: " + (
             content if isinstance(content, str) else "".join(p["text"] for p in content)
