@@ -154,6 +154,7 @@ def _turn(role: str, block: dict[str, Any]) -> dict[str, Any]:
         (_chat(max_tokens=True), "max_tokens"),
         (_chat(stop=[1]), "stop[0]"),
         (_chat(user=5), "user"),
+        (_chat(user="u", safety_identifier=5), "safety_identifier"),
         (_chat(tools={"a": 1}), "tools"),
         (
             _chat(tools=[{"type": "function", "function": {"parameters": {}}}]),

@@ -83,9 +83,9 @@ def chat_request_to_messages(body: Json, target: Target) -> Json:
         out["stop_sequences"] = [stop] if isinstance(stop, str) else _strings(stop, "stop")
     if body.get("stream"):
         out["stream"] = True
-    user = body.get("safety_identifier") or body.get("user")
-    if user is not None:
-        out["metadata"] = {"user_id": str_at(user, "user")}
+    user_key = "safety_identifier" if body.get("safety_identifier") is not None else "user"
+    if body.get(user_key) is not None:
+        out["metadata"] = {"user_id": str_at(body[user_key], user_key)}
     tools = body.get("tools")
     if tools:
         out["tools"] = [
