@@ -1,0 +1,147 @@
+"""A Chat completion (with the hub extensions) as the Response a Responses client expects.
+
+The output items come in the order the model produced them: its reasoning (a ``reasoning``
+item per thinking block: the thinking text as the summary, the signature as
+``encrypted_content``; a redacted block is its data with no summary), the assistant
+``message`` (``output_text``, ``refusal``), then a ``function_call`` per tool call.
+
+Ids are derived from the provider's completion id, never random, so that the same answer
+always gives the same Response: ``resp_<id>``, ``msg_<id>``, ``rs_<id>_<n>``, and
+``fc_<call_id>`` for a function call item (its ``call_id`` is the tool call's id). Only a
+provider answer without an id gets a random one.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+from llm_proxy_mw._usage import token_count
+from llm_proxy_mw.translate._codec import Json, TokenUsage
+from llm_proxy_mw.translate._mappings import responses_usage, usage_from_chat
+from llm_proxy_mw.translate._responses_envelope import response_object
+
+__all__ = ["chat_response_to_responses"]
+
+#: A ``finish_reason`` that leaves the Response ``incomplete``, and the reason it shows.
+_INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"}
+
+
+def _object(value: Any) -> Json:
+    return value if isinstance(value, dict) else {}
+
+
+def chat_response_to_responses(body: Json, request: Json) -> tuple[Json, TokenUsage]:
+    """The Response for a Chat completion ``body``, echoing the client's Responses
+    ``request``; and the provider's usage. An odd answer gives what can be read of it."""
+    base = body.get("id")
+    if not isinstance(base, str) or not base:
+        base = uuid.uuid4().hex
+    choices = body.get("choices")
+    choice = _object(choices[0]) if isinstance(choices, list) and choices else {}
+    message = _object(choice.get("message"))
+    reason = choice.get("finish_reason")
+    incomplete = _INCOMPLETE.get(reason) if isinstance(reason, str) else None
+    output = _reasoning_items(message, base)
+    text_item = _message_item(message, base, incomplete is not None)
+    if text_item is not None:
+        output.append(text_item)
+    output.extend(_function_calls(message))
+    usage = usage_from_chat(body.get("usage"))
+    details = _object(_object(body.get("usage")).get("completion_tokens_details"))
+    created = body.get("created")
+    model = body.get("model")
+    response = response_object(
+        request,
+        id=f"resp_{base}",
+        created_at=created if type(created) is int else int(time.time()),
+        model=model if isinstance(model, str) else str(request.get("model", "")),
+        status="completed" if incomplete is None else "incomplete",
+        output=output,
+        usage=(
+            responses_usage(usage, token_count(details.get("reasoning_tokens")))
+            if isinstance(body.get("usage"), dict)
+            else None
+        ),
+        incomplete_reason=incomplete,
+    )
+    return response, usage
+
+
+def _reasoning_items(message: Json, base: str) -> list[Json]:
+    blocks = message.get("thinking_blocks")
+    if not isinstance(blocks, list) or not blocks:
+        text = message.get("reasoning_content")
+        if not isinstance(text, str) or not text:
+            return []
+        blocks = [{"type": "thinking", "thinking": text}]
+    items: list[Json] = []
+    for block in blocks:
+        block = _object(block)
+        kind = block.get("type")
+        if kind == "thinking" and isinstance(block.get("thinking"), str):
+            summary = [{"type": "summary_text", "text": block["thinking"]}]
+            signature = block.get("signature")
+        elif kind == "redacted_thinking":
+            summary, signature = [], block.get("data")
+        else:
+            continue
+        item: Json = {"id": f"rs_{base}_{len(items)}", "type": "reasoning", "summary": summary}
+        if isinstance(signature, str):
+            item["encrypted_content"] = signature
+        items.append(item)
+    return items
+
+
+def _message_item(message: Json, base: str, incomplete: bool) -> Json | None:
+    text, refusal = message.get("content"), message.get("refusal")
+    content: list[Json] = []
+    if isinstance(text, str) and (text or not (message.get("tool_calls") or refusal)):
+        content.append({"type": "output_text", "text": text, "annotations": _annotations(message)})
+    if isinstance(refusal, str) and refusal:
+        content.append({"type": "refusal", "refusal": refusal})
+    if not content:
+        return None
+    return {
+        "id": f"msg_{base}",
+        "type": "message",
+        "role": "assistant",
+        "status": "incomplete" if incomplete else "completed",
+        "content": content,
+    }
+
+
+def _annotations(message: Json) -> list[Json]:
+    """Chat's URL citations (from search models) in the Responses shape."""
+    annotations = message.get("annotations")
+    if not isinstance(annotations, list):
+        return []
+    return [
+        {"type": "url_citation", **citation}
+        for a in annotations
+        if (citation := _object(_object(a).get("url_citation")))
+    ]
+
+
+def _function_calls(message: Json) -> list[Json]:
+    calls = message.get("tool_calls")
+    items = []
+    for call in calls if isinstance(calls, list) else []:
+        call = _object(call)
+        function = _object(call.get("function"))
+        call_id, name = call.get("id"), function.get("name")
+        if not isinstance(call_id, str) or not isinstance(name, str):
+            continue
+        arguments = function.get("arguments")
+        items.append(
+            {
+                "id": f"fc_{call_id}",
+                "type": "function_call",
+                "status": "completed",
+                "call_id": call_id,
+                "name": name,
+                "arguments": arguments if isinstance(arguments, str) else "",
+            }
+        )
+    return items
