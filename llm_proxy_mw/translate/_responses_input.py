@@ -151,7 +151,7 @@ def _message(item: Json, kind: Any, where: str) -> Json:
         )
     if kind != "message":
         raise UntranslatableError(
-            f"`{where}` is a {kind!r} item, which only OpenAI's Responses API can handle",
+            f"`{where}` is an item of type {kind!r}, which only OpenAI's Responses API handles",
             param=f"{where}.type",
         )
     role = item.get("role")

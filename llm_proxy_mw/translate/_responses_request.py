@@ -57,13 +57,13 @@ _KNOWN = frozenset(
     )
 )
 
-#: Why a parameter that needs the provider to keep state is refused.
+#: Why a parameter that needs the provider to keep state is refused, and what to send instead.
 _STATEFUL = {
-    "previous_response_id": "needs the provider to keep earlier responses",
-    "conversation": "needs the provider to keep the conversation",
-    "store": "needs the provider to store the response",
-    "background": "needs the provider to keep running the response",
-    "prompt": "names a prompt stored at OpenAI",
+    "previous_response_id": ("keep earlier responses", "the whole conversation in `input`"),
+    "conversation": ("keep the conversation", "the whole conversation in `input`"),
+    "store": ("store the response", "`store: false`"),
+    "background": ("keep running the response", "the request in the foreground"),
+    "prompt": ("keep the prompt", "its text as `instructions`"),
 }
 
 #: ``include`` entries a stateless translation gives (encrypted reasoning is always given
@@ -115,11 +115,11 @@ def _refuse_unknown(body: Json) -> None:
     for key, value in body.items():
         if value is None or value is False or key in _KNOWN:
             continue
-        reason = _STATEFUL.get(key)
-        if reason is not None:
+        if key in _STATEFUL:
+            needs, instead = _STATEFUL[key]
             raise UntranslatableError(
-                f"`{key}` {reason}; this model's provider is reached through Chat"
-                " Completions, which keeps no state: send the whole conversation in `input`",
+                f"`{key}` needs the provider to {needs}, but this model's provider is reached"
+                f" through Chat Completions, which keeps no state: send {instead}",
                 param=key,
             )
         raise UntranslatableError(
@@ -145,8 +145,8 @@ def _tool(raw: Any, where: str) -> Json:
     tool = json_object(raw, where)
     if tool.get("type") != "function":
         raise UntranslatableError(
-            f"`{where}` is a {tool.get('type')!r} tool, which only OpenAI's Responses API"
-            " runs; function tools are translated",
+            f"`{where}` is a tool of type {tool.get('type')!r}, which only OpenAI's Responses"
+            " API runs; function tools are translated",
             param=f"{where}.type",
         )
     if tool.get("defer_loading"):
@@ -186,8 +186,8 @@ def _function_name(raw: Any, where: str) -> str:
     choice = json_object(raw, where)
     if choice.get("type") != "function":
         raise UntranslatableError(
-            f"`{where}` names a {choice.get('type')!r} tool, which only OpenAI's Responses"
-            " API runs",
+            f"`{where}` names a tool of type {choice.get('type')!r}, which only OpenAI's"
+            " Responses API runs",
             param=where,
         )
     return json_text(choice.get("name"), f"{where}.name")

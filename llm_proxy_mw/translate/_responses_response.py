@@ -27,6 +27,9 @@ __all__ = ["chat_response_to_responses"]
 #: A ``finish_reason`` that leaves the Response ``incomplete``, and the reason it shows.
 _INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"}
 
+#: The fields of a URL citation, and their types.
+_CITATION = {"url": str, "title": str, "start_index": int, "end_index": int}
+
 
 def _object(value: Any) -> Json:
     return value if isinstance(value, dict) else {}
@@ -115,13 +118,13 @@ def _message_item(message: Json, base: str, incomplete: bool) -> Json | None:
 def _annotations(message: Json) -> list[Json]:
     """Chat's URL citations (from search models) in the Responses shape."""
     annotations = message.get("annotations")
-    if not isinstance(annotations, list):
-        return []
-    return [
-        {"type": "url_citation", **citation}
-        for a in annotations
-        if (citation := _object(_object(a).get("url_citation")))
-    ]
+    cited = []
+    for annotation in annotations if isinstance(annotations, list) else []:
+        citation = _object(_object(annotation).get("url_citation"))
+        fields = {key: citation.get(key) for key in _CITATION}
+        if all(isinstance(fields[key], kind) for key, kind in _CITATION.items()):
+            cited.append({"type": "url_citation", **fields})
+    return cited
 
 
 def _function_calls(message: Json) -> list[Json]:
