@@ -29,7 +29,6 @@ _SAME = (
     "temperature",
     "top_p",
     "user",
-    "parallel_tool_calls",
     "safety_identifier",
     "prompt_cache_key",
     "prompt_cache_retention",
@@ -47,6 +46,7 @@ _KNOWN = frozenset(
         "max_output_tokens",
         "tools",
         "tool_choice",
+        "parallel_tool_calls",
         "text",
         "reasoning",
         "stream",
@@ -91,11 +91,14 @@ def responses_request_to_chat(body: Json, target: Target) -> Json:
             chat[key] = body[key]
     if body.get("max_output_tokens") is not None:
         chat["max_completion_tokens"] = body["max_output_tokens"]
-    if body.get("tools") is not None:
-        tools = json_list(body["tools"], "tools")
+    tools = [] if body.get("tools") is None else json_list(body["tools"], "tools")
+    choice = None if body.get("tool_choice") is None else _tool_choice(body["tool_choice"])
+    if tools:  # Chat refuses an empty list, and tool options without tools
         chat["tools"] = [_tool(raw, f"tools[{i}]") for i, raw in enumerate(tools)]
-    if body.get("tool_choice") is not None:
-        chat["tool_choice"] = _tool_choice(body["tool_choice"])
+        if choice is not None:
+            chat["tool_choice"] = choice
+        if body.get("parallel_tool_calls") is not None:
+            chat["parallel_tool_calls"] = body["parallel_tool_calls"]
     if body.get("text") is not None:
         _text_options(json_object(body["text"], "text"), chat)
     if body.get("reasoning") is not None:
