@@ -143,8 +143,8 @@ def _refuse_unknown(body: Json) -> None:
         )
 
 
-def _tool(raw: Any, where: str) -> Json:
-    """A function tool in Chat's nested shape; every other kind runs at OpenAI."""
+def _function(raw: Any, where: str) -> Json:
+    """``raw`` as a function tool, or a choice of one; every other kind runs at OpenAI."""
     tool = json_object(raw, where)
     if tool.get("type") != "function":
         raise UntranslatableError(
@@ -152,6 +152,12 @@ def _tool(raw: Any, where: str) -> Json:
             " API runs; function tools are translated",
             param=f"{where}.type",
         )
+    return tool
+
+
+def _tool(raw: Any, where: str) -> Json:
+    """A function tool in Chat's nested shape."""
+    tool = _function(raw, where)
     if tool.get("defer_loading"):
         raise UntranslatableError(
             f"`{where}.defer_loading` needs OpenAI's tool search", param=f"{where}.defer_loading"
@@ -166,34 +172,21 @@ def _tool(raw: Any, where: str) -> Json:
 def _tool_choice(choice: Any) -> Any:
     if choice in _TOOL_CHOICES:
         return choice
-    kind = json_object(choice, "tool_choice").get("type")
-    if kind == "function":
+    if json_object(choice, "tool_choice").get("type") != "allowed_tools":
         return {"type": "function", "function": {"name": _function_name(choice, "tool_choice")}}
-    if kind == "allowed_tools":
-        mode = choice.get("mode")
-        if mode not in ("auto", "required"):
-            raise InvalidRequestError(
-                "`tool_choice.mode` must be 'auto' or 'required'", param="tool_choice.mode"
-            )
-        tools = json_list(choice.get("tools"), "tool_choice.tools")
-        names = [_function_name(t, f"tool_choice.tools[{i}]") for i, t in enumerate(tools)]
-        allowed = [{"type": "function", "function": {"name": name}} for name in names]
-        return {"type": "allowed_tools", "allowed_tools": {"mode": mode, "tools": allowed}}
-    raise UntranslatableError(
-        f"`tool_choice` of type {kind!r} names a tool only OpenAI's Responses API runs",
-        param="tool_choice",
-    )
+    mode = choice.get("mode")
+    if mode not in ("auto", "required"):
+        raise InvalidRequestError(
+            "`tool_choice.mode` must be 'auto' or 'required'", param="tool_choice.mode"
+        )
+    tools = json_list(choice.get("tools"), "tool_choice.tools")
+    names = [_function_name(t, f"tool_choice.tools[{i}]") for i, t in enumerate(tools)]
+    allowed = [{"type": "function", "function": {"name": name}} for name in names]
+    return {"type": "allowed_tools", "allowed_tools": {"mode": mode, "tools": allowed}}
 
 
 def _function_name(raw: Any, where: str) -> str:
-    choice = json_object(raw, where)
-    if choice.get("type") != "function":
-        raise UntranslatableError(
-            f"`{where}` names a tool of type {choice.get('type')!r}, which only OpenAI's"
-            " Responses API runs",
-            param=where,
-        )
-    return json_text(choice.get("name"), f"{where}.name")
+    return json_text(_function(raw, where).get("name"), f"{where}.name")
 
 
 def _text_options(text: Json, chat: Json) -> None:
