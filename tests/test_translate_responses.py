@@ -215,6 +215,31 @@ def test_any_provider_answer_gives_a_valid_response(body: Json) -> None:
     validate_response(Api.RESPONSES, response)
 
 
+#: Request bodies with the keys and type names of Responses requests, and odd values.
+REQUEST_FIELDS = st.sampled_from(
+    ["input", "instructions", "tools", "tool_choice", "text", "reasoning", "include", "stream"]
+    + ["type", "role", "content", "text", "call_id", "name", "arguments", "output", "summary"]
+    + ["encrypted_content", "image_url", "file_url", "format", "schema", "mode", "effort"]
+)
+REQUEST_VALUES = st.recursive(
+    JSON_LEAF
+    | st.sampled_from(["message", "function_call", "function_call_output", "reasoning"])
+    | st.sampled_from(["user", "assistant", "system", "input_text", "input_image", "function"])
+    | st.sampled_from(["output_text", "refusal", "json_schema", "allowed_tools", "auto"]),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(REQUEST_FIELDS, inner, max_size=5),
+    max_leaves=25,
+)
+
+
+@PROPERTIES
+@given(st.dictionaries(REQUEST_FIELDS, REQUEST_VALUES, max_size=6))
+def test_any_client_body_translates_or_is_a_400(body: Json) -> None:
+    try:
+        responses_request_to_chat(body, Target("m"))
+    except InvalidRequestError as error:
+        assert error.param and error.status_code == 400
+
+
 # Responses -> Chat keeps every message's text, every call and output with its call_id.
 TEXT = st.text(max_size=8)
 PARTS = st.lists(TEXT, min_size=1, max_size=3)

@@ -54,7 +54,7 @@ def chat_messages(input: Any, instructions: Any) -> list[Json]:
     for i, raw in enumerate(json_list(input, "input")):
         where = f"input[{i}]"
         item = json_object(raw, where)
-        kind = item.get("type", "message")
+        kind = item.get("type") or "message"
         if kind == "function_call":
             if assistant is None:
                 assistant = {"role": "assistant"}

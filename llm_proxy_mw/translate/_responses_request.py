@@ -77,7 +77,7 @@ def responses_request_to_chat(body: Json, target: Target) -> Json:
     """The Chat Completions body (with the hub extensions: ``reasoning_content``,
     ``thinking_blocks``, ``cache_control``) for a Responses client's ``body``, asking for
     ``target.model``. Raises ``UntranslatableError`` naming what cannot be translated."""
-    _refuse_unknown(body)
+    _refuse_untranslatable(body)
     if body.get("input") is None:
         raise InvalidRequestError(
             "`input` is required: this model's provider keeps no state", param="input"
@@ -114,7 +114,7 @@ def responses_request_to_chat(body: Json, target: Target) -> Json:
     return chat
 
 
-def _refuse_unknown(body: Json) -> None:
+def _refuse_untranslatable(body: Json) -> None:
     for key, value in body.items():
         if value is None or value is False or key in _KNOWN:
             continue
@@ -131,7 +131,7 @@ def _refuse_unknown(body: Json) -> None:
             param=key,
         )
     for i, entry in enumerate(json_list(body.get("include") or [], "include")):
-        if entry not in _INCLUDABLE:
+        if json_text(entry, f"include[{i}]") not in _INCLUDABLE:
             raise UntranslatableError(
                 f"`include` {entry!r} cannot be given by this model's provider",
                 param=f"include[{i}]",
