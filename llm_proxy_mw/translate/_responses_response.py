@@ -6,9 +6,10 @@ item per thinking block: the thinking text as the summary, the signature as
 ``message`` (``output_text``, ``refusal``), then a ``function_call`` per tool call.
 
 Ids are derived from the provider's completion id, never random, so that the same answer
-always gives the same Response: ``resp_<id>``, ``msg_<id>``, ``rs_<id>_<n>``, and
-``fc_<call_id>`` for a function call item (its ``call_id`` is the tool call's id). Only a
-provider answer without an id gets a random one.
+always gives the same Response, JSON or streamed (``_responses_stream.py`` names them
+alike): ``resp_<id>``, and each output item ``rs_``, ``msg_`` or ``fc_<id>_<output index>``
+(a function call's ``call_id`` is the tool call's id). Only a provider answer without an
+id gets a random one.
 """
 
 from __future__ import annotations
@@ -46,11 +47,10 @@ def chat_response_to_responses(body: Json, request: Json) -> tuple[Json, TokenUs
     message = _object(choice.get("message"))
     reason = choice.get("finish_reason")
     incomplete = _INCOMPLETE.get(reason) if isinstance(reason, str) else None
-    output = _reasoning_items(message, base)
-    text_item = _message_item(message, base, incomplete is not None)
-    if text_item is not None:
-        output.append(text_item)
-    output.extend(_function_calls(message))
+    output: list[Json] = []
+    _add_reasoning(output, message, base)
+    _add_message(output, message, base, incomplete is not None)
+    _add_function_calls(output, message, base)
     usage = usage_from_chat(body.get("usage"))
     details = _object(_object(body.get("usage")).get("completion_tokens_details"))
     created = body.get("created")
@@ -72,14 +72,13 @@ def chat_response_to_responses(body: Json, request: Json) -> tuple[Json, TokenUs
     return response, usage
 
 
-def _reasoning_items(message: Json, base: str) -> list[Json]:
+def _add_reasoning(output: list[Json], message: Json, base: str) -> None:
     blocks = message.get("thinking_blocks")
     if not isinstance(blocks, list) or not blocks:
         text = message.get("reasoning_content")
         if not isinstance(text, str) or not text:
-            return []
+            return
         blocks = [{"type": "thinking", "thinking": text}]
-    items: list[Json] = []
     for block in blocks:
         block = _object(block)
         kind = block.get("type")
@@ -90,29 +89,29 @@ def _reasoning_items(message: Json, base: str) -> list[Json]:
             summary, signature = [], block.get("data")
         else:
             continue
-        item: Json = {"id": f"rs_{base}_{len(items)}", "type": "reasoning", "summary": summary}
+        item: Json = {"id": f"rs_{base}_{len(output)}", "type": "reasoning", "summary": summary}
         if isinstance(signature, str):
             item["encrypted_content"] = signature
-        items.append(item)
-    return items
+        output.append(item)
 
 
-def _message_item(message: Json, base: str, incomplete: bool) -> Json | None:
+def _add_message(output: list[Json], message: Json, base: str, incomplete: bool) -> None:
     text, refusal = message.get("content"), message.get("refusal")
     content: list[Json] = []
     if isinstance(text, str) and (text or not (message.get("tool_calls") or refusal)):
         content.append({"type": "output_text", "text": text, "annotations": _annotations(message)})
     if isinstance(refusal, str) and refusal:
         content.append({"type": "refusal", "refusal": refusal})
-    if not content:
-        return None
-    return {
-        "id": f"msg_{base}",
-        "type": "message",
-        "role": "assistant",
-        "status": "incomplete" if incomplete else "completed",
-        "content": content,
-    }
+    if content:
+        output.append(
+            {
+                "id": f"msg_{base}_{len(output)}",
+                "type": "message",
+                "role": "assistant",
+                "status": "incomplete" if incomplete else "completed",
+                "content": content,
+            }
+        )
 
 
 def _annotations(message: Json) -> list[Json]:
@@ -127,9 +126,8 @@ def _annotations(message: Json) -> list[Json]:
     return cited
 
 
-def _function_calls(message: Json) -> list[Json]:
+def _add_function_calls(output: list[Json], message: Json, base: str) -> None:
     calls = message.get("tool_calls")
-    items = []
     for call in calls if isinstance(calls, list) else []:
         call = _object(call)
         function = _object(call.get("function"))
@@ -137,9 +135,9 @@ def _function_calls(message: Json) -> list[Json]:
         if not isinstance(call_id, str) or not isinstance(name, str):
             continue
         arguments = function.get("arguments")
-        items.append(
+        output.append(
             {
-                "id": f"fc_{call_id}",
+                "id": f"fc_{base}_{len(output)}",
                 "type": "function_call",
                 "status": "completed",
                 "call_id": call_id,
@@ -147,4 +145,3 @@ def _function_calls(message: Json) -> list[Json]:
                 "arguments": arguments if isinstance(arguments, str) else "",
             }
         )
-    return items
