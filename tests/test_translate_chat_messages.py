@@ -223,7 +223,7 @@ def test_messages_request_of_wrong_shape(body: dict[str, Any], param: str) -> No
     assert raised.value.param == param
 
 
-@pytest.mark.parametrize("param", ["top_k", "mcp_servers", "context_management"])
+@pytest.mark.parametrize("param", ["top_k", "mcp_servers"])
 def test_messages_parameters_without_equivalent(param: str) -> None:
     with pytest.raises(UntranslatableError) as raised:
         messages_request_to_chat(_messages(**{param: 5}), Target("gpt"))

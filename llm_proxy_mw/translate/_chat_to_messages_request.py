@@ -36,11 +36,12 @@ _TRANSLATED = frozenset(
     "reasoning_effort".split()
 )
 #: Parameters dropped: Messages has no sampling knobs (``temperature``, ``top_p``; refusing
-#: them would shut out most clients), and the rest only steer OpenAI's own storage, caching
+#: them would shut out most clients), ``verbosity`` only asks for a shorter or longer answer
+#: (Codex sends it on every request), and the rest only steer OpenAI's own storage, caching
 #: and best-effort determinism, which cannot change what the answer says.
 _DROPPED = frozenset(
     "temperature top_p seed stream_options metadata store prompt_cache_key "
-    "prompt_cache_retention prompt_cache_options".split()
+    "prompt_cache_retention prompt_cache_options verbosity".split()
 )
 #: Parameters refused unless they hold a value that leaves the answer as Anthropic gives it.
 _NEUTRAL: dict[str, tuple[Any, ...]] = {
@@ -55,7 +56,6 @@ _NEUTRAL: dict[str, tuple[Any, ...]] = {
     "prediction": (None,),
     "web_search_options": (None,),
     "service_tier": (None, "auto", "default"),
-    "verbosity": (None, "medium"),
     "moderation": (None,),
     "functions": (None,),
     "function_call": (None,),

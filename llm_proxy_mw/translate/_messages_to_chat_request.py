@@ -28,9 +28,19 @@ _TRANSLATED = frozenset(
     "tool_choice thinking output_config temperature top_p".split()
 )
 #: Parameters dropped: they steer Anthropic's caching, capacity, speed and diagnostics,
-#: which cannot change what the answer says.
+#: which cannot change what the answer says; and ``context_management`` (Claude Code sends
+#: it on every request), which lets Anthropic clear old tool results once a conversation
+#: grows: a Chat provider gets the whole conversation instead.
 _DROPPED = frozenset(
-    {"cache_control", "service_tier", "speed", "diagnostics", "workspace_id", "user_profile_id"}
+    {
+        "cache_control",
+        "service_tier",
+        "speed",
+        "diagnostics",
+        "workspace_id",
+        "user_profile_id",
+        "context_management",
+    }
 )
 
 _TOOL_CHOICES = {"auto": "auto", "any": "required", "none": "none"}

@@ -36,7 +36,8 @@ _SAME = (
 )
 
 #: Parameters translated below, or that change nothing here (``stream_options`` only
-#: obfuscates stream events; ``metadata`` is echoed in the Response).
+#: obfuscates stream events; ``metadata`` is echoed in the Response; ``client_metadata``,
+#: which Codex sends, only labels the request).
 _KNOWN = frozenset(
     (
         *_SAME,
@@ -54,6 +55,7 @@ _KNOWN = frozenset(
         "include",
         "truncation",
         "metadata",
+        "client_metadata",
     )
 )
 
