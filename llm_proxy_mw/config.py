@@ -490,7 +490,7 @@ class ProxyConfig(_Model):
                 if fallback not in served and "*" not in served:
                     raise ValueError(
                         f"models.{name}.fallbacks: no provider serves {fallback!r} "
-                        "(list it in a provider's models, or give one models = [\"*\"])"
+                        '(list it in a provider\'s models, or give one models = ["*"])'
                     )
         return self
 
