@@ -26,27 +26,22 @@ def openai_body(kind: str, message: str, code: str | None = None) -> bytes:
     return json.dumps({"error": error}).encode()
 
 
-def raised_by_openai(status: int, body: bytes) -> openai.APIStatusError:
-    transport = httpx2.MockTransport(lambda request: httpx2.Response(status, content=body))
-    client = openai.OpenAI(
-        api_key="k",
-        base_url="http://proxy/v1",
-        max_retries=0,
-        http_client=httpx2.Client(transport=transport),
+def answering(status: int, body: bytes) -> httpx2.Client:
+    """An HTTP client to which every request is answered with ``status`` and ``body``."""
+    return httpx2.Client(
+        transport=httpx2.MockTransport(lambda r: httpx2.Response(status, content=body))
     )
+
+
+def raised_by_openai(status: int, body: bytes) -> openai.APIStatusError:
+    client = openai.OpenAI(api_key="k", max_retries=0, http_client=answering(status, body))
     with pytest.raises(openai.APIStatusError) as info:
         client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
     return info.value
 
 
 def raised_by_anthropic(status: int, body: bytes) -> anthropic.APIStatusError:
-    transport = httpx2.MockTransport(lambda request: httpx2.Response(status, content=body))
-    client = anthropic.Anthropic(
-        api_key="k",
-        base_url="http://proxy",
-        max_retries=0,
-        http_client=httpx2.Client(transport=transport),
-    )
+    client = anthropic.Anthropic(api_key="k", max_retries=0, http_client=answering(status, body))
     with pytest.raises(anthropic.APIStatusError) as info:
         client.messages.create(
             model="m", max_tokens=8, messages=[{"role": "user", "content": "hi"}]

@@ -89,6 +89,17 @@ class Stack:
         return driver
 
 
+def answer(
+    transport: ScriptedTransport, status: int, headers: list[tuple[str, str]], *chunks: bytes
+) -> ScriptedResponse:
+    """Script the provider's whole answer to the next request."""
+    response = ScriptedResponse(status, headers)
+    response.feed(*chunks)
+    response.end()
+    transport.respond(response)
+    return response
+
+
 def chat(**extra: Any) -> dict[str, Any]:
     return {"model": "claude-x", "messages": [{"role": "user", "content": "hi"}], **extra}
 
@@ -152,10 +163,12 @@ async def test_a_json_request_is_translated_both_ways() -> None:
             "anthropic-version",
             "2023-06-01",
         ) in sent.headers
-        upstream = ScriptedResponse(200, [JSON, ("content-length", "999"), ("x-upstream", "1")])
-        upstream.feed(message_json("hello there"))
-        upstream.end()
-        stack.claude.respond(upstream)
+        answer(
+            stack.claude,
+            200,
+            [JSON, ("content-length", "999"), ("x-upstream", "1")],
+            message_json("hello there"),
+        )
         await driver.finish()
     assert driver.status == 200
     completion = driver.json()
@@ -186,10 +199,7 @@ async def test_a_provider_error_is_converted_with_its_status() -> None:
     async with stack.driver(chat()) as driver:
         driver.start()
         body = b'{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}'
-        upstream = ScriptedResponse(529, [JSON, ("content-length", str(len(body)))])
-        upstream.feed(body)
-        upstream.end()
-        stack.claude.respond(upstream)
+        answer(stack.claude, 529, [JSON, ("content-length", str(len(body)))], body)
         await driver.finish()
     assert driver.status == 503
     assert driver.json()["error"]["message"] == "Overloaded"
@@ -232,10 +242,7 @@ async def test_usage_asked_for_comes_as_the_last_chunk() -> None:
     stack = Stack()
     async with stack.driver(chat(stream=True, stream_options={"include_usage": True})) as driver:
         driver.start()
-        upstream = ScriptedResponse(200, [SSE])
-        upstream.feed(START + DELTA_A + STOP + END)
-        upstream.end()
-        stack.claude.respond(upstream)
+        answer(stack.claude, 200, [SSE], START + DELTA_A + STOP + END)
         await driver.finish()
     events = chat_events(driver.body)
     assert events[-1] == "[DONE]"
@@ -262,10 +269,7 @@ async def test_a_stream_that_ends_early_is_not_a_clean_end() -> None:
     stack = Stack()
     async with stack.driver(chat(stream=True)) as driver:
         driver.start()
-        upstream = ScriptedResponse(200, [SSE])
-        upstream.feed(START, DELTA_A)
-        upstream.end()
-        stack.claude.respond(upstream)
+        answer(stack.claude, 200, [SSE], START, DELTA_A)
         await driver.finish()
     events = chat_events(driver.body)
     assert "error" in events[-1]
@@ -340,10 +344,7 @@ async def test_a_compressed_or_malformed_answer_is_a_bad_gateway() -> None:
     for headers, body in [([JSON, ("content-encoding", "gzip")], b"\x1f\x8b"), ([JSON], b"<html>")]:
         async with stack.driver(chat()) as driver:
             driver.start()
-            upstream = ScriptedResponse(200, headers)
-            upstream.feed(body)
-            upstream.end()
-            stack.claude.respond(upstream)
+            answer(stack.claude, 200, headers, body)
             await driver.finish()
         assert driver.status == 502
         assert driver.json()["error"]["code"] == "protocol_error"
@@ -354,14 +355,13 @@ async def test_a_fallback_model_is_asked_for_by_name_and_answers_with_it() -> No
     body = {"model": "claude-x", "max_tokens": 9, "messages": [{"role": "user", "content": "hi"}]}
     async with stack.driver(body, "/v1/messages") as driver:
         driver.start()
-        failed = ScriptedResponse(529, [JSON])
-        failed.feed(b'{"type":"error","error":{"type":"overloaded_error","message":"busy"}}')
-        failed.end()
-        stack.claude.respond(failed)
-        answer = ScriptedResponse(200, [JSON])
-        answer.feed(message_json().replace(b'"claude-x"', b'"claude-y"'))
-        answer.end()
-        stack.claude.respond(answer)
+        answer(
+            stack.claude,
+            529,
+            [JSON],
+            b'{"type":"error","error":{"type":"overloaded_error","message":"busy"}}',
+        )
+        answer(stack.claude, 200, [JSON], message_json().replace(b'"claude-x"', b'"claude-y"'))
         await driver.finish()
     first, second = stack.claude.requests
     assert first.body == json.dumps(body).encode()  # passed through: the client's own bytes
@@ -376,14 +376,8 @@ async def test_a_fallback_model_of_another_kind_is_translated() -> None:
     body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
     async with stack.driver(body) as driver:
         driver.start()
-        failed = ScriptedResponse(503, [JSON])
-        failed.feed(b'{"error":{"message":"down","type":"server_error"}}')
-        failed.end()
-        stack.gpt.respond(failed)
-        answer = ScriptedResponse(200, [JSON])
-        answer.feed(message_json())
-        answer.end()
-        stack.claude.respond(answer)
+        answer(stack.gpt, 503, [JSON], b'{"error":{"message":"down","type":"server_error"}}')
+        answer(stack.claude, 200, [JSON], message_json())
         await driver.finish()
     assert json.loads(stack.claude.requests[0].body)["model"] == "claude-x"
     assert driver.status == 200

@@ -90,7 +90,8 @@ async def relay_translated(
         status, body = translate_error(status, body, provider_format, ctx.wire_format)
         await _send_whole(send, status, headers, body)
     elif sse:
-        await _relay_stream(ctx, codec, response, headers, attempt, send)
+        translator = codec.stream(ctx.json() or {})
+        await _relay_stream(ctx, translator, codec.client, response, attempt, headers, send)
     else:
         answer = _object(await _read_whole(response, MAX_JSON_BYTES))
         translated, usage = codec.response(answer, ctx.json() or {})
@@ -101,14 +102,14 @@ async def relay_translated(
 
 async def _relay_stream(
     ctx: RequestContext,
-    codec: Codec,
+    translator: StreamTranslator,
+    client: Api,
     response: UpstreamResponse,
-    headers: list[tuple[bytes, bytes]],
     attempt: Attempt,
+    headers: list[tuple[bytes, bytes]],
     send: Send,
 ) -> None:
-    client = codec.client
-    translator = codec.stream(ctx.json() or {})
+    """Each upstream read's events translated and sent at once, then the closing events."""
     parser = SseParser()
     headers.append(_SSE_TYPE)
     await send({"type": "http.response.start", "status": response.status, "headers": headers})
