@@ -30,7 +30,7 @@ from llm_proxy_mw.errors import (
 from llm_proxy_mw.wire import WireFormat, log_error, send_error, wire_format_of
 
 if TYPE_CHECKING:
-    from llm_proxy_mw.routing import Route
+    from llm_proxy_mw._plan import Route
 
 __all__ = [
     "Attempt",

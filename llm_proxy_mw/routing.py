@@ -19,57 +19,27 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Literal
+from collections.abc import Callable, Mapping, Sequence
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from llm_proxy_mw._json_body import declares_json, takes_other_bodies
 from llm_proxy_mw._model_list import MODELS_PATH, send_model, send_models
+from llm_proxy_mw._plan import Group, NextAttempt, Plan, Route, Speaks
 from llm_proxy_mw.apis import Api, api_of
-from llm_proxy_mw.context import Attempt, RequestContext, get_context, read_body
+from llm_proxy_mw.context import RequestContext, get_context, read_body
 from llm_proxy_mw.errors import (
     InvalidRequestError,
     ModelNotFoundError,
     NotFoundError,
-    ProviderUnavailableError,
     UnsupportedMediaTypeError,
 )
-from llm_proxy_mw.health import CircuitState, HealthRegistry
+from llm_proxy_mw.health import HealthRegistry
 from llm_proxy_mw.providers import Provider
 from llm_proxy_mw.translate import codec_for
-from llm_proxy_mw.translate._codec import Codec
 from llm_proxy_mw.wire import WireFormat
 
 __all__ = ["NextAttempt", "Plan", "Route", "Router", "RoutingMiddleware"]
-
-#: Where the retry of a failed attempt would go: ``"elsewhere"``, another deployment, at
-#: once (it has its own limits and health); ``"same"``, the failed provider again, after a
-#: wait, when nothing else can take it and its retry budget allows.
-NextAttempt = Literal["elsewhere", "same"]
-
-
-class Route:
-    """Where one attempt goes: the provider, the model it is asked for (``None``: the one the
-    client named), and the codec translating for it (``None``: it speaks the client's API)."""
-
-    __slots__ = ("provider", "model", "codec", "key")
-
-    def __init__(self, provider: Provider, model: str | None, codec: Codec | None) -> None:
-        self.provider = provider
-        self.model = model
-        self.codec = codec
-        #: What a plan leaves out once it moved away: this provider for this model.
-        self.key = (provider.name, model)
-
-    def __repr__(self) -> str:
-        return f"Route({self.provider.name!r}, {self.model!r}, {type(self.codec).__name__})"
-
-
-#: One model's routes: those speaking the client's API, then those translating.
-_Group = tuple[tuple[Route, ...], tuple[Route, ...]]
-#: The key of the endpoint a plan serves: an API, or the wire format of any other endpoint.
-_Speaks = Api | WireFormat
 
 
 class Router:
@@ -96,14 +66,14 @@ class Router:
         if missing:
             raise ValueError(f"the health registry lacks providers: {sorted(missing)}")
         fallbacks = dict(model_fallbacks or {})
-        self._plans: dict[tuple[_Speaks, str], tuple[_Group, ...]] = {}
-        self._wildcard: dict[_Speaks, tuple[_Group, ...]] = {}
-        self._default: dict[_Speaks, Route] = {}
-        self._provider_fallbacks: dict[tuple[_Speaks, str], tuple[Route, ...]] = {}
+        self._plans: dict[tuple[Speaks, str], tuple[Group, ...]] = {}
+        self._wildcard: dict[Speaks, tuple[Group, ...]] = {}
+        self._default: dict[Speaks, Route] = {}
+        self._provider_fallbacks: dict[tuple[Speaks, str], tuple[Route, ...]] = {}
         for speaks in (*Api, *WireFormat):
             self._index(speaks, fallbacks)
 
-    def _index(self, speaks: _Speaks, model_fallbacks: Mapping[str, Sequence[str]]) -> None:
+    def _index(self, speaks: Speaks, model_fallbacks: Mapping[str, Sequence[str]]) -> None:
         """Every route of requests to ``speaks``: per model, its groups of tiers."""
         serving = [p for p in self.providers if self._route(p, speaks, None) is not None]
         exact: dict[str, list[Provider]] = {}
@@ -113,14 +83,14 @@ class Router:
                     exact.setdefault(model, []).append(provider)
         wildcard = [p for p in serving if "*" in p.config.models]
 
-        def group(candidates: list[Provider], model: str | None) -> _Group | None:
+        def group(candidates: list[Provider], model: str | None) -> Group | None:
             routes = [r for p in candidates if (r := self._route(p, speaks, model)) is not None]
             if not routes:
                 return None
             native = tuple(r for r in routes if r.codec is None)
             return native, tuple(r for r in routes if r.codec is not None)
 
-        def groups(model: str) -> tuple[_Group, ...]:
+        def groups(model: str) -> tuple[Group, ...]:
             found = [group(exact.get(model) or wildcard, None)]
             if isinstance(speaks, Api):  # other endpoints are never translated: no fallback
                 found += [
@@ -143,7 +113,7 @@ class Router:
             )
 
     @staticmethod
-    def _route(provider: Provider, speaks: _Speaks, model: str | None) -> Route | None:
+    def _route(provider: Provider, speaks: Speaks, model: str | None) -> Route | None:
         """How ``provider`` serves a request to ``speaks``, if it can."""
         if isinstance(speaks, WireFormat):
             return Route(provider, model, None) if speaks in provider.wire_formats else None
@@ -164,7 +134,7 @@ class Router:
     def plan(self, wire_format: WireFormat, model: str | None, api: Api | None = None) -> Plan:
         """The plan of one request to ``api`` (``None``: an endpoint of ``wire_format``
         without one); ``NotFoundError`` when nothing serves its model."""
-        speaks: _Speaks = wire_format if api is None else api
+        speaks: Speaks = wire_format if api is None else api
         if model is None:
             default = self._default.get(speaks)
             if default is None:
@@ -175,7 +145,7 @@ class Router:
             raise ModelNotFoundError(f"The model {json.dumps(model)[:200]} does not exist.")
         return Plan(self, speaks, *groups)
 
-    def _fallbacks(self, speaks: _Speaks, after: Route, out: frozenset[object]) -> list[Route]:
+    def _fallbacks(self, speaks: Speaks, after: Route, out: frozenset[object]) -> list[Route]:
         """The failed route's provider's fallbacks, asked for the same model."""
         routes = self._provider_fallbacks[speaks, after.provider.name]
         if after.model is not None:
@@ -192,94 +162,6 @@ class Router:
             if point < 0:
                 return route
         return pool[-1]
-
-
-class Plan:
-    """Where each attempt of one request goes: the one answer to *where*, attempt after attempt.
-
-    Routing asks ``next()`` for each attempt's deployment (its ``route`` is then the whole
-    answer) and ``record``s how it ended (which feeds the provider's health); Retry asks
-    ``after_failure()`` where a retry would go, and decides from that whether and when. Both
-    walk the same tiers (``_tiers``): after a failure, the failed provider's fallbacks in
-    order; then for the model and each of its fallback models in turn: its providers
-    speaking the client's API, then those translating, each tier sharing the load by weight,
-    then their fallbacks in order. Providers whose circuit is open are skipped; a route the
-    plan moved away from stays out for the rest of the request.
-    """
-
-    __slots__ = ("_router", "_speaks", "_groups", "_excluded", "_last", "route")
-
-    def __init__(self, router: Router, speaks: _Speaks, *groups: _Group) -> None:
-        self._router = router
-        self._speaks = speaks
-        self._groups = groups
-        self._excluded: frozenset[object] = frozenset()
-        self._last: Attempt | None = None
-        #: The route of the latest attempt, set by ``next``.
-        self.route: Route | None = None
-
-    def next(self) -> Provider:
-        """The deployment of the next attempt, admitted by its circuit; ``route`` says how.
-
-        ``ProviderUnavailableError`` (503, with ``retry-after``) when every deployment left
-        has its circuit open.
-        """
-        last = self._last
-        after = self.route if last is not None and last.outcome != "success" else None
-        health = self._router.health
-        for tier, weighted in self._tiers(after, self._excluded):
-            while tier:
-                route = self._router._weighted(tier) if weighted else tier[0]
-                if health[route.provider.name].admit():
-                    self.route = route
-                    return route.provider
-                tier.remove(route)
-        names = {r.provider.name for group in self._groups for tier in group for r in tier}
-        raise ProviderUnavailableError(
-            "No provider serving this model is available right now.",
-            headers={"retry-after": str(self._router.health.retry_after(names))},
-        )
-
-    def record(self, attempt: Attempt) -> None:
-        """How an attempt ended: its provider's health learns it, and ``next`` follows it."""
-        self._last = attempt
-        self._router.health[attempt.provider].record(attempt.outcome)
-
-    def after_failure(self) -> NextAttempt | None:
-        """Where a retry of the last attempt would go; ``None`` when nowhere.
-
-        Elsewhere when another deployment's circuit is not open (the failed route is then
-        left out for the rest of the request); else the same provider while its retry budget
-        allows and its circuit did not just open (the retry would only fail fast, and the
-        client would get a 503 instead of the provider's own answer).
-        """
-        assert self._last is not None and self.route is not None, "no attempt was recorded"
-        failed = self.route
-        out = self._excluded | {failed.key}
-        health = self._router.health
-        for tier, _ in self._tiers(failed, out):
-            if any(health[r.provider.name].current_state() is not CircuitState.OPEN for r in tier):
-                self._excluded = out
-                return "elsewhere"
-        own = health[failed.provider.name]
-        if own.can_retry() and own.current_state() is not CircuitState.OPEN:
-            return "same"
-        return None
-
-    def _tiers(
-        self, after: Route | None, out: frozenset[object]
-    ) -> Iterator[tuple[list[Route], bool]]:
-        """The routes the next attempt may take, tier by tier, each with whether it shares
-        the load by weight (else its order is the preference)."""
-        router, speaks = self._router, self._speaks
-        if after is not None:
-            yield router._fallbacks(speaks, after, out), False
-        for native, translated in self._groups:
-            yield [r for r in native if r.key not in out], True
-            if translated:
-                yield [r for r in translated if r.key not in out], True
-            candidates = native + translated
-            yield [f for c in candidates for f in router._fallbacks(speaks, c, out)], False
 
 
 class RoutingMiddleware:

@@ -41,7 +41,7 @@ _JSON_TYPE = (b"content-type", b"application/json")
 _SSE_TYPE = (b"content-type", b"text/event-stream; charset=utf-8")
 
 
-def wire_format_of_api(api: Api) -> WireFormat:
+def _wire_format_of(api: Api) -> WireFormat:
     return WireFormat.ANTHROPIC if api is Api.MESSAGES else WireFormat.OPENAI
 
 
@@ -86,7 +86,7 @@ async def relay_translated(
     status = response.status
     if not 200 <= status < 300:
         body = await _read_whole(response, MAX_ERROR_BYTES)
-        provider_format = wire_format_of_api(codec.provider)
+        provider_format = _wire_format_of(codec.provider)
         status, body = translate_error(status, body, provider_format, ctx.wire_format)
         await _send_whole(send, status, headers, body)
     elif sse:
