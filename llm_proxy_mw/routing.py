@@ -33,6 +33,7 @@ from llm_proxy_mw.errors import (
     ModelNotFoundError,
     NotFoundError,
     UnsupportedMediaTypeError,
+    UntranslatableError,
 )
 from llm_proxy_mw.health import HealthRegistry
 from llm_proxy_mw.providers import Provider
@@ -70,6 +71,7 @@ class Router:
         self._wildcard: dict[Speaks, tuple[Group, ...]] = {}
         self._default: dict[Speaks, Route] = {}
         self._provider_fallbacks: dict[tuple[Speaks, str], tuple[Route, ...]] = {}
+        self._listed = frozenset(m for p in self.providers for m in p.config.models if m != "*")
         for speaks in (*Api, *WireFormat):
             self._index(speaks, fallbacks)
 
@@ -133,7 +135,9 @@ class Router:
 
     def plan(self, wire_format: WireFormat, model: str | None, api: Api | None = None) -> Plan:
         """The plan of one request to ``api`` (``None``: an endpoint of ``wire_format``
-        without one); ``NotFoundError`` when nothing serves its model."""
+        without one); ``NotFoundError`` when nothing serves its model, and
+        ``UntranslatableError`` when only providers that cannot take the endpoint list it
+        (``/v1/embeddings`` for a model of an ``anthropic`` provider)."""
         speaks: Speaks = wire_format if api is None else api
         if model is None:
             default = self._default.get(speaks)
@@ -142,7 +146,14 @@ class Router:
             return Plan(self, speaks, ((default,), ()))
         groups = self._plans.get((speaks, model)) or self._wildcard[speaks]
         if not groups:
-            raise ModelNotFoundError(f"The model {json.dumps(model)[:200]} does not exist.")
+            name = json.dumps(model)[:200]
+            if api is None and model in self._listed:
+                raise UntranslatableError(
+                    f"No provider of the model {name} serves this endpoint, and it cannot be "
+                    "translated.",
+                    param="model",
+                )
+            raise ModelNotFoundError(f"The model {name} does not exist.")
         return Plan(self, speaks, *groups)
 
     def _fallbacks(self, speaks: Speaks, after: Route, out: frozenset[object]) -> list[Route]:

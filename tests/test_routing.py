@@ -22,7 +22,12 @@ from llm_proxy_mw import (
 )
 from llm_proxy_mw.config import ProviderConfig
 from llm_proxy_mw.context import Attempt
-from llm_proxy_mw.errors import ModelNotFoundError, NotFoundError, ProviderUnavailableError
+from llm_proxy_mw.errors import (
+    ModelNotFoundError,
+    NotFoundError,
+    ProviderUnavailableError,
+    UntranslatableError,
+)
 from llm_proxy_mw.routing import Plan
 from llm_proxy_mw.wire import WireFormat
 from tests.codec_double import registered
@@ -70,8 +75,10 @@ def test_anthropic_provider_is_never_chosen_for_openai_paths() -> None:
     assert choose(router, OPENAI, "gpt-4o") == "gpt"
     assert choose(router, ANTHROPIC, "shared") == "claude"
     assert choose(router, ANTHROPIC, "gpt-4o") == "claude"  # its wildcard
-    with pytest.raises(ModelNotFoundError):
+    # An endpoint without an API (embeddings) is never translated: a 400 naming the model.
+    with pytest.raises(UntranslatableError) as info:
         router.plan(OPENAI, "shared")
+    assert info.value.param == "model"
     with pytest.raises(NotFoundError):
         Router([provider("claude", "anthropic")]).plan(OPENAI, None)
 

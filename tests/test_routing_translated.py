@@ -16,7 +16,7 @@ from llm_proxy_mw import EchoTransport, HealthPolicy, Provider, Router, translat
 from llm_proxy_mw.apis import Api
 from llm_proxy_mw.config import ProviderConfig
 from llm_proxy_mw.context import Attempt
-from llm_proxy_mw.errors import ModelNotFoundError, ProviderUnavailableError
+from llm_proxy_mw.errors import ModelNotFoundError, ProviderUnavailableError, UntranslatableError
 from llm_proxy_mw.routing import Plan, Route
 from llm_proxy_mw.translate import codec_for
 from llm_proxy_mw.wire import WireFormat
@@ -97,9 +97,12 @@ def test_a_model_of_the_other_kind_is_served_translated() -> None:
 
 
 def test_endpoints_without_an_api_stay_native() -> None:
-    router = Router([provider("claude", "anthropic", ["claude-x"])])
-    with pytest.raises(ModelNotFoundError):
+    router = Router([provider("claude", "anthropic", ["claude-x"]), provider("any", "anthropic")])
+    with pytest.raises(UntranslatableError) as info:
         router.plan(OPENAI, "claude-x")  # embeddings and the like: never translated
+    assert info.value.status_code == 400 and info.value.param == "model"
+    with pytest.raises(ModelNotFoundError):
+        router.plan(OPENAI, "unlisted")
 
 
 def test_without_a_codec_a_model_of_the_other_kind_is_404() -> None:
