@@ -64,7 +64,8 @@ def build_proxy(
         config.providers,
         policies={name: p.health.policy() for name, p in config.providers.items()},
     )
-    router = Router(providers, health=health)
+    fallbacks = {model: options.fallbacks for model, options in config.models.items()}
+    router = Router(providers, health=health, model_fallbacks=fallbacks)
     history = HistoryRecorder(
         open_metrics_store(config.store.url, memory_fallback=False),  # or the proxy won't start
         flush_interval=config.metrics.flush_interval_seconds,

@@ -40,6 +40,7 @@ __all__ = [
     "HealthConfig",
     "JwtIssuerConfig",
     "MetricsConfig",
+    "ModelConfig",
     "OAuthConfig",
     "PoolConfig",
     "ProviderConfig",
@@ -178,6 +179,11 @@ class ProviderConfig(_Model):
     retry: RetryConfig = Field(default_factory=RetryConfig)
     health: HealthConfig = Field(default_factory=HealthConfig)
     oauth: ProviderOAuthConfig | None = None
+    #: ``openai`` only: whether it serves ``/v1/responses``; false for Chat-only servers
+    #: (vLLM, Ollama, llama.cpp), whose Responses requests are then translated to Chat.
+    responses_api: bool = True
+    #: Sent as Anthropic's required ``max_tokens`` when a translated request set none.
+    default_max_tokens: int = Field(4096, ge=1)
 
     @field_validator("base_url")
     @classmethod
@@ -431,10 +437,18 @@ class MetricsConfig(_Model):
     flush_interval_seconds: float = Field(5.0, gt=0)
 
 
+class ModelConfig(_Model):
+    """Options of one model name (``[models."<name>"]``)."""
+
+    #: Models tried in order when every provider of this one failed or is out.
+    fallbacks: list[str] = []
+
+
 class ProxyConfig(_Model):
     """The whole proxy: providers by name, plus auth, store and metrics settings."""
 
     providers: dict[str, ProviderConfig] = Field(min_length=1)
+    models: dict[str, ModelConfig] = {}
     auth: AuthConfig | None = None
     store: StoreConfig = Field(default_factory=StoreConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
@@ -462,9 +476,21 @@ class ProxyConfig(_Model):
                     raise ValueError(
                         f"providers.{name}.fallbacks: a provider cannot fall back to itself"
                     )
-                if "echo" not in (provider.kind, target.kind) and target.kind != provider.kind:
+        return self
+
+    @model_validator(mode="after")
+    def _model_fallbacks_are_served(self) -> ProxyConfig:
+        served = {m for p in self.providers.values() for m in p.models}
+        for name, model in self.models.items():
+            if name not in served and "*" not in served:
+                raise ValueError(f"models.{name}: no provider serves this model")
+            for fallback in model.fallbacks:
+                if fallback == name:
+                    raise ValueError(f"models.{name}.fallbacks: a model cannot fall back to itself")
+                if fallback not in served and "*" not in served:
                     raise ValueError(
-                        f"providers.{name}.fallbacks: {fallback!r} speaks another wire format"
+                        f"models.{name}.fallbacks: no provider serves {fallback!r} "
+                        '(list it in a provider\'s models, or give one models = ["*"])'
                     )
         return self
 

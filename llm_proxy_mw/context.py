@@ -14,7 +14,7 @@ import re
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -28,6 +28,9 @@ from llm_proxy_mw.errors import (
     RequestTooLargeError,
 )
 from llm_proxy_mw.wire import WireFormat, log_error, send_error, wire_format_of
+
+if TYPE_CHECKING:
+    from llm_proxy_mw._plan import Route
 
 __all__ = [
     "Attempt",
@@ -86,6 +89,9 @@ class RequestContext:
     #: Routing's ``Plan``: where each attempt goes (typed loosely, as ``principal`` is, so
     #: that the context imports no layer).
     plan: Any = None
+    #: The current attempt's route: provider, the model it is asked for, and the codec
+    #: translating for it; ``None`` without Routing (Upstream then passes through).
+    route: Route | None = None
     attempts: list[Attempt] = field(default_factory=list)
     usage: Usage = field(default_factory=Usage)
     ttfb: float | None = None

@@ -422,7 +422,11 @@ class _Responder:
                     self.usage.feed(body)
         elif message["type"] == "http.response.start":
             self.status = message["status"]
-            self.usage = _usage_reader(message.get("headers", ()))
+            route = self._ctx.route
+            # A translated answer's usage is the codec's, already on the context: the bytes
+            # may not show it (a Chat client that did not ask for it in its stream).
+            if route is None or route.codec is None:
+                self.usage = _usage_reader(message.get("headers", ()))
         return self._send(message)
 
 

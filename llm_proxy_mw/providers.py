@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 from urllib.parse import quote
 
+from llm_proxy_mw.apis import Api
 from llm_proxy_mw.config import ConfigError, ProviderConfig
 from llm_proxy_mw.errors import InvalidRequestError
 from llm_proxy_mw.transports import AiohttpTransport, EchoTransport, UpstreamTransport
@@ -136,6 +137,10 @@ class CredentialSource(Protocol):
 class Provider:
     """One upstream deployment, ready to send to.
 
+    ``apis`` are the APIs it speaks natively (a client of another is translated);
+    ``wire_formats`` the formats of the endpoints without an ``Api`` (embeddings, files,
+    count_tokens), which reach it only natively.
+
     ``credentials`` are its static credential headers and configured ``headers``, which
     replace a client header of the same name (``replaced_request_headers``);
     ``credential_source``, when set (``[providers.<name>.oauth]``), adds the ones fetched at
@@ -150,6 +155,7 @@ class Provider:
     base_url: str = ""
     replaced_request_headers: frozenset[bytes] = frozenset()
     credential_source: CredentialSource | None = None
+    apis: frozenset[Api] = frozenset()
 
     @classmethod
     def from_config(
@@ -173,6 +179,11 @@ class Provider:
             "openai": frozenset({WireFormat.OPENAI}),
             "anthropic": frozenset({WireFormat.ANTHROPIC}),
             "echo": frozenset(WireFormat),
+        }[config.kind]
+        apis = {
+            "openai": frozenset({Api.CHAT, Api.RESPONSES} if config.responses_api else {Api.CHAT}),
+            "anthropic": frozenset({Api.MESSAGES}),
+            "echo": frozenset(Api),
         }[config.kind]
         credentials = [(k.lower(), v) for k, v in config.headers.items()]
         if config.api_key is not None:
@@ -201,6 +212,7 @@ class Provider:
             config.url,
             replaced,
             credential_source,
+            apis,
         )
 
     def __repr__(self) -> str:

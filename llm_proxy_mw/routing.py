@@ -6,46 +6,49 @@ Upstream only sends to the deployment chosen and records how the attempt ended. 
 recorded here, once per attempt, so a stack without Retry still opens circuits.
 
 The model is read from the JSON body, parsed once into the request context; a body of
-another content type is refused (415), except on the upload endpoints. Among the
-providers that speak the request's wire format and serve the model, exact model names win
-over ``"*"``; several candidates share the load by ``weight``. After a failure the failed
-provider's ``fallbacks`` come first; providers whose circuit is open are skipped.
+another content type is refused (415), except on the upload endpoints. A request of one of
+the three APIs (``apis.py``) reaches every provider serving its model, translated when the
+provider speaks another API; every other endpoint only the providers speaking its wire
+format. Exact model names win over ``"*"``; providers speaking the client's API come before
+those that need translation; several candidates share the load by ``weight``. After a
+failure the failed provider's ``fallbacks`` come first, then the model's own fallbacks
+(``[models.x] fallbacks``); providers whose circuit is open are skipped.
 """
 
 from __future__ import annotations
 
 import json
 import random
-from collections.abc import Callable, Iterator, Sequence
-from typing import Literal
+from collections.abc import Callable, Mapping, Sequence
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from llm_proxy_mw._json_body import declares_json, takes_other_bodies
-from llm_proxy_mw.context import Attempt, RequestContext, get_context, read_body
+from llm_proxy_mw._model_list import MODELS_PATH, send_model, send_models
+from llm_proxy_mw._plan import Group, NextAttempt, Plan, Route, Speaks
+from llm_proxy_mw.apis import Api, api_of
+from llm_proxy_mw.context import RequestContext, get_context, read_body
 from llm_proxy_mw.errors import (
     InvalidRequestError,
     ModelNotFoundError,
     NotFoundError,
-    ProviderUnavailableError,
     UnsupportedMediaTypeError,
+    UntranslatableError,
 )
-from llm_proxy_mw.health import CircuitState, HealthRegistry
+from llm_proxy_mw.health import HealthRegistry
 from llm_proxy_mw.providers import Provider
-from llm_proxy_mw.wire import WireFormat, send_json
+from llm_proxy_mw.translate import codec_for
+from llm_proxy_mw.wire import WireFormat
 
-__all__ = ["NextAttempt", "Plan", "Router", "RoutingMiddleware"]
-
-#: Where the retry of a failed attempt would go: ``"elsewhere"``, another deployment, at
-#: once (it has its own limits and health); ``"same"``, the failed provider again, after a
-#: wait, when nothing else can take it and its retry budget allows.
-NextAttempt = Literal["elsewhere", "same"]
+__all__ = ["NextAttempt", "Plan", "Route", "Router", "RoutingMiddleware"]
 
 
 class Router:
     """The deployments of every model, and their health; makes one ``Plan`` per request.
 
     ``health`` defaults to a registry with the default ``HealthPolicy`` for every provider.
+    ``model_fallbacks`` names, per model, the models tried when all of its providers failed.
+    Every route a request may take is computed here, once.
     """
 
     def __init__(
@@ -53,26 +56,73 @@ class Router:
         providers: Sequence[Provider],
         *,
         health: HealthRegistry | None = None,
+        model_fallbacks: Mapping[str, Sequence[str]] | None = None,
         random: Callable[[], float] = random.random,
     ) -> None:
         self.providers = list(providers)
         self._random = random
-        self._exact: dict[tuple[WireFormat, str], list[Provider]] = {}
-        self._wildcard: dict[WireFormat, list[Provider]] = {wf: [] for wf in WireFormat}
-        self._default: dict[WireFormat, Provider] = {}
         self._by_name = {p.name: p for p in self.providers}
         self.health = HealthRegistry(self._by_name) if health is None else health
         missing = self._by_name.keys() - self.health.providers.keys()
         if missing:
             raise ValueError(f"the health registry lacks providers: {sorted(missing)}")
+        fallbacks = dict(model_fallbacks or {})
+        self._plans: dict[tuple[Speaks, str], tuple[Group, ...]] = {}
+        self._wildcard: dict[Speaks, tuple[Group, ...]] = {}
+        self._default: dict[Speaks, Route] = {}
+        self._provider_fallbacks: dict[tuple[Speaks, str], tuple[Route, ...]] = {}
+        self._listed = frozenset(m for p in self.providers for m in p.config.models if m != "*")
+        for speaks in (*Api, *WireFormat):
+            self._index(speaks, fallbacks)
+
+    def _index(self, speaks: Speaks, model_fallbacks: Mapping[str, Sequence[str]]) -> None:
+        """Every route of requests to ``speaks``: per model, its groups of tiers."""
+        serving = [p for p in self.providers if self._route(p, speaks, None) is not None]
+        exact: dict[str, list[Provider]] = {}
+        for provider in serving:
+            for model in provider.config.models:
+                if model != "*":
+                    exact.setdefault(model, []).append(provider)
+        wildcard = [p for p in serving if "*" in p.config.models]
+
+        def group(candidates: list[Provider], model: str | None) -> Group | None:
+            routes = [r for p in candidates if (r := self._route(p, speaks, model)) is not None]
+            if not routes:
+                return None
+            native = tuple(r for r in routes if r.codec is None)
+            return native, tuple(r for r in routes if r.codec is not None)
+
+        def groups(model: str) -> tuple[Group, ...]:
+            found = [group(exact.get(model) or wildcard, None)]
+            if isinstance(speaks, Api):  # other endpoints are never translated: no fallback
+                found += [
+                    group(exact.get(f) or wildcard, f) for f in model_fallbacks.get(model, ())
+                ]
+            return tuple(g for g in found if g is not None)
+
+        for model in exact.keys() | model_fallbacks.keys():
+            if found := groups(model):
+                self._plans[speaks, model] = found
+        self._wildcard[speaks] = tuple(g for g in [group(wildcard, None)] if g is not None)
+        native = [r for p in serving if (r := self._route(p, speaks, None)) and r.codec is None]
+        if native:
+            self._default[speaks] = native[0]
         for provider in self.providers:
-            for wire_format in provider.wire_formats:
-                self._default.setdefault(wire_format, provider)
-                for model in provider.config.models:
-                    if model == "*":
-                        self._wildcard[wire_format].append(provider)
-                    else:
-                        self._exact.setdefault((wire_format, model), []).append(provider)
+            self._provider_fallbacks[speaks, provider.name] = tuple(
+                route
+                for f in provider.config.fallbacks
+                if (route := self._route(self._by_name[f], speaks, None)) is not None
+            )
+
+    @staticmethod
+    def _route(provider: Provider, speaks: Speaks, model: str | None) -> Route | None:
+        """How ``provider`` serves a request to ``speaks``, if it can."""
+        if isinstance(speaks, WireFormat):
+            return Route(provider, model, None) if speaks in provider.wire_formats else None
+        if speaks in provider.apis:
+            return Route(provider, model, None)
+        codec = codec_for(speaks, provider.apis)
+        return None if codec is None else Route(provider, model, codec)
 
     def models(self) -> list[tuple[str, str]]:
         """Every configured model name with the provider that serves it, in config order."""
@@ -83,115 +133,51 @@ class Router:
                     seen.setdefault(model, provider.name)
         return list(seen.items())
 
-    def plan(self, wire_format: WireFormat, model: str | None) -> Plan:
-        """The plan of one request; ``NotFoundError`` when nothing serves its model."""
+    def plan(self, wire_format: WireFormat, model: str | None, api: Api | None = None) -> Plan:
+        """The plan of one request to ``api`` (``None``: an endpoint of ``wire_format``
+        without one); ``NotFoundError`` when nothing serves its model, and
+        ``UntranslatableError`` when only providers that cannot take the endpoint list it
+        (``/v1/embeddings`` for a model of an ``anthropic`` provider)."""
+        speaks: Speaks = wire_format if api is None else api
         if model is None:
-            default = self._default.get(wire_format)
+            default = self._default.get(speaks)
             if default is None:
                 raise NotFoundError("No provider serves this API.")
-            return Plan(self, [default])
-        candidates = self._exact.get((wire_format, model)) or self._wildcard[wire_format]
-        if not candidates:
-            raise ModelNotFoundError(f"The model {json.dumps(model)[:200]} does not exist.")
-        return Plan(self, candidates)
+            return Plan(self, speaks, ((default,), ()))
+        groups = self._plans.get((speaks, model)) or self._wildcard[speaks]
+        if not groups:
+            name = json.dumps(model)[:200]
+            if api is None and model in self._listed:
+                raise UntranslatableError(
+                    f"No provider of the model {name} serves this endpoint, and it cannot be "
+                    "translated.",
+                    param="model",
+                )
+            raise ModelNotFoundError(f"The model {name} does not exist.")
+        return Plan(self, speaks, *groups)
 
-    def _fallbacks(self, name: str, out: frozenset[str]) -> list[Provider]:
-        return [self._by_name[f] for f in self._by_name[name].config.fallbacks if f not in out]
+    def _fallbacks(self, speaks: Speaks, after: Route, out: frozenset[object]) -> list[Route]:
+        """The failed route's provider's fallbacks, asked for the same model."""
+        routes = self._provider_fallbacks[speaks, after.provider.name]
+        if after.model is not None:
+            routes = tuple(Route(r.provider, after.model, r.codec) for r in routes)
+        return [r for r in routes if r.key not in out]
 
-    def _weighted(self, pool: list[Provider]) -> Provider:
+    def _weighted(self, pool: list[Route]) -> Route:
         if len(pool) == 1:
             return pool[0]
-        total = sum(p.config.weight for p in pool)
+        total = sum(r.provider.config.weight for r in pool)
         point = self._random() * total
-        for provider in pool:
-            point -= provider.config.weight
+        for route in pool:
+            point -= route.provider.config.weight
             if point < 0:
-                return provider
+                return route
         return pool[-1]
 
 
-class Plan:
-    """Where each attempt of one request goes: the one answer to *where*, attempt after attempt.
-
-    Routing asks ``next()`` for each attempt's deployment and ``record``s how it ended (which
-    feeds the provider's health); Retry asks ``after_failure()`` where a retry would go, and
-    decides from that whether and when. Both walk the same tiers (``_tiers``): after a failure,
-    the failed provider's fallbacks in order; the model's providers, sharing the load by
-    weight; their fallbacks in order. The model's own fallbacks would be further tiers.
-    Providers whose circuit is open are skipped; a provider the plan moved away from stays
-    out for the rest of the request.
-    """
-
-    __slots__ = ("_router", "_candidates", "_excluded", "_last")
-
-    def __init__(self, router: Router, candidates: list[Provider]) -> None:
-        self._router = router
-        self._candidates = candidates
-        self._excluded: frozenset[str] = frozenset()
-        self._last: Attempt | None = None
-
-    def next(self) -> Provider:
-        """The deployment of the next attempt, admitted by its circuit.
-
-        ``ProviderUnavailableError`` (503, with ``retry-after``) when every deployment left
-        has its circuit open.
-        """
-        last = self._last
-        after = last.provider if last is not None and last.outcome != "success" else None
-        health = self._router.health
-        for tier, weighted in self._tiers(after, self._excluded):
-            while tier:
-                provider = self._router._weighted(tier) if weighted else tier[0]
-                if health[provider.name].admit():
-                    return provider
-                tier.remove(provider)
-        retry_after = health.retry_after(p.name for p in self._candidates)
-        raise ProviderUnavailableError(
-            "No provider serving this model is available right now.",
-            headers={"retry-after": str(retry_after)},
-        )
-
-    def record(self, attempt: Attempt) -> None:
-        """How an attempt ended: its provider's health learns it, and ``next`` follows it."""
-        self._last = attempt
-        self._router.health[attempt.provider].record(attempt.outcome)
-
-    def after_failure(self) -> NextAttempt | None:
-        """Where a retry of the last attempt would go; ``None`` when nowhere.
-
-        Elsewhere when another deployment's circuit is not open (the failed provider is then
-        left out for the rest of the request); else the same provider while its retry budget
-        allows and its circuit did not just open (the retry would only fail fast, and the
-        client would get a 503 instead of the provider's own answer).
-        """
-        assert self._last is not None, "no attempt was recorded"
-        failed = self._last.provider
-        out = self._excluded | {failed}
-        health = self._router.health
-        for tier, _ in self._tiers(failed, out):
-            if any(health[p.name].current_state() is not CircuitState.OPEN for p in tier):
-                self._excluded = out
-                return "elsewhere"
-        own = health[failed]
-        if own.can_retry() and own.current_state() is not CircuitState.OPEN:
-            return "same"
-        return None
-
-    def _tiers(
-        self, after: str | None, out: frozenset[str]
-    ) -> Iterator[tuple[list[Provider], bool]]:
-        """The deployments the next attempt may go to, tier by tier, each with whether it
-        shares the load by weight (else its order is the preference)."""
-        router = self._router
-        if after is not None:
-            yield router._fallbacks(after, out), False
-        yield [p for p in self._candidates if p.name not in out], True
-        yield [f for c in self._candidates for f in router._fallbacks(c.name, out)], False
-
-
 class RoutingMiddleware:
-    """Plans the request's route, sets ``ctx.provider`` for each attempt and records its
-    outcome; answers ``GET /v1/models`` itself."""
+    """Plans the request's route, sets ``ctx.route`` (and ``ctx.provider``) for each attempt
+    and records its outcome; answers ``GET /v1/models`` and ``/v1/models/{id}`` itself."""
 
     def __init__(
         self,
@@ -211,13 +197,20 @@ class RoutingMiddleware:
         ctx = get_context(scope)
         plan: Plan | None = ctx.plan
         if plan is None:  # the first attempt; Retry calls again for each retry
-            if ctx.route_path == "/v1/models" and scope["method"] == "GET":
-                await self._list_models(scope, send)
-                return
+            if ctx.route_path.startswith(MODELS_PATH) and scope["method"] == "GET":
+                if ctx.route_path == MODELS_PATH:
+                    await send_models(scope, send, self.router.models())
+                    return
+                if ctx.route_path.startswith("/v1/models/"):
+                    model = ctx.route_path[len("/v1/models/") :]
+                    await send_model(scope, send, self.router.models(), model, ctx.request_id)
+                    return
             if ctx.model is None and scope["method"] not in ("GET", "HEAD", "DELETE"):
                 await self._read_model(ctx, scope, receive)
-            plan = ctx.plan = self.router.plan(ctx.wire_format, ctx.model)
+            api = api_of(ctx.route_path)
+            plan = ctx.plan = self.router.plan(ctx.wire_format, ctx.model, api)
         ctx.provider = plan.next().name
+        ctx.route = plan.route
         attempts = ctx.attempts
         first = len(attempts)
         try:
@@ -241,29 +234,6 @@ class RoutingMiddleware:
             raise UnsupportedMediaTypeError(
                 "This endpoint takes a JSON body: send it as application/json."
             )
-
-    async def _list_models(self, scope: Scope, send: Send) -> None:
-        anthropic = any(name == b"anthropic-version" for name, _ in scope["headers"])
-        models = self.router.models()
-        if anthropic:
-            data = [
-                {"type": "model", "id": m, "display_name": m, "created_at": "1970-01-01T00:00:00Z"}
-                for m, _ in models
-            ]
-            payload: dict[str, object] = {
-                "data": data,
-                "has_more": False,
-                "first_id": data[0]["id"] if data else None,
-                "last_id": data[-1]["id"] if data else None,
-            }
-        else:
-            payload = {
-                "object": "list",
-                "data": [
-                    {"id": m, "object": "model", "created": 0, "owned_by": p} for m, p in models
-                ],
-            }
-        await send_json(send, 200, json.dumps(payload).encode())
 
 
 #: Chat endpoints of both wire formats, whose ``messages`` must be an array. Checked here,

@@ -1,8 +1,10 @@
 """The terminal app: send the request to the chosen provider, stream its answer back.
 
-Upstream only sends: to the deployment Routing chose (``ctx.provider``), once per call, and
+Upstream only sends: to the deployment Routing chose (``ctx.route``), once per call, and
 appends an ``Attempt`` saying how it ended; whether to retry, and where, is decided around it.
-Bytes flow chunk by chunk as they arrive; nothing is buffered, decoded or re-encoded. When
+Bytes flow chunk by chunk as they arrive; nothing is buffered, decoded or re-encoded, unless
+the route translates (``translate/_exchange.py``): then the request and the answer are
+converted, streams event by event as they arrive. When
 the provider fails after the response started, an SSE client gets a terminal error event in
 its wire format and any other client a response that visibly breaks off, never a clean end
 that looks like success.
@@ -10,6 +12,7 @@ that looks like success.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Mapping, Sequence
 
@@ -22,7 +25,12 @@ from llm_proxy_mw.context import (
     get_context,
     read_body,
 )
-from llm_proxy_mw.errors import ProviderUnavailableError, ProxyError, outcome_for_status
+from llm_proxy_mw.errors import (
+    InvalidRequestError,
+    ProviderUnavailableError,
+    ProxyError,
+    outcome_for_status,
+)
 from llm_proxy_mw.providers import (
     HOP_BY_HOP,
     PLAIN_CONNECTION_VALUES,
@@ -30,6 +38,8 @@ from llm_proxy_mw.providers import (
     Provider,
     connection_listed,
 )
+from llm_proxy_mw.translate._codec import Codec
+from llm_proxy_mw.translate._exchange import relay_translated, translated_request
 from llm_proxy_mw.transports import UpstreamRequest
 from llm_proxy_mw.wire import error_event, log_error
 
@@ -97,6 +107,14 @@ def response_headers(
     return headers, length, sse
 
 
+def _with_model(ctx: RequestContext, model: str) -> bytes:
+    """The client's body asking for ``model`` instead (a fallback model's native provider)."""
+    body = ctx.json()
+    if body is None:
+        raise InvalidRequestError("The request body must be a JSON object.")
+    return json.dumps({**body, "model": model}, separators=(",", ":")).encode()
+
+
 class UpstreamApp:
     """ASGI app that proxies the request to the provider that Routing chose.
 
@@ -127,18 +145,27 @@ class UpstreamApp:
         body = ctx.body  # read once, by whichever layer needed it first
         if body is None:
             body = await read_body(ctx, scope, receive, self.max_body_bytes)
-        request = UpstreamRequest(
-            scope["method"],
-            provider.url_for(ctx.route_path, scope["query_string"]),
-            provider.request_headers(scope["headers"]),
-            body,
-        )
+        route = ctx.route
+        model = codec = None
+        if route is not None:
+            model, codec = route.model, route.codec
+        if codec is not None:
+            request = translated_request(ctx, provider, codec, model, scope["headers"])
+        else:
+            if model is not None and model != ctx.model:
+                body = _with_model(ctx, model)  # a fallback model: only then a copy
+            request = UpstreamRequest(
+                scope["method"],
+                provider.url_for(ctx.route_path, scope["query_string"]),
+                provider.request_headers(scope["headers"]),
+                body,
+            )
         if watched(ctx):
             # Retry in front already guards the request (and owns its one watcher).
-            await self._exchange(ctx, provider, request, send)
+            await self._exchange(ctx, provider, request, codec, send)
             return
         async with cancel_on_disconnect(ctx, receive):
-            await self._exchange(ctx, provider, request, send)
+            await self._exchange(ctx, provider, request, codec, send)
 
     async def _add_credentials(
         self, ctx: RequestContext, name: str, source: CredentialSource, request: UpstreamRequest
@@ -154,7 +181,12 @@ class UpstreamApp:
             raise
 
     async def _exchange(
-        self, ctx: RequestContext, provider: Provider, request: UpstreamRequest, send: Send
+        self,
+        ctx: RequestContext,
+        provider: Provider,
+        request: UpstreamRequest,
+        codec: Codec | None,
+        send: Send,
     ) -> None:
         if provider.credential_source is not None:
             await self._add_credentials(ctx, provider.name, provider.credential_source, request)
@@ -178,6 +210,14 @@ class UpstreamApp:
             headers, remaining, sse = response_headers(response.headers)
             headers.append((b"x-llm-proxy-provider", provider.name.encode()))
             headers.append((b"x-llm-proxy-attempts", str(len(ctx.attempts)).encode()))
+            if codec is not None:
+                try:
+                    await relay_translated(ctx, codec, response, headers, attempt, send)
+                except ProxyError as error:
+                    error.provider = provider.name
+                    attempt.outcome = error.code
+                    raise
+                return
             await send(
                 {"type": "http.response.start", "status": response.status, "headers": headers}
             )

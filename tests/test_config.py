@@ -460,8 +460,8 @@ def test_fallback_to_itself_is_rejected(tmp_path: Path) -> None:
     assert "itself" in message
 
 
-def test_fallback_to_another_wire_format_is_rejected(tmp_path: Path) -> None:
-    message = config_error(
+def test_fallback_to_a_provider_of_another_kind_is_allowed(tmp_path: Path) -> None:
+    config = load(
         tmp_path,
         """
         [providers.gpt]
@@ -471,9 +471,7 @@ def test_fallback_to_another_wire_format_is_rejected(tmp_path: Path) -> None:
         kind = "anthropic"
         """,
     )
-    assert "providers.gpt.fallbacks" in message
-    assert "claude" in message
-    assert "wire format" in message
+    assert config.providers["gpt"].fallbacks == ["claude"]
 
 
 def test_fallback_to_echo_is_allowed_from_either_wire_format(tmp_path: Path) -> None:
@@ -491,6 +489,66 @@ def test_fallback_to_echo_is_allowed_from_either_wire_format(tmp_path: Path) -> 
         """,
     )
     assert config.providers["claude"].fallbacks == ["demo"]
+
+
+def test_translation_options_default_per_provider(tmp_path: Path) -> None:
+    config = load(tmp_path, '[providers.o]\nkind = "openai"\n')
+    assert config.providers["o"].responses_api is True
+    assert config.providers["o"].default_max_tokens == 4096
+    assert config.models == {}
+    config = load(
+        tmp_path,
+        '[providers.o]\nkind = "openai"\nresponses_api = false\ndefault_max_tokens = 1\n',
+    )
+    assert config.providers["o"].responses_api is False
+    assert config.providers["o"].default_max_tokens == 1
+
+
+def test_default_max_tokens_must_be_positive(tmp_path: Path) -> None:
+    message = config_error(tmp_path, '[providers.o]\nkind = "openai"\ndefault_max_tokens = 0\n')
+    assert "providers.o.default_max_tokens" in message
+
+
+MODELS = """
+[providers.gpt]
+kind = "openai"
+models = ["gpt-4o"]
+[providers.claude]
+kind = "anthropic"
+models = ["claude-sonnet-4-5"]
+"""
+
+
+def test_model_fallbacks_load(tmp_path: Path) -> None:
+    config = load(tmp_path, MODELS + '[models."gpt-4o"]\nfallbacks = ["claude-sonnet-4-5"]\n')
+    assert config.models["gpt-4o"].fallbacks == ["claude-sonnet-4-5"]
+
+
+def test_a_model_fallback_must_be_served(tmp_path: Path) -> None:
+    message = config_error(tmp_path, MODELS + '[models."gpt-4o"]\nfallbacks = ["gpt-9"]\n')
+    assert "models.gpt-4o.fallbacks" in message
+    assert "'gpt-9'" in message
+
+
+def test_a_wildcard_provider_serves_any_model_fallback(tmp_path: Path) -> None:
+    text = MODELS + '[providers.any]\nkind = "echo"\n[models."gpt-4o"]\nfallbacks = ["gpt-9"]\n'
+    assert load(tmp_path, text).models["gpt-4o"].fallbacks == ["gpt-9"]
+
+
+def test_a_model_cannot_fall_back_to_itself(tmp_path: Path) -> None:
+    message = config_error(tmp_path, MODELS + '[models."gpt-4o"]\nfallbacks = ["gpt-4o"]\n')
+    assert "models.gpt-4o.fallbacks" in message
+    assert "itself" in message
+
+
+def test_a_configured_model_must_be_served(tmp_path: Path) -> None:
+    message = config_error(tmp_path, MODELS + '[models."gpt-9"]\nfallbacks = ["gpt-4o"]\n')
+    assert "models.gpt-9" in message
+
+
+def test_model_options_reject_unknown_keys(tmp_path: Path) -> None:
+    message = config_error(tmp_path, MODELS + '[models."gpt-4o"]\nfallback = ["x"]\n')
+    assert "models.gpt-4o.fallback" in message
 
 
 # -- client API keys -------------------------------------------------------------------------

@@ -22,9 +22,15 @@ from llm_proxy_mw import (
 )
 from llm_proxy_mw.config import ProviderConfig
 from llm_proxy_mw.context import Attempt
-from llm_proxy_mw.errors import ModelNotFoundError, NotFoundError, ProviderUnavailableError
+from llm_proxy_mw.errors import (
+    ModelNotFoundError,
+    NotFoundError,
+    ProviderUnavailableError,
+    UntranslatableError,
+)
 from llm_proxy_mw.routing import Plan
 from llm_proxy_mw.wire import WireFormat
+from tests.codec_double import registered
 
 OPENAI = WireFormat.OPENAI
 ANTHROPIC = WireFormat.ANTHROPIC
@@ -69,8 +75,10 @@ def test_anthropic_provider_is_never_chosen_for_openai_paths() -> None:
     assert choose(router, OPENAI, "gpt-4o") == "gpt"
     assert choose(router, ANTHROPIC, "shared") == "claude"
     assert choose(router, ANTHROPIC, "gpt-4o") == "claude"  # its wildcard
-    with pytest.raises(ModelNotFoundError):
+    # An endpoint without an API (embeddings) is never translated: a 400 naming the model.
+    with pytest.raises(UntranslatableError) as info:
         router.plan(OPENAI, "shared")
+    assert info.value.param == "model"
     with pytest.raises(NotFoundError):
         Router([provider("claude", "anthropic")]).plan(OPENAI, None)
 
@@ -340,9 +348,16 @@ async def test_unknown_model_is_404_naming_it(
     assert total_calls(upstreams) == 0
 
 
+@pytest.fixture
+def no_codecs() -> Iterator[None]:
+    """No codec registered while the proxy is built: no model crosses kinds."""
+    with registered():
+        yield
+
+
 @pytest.mark.anyio
-async def test_model_of_the_other_wire_format_is_404(
-    client: httpx.AsyncClient, upstreams: dict[str, Upstream]
+async def test_model_of_the_other_wire_format_is_404_without_a_codec(
+    no_codecs: None, client: httpx.AsyncClient, upstreams: dict[str, Upstream]
 ) -> None:
     response = await client.post("/v1/messages", json={"model": "gpt-4o"})
     assert_anthropic_error(response, 404, "not_found_error")
@@ -380,6 +395,39 @@ async def test_models_list_in_anthropic_shape_with_anthropic_version(
     assert body["has_more"] is False
     assert body["first_id"] == "gpt-4o"
     assert body["last_id"] == "gpt-4o-mini"
+    assert total_calls(upstreams) == 0
+
+
+@pytest.mark.anyio
+async def test_a_configured_model_is_answered_by_the_proxy(
+    client: httpx.AsyncClient, upstreams: dict[str, Upstream]
+) -> None:
+    response = await client.get("/v1/models/claude-x")
+    assert response.status_code == 200
+    assert response.json() == {
+        "id": "claude-x",
+        "object": "model",
+        "created": 0,
+        "owned_by": "claude",
+    }
+    response = await client.get("/v1/models/gpt-4o", headers={"anthropic-version": "2023-06-01"})
+    assert response.json() == {
+        "type": "model",
+        "id": "gpt-4o",
+        "display_name": "gpt-4o",
+        "created_at": "1970-01-01T00:00:00Z",
+    }
+    assert total_calls(upstreams) == 0
+
+
+@pytest.mark.anyio
+async def test_an_unknown_model_is_404_in_the_callers_format(
+    client: httpx.AsyncClient, upstreams: dict[str, Upstream]
+) -> None:
+    error = assert_openai_error(await client.get("/v1/models/gpt-9"), 404, "model_not_found")
+    assert "gpt-9" in error["message"]
+    response = await client.get("/v1/models/org/gpt-9", headers={"anthropic-version": "2023-06-01"})
+    assert "org/gpt-9" in assert_anthropic_error(response, 404, "not_found_error")["message"]
     assert total_calls(upstreams) == 0
 
 

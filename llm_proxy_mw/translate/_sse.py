@@ -1,0 +1,111 @@
+"""Server-sent events in and out of a translated stream: the upstream's bytes parsed into
+event objects as they arrive, and a translator's events framed for the client's API.
+
+The parser takes the bytes in whatever pieces the network delivers: an event, a line, even
+a CRLF pair may be cut anywhere. It keeps only the unfinished event, bounded
+(``max_event_bytes``, past it an ``UpstreamProtocolError``), so a stream of any length costs
+flat memory. Comments, ``event:``/``id:``/``retry:`` fields and data that is not a JSON
+object are dropped (every API here names its events inside their data); OpenAI's
+``data: [DONE]`` ends the stream (``done``).
+"""
+
+from __future__ import annotations
+
+import json
+
+from llm_proxy_mw.apis import Api
+from llm_proxy_mw.errors import UpstreamProtocolError
+from llm_proxy_mw.translate._codec import Json
+
+__all__ = ["DONE_FRAME", "MAX_EVENT_BYTES", "SseParser", "frame_events"]
+
+#: An upstream event larger than this is refused: no real one comes near it.
+MAX_EVENT_BYTES = 4 * 1024 * 1024
+#: What ends a Chat Completions stream that ended well.
+DONE_FRAME = b"data: [DONE]\n\n"
+
+
+class SseParser:
+    """Feed it every chunk of an SSE body; it returns each complete event's data object."""
+
+    __slots__ = ("done", "_rest", "_max")
+
+    def __init__(self, max_event_bytes: int = MAX_EVENT_BYTES) -> None:
+        #: Whether ``data: [DONE]`` arrived (what follows it is ignored).
+        self.done = False
+        self._rest = b""
+        self._max = max_event_bytes
+
+    def feed(self, chunk: bytes) -> list[Json]:
+        """The events that ``chunk`` completed, in order."""
+        data = self._rest + chunk if self._rest else chunk
+        if b"\r" in data:
+            # A CR at the very end may be the first half of a CRLF: it waits for the next read.
+            held = data.endswith(b"\r")
+            data = data[:-1] if held else data
+            data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+            if held:
+                data += b"\r"
+        *blocks, rest = data.split(b"\n\n")
+        if len(rest) > self._max:
+            raise UpstreamProtocolError(f"An upstream event exceeds {self._max} bytes.")
+        self._rest = rest
+        return self._events(blocks)
+
+    def close(self) -> list[Json]:
+        """The last event, when the body ended without the blank line that ends it."""
+        rest, self._rest = self._rest.rstrip(b"\r\n"), b""
+        return self._events([rest]) if rest else []
+
+    def _events(self, blocks: list[bytes]) -> list[Json]:
+        events: list[Json] = []
+        for block in blocks:
+            if self.done:
+                break
+            data = _data_of(block)
+            if data is None:
+                continue
+            if data == b"[DONE]":
+                self.done = True
+                break
+            try:
+                event = json.loads(data)
+            except ValueError:
+                continue  # not JSON: nothing a translator could use
+            if isinstance(event, dict):
+                events.append(event)
+        return events
+
+
+def _data_of(block: bytes) -> bytes | None:
+    """The ``data`` of one event block: its data lines joined by newlines."""
+    if block.startswith(b"data:") and b"\n" not in block:  # the usual one-line event
+        return block[6:] if block.startswith(b"data: ") else block[5:]
+    lines = [
+        line[6:] if line.startswith(b"data: ") else line[5:]
+        for line in block.split(b"\n")
+        if line.startswith(b"data:")
+    ]
+    return b"\n".join(lines) if lines else None
+
+
+def frame_events(api: Api, events: list[Json]) -> bytes:
+    """``events`` as the client's API frames them: Chat Completions sends bare ``data:``
+    lines; Messages and Responses name each event by its ``type``."""
+    if api is Api.CHAT:
+        return b"".join(b"data: " + _dumps(event) + b"\n\n" for event in events)
+    return b"".join(
+        b"event: " + _name(event.get("type")) + b"\ndata: " + _dumps(event) + b"\n\n"
+        for event in events
+    )
+
+
+def _name(kind: object) -> bytes:
+    """An event's ``type`` as its SSE name; one that would break the framing is not used."""
+    if isinstance(kind, str) and kind.isascii() and "\n" not in kind and "\r" not in kind:
+        return kind.encode()
+    return b"message"
+
+
+def _dumps(event: Json) -> bytes:
+    return json.dumps(event, separators=(",", ":")).encode()
