@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from llm_proxy_mw.apis import Api
 from llm_proxy_mw.translate._codec import Codec
+from llm_proxy_mw.translate._codecs import BUILT_IN_CODECS
 
 __all__ = ["CODECS", "codec_for"]
 
 #: The codec serving a client of the first API from a provider of the second.
-CODECS: dict[tuple[Api, Api], Codec] = {}
+CODECS: dict[tuple[Api, Api], Codec] = {(c.client, c.provider): c for c in BUILT_IN_CODECS}
 
 _PREFERRED = (Api.CHAT, Api.MESSAGES, Api.RESPONSES)
 

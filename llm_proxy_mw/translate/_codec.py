@@ -63,7 +63,8 @@ class StreamTranslator(Protocol):
     count seen so far, whether or not the client asked to see it.
     """
 
-    usage: TokenUsage | None
+    @property
+    def usage(self) -> TokenUsage | None: ...
 
     def feed(self, event: Json) -> list[Json]: ...
 
