@@ -5,7 +5,7 @@ kind, and every model request must be a stream (no non-streaming fallback).
 The model (``tests.cli_agents.fake_model``) asks the agent to read three files in a temporary
 directory, one per turn, then answers; it sees each file's content come back as a tool result.
 The sessions to a provider of the other kind (Claude Code to an ``openai`` provider, Codex to an
-``anthropic`` one) need issue 17's translation: ``CROSS_KIND`` turns them on.
+``anthropic`` one) go through the proxy's translation, streams included.
 """
 
 from __future__ import annotations
@@ -23,12 +23,6 @@ from tests.e2e_helpers import CLIENT_KEY, config_toml, provider_toml, serve_exam
 from tests.fakes.servers import UvicornServer
 from tests.goldens import validate_event, validate_response
 
-#: Sessions through a translating proxy (Messages <-> Chat, Responses <-> Messages).
-CROSS_KIND = False
-
-_cross_kind = pytest.mark.skipif(
-    not CROSS_KIND, reason="needs issue 17's translation between kinds (CROSS_KIND)"
-)
 
 #: The model each provider kind serves, named as a user of that kind would.
 _MODELS = {"anthropic": "claude-sonnet-4-5", "openai": "gpt-5.5"}
@@ -95,9 +89,9 @@ def _session(stage: Stage, agent: AgentFactory, kind: str) -> list[ModelRequest]
     ("agent", "kind"),
     [
         pytest.param(claude_code, "anthropic", id="claude-code-to-anthropic"),
-        pytest.param(claude_code, "openai", id="claude-code-to-openai", marks=_cross_kind),
+        pytest.param(claude_code, "openai", id="claude-code-to-openai"),
         pytest.param(codex, "openai", id="codex-to-openai"),
-        pytest.param(codex, "anthropic", id="codex-to-anthropic", marks=_cross_kind),
+        pytest.param(codex, "anthropic", id="codex-to-anthropic"),
     ],
 )
 def test_three_tool_turns_all_streamed(stage: Stage, agent: AgentFactory, kind: str) -> None:

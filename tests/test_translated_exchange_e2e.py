@@ -1,6 +1,5 @@
 """End to end across kinds: the official SDKs through the example app on uvicorn to the fake
-provider of the other kind, with the test-double codecs registered (the lead re-runs these
-with the real ones): JSON and streams, errors in each SDK's types, a stream cut midway,
+provider of the other kind, through the built-in codecs: JSON and streams, errors in each SDK's types, a stream cut midway,
 usage in the metrics, and a model fallback answering with its own model."""
 
 from __future__ import annotations
@@ -13,7 +12,6 @@ import anthropic
 import openai
 import pytest
 
-from tests.codec_double import ChatToMessages, MessagesToChat, registered
 from tests.e2e_helpers import (
     ANTHROPIC_MODEL,
     OPENAI_MODEL,
@@ -44,11 +42,8 @@ def proxy(
     models = f'[models."{FALLBACK_FROM}"]\nfallbacks = ["{ANTHROPIC_MODEL}"]\n'
     config = config_toml(*providers, models)
     with contextlib.ExitStack() as stack:
-        with registered(ChatToMessages(), MessagesToChat()):
-            # The Router takes its routes (and their codecs) when the app is built.
-            served = serve_example_app(config, tmp_path_factory.mktemp("e2e-translated"))
-            server = stack.enter_context(served)
-        yield server
+        served = serve_example_app(config, tmp_path_factory.mktemp("e2e-translated"))
+        yield stack.enter_context(served)
 
 
 @pytest.fixture
