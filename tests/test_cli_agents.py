@@ -23,7 +23,6 @@ from tests.e2e_helpers import CLIENT_KEY, config_toml, provider_toml, serve_exam
 from tests.fakes.servers import UvicornServer
 from tests.goldens import validate_event, validate_response
 
-
 #: The model each provider kind serves, named as a user of that kind would.
 _MODELS = {"anthropic": "claude-sonnet-4-5", "openai": "gpt-5.5"}
 _KEY_VARS = {"anthropic": "FAKE_ANTHROPIC_KEY", "openai": "FAKE_OPENAI_KEY"}

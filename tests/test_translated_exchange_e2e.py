@@ -1,6 +1,7 @@
 """End to end across kinds: the official SDKs through the example app on uvicorn to the fake
-provider of the other kind, through the built-in codecs: JSON and streams, errors in each SDK's types, a stream cut midway,
-usage in the metrics, and a model fallback answering with its own model."""
+provider of the other kind, through the built-in codecs: JSON and streams, errors in each
+SDK's types, a stream cut midway, usage in the metrics, and a model fallback answering with
+its own model."""
 
 from __future__ import annotations
 
