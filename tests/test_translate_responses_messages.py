@@ -14,7 +14,7 @@ import json
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from jiter import from_json
 
@@ -22,21 +22,19 @@ from llm_proxy_mw import errors
 from llm_proxy_mw.apis import Api
 from llm_proxy_mw.errors import InvalidRequestError, UntranslatableError, UpstreamProtocolError
 from llm_proxy_mw.translate._codec import Json, Target, TokenUsage
-from llm_proxy_mw.translate._codecs import ResponsesToMessages
+from llm_proxy_mw.translate._codecs import ResponsesToMessages, _in_responses_terms
 from llm_proxy_mw.translate._mappings import usage_from_anthropic
 from tests.goldens import cases, validate_event, validate_request, validate_response
 from tests.test_translate_chat_messages_stream import junk_dict, messages_final
-from tests.test_translate_responses_stream import TERMINAL, accumulate, check_grammar
+from tests.test_translate_responses_stream import (
+    PROPERTIES,
+    TERMINAL,
+    accumulate,
+    check_grammar,
+)
 
 DIRECTION = "responses_to_messages"
 CODEC = ResponsesToMessages()
-PROPERTIES = settings(
-    max_examples=150,
-    derandomize=True,
-    database=None,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow],
-)
 
 
 def _target(case: Json) -> Target:
@@ -365,3 +363,8 @@ def test_any_event_sequence_ends_with_one_terminal_event(
         validate_event(Api.RESPONSES, event)
     check_grammar(out)
     assert sum(e["type"] in TERMINAL for e in out) == 1
+
+
+def test_a_hub_error_without_a_parameter_is_kept() -> None:
+    error = InvalidRequestError("The body is odd.")
+    assert _in_responses_terms(error) is error

@@ -96,7 +96,7 @@ class ResponsesToMessages:
         try:
             return chat_request_to_messages(hub, target)
         except InvalidRequestError as error:
-            raise in_responses_terms(error) from None
+            raise _in_responses_terms(error) from None
 
     def response(self, body: Json, request: Json) -> tuple[Json, TokenUsage | None]:
         chat, usage = messages_response_to_chat(body)
@@ -105,7 +105,7 @@ class ResponsesToMessages:
         return answer, usage
 
     def stream(self, request: Json) -> StreamTranslator:
-        return _Chained(MessagesEventsToChat({"model": request.get("model")}), request)
+        return _Chained(request)
 
 
 class _Chained:
@@ -117,8 +117,8 @@ class _Chained:
 
     __slots__ = ("_first", "_second")
 
-    def __init__(self, first: MessagesEventsToChat, request: Json) -> None:
-        self._first = first
+    def __init__(self, request: Json) -> None:
+        self._first = MessagesEventsToChat({"model": request.get("model")})
         self._second = ChatChunksToResponses(request)
 
     @property
@@ -127,9 +127,11 @@ class _Chained:
 
     def feed(self, event: Json) -> list[Json]:
         hub_events = self._first.feed(event)
-        if not hub_events:
-            return hub_events
-        return self._relay(hub_events)
+        if len(hub_events) != 1:  # none, or (never yet) several
+            return self._relay(hub_events) if hub_events else hub_events
+        second = self._second
+        second.usage = self._first.usage
+        return second.feed(hub_events[0])
 
     def finish(self) -> list[Json]:
         out = self._relay(self._first.finish())
@@ -158,21 +160,24 @@ _RESPONSES_NAMES = (
 )
 
 
-def in_responses_terms(error: InvalidRequestError) -> InvalidRequestError:
+def _in_responses_terms(error: InvalidRequestError) -> InvalidRequestError:
     """``error``, raised by Chat to Messages for a hub body, as it reads to the Responses
     client: naming the field it sent (``reasoning.effort``, not ``reasoning_effort``)."""
-    hub = error.param or ""
+    hub = error.param
+    if hub is None:
+        return error
     rest = error.message.removeprefix(f"{hub}: ")
     for old, new in _RESPONSES_NAMES[:2]:
         rest = rest.replace(old, new)
-    param = responses_param(hub)
+    param = _responses_param(hub)
     where = f"`{param}`"
-    if param == "input":  # a hub message's place is no item's: the item's part is told
-        where += f" ({hub.partition('.')[2] or hub})"
+    part = hub.partition(".")[2]
+    if param == "input" and part:  # a hub message's index is no item's: tell the part
+        where += f" ({part})"
     return type(error)(f"{where}: {rest}", param=param)
 
 
-def responses_param(hub: str) -> str:
+def _responses_param(hub: str) -> str:
     """The Responses parameter a hub parameter came from."""
     if hub.startswith("messages"):
         return "input"
