@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from llm_proxy_mw.apis import Api
-from llm_proxy_mw.errors import ProxyError
+from llm_proxy_mw.errors import InvalidRequestError, ProxyError
 from llm_proxy_mw.translate._chat_messages_request import (
     chat_request_to_messages,
     messages_request_to_chat,
@@ -26,6 +26,7 @@ from llm_proxy_mw.translate._chat_messages_stream import (
     MessagesEventsToChat,
 )
 from llm_proxy_mw.translate._codec import Codec, Json, StreamTranslator, Target, TokenUsage
+from llm_proxy_mw.translate._mappings import responses_usage
 from llm_proxy_mw.translate._responses_request import responses_request_to_chat
 from llm_proxy_mw.translate._responses_response import chat_response_to_responses
 from llm_proxy_mw.translate._responses_stream import ChatChunksToResponses
@@ -83,52 +84,109 @@ class ResponsesToChat:
 
 class ResponsesToMessages:
     """A Responses client served by a Messages provider: Responses to Chat, then Chat to
-    Messages, each way."""
+    Messages, each way. What the Chat hub cannot say is taken from the Messages side: an
+    error names the Responses field the client sent, and the usage is Anthropic's own
+    (the hub's Chat usage has no place for cache writes)."""
 
     client = Api.RESPONSES
     provider = Api.MESSAGES
 
     def request(self, body: Json, target: Target) -> Json:
-        return chat_request_to_messages(responses_request_to_chat(body, target), target)
+        hub = responses_request_to_chat(body, target)
+        try:
+            return chat_request_to_messages(hub, target)
+        except InvalidRequestError as error:
+            raise _in_responses_terms(error) from None
 
     def response(self, body: Json, request: Json) -> tuple[Json, TokenUsage | None]:
         chat, usage = messages_response_to_chat(body)
         answer, _ = chat_response_to_responses(chat, request)
+        answer["usage"] = responses_usage(usage)
         return answer, usage
 
     def stream(self, request: Json) -> StreamTranslator:
-        # The hub stream always carries usage: the Response's completed event shows it.
-        hub_request = {"model": request.get("model"), "stream_options": {"include_usage": True}}
-        return _Chained(MessagesEventsToChat(hub_request), ChatChunksToResponses(request))
+        return _Chained(request)
 
 
 class _Chained:
-    """Two stream translators in a row: what the first emits, the second is fed."""
+    """Anthropic's events to Chat chunks, and those to Responses events. The Response's
+    usage is the first stage's (Anthropic's counts, cache writes included), so the hub
+    stream carries no usage chunk. Once the second stage has sent its terminal event it
+    sends nothing more, so whatever the first stage emits at its end (an error chunk for a
+    cut stream), the client gets exactly one terminal event."""
 
     __slots__ = ("_first", "_second")
 
-    def __init__(self, first: StreamTranslator, second: StreamTranslator) -> None:
-        self._first = first
-        self._second = second
+    def __init__(self, request: Json) -> None:
+        self._first = MessagesEventsToChat({"model": request.get("model")})
+        self._second = ChatChunksToResponses(request)
 
     @property
     def usage(self) -> TokenUsage | None:
         return self._first.usage
 
     def feed(self, event: Json) -> list[Json]:
-        out: list[Json] = []
-        for hub_event in self._first.feed(event):
-            out += self._second.feed(hub_event)
-        return out
+        hub_events = self._first.feed(event)
+        if len(hub_events) != 1:  # none, or (never yet) several
+            return self._relay(hub_events) if hub_events else hub_events
+        second = self._second
+        second.usage = self._first.usage
+        return second.feed(hub_events[0])
 
     def finish(self) -> list[Json]:
-        out: list[Json] = []
-        for hub_event in self._first.finish():
-            out += self._second.feed(hub_event)
+        out = self._relay(self._first.finish())
         return out + self._second.finish()
 
     def fail(self, error: ProxyError) -> list[Json]:
+        self._second.usage = self._first.usage
         return self._second.fail(error)
+
+    def _relay(self, hub_events: list[Json]) -> list[Json]:
+        second = self._second
+        second.usage = self._first.usage
+        out: list[Json] = []
+        for hub_event in hub_events:
+            out += second.feed(hub_event)
+        return out
+
+
+#: The hub's Chat Completions names of what a Responses client sent, by prefix.
+_RESPONSES_NAMES = (
+    ("reasoning_effort", "reasoning.effort"),
+    ("max_completion_tokens", "max_output_tokens"),
+    ("max_tokens", "max_output_tokens"),
+    ("response_format.json_schema", "text.format"),
+    ("response_format", "text.format"),
+)
+
+
+def _in_responses_terms(error: InvalidRequestError) -> InvalidRequestError:
+    """``error``, raised by Chat to Messages for a hub body, as it reads to the Responses
+    client: naming the field it sent (``reasoning.effort``, not ``reasoning_effort``)."""
+    hub = error.param
+    if hub is None:
+        return error
+    rest = error.message.removeprefix(f"{hub}: ")
+    for old, new in _RESPONSES_NAMES[:2]:
+        rest = rest.replace(old, new)
+    param = _responses_param(hub)
+    where = f"`{param}`"
+    part = hub.partition(".")[2]
+    if param == "input" and part:  # a hub message's index is no item's: tell the part
+        where += f" ({part})"
+    return type(error)(f"{where}: {rest}", param=param)
+
+
+def _responses_param(hub: str) -> str:
+    """The Responses parameter a hub parameter came from."""
+    if hub.startswith("messages"):
+        return "input"
+    if hub.startswith("tools[") and ".function." in hub:
+        return hub.replace(".function.", ".", 1)
+    for old, new in _RESPONSES_NAMES:
+        if hub == old or hub.startswith((f"{old}.", f"{old}[")):
+            return new + hub[len(old) :]
+    return hub
 
 
 _MESSAGE_EXTENSIONS = ("reasoning_content", "thinking_blocks")

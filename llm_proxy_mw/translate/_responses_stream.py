@@ -234,7 +234,10 @@ class ChatChunksToResponses:
                     self._reason(piece, out)
                 signature = b.get("signature")
                 if signature and isinstance(signature, str):
-                    (self._reasoning or self._new_reasoning(out)).signature = signature
+                    item = self._reasoning
+                    if item is None or item.signature is not None:  # a block without text
+                        item = self._new_reasoning(out)
+                    item.signature = signature
         if text:
             self._reason(text, out)
 
