@@ -299,3 +299,39 @@ def test_translation_keeps_texts_calls_and_outputs(items: list[Json]) -> None:
     assert [(m["tool_call_id"], m["content"]) for m in messages if m["role"] == "tool"] == [
         (i["call_id"], i["output"]) for i in items if i.get("type") == "function_call_output"
     ]
+
+
+@pytest.mark.parametrize(
+    "block",
+    [
+        {"type": "thinking", "thinking": "", "signature": "c2lnbmVk"},
+        {"type": "thinking", "thinking": "weighing it", "signature": "c2lnbmVk"},
+        {"type": "redacted_thinking", "data": "b3BhcXVl"},
+    ],
+    ids=["signed-without-text", "signed", "redacted"],
+)
+def test_thinking_blocks_come_back_as_they_went_out(block: Json) -> None:
+    """A reasoning item the client sends back is the very block the provider gave: a signed
+    block whose text is empty stays a signed block, never a redacted one."""
+    completion = {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "m",
+        "choices": [
+            {
+                "index": 0,
+                "finish_reason": "stop",
+                "message": {"role": "assistant", "content": "done", "thinking_blocks": [block]},
+            }
+        ],
+    }
+    answer, _ = chat_response_to_responses(completion, {"model": "m", "input": "hi"})
+    history = [
+        {"role": "user", "content": "hi"},
+        *answer["output"],
+        {"role": "user", "content": "and?"},
+    ]
+    chat = responses_request_to_chat({"model": "m", "input": history}, Target("m"))
+    assistant = next(m for m in chat["messages"] if m["role"] == "assistant")
+    assert assistant["thinking_blocks"] == [block]

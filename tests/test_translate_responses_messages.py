@@ -24,6 +24,7 @@ from llm_proxy_mw.errors import InvalidRequestError, UntranslatableError, Upstre
 from llm_proxy_mw.translate._codec import Json, Target, TokenUsage
 from llm_proxy_mw.translate._codecs import ResponsesToMessages, _in_responses_terms
 from llm_proxy_mw.translate._mappings import usage_from_anthropic
+from llm_proxy_mw.translate._responses_envelope import REDACTED
 from tests.goldens import cases, validate_event, validate_request, validate_response
 from tests.test_translate_chat_messages_stream import junk_dict, messages_final
 from tests.test_translate_responses_stream import (
@@ -139,7 +140,8 @@ STATUS = {
 
 def check_same_answer(final: Json, anthropic: Json) -> None:
     """The accumulated Response says what the Anthropic message says: its text, thinking
-    (signatures as encrypted_content), tool calls with their ids, stop reason and usage."""
+    (signatures, and marked redacted data, as encrypted_content), tool calls with their ids,
+    stop reason and usage."""
     said: list[Any] = []
     for item in final["output"]:
         if item["type"] == "reasoning":
@@ -156,7 +158,7 @@ def check_same_answer(final: Json, anthropic: Json) -> None:
         if block["type"] == "thinking":
             told.append(("thinking", block["thinking"], block["signature"]))
         elif block["type"] == "redacted_thinking":
-            told.append(("thinking", "", block["data"]))
+            told.append(("thinking", "", REDACTED + block["data"]))
         elif block["type"] == "text" and not block["text"]:
             continue  # no text, no message
         elif block["type"] == "text" and told and told[-1][0] == "text":

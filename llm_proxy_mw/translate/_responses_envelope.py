@@ -9,7 +9,13 @@ from typing import Any, Literal
 
 from llm_proxy_mw.translate._codec import Json
 
-__all__ = ["ResponseStatus", "response_object"]
+__all__ = ["REDACTED", "ResponseStatus", "response_object"]
+
+#: How a reasoning item's ``encrypted_content`` carries a redacted thinking block (its
+#: ``data`` follows) rather than a thinking block's signature. A signature is base64, which
+#: never holds a colon, so the two cannot be confused when the client sends the item back,
+#: even for a signed block whose text is empty.
+REDACTED = "redacted:"
 
 ResponseStatus = Literal["in_progress", "completed", "incomplete", "failed"]
 

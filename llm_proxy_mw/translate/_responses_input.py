@@ -4,10 +4,10 @@ Chat has one assistant message per turn where Responses has an item per output: 
 reasoning items, the assistant message and the function calls of one turn become one
 assistant message (``thinking_blocks`` and ``reasoning_content``, ``content``,
 ``tool_calls``), so that Anthropic's alternating turns come out right after the next
-translation. A reasoning item is a thinking block signed by its ``encrypted_content``; one
-with a signature and no text is a redacted thinking block (its ``data``), which is how
-``_responses_response.py`` writes them. Items that only OpenAI can run or resolve (built-in
-tool calls, item references) are refused, naming the item.
+translation. A reasoning item is a thinking block signed by its ``encrypted_content``, or a
+redacted thinking block when that starts with ``REDACTED`` (its ``data`` follows), which is
+how ``_responses_response.py`` and the stream write them. Items that only OpenAI can run or
+resolve (built-in tool calls, item references) are refused, naming the item.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Any
 
 from llm_proxy_mw.errors import InvalidRequestError, UntranslatableError
 from llm_proxy_mw.translate._codec import Json
+from llm_proxy_mw.translate._responses_envelope import REDACTED
 
 __all__ = ["chat_messages", "json_list", "json_object", "json_text"]
 
@@ -107,9 +108,9 @@ def _add_reasoning(assistant: Json, item: Json, where: str) -> None:
         return
     signature = json_text(signature, f"{where}.encrypted_content")
     block = (
-        {"type": "thinking", "thinking": text, "signature": signature}
-        if text
-        else {"type": "redacted_thinking", "data": signature}
+        {"type": "redacted_thinking", "data": signature.removeprefix(REDACTED)}
+        if signature.startswith(REDACTED)
+        else {"type": "thinking", "thinking": text, "signature": signature}
     )
     assistant.setdefault("thinking_blocks", []).append(block)
 

@@ -21,7 +21,7 @@ from typing import Any
 from llm_proxy_mw._usage import token_count
 from llm_proxy_mw.translate._codec import Json, TokenUsage
 from llm_proxy_mw.translate._mappings import responses_usage, usage_from_chat
-from llm_proxy_mw.translate._responses_envelope import response_object
+from llm_proxy_mw.translate._responses_envelope import REDACTED, response_object
 
 __all__ = ["chat_response_to_responses"]
 
@@ -85,8 +85,8 @@ def _add_reasoning(output: list[Json], message: Json, base: str) -> None:
         if kind == "thinking" and isinstance(block.get("thinking"), str):
             summary = [{"type": "summary_text", "text": block["thinking"]}]
             signature = block.get("signature")
-        elif kind == "redacted_thinking":
-            summary, signature = [], block.get("data")
+        elif kind == "redacted_thinking" and isinstance(block.get("data"), str):
+            summary, signature = [], REDACTED + block["data"]
         else:
             continue
         item: Json = {"id": f"rs_{base}_{len(output)}", "type": "reasoning", "summary": summary}

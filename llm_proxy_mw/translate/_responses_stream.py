@@ -28,7 +28,7 @@ from llm_proxy_mw._usage import token_count
 from llm_proxy_mw.errors import ProxyError
 from llm_proxy_mw.translate._codec import Json, TokenUsage
 from llm_proxy_mw.translate._mappings import responses_usage, usage_from_chat
-from llm_proxy_mw.translate._responses_envelope import ResponseStatus, response_object
+from llm_proxy_mw.translate._responses_envelope import REDACTED, ResponseStatus, response_object
 from llm_proxy_mw.translate._responses_items import Call, Item, Message, Reasoning
 
 __all__ = ["ChatChunksToResponses"]
@@ -224,7 +224,7 @@ class ChatChunksToResponses:
         for block in blocks:
             b = _object(block)
             if b.get("type") == "redacted_thinking":
-                self._new_reasoning(out).signature = _text(b.get("data"))
+                self._new_reasoning(out).signature = REDACTED + _text(b.get("data"))
                 self._close(self._reasoning, out)
                 self._reasoning = None
             elif b.get("type") == "thinking":
