@@ -29,7 +29,8 @@ def main(argv: list[str] | None = None) -> int:
         "--load",
         choices=("auto", "wrk", "python"),
         default="auto",
-        help="overhead and scaling load generator: wrk when installed (auto), or the Python one",
+        help="overhead, translation and scaling load generator: wrk when installed (auto), or "
+        "the Python one",
     )
     parser.add_argument(
         "--pool-max",
@@ -63,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.target in ("all", "layers"):
             print(layers.main(quick=args.quick, profile=args.profile) + "\n", flush=True)
         if args.target in ("all", "translation"):
-            print(translation.main(quick=args.quick, profile=args.profile) + "\n", flush=True)
+            text = translation.main(quick=args.quick, profile=args.profile, load=args.load)
+            print(text + "\n", flush=True)
         if args.target in ("all", "overhead"):
             text = overhead.main(
                 quick=args.quick, load=args.load, pool_max=args.pool_max, profile=args.profile

@@ -26,15 +26,15 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Scope
 
-from benchmarks._table import num, ratio, table
+from benchmarks import _translation_e2e
 from benchmarks._translation_answers import MemoryTransport, client_request, provider_data
+from benchmarks._translation_report import report
 from benchmarks.fixtures import CLIENT_KEY
-from benchmarks.layers import loop_name
 from llm_proxy_mw import build_proxy
 from llm_proxy_mw.apis import API_PATHS, Api
 from llm_proxy_mw.config import ProxyConfig, parse_config
 
-__all__ = ["ROUTES", "Route", "main"]
+__all__ = ["Latency", "ROUTES", "Route", "main"]
 
 _PATH_OF = {api: path for path, api in API_PATHS.items()}
 #: How a well-ended answer of each client API ends, JSON or stream.
@@ -67,8 +67,9 @@ class Route:
 _CHAT_PASS = "Chat → openai (passthrough)"
 _MESSAGES_PASS = "Messages → anthropic (passthrough)"
 _RESPONSES_PASS = "Responses → openai (passthrough)"
-#: The pair the issue's goals are about: a Chat client, an openai or an anthropic provider.
 _GOAL_ROUTE = "Chat → anthropic"
+#: The first pair is the one the issue's goals are about: a Chat client, an openai or an
+#: anthropic provider.
 ROUTES: list[Route] = [
     Route(_CHAT_PASS, Api.CHAT, "gpt-4o-mini", "openai"),
     Route(_GOAL_ROUTE, Api.CHAT, "claude-sonnet-4-5", "anthropic", _CHAT_PASS),
@@ -240,11 +241,6 @@ async def _latency(case: Case, app: ASGIApp, transport: MemoryTransport, streams
     return out
 
 
-def _quantile(values: list[int], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] / 1000
-
-
 def _run(coro: Coroutine[Any, Any, Any]) -> Any:
     try:
         import uvloop
@@ -300,124 +296,14 @@ async def _profile(app: ASGIApp, n: int) -> str:
     return "\n\n".join(out)
 
 
-def _median(case: Case | None) -> float | None:
-    return statistics.median(case.samples) if case and case.samples else None
-
-
-def report(results: Results, rounds: int) -> str:
-    by_key = {(c.route.label, c.stream): c for c in results.cases}
-
-    def cpu(label: str, stream: bool) -> float | None:
-        return _median(by_key.get((label, stream)))
-
-    cpu_rows, latency_rows = [], []
-    for route in ROUTES:
-        json_us, sse_us = cpu(route.label, False), cpu(route.label, True)
-        base_json, base_sse = cpu(route.baseline, False), cpu(route.baseline, True)
-        problems = "; ".join(p for c in results.cases if c.route is route and (p := c.problem))
-        cpu_rows.append(
-            [
-                route.label,
-                num(json_us, 1),
-                ratio(json_us, base_json) if route.baseline else "",
-                num(sse_us, 1),
-                ratio(sse_us, base_sse) if route.baseline else "",
-                problems,
-            ]
-        )
-        lat = results.latency.get(route.label)
-        if lat is None or not lat.ns:
-            continue
-        base = results.latency.get(route.baseline)
-        p99 = _quantile(lat.ns, 0.99)
-        added = p99 - _quantile(base.ns, 0.99) if base and base.ns else None
-        latency_rows.append(
-            [
-                route.label,
-                f"{lat.sends_per_stream:.0f}",
-                num(_quantile(lat.ns, 0.5), 1),
-                num(p99, 1),
-                num(max(lat.ns) / 1000, 1),
-                "" if added is None else f"{added:+.1f}",
-            ]
-        )
-    text = [
-        "## What translation costs (CPU µs per request, in process, full stack)",
-        "",
-        f"{loop_name()}; `time.process_time()`; median of {rounds} interleaved rounds; full "
-        "stack = `build_proxy()` with API-key auth and an openai, an anthropic and a chat-only "
-        "openai provider (`responses_api = false`), each answering from memory the same "
-        "678-byte completion or 100-chunk stream in its own API. Ratios are to the client "
-        "API's passthrough route.",
-        "",
-        table(
-            ["route", "JSON µs", "× passthrough", "stream µs", "× passthrough", "note"],
-            cpu_rows,
-            "lrrrrl",
-        ),
-        "",
-        "Per event: µs from the transport's read of an upstream event to the proxy's `send` "
-        "of what it became (a translated stream sends one message per upstream read at most; "
-        "a read that translates to nothing sends none).",
-        "",
-        table(
-            ["stream route", "sends/stream", "p50 µs", "p99 µs", "max µs", "p99 added µs"],
-            latency_rows,
-            "lrrrrr",
-        ),
-        "",
-        "Goals (issue 17), Chat client → anthropic provider vs → openai provider:",
-        *_goals(cpu, results.latency),
-    ]
-    if results.profile:
-        text += ["", results.profile]
-    return "\n".join(text)
-
-
-def _goals(cpu: Any, latency: dict[str, Latency]) -> list[str]:
-    def line(name: str, value: float | None, shown: str, goal: str, ok: bool) -> str:
-        if value is None:
-            return f"- {name}: not measured (goal {goal})"
-        return f"- {name}: {shown} (goal {goal}) — {'meets' if ok else 'misses'}"
-
-    def share(stream: bool) -> float | None:
-        a, b = cpu(_GOAL_ROUTE, stream), cpu(_CHAT_PASS, stream)
-        return a / b if a is not None and b else None
-
-    json_x, sse_x = share(False), share(True)
-    worst: float | None = None
-    for route in ROUTES:
-        lat, base = latency.get(route.label), latency.get(route.baseline)
-        if route.baseline and lat and lat.ns and base and base.ns:
-            added = (_quantile(lat.ns, 0.99) - _quantile(base.ns, 0.99)) / 1000
-            worst = added if worst is None else max(worst, added)
-    return [
-        line(
-            "translated JSON request CPU",
-            json_x,
-            f"{json_x or 0:.2f}x",
-            "≤ 1.3x",
-            (json_x or 0) <= 1.3,
-        ),
-        line(
-            "translated 100-chunk stream CPU",
-            sse_x,
-            f"{sse_x or 0:.2f}x",
-            "≤ 1.5x",
-            (sse_x or 0) <= 1.5,
-        ),
-        line(
-            "per-event added latency p99, worst route",
-            worst,
-            f"{worst or 0:.3f} ms",
-            "≤ 1 ms",
-            (worst or 0) <= 1,
-        ),
-    ]
-
-
-def main(*, quick: bool = False, profile: bool = False) -> str:
-    """Run the translation benchmark and return its markdown report."""
+def main(*, quick: bool = False, profile: bool = False, load: str = "auto") -> str:
+    """Run the translation benchmark, in process then end to end, and return its report."""
     rounds, round_seconds, streams = (3, 0.03, 20) if quick else (7, 0.3, 500)
     results = _run(_bench(rounds, round_seconds, streams, profile))
-    return report(results, rounds)
+    cpu = {
+        (c.route.label, c.stream): statistics.median(c.samples) for c in results.cases if c.samples
+    }
+    problems = {(c.route.label, c.stream): c.problem for c in results.cases if c.problem}
+    end_to_end = _translation_e2e.measure(quick=quick, load=load)
+    text = report(ROUTES, cpu, problems, results.latency, rounds, end_to_end)
+    return text + ("\n\n" + results.profile if results.profile else "")
