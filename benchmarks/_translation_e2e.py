@@ -11,7 +11,6 @@ passthrough and the translated load back to back, in alternating order.
 from __future__ import annotations
 
 import statistics
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +18,6 @@ from pathlib import Path
 from benchmarks._translation_answers import provider_data
 from benchmarks.fixtures import CLIENT_KEY, request_body
 from benchmarks.overhead import (
-    ROOT,
     Load,
     Outcome,
     Run,
@@ -79,16 +77,6 @@ def _check(port: int, path: str) -> list[str]:
     return problems
 
 
-def _start_provider(run: Run) -> int:
-    argv = [sys.executable, "-m", "benchmarks._translation_provider", "--port", "0"]
-    proc = run.procs.start("provider", argv, cpu=run.load_cpu, cwd=ROOT, stdout_pipe=True)
-    line = run.procs.wait_line(proc, timeout=20)
-    if not line:
-        raise RuntimeError("fake provider did not start:\n" + run.procs.log_tail("provider"))
-    run.provider_pid = proc.pid
-    return int(line)
-
-
 def measure(*, quick: bool, load: str = "auto") -> EndToEnd:
     """Run the passthrough and translated loads, interleaved, and return their CPU."""
     duration, warmup, rounds = (1.0, 0.5, 1) if quick else (5.0, 1.0, 3)
@@ -100,7 +88,7 @@ def measure(*, quick: bool, load: str = "auto") -> EndToEnd:
     ]
     samples: dict[tuple[str, bool], list[float]] = {}
     with pinned_run("llm-bench-translation-", choose_tool(load)) as run:
-        port = _start_provider(run)
+        port = run.start_provider("benchmarks._translation_provider")
         outcome = Outcome()
         served = run.start(ours_contender(_config(run.workdir, port)), outcome)
         if served is None:

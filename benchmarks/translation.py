@@ -20,16 +20,17 @@ import pstats
 import statistics
 import tempfile
 import time
-from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Scope
 
 from benchmarks import _translation_e2e
+from benchmarks._raw_http import run
 from benchmarks._translation_answers import MemoryTransport, client_request, provider_data
 from benchmarks._translation_report import report
 from benchmarks.fixtures import CLIENT_KEY
+from benchmarks.layers import asgi_scope
 from llm_proxy_mw import build_proxy
 from llm_proxy_mw.apis import API_PATHS, Api
 from llm_proxy_mw.config import ProxyConfig, parse_config
@@ -41,15 +42,12 @@ _PATH_OF = {api: path for path, api in API_PATHS.items()}
 _ENDS = {Api.CHAT: b"data: [DONE]\n\n", Api.MESSAGES: b"message_stop", Api.RESPONSES: b"completed"}
 _TEXT_END = b"Nothing here depends on the request."
 _LAST_DELTA = b"tok098"
-_SDK_HEADERS = {
-    Api.CHAT: [(b"user-agent", b"OpenAI/Python 1.60.0"), (b"authorization", b"Bearer ")],
-    Api.RESPONSES: [(b"user-agent", b"OpenAI/Python 1.60.0"), (b"authorization", b"Bearer ")],
-    Api.MESSAGES: [
-        (b"user-agent", b"Anthropic/Python 0.40.0"),
-        (b"anthropic-version", b"2023-06-01"),
-        (b"x-api-key", b""),
-    ],
-}
+_OPENAI_SDK_HEADERS = frozenset({b"user-agent", b"x-stainless-lang", b"authorization"})
+_ANTHROPIC_SDK_HEADERS = [
+    (b"user-agent", b"Anthropic/Python 0.40.0"),
+    (b"anthropic-version", b"2023-06-01"),
+    (b"x-api-key", CLIENT_KEY.encode()),
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,32 +97,11 @@ def _config(store_dir: str) -> ProxyConfig:
 
 def _scope(client: Api, body: bytes) -> Scope:
     """What uvicorn hands over for the client API's SDK posting ``body``."""
-    path = _PATH_OF[client]
-    sdk = [
-        (name, value + CLIENT_KEY.encode() if name in (b"authorization", b"x-api-key") else value)
-        for name, value in _SDK_HEADERS[client]
-    ]
-    return {
-        "type": "http",
-        "asgi": {"version": "3.0", "spec_version": "2.4"},
-        "http_version": "1.1",
-        "server": ("127.0.0.1", 8000),
-        "client": ("127.0.0.1", 50123),
-        "scheme": "http",
-        "method": "POST",
-        "root_path": "",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "headers": [
-            (b"host", b"127.0.0.1:8000"),
-            (b"connection", b"keep-alive"),
-            (b"accept", b"application/json"),
-            (b"content-type", b"application/json"),
-            *sdk,
-            (b"content-length", str(len(body)).encode()),
-        ],
-    }
+    scope = asgi_scope(_PATH_OF[client], body)  # an OpenAI SDK's
+    if client is Api.MESSAGES:
+        headers = [h for h in scope["headers"] if h[0] not in _OPENAI_SDK_HEADERS]
+        scope["headers"] = headers + _ANTHROPIC_SDK_HEADERS
+    return scope
 
 
 class _Receive:
@@ -241,14 +218,6 @@ async def _latency(case: Case, app: ASGIApp, transport: MemoryTransport, streams
     return out
 
 
-def _run(coro: Coroutine[Any, Any, Any]) -> Any:
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(coro)
-    return uvloop.run(coro)
-
-
 @dataclass(slots=True)
 class Results:
     cases: list[Case]
@@ -299,7 +268,7 @@ async def _profile(app: ASGIApp, n: int) -> str:
 def main(*, quick: bool = False, profile: bool = False, load: str = "auto") -> str:
     """Run the translation benchmark, in process then end to end, and return its report."""
     rounds, round_seconds, streams = (3, 0.03, 20) if quick else (7, 0.3, 500)
-    results = _run(_bench(rounds, round_seconds, streams, profile))
+    results = run(_bench(rounds, round_seconds, streams, profile))
     cpu = {
         (c.route.label, c.stream): statistics.median(c.samples) for c in results.cases if c.samples
     }
