@@ -41,6 +41,8 @@ class EndToEnd:
     cpu_us: dict[tuple[str, bool], float] = field(default_factory=dict)
     rounds: int = 0
     connections: int = 0
+    #: The most that other processes took of the proxy's CPU in a window, % (~0: trust it).
+    others_pct: float = 0.0
     problems: list[str] = field(default_factory=list)
 
 
@@ -102,6 +104,7 @@ def measure(*, quick: bool, load: str = "auto") -> EndToEnd:
                     window = run.watch(served.proc.pid, _loader(run, served.port, served.path, sc))
                     if window.errors:
                         out.problems.append(f"{sc.key}: {window.errors} errors {window.detail}")
+                    out.others_pct = max(out.others_pct, window.others_pct or 0.0)
                     if window.cpu_us is not None:
                         samples.setdefault((sc.model, sc.stream), []).append(window.cpu_us)
         finally:

@@ -84,6 +84,9 @@ def _end_to_end(e2e: EndToEnd) -> list[str]:
         "anthropic provider: translated), the fake provider answering the same text in each API.",
         "",
         table(["Chat client", "→ openai µs", "→ anthropic µs", "translated ÷ passthrough"], rows),
+        "",
+        f"Other processes took up to {e2e.others_pct:.0f}% of the proxy's CPU in a measured "
+        "window (trust the figures when that is ~0).",
     ]
     return text + [f"\n**end to end**: {problem}" for problem in e2e.problems]
 
