@@ -1,7 +1,7 @@
-"""``python -m benchmarks [layers|overhead|resilience|load|scaling] [--quick]``: print the benchmark
-tables.
+"""``python -m benchmarks [layers|translation|overhead|resilience|load|scaling] [--quick]``: print
+the benchmark tables.
 
-Without a target all five run (about 8-9 minutes on the 2-core box); ``--quick`` is a smoke test
+Without a target all six run (about 9-10 minutes on the 2-core box); ``--quick`` is a smoke test
 of a few seconds each, for checking that everything works, not for figures.
 """
 
@@ -13,7 +13,7 @@ import platform
 import sys
 import time
 
-from benchmarks import layers, load_memory, overhead, resilience, scaling
+from benchmarks import layers, load_memory, overhead, resilience, scaling, translation
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "target",
         nargs="?",
-        choices=("all", "layers", "overhead", "resilience", "load", "scaling"),
+        choices=("all", "layers", "translation", "overhead", "resilience", "load", "scaling"),
         default="all",
     )
     parser.add_argument("--quick", action="store_true", help="smoke test, seconds not minutes")
@@ -29,7 +29,8 @@ def main(argv: list[str] | None = None) -> int:
         "--load",
         choices=("auto", "wrk", "python"),
         default="auto",
-        help="overhead and scaling load generator: wrk when installed (auto), or the Python one",
+        help="overhead, translation and scaling load generator: wrk when installed (auto), or "
+        "the Python one",
     )
     parser.add_argument(
         "--pool-max",
@@ -41,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--profile",
         action="store_true",
-        help="add profiles: cProfile of the full stack (layers), py-spy under load (overhead)",
+        help="add profiles: cProfile of the full stack (layers, translation), py-spy under load "
+        "(overhead)",
     )
     args = parser.parse_args(argv)
     started = time.monotonic()
@@ -61,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.target in ("all", "layers"):
             print(layers.main(quick=args.quick, profile=args.profile) + "\n", flush=True)
+        if args.target in ("all", "translation"):
+            text = translation.main(quick=args.quick, profile=args.profile, load=args.load)
+            print(text + "\n", flush=True)
         if args.target in ("all", "overhead"):
             text = overhead.main(
                 quick=args.quick, load=args.load, pool_max=args.pool_max, profile=args.profile

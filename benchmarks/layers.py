@@ -51,7 +51,7 @@ from llm_proxy_mw import (
 )
 from llm_proxy_mw.config import ProxyConfig, parse_config
 
-__all__ = ["LAYERS", "Layer", "NoopTransport", "main"]
+__all__ = ["LAYERS", "Layer", "NoopTransport", "asgi_scope", "main"]
 
 _DATE = b"Wed, 26 Nov 2025 10:00:00 GMT"
 JSON_HEADERS = [
@@ -228,7 +228,7 @@ def _find(layer: Layer) -> Any:
 # -- the harness ---------------------------------------------------------------------------
 
 
-def _scope(path: str, body: bytes) -> Scope:
+def asgi_scope(path: str, body: bytes) -> Scope:
     """What uvicorn hands over for an OpenAI SDK-like POST."""
     return {
         "type": "http",
@@ -295,7 +295,7 @@ class Case:
 
     def __post_init__(self) -> None:
         body = request_body(stream=self.stream)
-        self.scope = _scope(self.path, body)
+        self.scope = asgi_scope(self.path, body)
         self.body = {"type": "http.request", "body": body, "more_body": False}
 
     async def once(self, send: Send = _discard) -> None:

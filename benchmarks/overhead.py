@@ -361,8 +361,9 @@ class Run:
             return "py-spy failed: " + self.procs.log_tail("py-spy", 5), {}, None
         return _pyspy.summarize(out), _pyspy.package_shares(out), load.cpu_us
 
-    def start_provider(self) -> int:
-        argv = [sys.executable, "-m", "benchmarks.fake_provider", "--port", "0"]
+    def start_provider(self, module: str = "benchmarks.fake_provider") -> int:
+        """Serve the fake provider ``module`` on the load CPU; its port."""
+        argv = [sys.executable, "-m", module, "--port", "0"]
         proc = self.procs.start("provider", argv, cpu=self.load_cpu, cwd=ROOT, stdout_pipe=True)
         line = self.procs.wait_line(proc, timeout=20)
         if not line:

@@ -129,3 +129,18 @@ def test_a_type_that_would_break_the_framing_is_not_used_as_the_name() -> None:
     framed = frame_events(Api.MESSAGES, [{"type": "x\ndata: forged"}, {"type": 3}])
     assert framed.count(b"event: message\n") == 2
     assert parse([framed])[0] == [{"type": "x\ndata: forged"}, {"type": 3}]
+
+
+@pytest.mark.parametrize(
+    ("block", "expected"),
+    [
+        (b'event: message_stop\ndata: {"type": "message_stop"}\n\n', [{"type": "message_stop"}]),
+        (b'event: message_stop\ndata:{"type": "message_stop"}\n\n', [{"type": "message_stop"}]),
+        (b"event: message_stop\ndata:\n\n", []),
+        (b"event: message_stop\nid: 7\n\n", []),
+        (b'event: a\ndata: {"n": 1}\ndata: \n\n', [{"n": 1}]),
+    ],
+)
+def test_named_events_read_as_any_other(block: bytes, expected: list[object]) -> None:
+    """The one-name-one-data shortcut reads what the general path reads."""
+    assert SseParser().feed(block) == expected

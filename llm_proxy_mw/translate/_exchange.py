@@ -21,7 +21,7 @@ from llm_proxy_mw.errors import InvalidRequestError, ProxyError, UpstreamProtoco
 from llm_proxy_mw.providers import Provider
 from llm_proxy_mw.translate._codec import Codec, Json, StreamTranslator, Target, TokenUsage
 from llm_proxy_mw.translate._errors import translate_error
-from llm_proxy_mw.translate._sse import DONE_FRAME, SseParser, frame_events
+from llm_proxy_mw.translate._sse import DONE_FRAME, SseParser, compact_json, frame_events
 from llm_proxy_mw.transports import UpstreamRequest, UpstreamResponse
 from llm_proxy_mw.wire import WireFormat, log_error
 
@@ -58,7 +58,7 @@ def translated_request(
     if body is None:
         raise InvalidRequestError("The request body must be a JSON object.")
     target = Target(model or ctx.model or "", provider.config.default_max_tokens)
-    translated = json.dumps(codec.request(body, target), separators=(",", ":")).encode()
+    translated = compact_json(codec.request(body, target))
     forwarded = [(n, v) for n, v in provider.request_headers(headers) if n not in _NOT_FORWARDED]
     forwarded.append(("content-type", "application/json"))
     url = provider.url_for(_PATH_OF[codec.provider], b"")
@@ -96,7 +96,7 @@ async def relay_translated(
         answer = _object(await _read_whole(response, MAX_JSON_BYTES))
         translated, usage = codec.response(answer, ctx.json() or {})
         _count(ctx, usage)
-        body = json.dumps(translated, separators=(",", ":")).encode()
+        body = compact_json(translated)
         await _send_whole(send, status, headers, body)
 
 

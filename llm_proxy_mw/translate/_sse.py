@@ -17,7 +17,7 @@ from llm_proxy_mw.apis import Api
 from llm_proxy_mw.errors import UpstreamProtocolError
 from llm_proxy_mw.translate._codec import Json
 
-__all__ = ["DONE_FRAME", "MAX_EVENT_BYTES", "SseParser", "frame_events"]
+__all__ = ["DONE_FRAME", "MAX_EVENT_BYTES", "SseParser", "compact_json", "frame_events"]
 
 #: An upstream event larger than this is refused: no real one comes near it.
 MAX_EVENT_BYTES = 4 * 1024 * 1024
@@ -69,7 +69,8 @@ class SseParser:
                 self.done = True
                 break
             try:
-                event = json.loads(data)
+                # SSE is UTF-8: decoding here spares json.loads its encoding detection.
+                event = json.loads(data.decode())
             except ValueError:
                 continue  # not JSON: nothing a translator could use
             if isinstance(event, dict):
@@ -81,6 +82,10 @@ def _data_of(block: bytes) -> bytes | None:
     """The ``data`` of one event block: its data lines joined by newlines."""
     if block.startswith(b"data:") and b"\n" not in block:  # the usual one-line event
         return block[6:] if block.startswith(b"data: ") else block[5:]
+    if block.startswith(b"event:"):  # the usual named event: one name line, one data line
+        start = block.find(b"\ndata:") + 1
+        if start and block.count(b"\n") == 1:
+            return block[start + 6 :] if block.startswith(b" ", start + 5) else block[start + 5 :]
     lines = [
         line[6:] if line.startswith(b"data: ") else line[5:]
         for line in block.split(b"\n")
@@ -93,9 +98,9 @@ def frame_events(api: Api, events: list[Json]) -> bytes:
     """``events`` as the client's API frames them: Chat Completions sends bare ``data:``
     lines; Messages and Responses name each event by its ``type``."""
     if api is Api.CHAT:
-        return b"".join(b"data: " + _dumps(event) + b"\n\n" for event in events)
+        return b"".join(b"data: " + compact_json(event) + b"\n\n" for event in events)
     return b"".join(
-        b"event: " + _name(event.get("type")) + b"\ndata: " + _dumps(event) + b"\n\n"
+        b"event: " + _name(event.get("type")) + b"\ndata: " + compact_json(event) + b"\n\n"
         for event in events
     )
 
@@ -107,5 +112,10 @@ def _name(kind: object) -> bytes:
     return b"message"
 
 
-def _dumps(event: Json) -> bytes:
-    return json.dumps(event, separators=(",", ":")).encode()
+#: ``json.dumps(..., separators=...)`` builds an encoder per call: one serves every event.
+_encode = json.JSONEncoder(separators=(",", ":")).encode
+
+
+def compact_json(event: Json) -> bytes:
+    """``event`` as compact JSON bytes, as the translated bodies and events are sent."""
+    return _encode(event).encode()
