@@ -132,7 +132,7 @@ def events(client: httpx.Client, path: str, body: dict[str, Any]) -> list[Any]:
     found = []
     for block in blocks:
         lines = dict(line.split(": ", 1) for line in block.split("\n"))
-        data = lines["data"] if lines["data"] == "[DONE]" else json.loads(lines["data"])
+        data: Any = lines["data"] if lines["data"] == "[DONE]" else json.loads(lines["data"])
         assert "event" not in lines or lines["event"] == data["type"]
         found.append(data)
     return found
