@@ -122,10 +122,12 @@ MESSAGES = {**CHAT, "max_tokens": 100}
 RESPONSES = {"model": "m", "input": "hello there"}
 
 
-def events(client: httpx.Client, path: str, body: dict[str, Any]) -> list[Any]:
+def events(
+    client: httpx.Client, path: str, body: dict[str, Any], headers: dict[str, str] | None = None
+) -> list[Any]:
     """The ``data`` of each event of a stream (``[DONE]`` as the string), checking that an
     ``event:`` line, when there is one, names the data's ``type``."""
-    with client.stream("POST", path, json={**body, "stream": True}) as stream:
+    with client.stream("POST", path, json={**body, "stream": True}, headers=headers) as stream:
         assert stream.status_code == 200
         blocks = stream.read().decode().split("\n\n")
     assert blocks.pop() == ""
@@ -315,9 +317,7 @@ def test_a_refusal_in_each_api(provider: FakeProvider, client: httpx.Client) -> 
 
 
 def test_streams_fail_mid_way_in_each_format(provider: FakeProvider, client: httpx.Client) -> None:
-    provider.script(*[Action(error_after=3)] * 3)
-    chat = events(client, "/v1/chat/completions", CHAT)
-    assert len(chat) == 4 and chat[-1]["error"]["type"] == "server_error"  # and no [DONE]
+    provider.script(*[Action(error_after=3)] * 2)
     messages = events(client, "/v1/messages", MESSAGES)
     assert len(messages) == 4
     assert messages[-1] == {
@@ -329,6 +329,8 @@ def test_streams_fail_mid_way_in_each_format(provider: FakeProvider, client: htt
     assert [e["type"] for e in responses][2:] == ["response.output_item.added", "response.failed"]
     assert responses[-1]["response"]["error"]["code"] == "server_error"
     assert responses[-1]["response"]["id"] == responses[0]["response"]["id"]
+    chat = events(client, "/v1/chat/completions", CHAT, {"x-fake-error-after": "3"})
+    assert len(chat) == 4 and chat[-1]["error"]["type"] == "server_error"  # and no [DONE]
 
 
 def test_overloaded_is_anthropics_529(provider: FakeProvider, client: httpx.Client) -> None:
