@@ -113,15 +113,15 @@ def _item_events(n: int, item: dict[str, Any], chunks: int) -> list[dict[str, An
     if kind == "reasoning":
         start = {**item, "summary": []}
         at["summary_index"] = 0
-        text = item["summary"][0]["text"]
-        inner = [{"type": "response.reasoning_summary_part.added", **at, "part": {}}]
-        inner[0]["part"] = {"type": "summary_text", "text": ""}
+        done = item["summary"][0]
+        text = done["text"]
+        empty = {"type": "summary_text", "text": ""}
+        inner = [{"type": "response.reasoning_summary_part.added", **at, "part": empty}]
         inner += [
             {"type": "response.reasoning_summary_text.delta", **at, "delta": p}
             for p in pieces(text, chunks)
         ]
         inner.append({"type": "response.reasoning_summary_text.done", **at, "text": text})
-        done = {"type": "summary_text", "text": text}
         inner.append({"type": "response.reasoning_summary_part.done", **at, "part": done})
     elif kind == "message":
         start = {**item, "status": "in_progress", "content": []}
