@@ -16,7 +16,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Action", "FakeProvider", "RecordedRequest", "StreamHold"]
+from benchmarks._wire_turn import ToolCall, Turn, TurnUsage
+
+__all__ = [
+    "Action",
+    "FakeProvider",
+    "RecordedRequest",
+    "StreamHold",
+    "ToolCall",
+    "Turn",
+    "TurnUsage",
+]
 
 
 class _Flag:
@@ -97,6 +107,10 @@ class Action:
     * ``headers`` are added to any response (e.g. ``{"retry-after": "1"}``).
     * ``cut_after=N``: send N stream events, then close the connection mid chunked body.
     * ``gzip``: really gzip the body (streams too, flushed per event) + ``content-encoding``.
+    * ``turn``: answer with that ``Turn`` (text, thinking, tool calls, refusal, stop reason,
+      usage) in the wire format of the request's path, JSON or SSE.
+    * ``error_after=N``: send N stream events, then the format's error event (Anthropic
+      ``overloaded_error``, OpenAI ``data: {"error": ...}``, Responses ``response.failed``).
     """
 
     status: int = 200
@@ -109,6 +123,8 @@ class Action:
     gzip: bool = False
     hold: StreamHold | None = None
     reply: str | None = None  # override the reply text
+    turn: Turn | None = None
+    error_after: int | None = None
 
     @property
     def overrides_answer(self) -> bool:
@@ -129,7 +145,7 @@ class RecordedRequest:
 
 
 def _header_action(h: Mapping[str, str]) -> Action:
-    cut = h.get("x-fake-cut-after")
+    cut, error = h.get("x-fake-cut-after"), h.get("x-fake-error-after")
     return Action(
         status=int(h.get("x-fake-status", "200")),
         delay=float(h.get("x-fake-delay", "0")),
@@ -137,6 +153,7 @@ def _header_action(h: Mapping[str, str]) -> Action:
         cut_after=int(cut) if cut is not None else None,
         gzip=h.get("x-fake-gzip", "") not in ("", "0", "false"),
         reply=h.get("x-fake-reply"),
+        error_after=int(error) if error is not None else None,
     )
 
 
@@ -144,7 +161,8 @@ class FakeProvider:
     """What the scripted fake provider answers next, and every request it received.
 
     Per request: the next queued ``Action`` (see ``script``), else one built from ``x-fake-*``
-    request headers (status, delay, event-delay, cut-after, gzip, reply), else the normal answer.
+    request headers (status, delay, event-delay, cut-after, error-after, gzip, reply), else
+    the normal answer.
     Serve it with ``tests.fakes.provider.FakeProviderServer`` (a thread) or
     ``python -m benchmarks.fake_provider --scripted``.
     """

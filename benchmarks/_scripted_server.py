@@ -140,7 +140,10 @@ class ScriptedProtocol(RequestProtocol):
         req = request.json if isinstance(request.json, dict) else {}
         provider = self._provider
         wording = _wire.Wording(action.reply, provider.reply_prefix, provider.chunks)
-        return action.status, _JSON, _wire.answer(request.path, req, anthropic_version, wording)
+        reply = _wire.answer(
+            request.path, req, anthropic_version, wording, action.turn, action.error_after
+        )
+        return action.status, _JSON, reply
 
     def _head(self, status: int, headers: dict[str, str], keep_alive: bool) -> bytes:
         fields = list(headers.items())

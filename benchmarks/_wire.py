@@ -2,7 +2,9 @@
 
 Close enough to the real APIs that the official ``openai`` and ``anthropic`` SDKs parse them:
 JSON bodies, SSE events, error envelopes. Each function returns the status, the body (JSON)
-or the events (a stream); the server in ``_scripted`` frames them.
+or the events (a stream); the server in ``_scripted`` frames them. Chat Completions,
+Messages and Responses answers are a ``Turn`` (scripted, or the echo of the last user
+message) rendered by ``_wire_chat``, ``_wire_messages`` and ``_wire_responses``.
 """
 
 from __future__ import annotations
@@ -11,10 +13,13 @@ import base64
 import hashlib
 import json
 import struct
-import time
-import uuid
 from dataclasses import dataclass
 from typing import Any
+
+from benchmarks._wire_chat import chat
+from benchmarks._wire_messages import messages
+from benchmarks._wire_responses import responses
+from benchmarks._wire_turn import Reply, Turn, count_tokens, dumps
 
 __all__ = ["ROUTES", "Reply", "Wording", "answer", "error_envelope"]
 
@@ -29,18 +34,18 @@ _ANTHROPIC_ERR = {
     529: "overloaded_error",
 }
 
-#: A JSON body (``bytes``) or the events of a stream (``list[bytes]``).
-Reply = bytes | list[bytes]
+#: The renderer of a ``Turn`` on each path that answers with one.
+_TURNS = {"/v1/chat/completions": chat, "/v1/messages": messages, "/v1/responses": responses}
 
 
 def error_envelope(status: int, anthropic: bool) -> bytes:
     """The error body the real API of that wire format sends with ``status``."""
-    msg = f"fake error {status}"
+    msg = "Overloaded" if anthropic and status == 529 else f"fake error {status}"
     if anthropic:
         kind = _ANTHROPIC_ERR.get(status, "api_error")
-        return _dumps({"type": "error", "error": {"type": kind, "message": msg}})
+        return dumps({"type": "error", "error": {"type": kind, "message": msg}})
     kind = _OPENAI_ERR.get(status, "server_error")
-    return _dumps({"error": {"message": msg, "type": kind, "param": None, "code": None}})
+    return dumps({"error": {"message": msg, "type": kind, "param": None, "code": None}})
 
 
 #: The method each path answers.
@@ -48,6 +53,7 @@ ROUTES = {
     "/v1/chat/completions": "POST",
     "/v1/messages": "POST",
     "/v1/messages/count_tokens": "POST",
+    "/v1/responses": "POST",
     "/v1/embeddings": "POST",
     "/v1/models": "GET",
 }
@@ -55,53 +61,52 @@ ROUTES = {
 
 @dataclass(frozen=True)
 class Wording:
-    """The reply text: ``text``, or ``prefix`` and the last user message; in ``chunks`` deltas."""
+    """The echo's reply: ``text``, or ``prefix`` and the last user message; every text
+    (tool arguments too) in ``chunks`` deltas."""
 
     text: str | None
     prefix: str
     chunks: int
 
-    def split(self, messages: Any) -> tuple[str, list[str]]:
-        text = self.text
-        if text is None:
-            last = ""
-            for m in reversed(messages if isinstance(messages, list) else []):
-                if isinstance(m, dict) and m.get("role") == "user":
-                    last = _text(m.get("content"))
-                    break
-            text = self.prefix + last
-        size = max(1, -(-len(text) // self.chunks))
-        return text, [text[i : i + size] for i in range(0, len(text), size)] or [""]
+    def turn(self, req: dict[str, Any]) -> Turn:
+        if self.text is not None:
+            return Turn(text=self.text)
+        last = ""
+        for m in reversed(_conversation(req)):
+            if isinstance(m, dict) and m.get("role") == "user":
+                last = _text(m.get("content"))
+                break
+        return Turn(text=self.prefix + last)
 
 
-def answer(path: str, req: dict[str, Any], anthropic_version: bool, wording: Wording) -> Reply:
-    """The normal answer to a request on one of ``ROUTES``, with its method."""
+def answer(
+    path: str,
+    req: dict[str, Any],
+    anthropic_version: bool,
+    wording: Wording,
+    turn: Turn | None = None,
+    error_after: int | None = None,
+) -> Reply:
+    """The answer to a request on one of ``ROUTES``, with its method: ``turn`` (default: the
+    echo), a stream failing after ``error_after`` events if that is set."""
+    render = _TURNS.get(path)
+    if render is not None:
+        turn = turn if turn is not None else wording.turn(req)
+        usage = turn.tokens(_prompt_tokens(req))
+        return render(req, turn, usage, wording.chunks, error_after)
     if path == "/v1/models":
         return _models(anthropic_version)
-    if path == "/v1/chat/completions":
-        return _chat(req, *wording.split(req.get("messages")))
-    if path == "/v1/messages":
-        return _messages(req, *wording.split(req.get("messages")))
     if path == "/v1/messages/count_tokens":
-        return _dumps({"input_tokens": _prompt_tokens(req)})
+        return dumps({"input_tokens": _prompt_tokens(req)})
     return _embeddings(req)
 
 
-def _dumps(data: Any) -> bytes:
-    return json.dumps(data).encode()
-
-
-def _sse(data: Any, event: str | None = None) -> bytes:
-    head = f"event: {event}\n" if event else ""
-    return f"{head}data: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
-
-
-def _event(kind: str, **fields: Any) -> bytes:
-    return _sse({"type": kind, **fields}, kind)
-
-
-def _block(text: str, kind: str = "text") -> dict[str, str]:
-    return {"type": kind, "text": text}
+def _conversation(req: dict[str, Any]) -> list[Any]:
+    """The messages (Chat, Messages) or input items (Responses) of a request."""
+    said = req.get("messages", req.get("input"))
+    if isinstance(said, str):
+        return [{"role": "user", "content": said}]
+    return said if isinstance(said, list) else []
 
 
 def _text(content: Any) -> str:
@@ -112,70 +117,10 @@ def _text(content: Any) -> str:
     return ""
 
 
-def _tokens(text: str) -> int:
-    return max(1, len(text.split()))
-
-
 def _prompt_tokens(req: dict[str, Any]) -> int:
-    texts = [_text(req.get("system"))] + [
-        _text(m.get("content")) for m in req.get("messages") or []
-    ]
-    return _tokens(" ".join(texts))
-
-
-def _chat(req: dict[str, Any], text: str, parts: list[str]) -> Reply:
-    prompt, completion = _prompt_tokens(req), _tokens(text)
-    usage = dict(prompt_tokens=prompt, completion_tokens=completion)
-    usage["total_tokens"] = prompt + completion
-    base: dict[str, Any] = {
-        "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
-        "created": int(time.time()),
-    }
-    base |= {"model": req.get("model", "fake-model"), "system_fingerprint": "fp_fake"}
-    if not req.get("stream"):
-        message = {"role": "assistant", "content": text, "refusal": None}
-        choice = dict(index=0, message=message, logprobs=None, finish_reason="stop")
-        return _dumps({**base, "object": "chat.completion", "choices": [choice], "usage": usage})
-    base["object"] = "chat.completion.chunk"
-    with_usage = bool((req.get("stream_options") or {}).get("include_usage"))
-    if with_usage:
-        base["usage"] = None  # like the real API: null on every chunk but the last one
-
-    def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
-        choice = dict(index=0, delta=delta, logprobs=None, finish_reason=finish)
-        return _sse({**base, "choices": [choice]})
-
-    events = [chunk({"role": "assistant", "content": "", "refusal": None})]
-    events += [chunk({"content": p}) for p in parts] + [chunk({}, "stop")]
-    if with_usage:
-        events.append(_sse({**base, "choices": [], "usage": usage}))
-    return [*events, b"data: [DONE]\n\n"]
-
-
-def _messages(req: dict[str, Any], text: str, parts: list[str]) -> Reply:
-    prompt, completion = _prompt_tokens(req), _tokens(text)
-    msg: dict[str, Any] = {
-        "id": f"msg_{uuid.uuid4().hex[:24]}",
-        "type": "message",
-        "role": "assistant",
-    }
-    msg |= {"model": req.get("model", "fake-model"), "content": [_block(text)]}
-    msg |= {"stop_reason": "end_turn", "stop_sequence": None}
-    msg["usage"] = {"input_tokens": prompt, "output_tokens": completion}
-    if not req.get("stream"):
-        return _dumps(msg)
-    start: dict[str, Any] = {**msg, "content": [], "stop_reason": None}
-    start["usage"] = {"input_tokens": prompt, "output_tokens": 1}
-    end = {"stop_reason": "end_turn", "stop_sequence": None}
-    return [
-        _event("message_start", message=start),
-        _event("content_block_start", index=0, content_block=_block("")),
-        _event("ping"),
-        *(_event("content_block_delta", index=0, delta=_block(p, "text_delta")) for p in parts),
-        _event("content_block_stop", index=0),
-        _event("message_delta", delta=end, usage={"output_tokens": completion}),
-        _event("message_stop"),
-    ]
+    texts = [_text(req.get("system", req.get("instructions")))]
+    texts += [_text(m.get("content")) for m in _conversation(req) if isinstance(m, dict)]
+    return count_tokens(" ".join(texts))
 
 
 def _embeddings(req: dict[str, Any]) -> bytes:
@@ -191,9 +136,9 @@ def _embeddings(req: dict[str, Any]) -> bytes:
         if req.get("encoding_format") == "base64":  # the openai SDK's default!
             embedding = base64.b64encode(struct.pack(f"<{dims}f", *vector)).decode()
         data.append({"object": "embedding", "index": i, "embedding": embedding})
-    n = sum(_tokens(json.dumps(x)) for x in inputs)
+    n = sum(count_tokens(json.dumps(x)) for x in inputs)
     body = {"object": "list", "data": data, "model": req.get("model")}
-    return _dumps({**body, "usage": {"prompt_tokens": n, "total_tokens": n}})
+    return dumps({**body, "usage": {"prompt_tokens": n, "total_tokens": n}})
 
 
 def _models(anthropic: bool) -> bytes:
@@ -202,6 +147,6 @@ def _models(anthropic: bool) -> bytes:
         created = "2025-01-01T00:00:00Z"
         models = [dict(type="model", id=i, display_name=i, created_at=created) for i in ids]
         page = {"has_more": False, "first_id": ids[0], "last_id": ids[-1]}
-        return _dumps({"data": models, **page})
+        return dumps({"data": models, **page})
     data = [dict(id=i, object="model", created=1735689600, owned_by="fake") for i in ids]
-    return _dumps({"object": "list", "data": data})
+    return dumps({"object": "list", "data": data})

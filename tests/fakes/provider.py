@@ -14,10 +14,27 @@ import asyncio
 import socket
 import threading
 
-from benchmarks._scripted import Action, FakeProvider, RecordedRequest, StreamHold
+from benchmarks._scripted import (
+    Action,
+    FakeProvider,
+    RecordedRequest,
+    StreamHold,
+    ToolCall,
+    Turn,
+    TurnUsage,
+)
 from benchmarks._scripted_server import ScriptedProtocol
 
-__all__ = ["Action", "FakeProvider", "FakeProviderServer", "RecordedRequest", "StreamHold"]
+__all__ = [
+    "Action",
+    "FakeProvider",
+    "FakeProviderServer",
+    "RecordedRequest",
+    "StreamHold",
+    "ToolCall",
+    "Turn",
+    "TurnUsage",
+]
 
 _LOOPBACK = "127.0.0.1"
 
