@@ -149,7 +149,7 @@ def test_a_streamed_tool_use_then_its_result(
         tools=[WEATHER_TOOL],
         messages=[
             *ASK,
-            {"role": "assistant", "content": final.content},  # type: ignore[typeddict-item]
+            {"role": "assistant", "content": final.content},
             {
                 "role": "user",
                 "content": [{"type": "tool_result", "tool_use_id": tool_use.id, "content": result}],

@@ -59,7 +59,7 @@ def chat_openai(proxy: ProxyServer, **options: Any) -> ChatOpenAI:
 
 
 def chat_anthropic(proxy: ProxyServer) -> ChatAnthropic:
-    return ChatAnthropic(  # type: ignore[call-arg]
+    return ChatAnthropic(
         base_url=proxy.url + "/llm",
         api_key=SecretStr(CLIENT_KEY),
         model=OPENAI_MODEL,

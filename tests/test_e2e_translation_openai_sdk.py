@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 from pydantic import BaseModel
 
 from tests.e2e_helpers import CLIENT_KEY, TIMEOUT, ProxyServer, RecordingTransport, openai_client
@@ -33,7 +34,7 @@ WEATHER_TOOL: openai.types.chat.ChatCompletionFunctionToolParam = {
         "parameters": WEATHER_SCHEMA,
     },
 }
-ASK = [{"role": "user", "content": "Weather in Paris?"}]
+ASK: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Weather in Paris?"}]
 
 
 @pytest.fixture(scope="module")
