@@ -18,13 +18,13 @@ from tests.e2e_helpers import (
     RecordingTransport,
     anthropic_client,
 )
-from tests.fakes.provider import Action, FakeProvider, FakeProviderServer, Turn
+from tests.fakes.provider import Action, FakeProvider, Turn
 from tests.translation_e2e_helpers import (
     OPENAI_MODEL,
     USAGE,
     WEATHER_SCHEMA,
     sent,
-    serve_translation_proxy,
+    translation_proxy,
     weather_call,
 )
 
@@ -39,12 +39,7 @@ ASK: list[MessageParam] = [{"role": "user", "content": "Weather in Paris?"}]
 THOUGHT = "The user wants the weather. I should answer briefly."
 
 
-@pytest.fixture(scope="module")
-def proxy(
-    fake_server: FakeProviderServer, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[ProxyServer]:
-    with serve_translation_proxy(fake_server.url, tmp_path_factory) as served:
-        yield served
+proxy = pytest.fixture(scope="module", name="proxy")(translation_proxy)
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ what the provider received, translated."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -16,13 +15,13 @@ from langchain_openai import ChatOpenAI
 from pydantic import BaseModel, SecretStr
 
 from tests.e2e_helpers import CLIENT_KEY, TIMEOUT, ProxyServer
-from tests.fakes.provider import Action, FakeProvider, FakeProviderServer, ToolCall, Turn
+from tests.fakes.provider import Action, FakeProvider, ToolCall, Turn
 from tests.translation_e2e_helpers import (
     ANTHROPIC_MODEL,
     OPENAI_MODEL,
     WEATHER_SCHEMA,
     sent,
-    serve_translation_proxy,
+    translation_proxy,
     weather_call,
 )
 
@@ -39,12 +38,7 @@ WEATHER_TOOL = {
 ASK = "Weather in Paris?"
 
 
-@pytest.fixture(scope="module")
-def proxy(
-    fake_server: FakeProviderServer, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[ProxyServer]:
-    with serve_translation_proxy(fake_server.url, tmp_path_factory) as served:
-        yield served
+proxy = pytest.fixture(scope="module", name="proxy")(translation_proxy)
 
 
 def chat_openai(proxy: ProxyServer, **options: Any) -> ChatOpenAI:

@@ -14,14 +14,14 @@ from openai.types.responses import FunctionToolParam
 from pydantic import BaseModel
 
 from tests.e2e_helpers import ProxyServer, RecordingTransport, openai_client
-from tests.fakes.provider import Action, FakeProvider, FakeProviderServer, Turn
+from tests.fakes.provider import Action, FakeProvider, Turn
 from tests.translation_e2e_helpers import (
     ANTHROPIC_MODEL,
     CHAT_ONLY_MODEL,
     USAGE,
     WEATHER_SCHEMA,
     sent,
-    serve_translation_proxy,
+    translation_proxy,
     weather_call,
 )
 
@@ -43,12 +43,7 @@ TARGETS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def proxy(
-    fake_server: FakeProviderServer, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[ProxyServer]:
-    with serve_translation_proxy(fake_server.url, tmp_path_factory) as served:
-        yield served
+proxy = pytest.fixture(scope="module", name="proxy")(translation_proxy)
 
 
 @pytest.fixture

@@ -23,7 +23,13 @@ from tests.e2e_helpers import (
     provider_toml,
     serve_example_app,
 )
-from tests.fakes.provider import FakeProvider, RecordedRequest, ToolCall, TurnUsage
+from tests.fakes.provider import (
+    FakeProvider,
+    FakeProviderServer,
+    RecordedRequest,
+    ToolCall,
+    TurnUsage,
+)
 
 __all__ = [
     "ANTHROPIC_MODEL",
@@ -34,6 +40,7 @@ __all__ = [
     "WEATHER_SCHEMA",
     "sent",
     "serve_translation_proxy",
+    "translation_proxy",
     "weather_call",
 ]
 
@@ -54,6 +61,7 @@ WEATHER_SCHEMA: dict[str, Any] = {
 }
 
 _ONE_ATTEMPT: dict[str, float] = {"max_attempts": 1}
+_TWO_ATTEMPTS: dict[str, float] = {"max_attempts": 2, "backoff_base": 0.0}
 
 
 def weather_call(call_id: str) -> ToolCall:
@@ -62,49 +70,30 @@ def weather_call(call_id: str) -> ToolCall:
 
 
 def _config(fake_url: str, down_url: str | None) -> str:
-    base = f"{fake_url}/v1"
-    providers = [
-        provider_toml(
-            "openai",
-            kind="openai",
-            base_url=base,
-            key_var="FAKE_OPENAI_KEY",
-            models=[OPENAI_MODEL],
-            retry=_ONE_ATTEMPT,
-        ),
-        provider_toml(
-            "openai-chat",
-            kind="openai",
-            base_url=base,
-            key_var="FAKE_OPENAI_KEY",
-            models=[CHAT_ONLY_MODEL],
-            retry=_ONE_ATTEMPT,
-            options="responses_api = false",
-        ),
-        provider_toml(
-            "anthropic",
-            kind="anthropic",
-            base_url=base,
-            key_var="FAKE_ANTHROPIC_KEY",
-            models=[ANTHROPIC_MODEL],
-            retry=_ONE_ATTEMPT,
-        ),
+    # (name, kind, its model, more options, where it is, its retry policy)
+    tables = [
+        ("openai", "openai", OPENAI_MODEL, "", fake_url, _ONE_ATTEMPT),
+        ("openai-chat", "openai", CHAT_ONLY_MODEL, "responses_api = false", fake_url, _ONE_ATTEMPT),
+        ("anthropic", "anthropic", ANTHROPIC_MODEL, "", fake_url, _ONE_ATTEMPT),
     ]
+    models = []
     if down_url is not None:
         # Two attempts for the model, so that its fallback may take the second.
-        down: dict[str, float] = {"max_attempts": 2, "backoff_base": 0.0}
-        providers.append(
-            provider_toml(
-                "openai-down",
-                kind="openai",
-                base_url=f"{down_url}/v1",
-                key_var="FAKE_OPENAI_KEY",
-                models=[DOWN_MODEL],
-                retry=down,
-            )
+        tables.append(("openai-down", "openai", DOWN_MODEL, "", down_url, _TWO_ATTEMPTS))
+        models.append(f'[models."{DOWN_MODEL}"]\nfallbacks = ["{ANTHROPIC_MODEL}"]\n')
+    providers = [
+        provider_toml(
+            name,
+            kind=kind,
+            base_url=f"{url}/v1",
+            key_var=f"FAKE_{kind.upper()}_KEY",
+            models=[model],
+            retry=retry,
+            options=options,
         )
-        providers.append(f'[models."{DOWN_MODEL}"]\nfallbacks = ["{ANTHROPIC_MODEL}"]\n')
-    return config_toml(*providers)
+        for name, kind, model, options, url, retry in tables
+    ]
+    return config_toml(*providers, *models)
 
 
 @contextlib.contextmanager
@@ -115,6 +104,15 @@ def serve_translation_proxy(
     provider on ``down_url``)."""
     with serve_example_app(_config(fake_url, down_url), tmp.mktemp("e2e-translation")) as proxy:
         yield proxy
+
+
+def translation_proxy(
+    fake_server: FakeProviderServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ProxyServer]:
+    """A module's ``proxy`` fixture, without the down provider:
+    ``proxy = pytest.fixture(scope="module", name="proxy")(translation_proxy)``."""
+    with serve_translation_proxy(fake_server.url, tmp_path_factory) as served:
+        yield served
 
 
 def sent(provider: FakeProvider, n: int = 1) -> RecordedRequest:
