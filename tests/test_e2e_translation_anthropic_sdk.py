@@ -99,6 +99,7 @@ def test_usage_converted_in_json(ant: anthropic.Anthropic, provider: FakeProvide
     # OpenAI's prompt_tokens (15) count the cached ones (3 read, 2 written): taken out.
     assert (usage.input_tokens, usage.output_tokens) == (10, 5)
     assert (usage.cache_read_input_tokens, usage.cache_creation_input_tokens) == (3, 2)
+    assert sent(provider).path == "/v1/chat/completions"
 
 
 def test_stream_final_message_with_real_usage(
@@ -260,3 +261,4 @@ def test_a_mid_stream_error_raises_in_the_stream(
         texts.extend(stream.text_stream)
     assert "Overloaded" in raised.value.message
     assert texts, "the error came before any text: the stream was not passed on as it came"
+    assert sent(provider).json["stream"] is True

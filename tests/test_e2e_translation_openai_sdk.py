@@ -108,6 +108,7 @@ def test_usage_converted_in_json(oai: openai.OpenAI, provider: FakeProvider) -> 
     assert (usage.prompt_tokens, usage.completion_tokens, usage.total_tokens) == (15, 5, 20)
     assert usage.prompt_tokens_details is not None
     assert usage.prompt_tokens_details.cached_tokens == 3
+    assert sent(provider).path == "/v1/messages"
 
 
 def test_stream_with_include_usage(oai: openai.OpenAI, provider: FakeProvider) -> None:
@@ -304,6 +305,7 @@ def test_a_mid_stream_error_raises_in_the_stream(
             seen.append(chunk)
     assert "Overloaded" in raised.value.message
     assert seen, "the error came before any chunk: the stream was not passed on as it came"
+    assert sent(provider).json["stream"] is True
 
 
 def test_a_model_fallback_across_kinds(

@@ -168,6 +168,8 @@ def test_a_mid_stream_error_is_response_failed(
     assert kinds[0] == "response.created"
     assert kinds[-1] == "response.failed"
     assert "response.completed" not in kinds
+    got = sent(provider)
+    assert (got.path, got.json["stream"]) == (path, True)
 
 
 REFUSED = [
