@@ -63,8 +63,10 @@ def provider_toml(
     models: list[str],
     fallbacks: list[str] | None = None,
     retry: dict[str, float] | None = None,
+    options: str = "",
 ) -> str:
-    """One ``[providers.<name>]`` table, as a user would write it."""
+    """One ``[providers.<name>]`` table, as a user would write it; ``options``: more of its
+    lines, as TOML (``responses_api = false``)."""
     lines = [
         f"[providers.{name}]",
         f'kind = "{kind}"',
@@ -74,6 +76,8 @@ def provider_toml(
     ]
     if fallbacks:
         lines.append("fallbacks = [" + ", ".join(f'"{f}"' for f in fallbacks) + "]")
+    if options:
+        lines.append(options)
     if retry:
         lines += ["", f"[providers.{name}.retry]"]
         lines += [f"{key} = {value}" for key, value in retry.items()]

@@ -58,14 +58,17 @@ def usage_from_anthropic(usage: Any) -> TokenUsage:
 
 
 def usage_from_chat(usage: Any) -> TokenUsage:
-    """Chat Completions usage (cached tokens inside ``prompt_tokens``)."""
+    """Chat Completions usage (cache reads, ``cached_tokens``, and writes,
+    ``cache_write_tokens``, inside ``prompt_tokens``)."""
     u = _object(usage)
     details = _object(u.get("prompt_tokens_details"))
     prompt = token_count(u.get("prompt_tokens"))
+    cached = min(token_count(details.get("cached_tokens")), prompt)
     return TokenUsage(
         prompt_tokens=prompt,
         completion_tokens=token_count(u.get("completion_tokens")),
-        cached_tokens=min(token_count(details.get("cached_tokens")), prompt),
+        cached_tokens=cached,
+        cache_creation_tokens=min(token_count(details.get("cache_write_tokens")), prompt - cached),
     )
 
 
