@@ -107,12 +107,13 @@ def test_anthropic_usage_totals_survive_both_ways(
     message = {"type": "message", "content": [], "stop_reason": "end_turn", "usage": usage}
     chat, counted = messages_response_to_chat(message)
     assert chat["usage"]["prompt_tokens"] == fresh + read + written == counted.prompt_tokens
-    assert chat["usage"]["prompt_tokens_details"]["cached_tokens"] == read
+    assert chat["usage"]["prompt_tokens_details"] == {
+        "cached_tokens": read,
+        "cache_write_tokens": written,
+    }
     assert chat["usage"]["total_tokens"] == fresh + read + written + output
     again, recounted = chat_response_to_messages(chat)
-    anthropic = again["usage"]
-    assert anthropic["cache_read_input_tokens"] == read
-    assert anthropic["input_tokens"] + read == fresh + read + written
+    assert again["usage"] == usage
     assert recounted.prompt_tokens + recounted.completion_tokens == chat["usage"]["total_tokens"]
 
 
@@ -137,4 +138,5 @@ def test_chat_usage_totals_survive_both_ways(
     assert anthropic["cache_read_input_tokens"] == cached
     assert anthropic["output_tokens"] == completion
     chat, _ = messages_response_to_chat(message)
-    assert chat["usage"] == {**usage, "prompt_tokens_details": {"cached_tokens": cached}}
+    details = {"cached_tokens": cached, "cache_write_tokens": 0}
+    assert chat["usage"] == {**usage, "prompt_tokens_details": details}
