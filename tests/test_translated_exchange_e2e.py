@@ -5,7 +5,6 @@ its own model."""
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Iterator
 
@@ -42,9 +41,8 @@ def proxy(
     )
     models = f'[models."{FALLBACK_FROM}"]\nfallbacks = ["{ANTHROPIC_MODEL}"]\n'
     config = config_toml(*providers, models)
-    with contextlib.ExitStack() as stack:
-        served = serve_example_app(config, tmp_path_factory.mktemp("e2e-translated"))
-        yield stack.enter_context(served)
+    with serve_example_app(config, tmp_path_factory.mktemp("e2e-translated")) as served:
+        yield served
 
 
 @pytest.fixture
