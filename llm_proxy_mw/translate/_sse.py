@@ -6,7 +6,9 @@ a CRLF pair may be cut anywhere. It keeps only the unfinished event, bounded
 (``max_event_bytes``, past it an ``UpstreamProtocolError``), so a stream of any length costs
 flat memory. Comments, ``event:``/``id:``/``retry:`` fields and data that is not a JSON
 object are dropped (every API here names its events inside their data); OpenAI's
-``data: [DONE]`` ends the stream (``done``).
+``data: [DONE]`` ends the stream (``done``). ``feed_data`` hands over each event's raw
+``data`` instead, for a translator's byte-level fast path (``parse_data`` is what ``feed``
+makes of it).
 """
 
 from __future__ import annotations
@@ -17,7 +19,14 @@ from llm_proxy_mw.apis import Api
 from llm_proxy_mw.errors import UpstreamProtocolError
 from llm_proxy_mw.translate._codec import Json
 
-__all__ = ["DONE_FRAME", "MAX_EVENT_BYTES", "SseParser", "compact_json", "frame_events"]
+__all__ = [
+    "DONE_FRAME",
+    "MAX_EVENT_BYTES",
+    "SseParser",
+    "compact_json",
+    "frame_events",
+    "parse_data",
+]
 
 #: An upstream event larger than this is refused: no real one comes near it.
 MAX_EVENT_BYTES = 4 * 1024 * 1024
@@ -38,6 +47,14 @@ class SseParser:
 
     def feed(self, chunk: bytes) -> list[Json]:
         """The events that ``chunk`` completed, in order."""
+        return _parsed(self.feed_data(chunk))
+
+    def close(self) -> list[Json]:
+        """The last event, when the body ended without the blank line that ends it."""
+        return _parsed(self.close_data())
+
+    def feed_data(self, chunk: bytes) -> list[bytes]:
+        """The ``data`` of each event that ``chunk`` completed, in order, unparsed."""
         data = self._rest + chunk if self._rest else chunk
         if b"\r" in data:
             # A CR at the very end may be the first half of a CRLF: it waits for the next read.
@@ -50,15 +67,15 @@ class SseParser:
         if len(rest) > self._max:
             raise UpstreamProtocolError(f"An upstream event exceeds {self._max} bytes.")
         self._rest = rest
-        return self._events(blocks)
+        return self._datas(blocks)
 
-    def close(self) -> list[Json]:
-        """The last event, when the body ended without the blank line that ends it."""
+    def close_data(self) -> list[bytes]:
+        """The last event's ``data``, when the body ended without the blank line that ends it."""
         rest, self._rest = self._rest.rstrip(b"\r\n"), b""
-        return self._events([rest]) if rest else []
+        return self._datas([rest]) if rest else []
 
-    def _events(self, blocks: list[bytes]) -> list[Json]:
-        events: list[Json] = []
+    def _datas(self, blocks: list[bytes]) -> list[bytes]:
+        datas: list[bytes] = []
         for block in blocks:
             if self.done:
                 break
@@ -68,14 +85,23 @@ class SseParser:
             if data == b"[DONE]":
                 self.done = True
                 break
-            try:
-                # SSE is UTF-8: decoding here spares json.loads its encoding detection.
-                event = json.loads(data.decode())
-            except ValueError:
-                continue  # not JSON: nothing a translator could use
-            if isinstance(event, dict):
-                events.append(event)
-        return events
+            datas.append(data)
+        return datas
+
+
+def parse_data(data: bytes) -> Json | None:
+    """An event's ``data`` as its JSON object; None for anything else (nothing a translator
+    could use)."""
+    try:
+        # SSE is UTF-8: decoding here spares json.loads its encoding detection.
+        event = json.loads(data.decode())
+    except ValueError:
+        return None
+    return event if isinstance(event, dict) else None
+
+
+def _parsed(datas: list[bytes]) -> list[Json]:
+    return [event for data in datas if (event := parse_data(data)) is not None]
 
 
 def _data_of(block: bytes) -> bytes | None:
