@@ -53,14 +53,17 @@ def run(
     cuts: list[int] | None = None,
     failure: errors.ProxyError | None = None,
 ) -> Run:
-    """The provider's SSE ``body`` (read in pieces cut at ``cuts``) through the codec's
-    translator, as the exchange drives it, with or without the fast path."""
+    """The provider's SSE ``body`` (read in pieces cut at ``cuts``, else one event per read)
+    through the codec's translator, as the exchange drives it, with or without the fast
+    path."""
     client = direction[0]
     translator = CODECS[direction].stream(request)
     parser = SseParser()
     result = Run()
     framed = b""
-    bounds = [0, *sorted(cuts or []), len(body)]
+    if cuts is None:
+        cuts = [i + 2 for i in range(len(body)) if body.startswith(b"\n\n", i)]
+    bounds = [0, *sorted(cuts), len(body)]
     for start, end in zip(bounds, bounds[1:], strict=False):
         for data in parser.feed_data(body[start:end]):
             out = translator.feed_raw(data) if fast else None
@@ -111,6 +114,36 @@ def test_every_golden_stream_gives_the_same_events_both_ways(
     error = None if failure is None else getattr(errors, failure["error"])(failure["message"])
     fast = both(direction, case["client_request"], body, failure=error)
     assert fast.events  # the client got its stream
+
+
+_BLOCKS = [
+    b'data: {"a":1}',
+    b'data:{"a":2}',
+    b'event: x\ndata: {"a":3}',
+    b'event: x\ndata:{"a":4}',
+    b"event:x\ndata: {",
+    b'data: {"a":\ndata: 5}',
+    b'event: x\ndata: {"a":\ndata: 6}',
+    b"event: x",
+    b": a comment",
+    b"",
+    b"data: [DONE]",
+    b'data: {"a":7}\r',
+]
+
+
+@given(st.lists(st.sampled_from(_BLOCKS), max_size=8), st.sampled_from([b"\n", b"\r\n"]))
+def test_the_parser_reads_one_event_per_read_as_it_reads_them_all(
+    blocks: list[bytes], newline: bytes
+) -> None:
+    """One event per read, its data as the fast path gets it, parses as a whole stream."""
+    events = [block.replace(b"\n", newline) + newline + newline for block in blocks]
+    parser = SseParser()
+    one_by_one = []
+    for event in events:
+        if not parser.done:
+            one_by_one += [e for d in parser.feed_data(event) if (e := parse_data(d)) is not None]
+    assert one_by_one == SseParser().feed(b"".join(events))
 
 
 # Streams whose deltas are any text, sent as the test draws it.

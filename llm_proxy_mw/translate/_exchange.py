@@ -120,11 +120,18 @@ async def _relay_stream(
     """Each upstream read's events translated and sent at once, then the closing events."""
     parser = SseParser()
     relay = _Relay(translator, client)
+    raw = relay.raw
     headers.append(_SSE_TYPE)
     await send({"type": "http.response.start", "status": response.status, "headers": headers})
     try:
         while not parser.done and (chunk := await response.read_chunk()):
-            body = relay.body(parser.feed_data(chunk))
+            datas = parser.feed_data(chunk)
+            if len(datas) == 1:  # the usual read: one event, most often a delta
+                body = raw(datas[0])
+                if body is None:
+                    body = relay.slow(datas[0])
+            else:
+                body = relay.body(datas)
             if body:
                 await send({"type": "http.response.body", "body": body, "more_body": True})
         out = _fed(translator, parser.close()) + translator.finish()
@@ -145,24 +152,20 @@ async def _relay_stream(
 
 class _Relay:
     """Each upstream event's data as the client's framed events: by the translator's fast
-    path when it takes the event, else parsed, fed and framed."""
+    path (``raw``) when it takes the event, else parsed, fed and framed (``slow``)."""
 
-    __slots__ = ("_translator", "_client", "_raw")
+    __slots__ = ("raw", "_translator", "_client")
 
     def __init__(self, translator: StreamTranslator, client: Api) -> None:
+        self.raw: Callable[[bytes], bytes | None] = getattr(translator, "feed_raw", _no_raw)
         self._translator = translator
         self._client = client
-        self._raw: Callable[[bytes], bytes | None] = getattr(translator, "feed_raw", _no_raw)
 
     def body(self, datas: list[bytes]) -> bytes:
-        if len(datas) == 1:  # the usual read: one event
-            return self._one(datas[0])
-        return b"".join([self._one(data) for data in datas])
+        raw = self.raw
+        return b"".join([body if (body := raw(d)) is not None else self.slow(d) for d in datas])
 
-    def _one(self, data: bytes) -> bytes:
-        framed = self._raw(data)
-        if framed is not None:
-            return framed
+    def slow(self, data: bytes) -> bytes:
         event = parse_data(data)
         if event is None:
             return b""

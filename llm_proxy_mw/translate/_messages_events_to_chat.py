@@ -24,8 +24,8 @@ from llm_proxy_mw.translate._raw_deltas import (
     ARGUMENTS,
     REASONING,
     TEXT,
+    AnthropicDeltaLayout,
     RawDelta,
-    anthropic_delta,
 )
 from llm_proxy_mw.wire import WireFormat, error_json
 
@@ -65,6 +65,7 @@ class MessagesEventsToChat:
         "_finished",
         "_done",
         "_head",
+        "_layout",
     )
 
     def __init__(self, request: Json) -> None:
@@ -81,6 +82,7 @@ class MessagesEventsToChat:
         self._finished = False  # the finish chunk went out
         self._done = False  # the last chunk went out, or the error
         self._head = b""  # a framed chunk up to its delta, once the id is known
+        self._layout = AnthropicDeltaLayout()
 
     def feed(self, event: Json) -> list[Json]:
         event_type = event.get("type")
@@ -126,7 +128,7 @@ class MessagesEventsToChat:
         the thinking block's; the state changes as ``feed`` would change it."""
         if self._done or not self._id:
             return None
-        delta = anthropic_delta(data)
+        delta = self._layout.delta(data)
         if delta is None:
             return None
         kind, index, literal, text = delta

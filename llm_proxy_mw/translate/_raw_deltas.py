@@ -19,7 +19,7 @@ import json
 import json.decoder
 from collections.abc import Callable
 
-__all__ = ["ARGUMENTS", "REASONING", "TEXT", "ChatChunkLayout", "RawDelta", "anthropic_delta"]
+__all__ = ["ARGUMENTS", "REASONING", "TEXT", "AnthropicDeltaLayout", "ChatChunkLayout", "RawDelta"]
 
 #: What a delta carries: answer text, thinking text, or a fragment of a tool call's arguments.
 TEXT, REASONING, ARGUMENTS = 0, 1, 2
@@ -42,23 +42,46 @@ _ANTHROPIC_KINDS = {
 }
 
 
-def anthropic_delta(data: bytes) -> RawDelta | None:
-    """A ``content_block_delta`` event's text, thinking or tool input, from its raw data."""
-    if not data.startswith(_ANTHROPIC_HEAD) or not data.endswith(b'"}}'):
-        return None
-    start = len(_ANTHROPIC_HEAD)
-    comma = data.find(_ANTHROPIC_DELTA, start)
-    index = _index(data, start, comma)
-    if index is None:
-        return None
-    name_start = comma + len(_ANTHROPIC_DELTA)
-    name_end = data.find(b'"', name_start)
-    known = _ANTHROPIC_KINDS.get(data[name_start:name_end])
-    if known is None or not data.startswith(known[0], name_end):
-        return None
-    literal = data[name_end + len(known[0]) : -2]
-    text = _checked(literal)
-    return None if text is None else (known[1], index, literal, text)
+class AnthropicDeltaLayout:
+    """Recognises one stream's ``content_block_delta`` events. Deltas come in runs to one
+    block, so the head of the last one recognised (up to its text) is kept, and a delta to
+    the same block is one comparison away from its literal."""
+
+    __slots__ = ("_head", "_kind", "_index")
+
+    def __init__(self) -> None:
+        self._head = b"-"  # no event starts so
+        self._kind = TEXT
+        self._index = 0
+
+    def delta(self, data: bytes) -> RawDelta | None:
+        """A ``content_block_delta`` event's text, thinking or tool input, from its raw
+        data."""
+        if not data.startswith(self._head) and not self._learn(data):
+            return None
+        if not data.endswith(b"}}"):
+            return None
+        literal = data[len(self._head) : -2]
+        text = _checked(literal)
+        return None if text is None else (self._kind, self._index, literal, text)
+
+    def _learn(self, data: bytes) -> bool:
+        """Whether ``data`` starts as a delta event does; if so its head is kept."""
+        if not data.startswith(_ANTHROPIC_HEAD):
+            return False
+        start = len(_ANTHROPIC_HEAD)
+        comma = data.find(b",", start)
+        index = _index(data, start, comma)
+        if index is None or not data.startswith(_ANTHROPIC_DELTA, comma):
+            return False
+        name_start = comma + len(_ANTHROPIC_DELTA)
+        name_end = data.find(b'"', name_start)
+        known = _ANTHROPIC_KINDS.get(data[name_start:name_end])
+        if known is None or not data.startswith(known[0], name_end):
+            return False
+        self._head = data[: name_end + len(known[0])]
+        self._kind, self._index = known[1], index
+        return True
 
 
 _CHOICES = b',"choices":[{"index":0,"delta":{'
@@ -99,15 +122,23 @@ _OBFUSCATION = ',"obfuscation":"'
 class ChatChunkLayout:
     """Recognises one stream's ``chat.completion.chunk`` deltas. What comes before
     ``choices`` (id, object, created, model, fingerprint) is the same in every chunk of a
-    stream: it is checked once, by the ``json`` parser, and then compared."""
+    stream: it is checked once, by the ``json`` parser, and then compared. Deltas come in
+    runs of one kind, so the last one's bytes around its literal are kept too."""
 
-    __slots__ = ("_prefix",)
+    __slots__ = ("_prefix", "_head", "_tail", "_kind", "_index")
 
     def __init__(self) -> None:
         self._prefix = b""
+        self._head = self._tail = b"-"  # no chunk starts so
+        self._kind = TEXT
+        self._index = 0
 
     def delta(self, data: bytes) -> RawDelta | None:
         """The chunk's one text, reasoning or tool-argument delta, from its raw data."""
+        if data.startswith(self._head) and data.endswith(self._tail):
+            literal = data[len(self._head) : len(data) - len(self._tail)]
+            text = _checked(literal)
+            return None if text is None else (self._kind, self._index, literal, text)
         split = data.find(_CHOICES)
         if split < 0:
             return None
@@ -121,11 +152,35 @@ class ChatChunkLayout:
             index = _index(data, pos + len(_CHAT_CALL), comma)
             if index is None:
                 return None
-            return _chat_literal(data, comma + len(_CHAT_ARGUMENTS), ARGUMENTS, index)
+            return self._learn(data, comma + len(_CHAT_ARGUMENTS), ARGUMENTS, index)
         for head, kind in _CHAT_DELTAS:
             if data.startswith(head, pos):
-                return _chat_literal(data, pos + len(head), kind, 0)
+                return self._learn(data, pos + len(head), kind, 0)
         return None
+
+    def _learn(self, data: bytes, start: int, kind: int, index: int) -> RawDelta | None:
+        """The delta whose literal starts at ``start``, if the chunk ends as a delta chunk
+        does; if so, the bytes around the literal are kept."""
+        if data[start : start + 1] != b'"':
+            return None
+        try:
+            rest = data[start:].decode()
+            text, end = _scanstring(rest, 1)
+        except ValueError:
+            return None
+        tail = rest[end:]
+        ends = _ARGUMENTS_ENDS if kind == ARGUMENTS else _TEXT_ENDS
+        if tail not in ends:
+            cut = tail.rfind(_OBFUSCATION)
+            noise = tail[cut + len(_OBFUSCATION) : -2]
+            if cut < 0 or not tail.endswith('"}') or not (noise.isascii() and noise.isalnum()):
+                return None
+            if tail[:cut] + "}" not in ends:
+                return None
+        literal_end = len(data) - len(tail)
+        self._head, self._tail = data[:start], data[literal_end:]
+        self._kind, self._index = kind, index
+        return kind, index, data[start:literal_end], text
 
 
 def _plain_members(head: bytes) -> bool:
@@ -136,27 +191,6 @@ def _plain_members(head: bytes) -> bool:
     except ValueError:
         return False
     return isinstance(members, dict) and not (members.keys() & _READ_KEYS)
-
-
-def _chat_literal(data: bytes, start: int, kind: int, index: int) -> RawDelta | None:
-    """The delta whose literal starts at ``start``, if the chunk ends as a delta chunk does."""
-    if data[start : start + 1] != b'"':
-        return None
-    try:
-        rest = data[start:].decode()
-        text, end = _scanstring(rest, 1)
-    except ValueError:
-        return None
-    tail = rest[end:]
-    ends = _ARGUMENTS_ENDS if kind == ARGUMENTS else _TEXT_ENDS
-    if tail not in ends:
-        cut = tail.rfind(_OBFUSCATION)
-        noise = tail[cut + len(_OBFUSCATION) : -2]
-        if cut < 0 or not tail.endswith('"}') or not (noise.isascii() and noise.isalnum()):
-            return None
-        if tail[:cut] + "}" not in ends:
-            return None
-    return kind, index, data[start : len(data) - len(tail)], text
 
 
 def _index(data: bytes, start: int, end: int) -> int | None:

@@ -55,6 +55,17 @@ class SseParser:
 
     def feed_data(self, chunk: bytes) -> list[bytes]:
         """The ``data`` of each event that ``chunk`` completed, in order, unparsed."""
+        if not self._rest and not self.done and chunk.endswith(b"\n\n") and b"\r" not in chunk:
+            # The usual read: one whole event, its one data line and maybe its name line.
+            end = len(chunk) - 2
+            first = chunk.find(b"\n")
+            data = None
+            if first == end and chunk.startswith(b"data: "):
+                data = chunk[6:end]
+            elif chunk.startswith(b"event:") and chunk.find(b"\n", first + 1) == end:
+                data = chunk[first + 7 : end] if chunk.startswith(b"data: ", first + 1) else None
+            if data is not None and data != b"[DONE]":
+                return [data]
         data = self._rest + chunk if self._rest else chunk
         if b"\r" in data:
             # A CR at the very end may be the first half of a CRLF: it waits for the next read.
