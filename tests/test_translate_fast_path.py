@@ -25,6 +25,7 @@ from llm_proxy_mw.translate import _messages_events_to_chat as messages_events_t
 from llm_proxy_mw.translate._codec import Json
 from llm_proxy_mw.translate._sse import SseParser, compact_json, frame_events, parse_data
 from tests.goldens import GOLDENS
+from tests.test_translate_chat_messages_stream import anthropic_stream as anthropic_events
 
 _APIS = {"chat": Api.CHAT, "messages": Api.MESSAGES, "responses": Api.RESPONSES}
 
@@ -172,19 +173,7 @@ def literal(text: str, how: str) -> bytes:
 def anthropic_stream(pieces: list[tuple[int, bytes]]) -> bytes:
     """A thinking block (0), a text block (1) and a tool call (2), each fed by the pieces
     of its kind (0: thinking, 1: text, 2: tool input), interleaved as drawn."""
-    start = {
-        "type": "message_start",
-        "message": {
-            "id": "msg_1",
-            "type": "message",
-            "role": "assistant",
-            "model": "claude",
-            "content": [],
-            "stop_reason": None,
-            "stop_sequence": None,
-            "usage": {"input_tokens": 3, "output_tokens": 1},
-        },
-    }
+    start = anthropic_events("tool_use")[0]  # message_start
     blocks = [
         {"type": "thinking", "thinking": "", "signature": ""},
         {"type": "text", "text": ""},

@@ -59,11 +59,15 @@ class AnthropicDeltaLayout:
         data."""
         if not data.startswith(self._head) and not self._learn(data):
             return None
-        if not data.endswith(b"}}"):
-            return None
         literal = data[len(self._head) : -2]
-        text = _checked(literal)
-        return None if text is None else (self._kind, self._index, literal, text)
+        if not data.endswith(b'"}}') or literal[:1] != b'"':
+            return None
+        try:  # _checked, inline: this is the stream's hottest line
+            source = literal.decode()
+            text, end = _scanstring(source, 1)
+        except ValueError:
+            return None
+        return (self._kind, self._index, literal, text) if end == len(source) else None
 
     def _learn(self, data: bytes) -> bool:
         """Whether ``data`` starts as a delta event does; if so its head is kept."""
