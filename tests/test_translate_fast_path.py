@@ -351,6 +351,9 @@ def test_the_fast_path_takes_the_chat_providers_own_chunks(layout: str) -> None:
 
 
 ODD_ANTHROPIC = [
+    b'"x"',
+    b'-"x"}}',
+    b'{"x"}}',
     b'{"type": "content_block_delta", "index": 1, "delta": {"type": "text_delta", "text": "x"}}',
     b'{"index":1,"type":"content_block_delta","delta":{"type":"text_delta","text":"x"}}',
     b'{"type":"content_block_delta","index":01,"delta":{"type":"text_delta","text":"x"}}',
@@ -382,6 +385,9 @@ def test_odd_anthropic_layouts_take_the_usual_path(odd: bytes) -> None:
 
 
 ODD_CHAT = [
+    b'"x"',
+    b'-"x"-',
+    b'{"x"}',
     b'{"id":"c","choices":[{"index":0,"delta":{"content":"x"},"finish_reason":null}],"choices":[]}',
     b'{"id":"c","usage":{"prompt_tokens":5},"choices":[{"index":0,"delta":{"content":"x"}}]}',
     b'{"id":"c","\\u0075sage":{"prompt_tokens":5},"choices":[{"index":0,"delta":{"content":"x"}}]}',
@@ -410,3 +416,20 @@ def test_odd_chat_layouts_take_the_usual_path(odd: bytes) -> None:
         for data in datas[:3]:
             translator.feed(json.loads(data))
         assert translator.feed_raw(odd) is None  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("garbage", [b"", b'"x"', b'-"x"}}', b'-"x"-', b'{"x"}}', b'{"x"}', b"-"])
+def test_a_fresh_layout_takes_nothing_for_granted(garbage: bytes) -> None:
+    """Before a stream's first delta, no remembered layout lets garbage through."""
+    anthropic = [compact_json(e) for e in anthropic_events("end_turn")[:2]]  # text block 0
+    chat = _layout_datas("vllm", [b'{"content":"x"}'])[:2]
+    for direction, datas in (
+        (CHAT_TO_MESSAGES, anthropic),
+        (RESPONSES_TO_MESSAGES, anthropic),
+        (MESSAGES_TO_CHAT, chat),
+        (RESPONSES_TO_CHAT, chat),
+    ):
+        translator = CODECS[direction].stream(REQUESTS[direction[0]])
+        for data in datas:
+            translator.feed(json.loads(data))
+        assert translator.feed_raw(garbage) is None  # type: ignore[attr-defined]

@@ -37,6 +37,7 @@ _TEXT, _THINKING, _TOOL = 0, 1, 2
 #: The block each kind of raw delta belongs in.
 _BLOCK_OF = {TEXT: _TEXT, REASONING: _THINKING, ARGUMENTS: _TOOL}
 _CHUNK_END = b',"finish_reason":null}]}\n\n'
+_TEXT_END = b"}" + _CHUNK_END
 
 
 def _str(value: Any) -> str:
@@ -65,6 +66,7 @@ class MessagesEventsToChat:
         "_finished",
         "_done",
         "_head",
+        "_text_head",
         "_layout",
     )
 
@@ -82,6 +84,7 @@ class MessagesEventsToChat:
         self._finished = False  # the finish chunk went out
         self._done = False  # the last chunk went out, or the error
         self._head = b""  # a framed chunk up to its delta, once the id is known
+        self._text_head = b""  # and up to a text delta's text
         self._layout = AnthropicDeltaLayout()
 
     def feed(self, event: Json) -> list[Json]:
@@ -114,7 +117,7 @@ class MessagesEventsToChat:
         if not text:
             return b""
         if kind == TEXT:
-            return self._head + b'{"content":' + literal + b"}" + _CHUNK_END
+            return self._text_head + literal + _TEXT_END
         number = str(index).encode()
         if kind == ARGUMENTS:
             call = b'{"tool_calls":[{"index":' + number + b',"function":{"arguments":'
@@ -195,6 +198,7 @@ class MessagesEventsToChat:
                 b',"choices":[{"index":0,"delta":',
             )
         )
+        self._text_head = self._head + b'{"content":'
         return [self._chunk({"role": "assistant"})]  # content stays null for a tool call
 
     def _count_usage(self, usage: Any) -> None:

@@ -47,10 +47,12 @@ class AnthropicDeltaLayout:
     block, so the head of the last one recognised (up to its text) is kept, and a delta to
     the same block is one comparison away from its literal."""
 
-    __slots__ = ("_head", "_kind", "_index")
+    __slots__ = ("_head", "_start", "_kind", "_index")
 
     def __init__(self) -> None:
-        self._head = b"-"  # no event starts so
+        # A head that is right for any stream (untrusted data may start with anything).
+        self._head = _ANTHROPIC_HEAD + b'0,"delta":{"type":"text_delta","text":'
+        self._start = len(self._head)  # where the literal starts
         self._kind = TEXT
         self._index = 0
 
@@ -59,9 +61,10 @@ class AnthropicDeltaLayout:
         data."""
         if not data.startswith(self._head) and not self._learn(data):
             return None
-        literal = data[len(self._head) : -2]
-        if not data.endswith(b'"}}') or literal[:1] != b'"':
+        start = self._start
+        if not data.endswith(b'"}}') or data[start] != 34:  # the literal's opening quote
             return None
+        literal = data[start:-2]
         try:  # _checked, inline: this is the stream's hottest line
             source = literal.decode()
             text, end = _scanstring(source, 1)
@@ -83,7 +86,8 @@ class AnthropicDeltaLayout:
         known = _ANTHROPIC_KINDS.get(data[name_start:name_end])
         if known is None or not data.startswith(known[0], name_end):
             return False
-        self._head = data[: name_end + len(known[0])]
+        self._start = name_end + len(known[0])
+        self._head = data[: self._start]
         self._kind, self._index = known[1], index
         return True
 
@@ -133,13 +137,13 @@ class ChatChunkLayout:
 
     def __init__(self) -> None:
         self._prefix = b""
-        self._head = self._tail = b"-"  # no chunk starts so
+        self._head = self._tail = b""  # none yet (a delta's tail never is empty)
         self._kind = TEXT
         self._index = 0
 
     def delta(self, data: bytes) -> RawDelta | None:
         """The chunk's one text, reasoning or tool-argument delta, from its raw data."""
-        if data.startswith(self._head) and data.endswith(self._tail):
+        if self._tail and data.startswith(self._head) and data.endswith(self._tail):
             literal = data[len(self._head) : len(data) - len(self._tail)]
             text = _checked(literal)
             return None if text is None else (self._kind, self._index, literal, text)
