@@ -179,7 +179,7 @@ def anthropic_stream(pieces: list[tuple[int, bytes]]) -> bytes:
         {"type": "text", "text": ""},
         {"type": "tool_use", "id": "toolu_1", "name": "f", "input": {}},
     ]
-    datas = [compact_json(start)]
+    datas = [compact_json(start), b'{"type":"ping"}']
     datas += [
         compact_json({"type": "content_block_start", "index": i, "content_block": b})
         for i, b in enumerate(blocks)
@@ -274,7 +274,9 @@ def test_a_raw_literal_is_taken_only_when_it_is_json(text: str) -> None:
         valid = isinstance(json.loads(raw), str)
     except ValueError:
         valid = False
-    assert fast.hits == (1 if valid else 0)
+    # the text if it is JSON; the stops of the thinking and text blocks (not the tool
+    # call's, which took no input: it gets arguments then)
+    assert fast.hits == (1 if valid else 0) + 2 + 1  # and the ping
 
 
 # The real providers' byte layouts, and odd ones.
@@ -292,12 +294,13 @@ def test_the_fast_path_takes_anthropics_own_deltas() -> None:
     assert all(d in body for d in ANTHROPIC_REAL)
     for direction in (CHAT_TO_MESSAGES, RESPONSES_TO_MESSAGES):
         fast = both(direction, REQUESTS[direction[0]], body)
-        # the text and tool input, and the thinking once its item's summary part is open
-        assert fast.hits == (3 if direction == CHAT_TO_MESSAGES else 1)
+        # the text and tool input, and the thinking once its item's summary part is open;
+        # the three blocks' stops, the ping
+        assert fast.hits == (3 if direction == CHAT_TO_MESSAGES else 1) + 3 + 1
     # three of each: the first thinking and text deltas open their items, the tool call's
     # item opened with its block
     more = anthropic_stream([(k, b'"x"') for k in (0, 1, 2) for _ in range(3)])
-    assert both(RESPONSES_TO_MESSAGES, REQUESTS[Api.RESPONSES], more).hits == 2 + 2 + 3
+    assert both(RESPONSES_TO_MESSAGES, REQUESTS[Api.RESPONSES], more).hits == 2 + 2 + 3 + 3 + 1
 
 
 #: A chunk as OpenAI, vLLM and Ollama write them: what precedes ``choices`` and what
@@ -351,6 +354,10 @@ def test_the_fast_path_takes_the_chat_providers_own_chunks(layout: str) -> None:
 
 
 ODD_ANTHROPIC = [
+    b'{"type":"content_block_stop","index":2}',  # the tool call's, which took no input
+    b'{"type":"content_block_stop","index":01}',
+    b'{"type":"content_block_stop","index":1,"x":{}}',
+    b'{"type":"ping"} ',
     b'"x"',
     b'-"x"}}',
     b'{"x"}}',

@@ -126,10 +126,13 @@ class _Chained:
         return self._first.usage
 
     def feed_raw(self, data: bytes) -> bytes | None:
-        """A raw delta event, when both stages take their fast path."""
+        """A raw delta event, when both stages take their fast path; an event the first
+        stage is quiet about."""
         delta = self._first.hub_delta(data)
+        if delta is None:
+            return b"" if self._first.quiet(data) else None
         # The first stage's state is as feed leaves it: if the second declines, feed does it.
-        return None if delta is None else self._second.feed_delta(delta)
+        return self._second.feed_delta(delta)
 
     def feed(self, event: Json) -> list[Json]:
         hub_events = self._first.feed(event)

@@ -22,10 +22,12 @@ from llm_proxy_mw.translate._codec import Json, TokenUsage
 from llm_proxy_mw.translate._mappings import STOP_TO_FINISH, chat_usage, usage_from_anthropic
 from llm_proxy_mw.translate._raw_deltas import (
     ARGUMENTS,
+    PING,
     REASONING,
     TEXT,
     AnthropicDeltaLayout,
     RawDelta,
+    block_stop_index,
 )
 from llm_proxy_mw.wire import WireFormat, error_json
 
@@ -112,7 +114,7 @@ class MessagesEventsToChat:
         (empty when the slow path sends nothing); None for any other event."""
         delta = self.hub_delta(data)
         if delta is None:
-            return None
+            return b"" if self.quiet(data) else None
         kind, index, literal, text = delta
         if not text:
             return b""
@@ -141,6 +143,14 @@ class MessagesEventsToChat:
         if kind == ARGUMENTS and text:
             self._argless_tool = -1
         return kind, block[1], literal, text
+
+    def quiet(self, data: bytes) -> bool:
+        """Whether ``feed`` would send nothing for a raw event and change nothing: a ping,
+        a block's stop (but that of a tool call that took no input)."""
+        if data == PING:
+            return True
+        index = block_stop_index(data)
+        return index is not None and index != self._argless_tool
 
     def finish(self) -> list[Json]:
         if self._done:

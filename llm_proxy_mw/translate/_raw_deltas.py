@@ -19,7 +19,16 @@ import json
 import json.decoder
 from collections.abc import Callable
 
-__all__ = ["ARGUMENTS", "REASONING", "TEXT", "AnthropicDeltaLayout", "ChatChunkLayout", "RawDelta"]
+__all__ = [
+    "ARGUMENTS",
+    "PING",
+    "REASONING",
+    "TEXT",
+    "AnthropicDeltaLayout",
+    "ChatChunkLayout",
+    "RawDelta",
+    "block_stop_index",
+]
 
 #: What a delta carries: answer text, thinking text, or a fragment of a tool call's arguments.
 TEXT, REASONING, ARGUMENTS = 0, 1, 2
@@ -33,6 +42,9 @@ RawDelta = tuple[int, int, bytes, str]
 _scanstring: Callable[[str, int], tuple[str, int]] = json.decoder.scanstring  # type: ignore[attr-defined]
 
 _ANTHROPIC_HEAD = b'{"type":"content_block_delta","index":'
+_ANTHROPIC_STOP = b'{"type":"content_block_stop","index":'
+#: Anthropic's keep-alive event, as it sends it.
+PING = b'{"type":"ping"}'
 _ANTHROPIC_DELTA = b',"delta":{"type":"'
 #: Anthropic's delta types, and what follows each type's name up to its text.
 _ANTHROPIC_KINDS = {
@@ -90,6 +102,13 @@ class AnthropicDeltaLayout:
         self._head = data[: self._start]
         self._kind, self._index = known[1], index
         return True
+
+
+def block_stop_index(data: bytes) -> int | None:
+    """The index of a ``content_block_stop`` event, from its raw data."""
+    if not data.startswith(_ANTHROPIC_STOP) or not data.endswith(b"}"):
+        return None
+    return _index(data, len(_ANTHROPIC_STOP), len(data) - 1)
 
 
 _CHOICES = b',"choices":[{"index":0,"delta":{'
