@@ -197,17 +197,9 @@ class MessagesEventsToChat:
         self._model = _str(message.get("model")) or self._model
         self._created = int(time.time())
         self._count_usage(message.get("usage"))
-        self._head = b"".join(
-            (
-                b'data: {"id":',
-                json.dumps(self._id).encode(),
-                b',"object":"chat.completion.chunk","created":',
-                str(self._created).encode(),
-                b',"model":',
-                json.dumps(self._model).encode(),
-                b',"choices":[{"index":0,"delta":',
-            )
-        )
+        head = b'data: {"id":%b,"object":"chat.completion.chunk","created":%d,"model":%b,'
+        ids = (json.dumps(self._id).encode(), self._created, json.dumps(self._model).encode())
+        self._head = head % ids + b'"choices":[{"index":0,"delta":'
         self._text_head = self._head + b'{"content":'
         return [self._chunk({"role": "assistant"})]  # content stays null for a tool call
 
