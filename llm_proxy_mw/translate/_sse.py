@@ -60,16 +60,16 @@ class SseParser:
         if not self._rest and not self.done and 13 not in chunk and chunk.endswith(b"\n\n"):
             end = len(chunk) - 2
             first = chunk.find(b"\n")
-            data = None
+            one = None
             if chunk.startswith(b"event:"):
                 if chunk.startswith(b"data: ", first + 1) and chunk.find(b"\n", first + 1) == end:
-                    data = chunk[first + 7 : end]
+                    one = chunk[first + 7 : end]
             elif first == end and chunk.startswith(b"data: "):
-                data = chunk[6:end]
-            if data is not None and data != b"[DONE]":
-                return [data]
+                one = chunk[6:end]
+            if one is not None and one != b"[DONE]":
+                return [one]
         data = self._rest + chunk if self._rest else chunk
-        if b"\r" in data:
+        if 13 in data:
             # A CR at the very end may be the first half of a CRLF: it waits for the next read.
             held = data.endswith(b"\r")
             data = data[:-1] if held else data
@@ -119,12 +119,14 @@ def _parsed(datas: list[bytes]) -> list[Json]:
 
 def _data_of(block: bytes) -> bytes | None:
     """The ``data`` of one event block: its data lines joined by newlines."""
-    if block.startswith(b"data:") and b"\n" not in block:  # the usual one-line event
-        return block[6:] if block.startswith(b"data: ") else block[5:]
-    if block.startswith(b"event:"):  # the usual named event: one name line, one data line
-        start = block.find(b"\ndata:") + 1
-        if start and block.count(b"\n") == 1:
-            return block[start + 6 :] if block.startswith(b" ", start + 5) else block[start + 5 :]
+    if block.startswith(b"data:"):
+        if 10 not in block:  # the usual one-line event (10 is LF)
+            return block[6:] if block.startswith(b"data: ") else block[5:]
+    elif block.startswith(b"event:"):  # the usual named event: one name line, one data line
+        start = block.find(b"\n") + 1
+        if block.startswith(b"data:", start) and block.find(b"\n", start) < 0:
+            start += 5
+            return block[start + 1 :] if block.startswith(b" ", start) else block[start:]
     lines = [
         line[6:] if line.startswith(b"data: ") else line[5:]
         for line in block.split(b"\n")
