@@ -9,6 +9,8 @@ chunk, the usage with the chunk after it (a translated stream always asks for it
 ``message_delta`` and ``message_stop`` go out with the usage chunk, or at the end of the
 stream when the provider sent none. The input tokens are known only then, so
 ``message_delta``'s usage carries them (cumulative counts overwrite ``message_start``'s).
+A text, reasoning or argument delta to the open block takes a fast path (``feed_raw``):
+recognised in its raw bytes, its text copied into the event as it came.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 from llm_proxy_mw.errors import ProxyError, UpstreamProtocolError
 from llm_proxy_mw.translate._codec import Json, TokenUsage
 from llm_proxy_mw.translate._mappings import FINISH_TO_STOP, anthropic_usage, usage_from_chat
+from llm_proxy_mw.translate._raw_deltas import ARGUMENTS, TEXT, ChatChunkLayout
 from llm_proxy_mw.wire import WireFormat, error_json
 
 __all__ = ["ChatChunksToMessages"]
@@ -25,6 +28,13 @@ __all__ = ["ChatChunksToMessages"]
 #: What the open content block is: nothing, text, thinking, a finished thinking block (its
 #: signature came, so more reasoning starts a new block; or a redacted one) or a tool call.
 _NONE, _TEXT, _THINKING, _SIGNED, _TOOL = range(5)
+#: A raw delta's event, framed, up to its index; and what follows the index, by kind.
+_DELTA_HEAD = b'event: content_block_delta\ndata: {"type":"content_block_delta","index":'
+_DELTA_TYPES = (
+    b',"delta":{"type":"text_delta","text":',
+    b',"delta":{"type":"thinking_delta","thinking":',
+    b',"delta":{"type":"input_json_delta","partial_json":',
+)
 
 #: Anthropic's error types; an OpenAI error of another type is an ``api_error``.
 _ANTHROPIC_ERROR_TYPES = frozenset(
@@ -63,6 +73,7 @@ class ChatChunksToMessages:
         "_tools",
         "_stop_reason",
         "_done",
+        "_layout",
     )
 
     def __init__(self, request: Json) -> None:
@@ -74,6 +85,7 @@ class ChatChunksToMessages:
         self._tools: dict[int, tuple[int, str]] = {}  # call index -> its block's index, id
         self._stop_reason: str | None = None
         self._done = False
+        self._layout = ChatChunkLayout()
 
     def feed(self, event: Json) -> list[Json]:
         if self._done:
@@ -96,6 +108,29 @@ class ChatChunksToMessages:
             if self._stop_reason is not None:
                 out.extend(self._end())
         return out
+
+    def feed_raw(self, data: bytes) -> bytes | None:
+        """The framed event for a chunk's raw ``data`` that only carries a delta to the open
+        block (empty when the slow path sends nothing); None for any other chunk."""
+        if self._done or not self._started or self._stop_reason is not None:
+            return None
+        delta = self._layout.delta(data)
+        if delta is None:
+            return None
+        kind, index, literal, text = delta
+        if kind == ARGUMENTS:
+            known = self._tools.get(index)
+            if known is None:
+                return None
+            # A fragment of a call whose block was stopped has nowhere to go, as in feed.
+            if not text or self._open != _TOOL or known[0] != self._index:
+                return b""
+        elif not text:
+            return b""
+        elif self._open != (_TEXT if kind == TEXT else _THINKING):
+            return None
+        number = str(self._index).encode()
+        return _DELTA_HEAD + number + _DELTA_TYPES[kind] + literal + b"}}\n\n"
 
     def finish(self) -> list[Json]:
         if self._done:

@@ -125,6 +125,15 @@ class _Chained:
     def usage(self) -> TokenUsage | None:
         return self._first.usage
 
+    def feed_raw(self, data: bytes) -> bytes | None:
+        """A raw delta event, when both stages take their fast path; an event the first
+        stage is quiet about."""
+        delta = self._first.hub_delta(data)
+        if delta is None:
+            return b"" if self._first.quiet(data) else None
+        # The first stage's state is as feed leaves it: if the second declines, feed does it.
+        return self._second.feed_delta(delta)
+
     def feed(self, event: Json) -> list[Json]:
         hub_events = self._first.feed(event)
         if len(hub_events) != 1:  # none, or (never yet) several

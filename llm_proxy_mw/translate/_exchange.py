@@ -6,12 +6,14 @@ belongs to the client's API and is dropped), without ``accept-encoding``: the pr
 read the answer. An error answer is read whole (bounded) and converted by
 ``translate_error``; a JSON answer is read whole (bounded) and converted by the codec; a
 stream is translated event by event as it arrives, one send per upstream read at most, and
-ends as the client's API ends a stream: cleanly only when the provider's did.
+ends as the client's API ends a stream: cleanly only when the provider's did. Each event's
+raw data is first offered to the translator's fast path (``feed_raw``, when it has one).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 from starlette.types import Send
 
@@ -21,7 +23,13 @@ from llm_proxy_mw.errors import InvalidRequestError, ProxyError, UpstreamProtoco
 from llm_proxy_mw.providers import Provider
 from llm_proxy_mw.translate._codec import Codec, Json, StreamTranslator, Target, TokenUsage
 from llm_proxy_mw.translate._errors import translate_error
-from llm_proxy_mw.translate._sse import DONE_FRAME, SseParser, compact_json, frame_events
+from llm_proxy_mw.translate._sse import (
+    DONE_FRAME,
+    SseParser,
+    compact_json,
+    frame_events,
+    parse_data,
+)
 from llm_proxy_mw.transports import UpstreamRequest, UpstreamResponse
 from llm_proxy_mw.wire import WireFormat, log_error
 
@@ -111,19 +119,21 @@ async def _relay_stream(
 ) -> None:
     """Each upstream read's events translated and sent at once, then the closing events."""
     parser = SseParser()
+    relay = _Relay(translator, client)
+    raw = relay.raw
     headers.append(_SSE_TYPE)
     await send({"type": "http.response.start", "status": response.status, "headers": headers})
     try:
         while not parser.done and (chunk := await response.read_chunk()):
-            out = _fed(translator, parser.feed(chunk))
-            if out:
-                await send(
-                    {
-                        "type": "http.response.body",
-                        "body": frame_events(client, out),
-                        "more_body": True,
-                    }
-                )
+            datas = parser.feed_data(chunk)
+            if len(datas) == 1:  # the usual read: one event, most often a delta
+                body = raw(datas[0])
+                if body is None:
+                    body = relay.slow(datas[0])
+            else:
+                body = relay.body(datas)
+            if body:
+                await send({"type": "http.response.body", "body": body, "more_body": True})
         out = _fed(translator, parser.close()) + translator.finish()
         closing = frame_events(client, out)
         if client is Api.CHAT and not (out and "error" in out[-1]):
@@ -140,13 +150,37 @@ async def _relay_stream(
     await send({"type": "http.response.body", "body": closing})
 
 
+class _Relay:
+    """Each upstream event's data as the client's framed events: by the translator's fast
+    path (``raw``) when it takes the event, else parsed, fed and framed (``slow``)."""
+
+    __slots__ = ("raw", "_translator", "_client")
+
+    def __init__(self, translator: StreamTranslator, client: Api) -> None:
+        self.raw: Callable[[bytes], bytes | None] = getattr(translator, "feed_raw", _no_raw)
+        self._translator = translator
+        self._client = client
+
+    def body(self, datas: list[bytes]) -> bytes:
+        raw = self.raw
+        return b"".join([body if (body := raw(d)) is not None else self.slow(d) for d in datas])
+
+    def slow(self, data: bytes) -> bytes:
+        event = parse_data(data)
+        if event is None:
+            return b""
+        return frame_events(self._client, self._translator.feed(event))
+
+
 def _fed(translator: StreamTranslator, events: list[Json]) -> list[Json]:
-    if len(events) == 1:  # the usual read: one event
-        return translator.feed(events[0])
     out: list[Json] = []
     for event in events:
         out += translator.feed(event)
     return out
+
+
+def _no_raw(data: bytes) -> None:
+    return None
 
 
 def _object(body: bytes) -> Json:

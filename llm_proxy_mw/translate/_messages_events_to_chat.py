@@ -7,16 +7,28 @@ thinking or tool-input delta a delta chunk, ``message_delta`` the finish chunk, 
 ``delta.reasoning_content`` and, with its signature, as pieces of ``delta.thinking_blocks``
 that carry an ``index`` (the block's place among the message's thinking blocks), so that
 OpenAI's own delta accumulation merges the pieces into whole blocks as it does tool calls.
+The text, thinking and tool-input deltas also take a fast path (``feed_raw``): recognised in
+their raw bytes, their text copied into a chunk pre-encoded for the stream.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
 from llm_proxy_mw.errors import ProxyError, UpstreamProtocolError
 from llm_proxy_mw.translate._codec import Json, TokenUsage
 from llm_proxy_mw.translate._mappings import STOP_TO_FINISH, chat_usage, usage_from_anthropic
+from llm_proxy_mw.translate._raw_deltas import (
+    ARGUMENTS,
+    PING,
+    REASONING,
+    TEXT,
+    AnthropicDeltaLayout,
+    RawDelta,
+    block_stop_index,
+)
 from llm_proxy_mw.wire import WireFormat, error_json
 
 __all__ = ["MessagesEventsToChat"]
@@ -24,6 +36,10 @@ __all__ = ["MessagesEventsToChat"]
 #: What a content block is to the Chat client: text, a thinking block or a tool call (with
 #: its index among the message's thinking blocks or tool calls).
 _TEXT, _THINKING, _TOOL = 0, 1, 2
+#: The block each kind of raw delta belongs in.
+_BLOCK_OF = {TEXT: _TEXT, REASONING: _THINKING, ARGUMENTS: _TOOL}
+_CHUNK_END = b',"finish_reason":null}]}\n\n'
+_TEXT_END = b"}" + _CHUNK_END
 
 
 def _str(value: Any) -> str:
@@ -51,6 +67,9 @@ class MessagesEventsToChat:
         "_anthropic_usage",
         "_finished",
         "_done",
+        "_head",
+        "_text_head",
+        "_layout",
     )
 
     def __init__(self, request: Json) -> None:
@@ -66,6 +85,9 @@ class MessagesEventsToChat:
         self._anthropic_usage: Json = {}
         self._finished = False  # the finish chunk went out
         self._done = False  # the last chunk went out, or the error
+        self._head = b""  # a framed chunk up to its delta, once the id is known
+        self._text_head = b""  # and up to a text delta's text
+        self._layout = AnthropicDeltaLayout()
 
     def feed(self, event: Json) -> list[Json]:
         event_type = event.get("type")
@@ -86,6 +108,49 @@ class MessagesEventsToChat:
         if event_type == "error":
             return self._error(_dict(event.get("error")))
         return []  # ping, an event type added later
+
+    def feed_raw(self, data: bytes) -> bytes | None:
+        """The framed chunk for a text, thinking or tool-input delta event's raw ``data``
+        (empty when the slow path sends nothing); None for any other event."""
+        delta = self.hub_delta(data)
+        if delta is None:
+            return b"" if self.quiet(data) else None
+        kind, index, literal, text = delta
+        if not text:
+            return b""
+        if kind == TEXT:
+            return self._text_head + literal + _TEXT_END
+        number = str(index).encode()
+        if kind == ARGUMENTS:
+            call = b'{"tool_calls":[{"index":' + number + b',"function":{"arguments":'
+            return self._head + call + literal + b"}}]}" + _CHUNK_END
+        block = b',"thinking_blocks":[{"index":' + number + b',"type":"thinking","thinking":'
+        thinking = b'{"reasoning_content":' + literal + block + literal + b"}]}"
+        return self._head + thinking + _CHUNK_END
+
+    def hub_delta(self, data: bytes) -> RawDelta | None:
+        """The delta a raw delta event is to the Chat client, its index the tool call's or
+        the thinking block's; the state changes as ``feed`` would change it."""
+        if self._done or not self._id:
+            return None
+        delta = self._layout.delta(data)
+        if delta is None:
+            return None
+        kind, index, literal, text = delta
+        block = self._blocks.get(index)
+        if block is None or block[0] != _BLOCK_OF[kind]:
+            return None
+        if kind == ARGUMENTS and text:
+            self._argless_tool = -1
+        return kind, block[1], literal, text
+
+    def quiet(self, data: bytes) -> bool:
+        """Whether ``feed`` would send nothing for a raw event and change nothing: a ping,
+        a block's stop (but that of a tool call that took no input)."""
+        if data == PING:
+            return True
+        index = block_stop_index(data)
+        return index is not None and index != self._argless_tool
 
     def finish(self) -> list[Json]:
         if self._done:
@@ -132,6 +197,10 @@ class MessagesEventsToChat:
         self._model = _str(message.get("model")) or self._model
         self._created = int(time.time())
         self._count_usage(message.get("usage"))
+        head = b'data: {"id":%b,"object":"chat.completion.chunk","created":%d,"model":%b,'
+        ids = (json.dumps(self._id).encode(), self._created, json.dumps(self._model).encode())
+        self._head = head % ids + b'"choices":[{"index":0,"delta":'
+        self._text_head = self._head + b'{"content":'
         return [self._chunk({"role": "assistant"})]  # content stays null for a tool call
 
     def _count_usage(self, usage: Any) -> None:

@@ -4,6 +4,8 @@ item, a ``message`` (its ``output_text`` and ``refusal`` parts) and a ``function
 Each item appends the Responses events that open it, grow it and close it to the list it
 is given, without ``sequence_number`` (the stream stamps them in order), and knows its final
 shape, which the closing ``response.output_item.done`` and the final Response both carry.
+A delta also comes raw (``add_raw``, the stream's fast path): its JSON string literal goes
+into the framed event as it came, its decoded text into the item.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 
 from llm_proxy_mw.translate._codec import Json
+from llm_proxy_mw.translate._sse import compact_json
 
 __all__ = ["Call", "Item", "Message", "Reasoning"]
 
@@ -18,15 +21,27 @@ ADDED = "response.output_item.added"
 DONE = "response.output_item.done"
 
 
+def _framed_head(name: str, where: Json) -> bytes:
+    """A delta event named ``name``, at ``where``, framed up to its ``delta``'s value."""
+    event = compact_json({"type": name, **where})
+    return b"event: " + name.encode() + b"\ndata: " + event[:-1] + b',"delta":'
+
+
 class Item(ABC):
     """One output item: ``id`` and ``index`` (its ``output_index``); ``final`` once closed."""
 
-    __slots__ = ("id", "index", "final")
+    __slots__ = ("id", "index", "final", "_head")
 
     def __init__(self, id: str, index: int) -> None:
         self.id = id
         self.index = index
         self.final: Json | None = None
+        self._head = b""  # the raw delta event's framed head, built at the first
+
+    @abstractmethod
+    def add_raw(self, literal: bytes, text: str) -> bytes:
+        """Add a delta's ``text``, whose JSON string is ``literal``: its event framed up to
+        the value of its ``sequence_number``, which the caller appends, and closes."""
 
     @abstractmethod
     def snapshot(self, status: str) -> Json:
@@ -62,6 +77,14 @@ class Reasoning(Item):
             out.append({"type": "response.reasoning_summary_part.added", **where, "part": part})
         self.pieces.append(delta)
         out.append({"type": "response.reasoning_summary_text.delta", **where, "delta": delta})
+
+    def add_raw(self, literal: bytes, text: str) -> bytes:
+        """Only once a summary part is open (``add`` opened it)."""
+        if not self._head:
+            where = {"item_id": self.id, "output_index": self.index, "summary_index": 0}
+            self._head = _framed_head("response.reasoning_summary_text.delta", where)
+        self.pieces.append(text)
+        return self._head + literal + b',"sequence_number":'
 
     def _end(self, out: list[Json]) -> None:
         if self.pieces:
@@ -121,6 +144,13 @@ class Message(Item):
             event["logprobs"] = []
         out.append(event)
 
+    def add_raw(self, literal: bytes, text: str) -> bytes:
+        """Only to an open ``output_text`` part (``add`` opened it)."""
+        if not self._head:
+            self._head = _framed_head("response.output_text.delta", self._where())
+        self.pieces.append(text)
+        return self._head + literal + b',"logprobs":[],"sequence_number":'
+
     def _end(self, out: list[Json]) -> None:
         if self.kind is None:
             return
@@ -135,6 +165,7 @@ class Message(Item):
         self.parts.append(part)
         self.kind = None
         self.pieces = []
+        self._head = b""  # the next part's index is another
 
     def snapshot(self, status: str) -> Json:
         content = self.parts
@@ -172,6 +203,13 @@ class Call(Item):
                 "delta": delta,
             }
         )
+
+    def add_raw(self, literal: bytes, text: str) -> bytes:
+        if not self._head:
+            where = {"item_id": self.id, "output_index": self.index}
+            self._head = _framed_head("response.function_call_arguments.delta", where)
+        self.pieces.append(text)
+        return self._head + literal + b',"sequence_number":'
 
     def _end(self, out: list[Json]) -> None:
         out.append(

@@ -15,7 +15,9 @@ provider may interleave parallel calls' arguments by ``index``; items close in o
 Ids are deterministic from the provider's chunk ``id`` (``resp_<id>``; items
 ``rs_``/``msg_``/``fc_<id>_<output_index>``), so a retried translation names things the
 same. A stream that fails (an ``{"error": ...}`` chunk, ``fail``) or ends without a
-``finish_reason`` ends with ``response.failed``, never ``response.completed``.
+``finish_reason`` ends with ``response.failed``, never ``response.completed``. A delta to an
+open item takes a fast path (``feed_raw``, ``feed_delta``): recognised in its raw bytes,
+its text copied into the event as it came.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from llm_proxy_mw._usage import token_count
 from llm_proxy_mw.errors import ProxyError
 from llm_proxy_mw.translate._codec import Json, TokenUsage
 from llm_proxy_mw.translate._mappings import responses_usage, usage_from_chat
+from llm_proxy_mw.translate._raw_deltas import ARGUMENTS, TEXT, ChatChunkLayout, RawDelta
 from llm_proxy_mw.translate._responses_envelope import REDACTED, ResponseStatus, response_object
 from llm_proxy_mw.translate._responses_items import Call, Item, Message, Reasoning
 
@@ -71,6 +74,7 @@ class ChatChunksToResponses:
         "_finish",
         "_reasoning_tokens",
         "_ended",
+        "_layout",
     )
 
     def __init__(self, request: Json) -> None:
@@ -88,6 +92,7 @@ class ChatChunksToResponses:
         self._finish: str | None = None
         self._reasoning_tokens = 0
         self._ended = False
+        self._layout = ChatChunkLayout()
 
     def feed(self, event: Json) -> list[Json]:
         if self._ended:
@@ -112,6 +117,36 @@ class ChatChunksToResponses:
                 if isinstance(choice, dict) and choice.get("index", 0) == 0:
                     self._choice(choice, out)
         return self._stamp(out)
+
+    def feed_raw(self, data: bytes) -> bytes | None:
+        """The framed event for a chunk's raw ``data`` that only carries a delta to an open
+        item (empty when the slow path sends nothing); None for any other chunk."""
+        delta = self._layout.delta(data)
+        return None if delta is None else self.feed_delta(delta)
+
+    def feed_delta(self, delta: RawDelta) -> bytes | None:
+        """``feed_raw`` for a delta recognised already (a chained stream's hub delta)."""
+        if self._ended or self._key is None or self._finish is not None:
+            return None
+        kind, index, literal, text = delta
+        if not text and kind != ARGUMENTS:  # feed sends nothing for it
+            return b""
+        item: Item | None = self._calls.get(index)
+        if kind == TEXT:
+            item = self._message
+            if self._reasoning is not None or item is None or item.kind != "output_text":
+                return None
+        elif kind != ARGUMENTS:
+            item = self._reasoning
+            if item is None or item.signature is not None or not item.pieces:
+                return None
+        if item is None:
+            return None  # the call's first delta: it opens an item
+        if not text:
+            return b""
+        seq = self._seq
+        self._seq += 1
+        return item.add_raw(literal, text) + str(seq).encode() + b"}\n\n"
 
     def finish(self) -> list[Json]:
         if self._ended:
