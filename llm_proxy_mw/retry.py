@@ -66,6 +66,23 @@ _HOLD_LIMIT = 64 * 1024
 _ALWAYS_RETRIED = (UpstreamConnectError, UpstreamConnectTimeout, UpstreamPoolTimeout)
 
 
+#: What the proxy adds to a retryable answer it gives back: the official SDKs obey it.
+_DO_NOT_RETRY = (b"x-should-retry", b"false")
+
+
+def _do_not_retry(start: Message) -> None:
+    """Tell the client's SDK not to retry this response: the proxy decided already."""
+    headers = start.get("headers", ())
+    start["headers"] = [(n, v) for n, v in headers if n.lower() != b"x-should-retry"]
+    start["headers"].append(_DO_NOT_RETRY)
+
+
+def _final(error: UpstreamError) -> UpstreamError:
+    """Mark ``error``, which the proxy will not retry: nor should the client's SDK."""
+    error.headers["x-should-retry"] = "false"
+    return error
+
+
 class _HeldResponse:
     """The ``send`` of one attempt: forwards, or holds a retryable response back.
 
@@ -91,6 +108,9 @@ class _HeldResponse:
                 return self._hold(message)
             self.forwarded = True
             self._guard.disarm_deadline()
+            if message["type"] == "http.response.start" and message["status"] >= 500:
+                # A 5xx this proxy does not retry (501, 505, ...), which the SDKs would.
+                _do_not_retry(message)
         return self._send(message)
 
     async def _hold(self, message: Message) -> None:
@@ -118,7 +138,7 @@ class _HeldResponse:
         self.holding = False
         self.forwarded = True
         self._guard.disarm_deadline()
-        start["headers"] = [*_without_should_retry(start.get("headers", ())), _DO_NOT_RETRY]
+        _do_not_retry(start)
         await self._send(start)
         await self._send(
             {"type": "http.response.body", "body": b"".join(self.parts), "more_body": more_body}
@@ -133,19 +153,6 @@ class _HeldResponse:
     def headers(self) -> list[tuple[bytes, bytes]]:
         assert self.start is not None
         return list(self.start.get("headers", ()))
-
-
-_DO_NOT_RETRY = (b"x-should-retry", b"false")
-
-
-def _without_should_retry(headers: Any) -> list[tuple[bytes, bytes]]:
-    return [(n, v) for n, v in headers if n.lower() != b"x-should-retry"]
-
-
-def _final(error: UpstreamError) -> UpstreamError:
-    """Mark ``error``, which the proxy will not retry: nor should the client's SDK."""
-    error.headers["x-should-retry"] = "false"
-    return error
 
 
 def _should_retry_header(headers: Any) -> bool | None:

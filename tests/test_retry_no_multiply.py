@@ -55,6 +55,19 @@ async def test_spent_attempts_tell_the_sdk_not_to_retry(code: int) -> None:
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("code", [501, 505])
+async def test_a_5xx_the_proxy_does_not_retry_tells_the_sdk_not_to_either(code: int) -> None:
+    stack = build_stack({"a": provider_config()}, policy=POLICY)
+    stack.script("a", status(code))
+
+    response = await stack.post()
+
+    assert response.status_code == code
+    assert stack.calls("a") == 1
+    assert response.headers.get_list("x-should-retry") == ["false"]
+
+
+@pytest.mark.anyio
 async def test_a_provider_asking_for_a_retry_is_overruled_once_attempts_are_spent() -> None:
     stack = build_stack({"a": provider_config()}, policy=POLICY)
     stack.script("a", *[status(400, x_should_retry="true")] * 3)
