@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import anthropic
 import httpx
@@ -169,10 +170,12 @@ def proxy(fake_server: FakeProviderServer, tmp_path: Path) -> Iterator[ProxyServ
         yield proxy
 
 
-def messages(client: anthropic.Anthropic, model: str = ANTHROPIC_MODEL) -> anthropic.types.Message:
-    return client.messages.create(
-        model=model, max_tokens=16, messages=[{"role": "user", "content": "hi"}]
-    )
+#: A Messages call of the Anthropic SDK.
+ASK: dict[str, Any] = {
+    "model": ANTHROPIC_MODEL,
+    "max_tokens": 16,
+    "messages": [{"role": "user", "content": "hi"}],
+}
 
 
 @pytest.mark.e2e
@@ -181,13 +184,9 @@ def test_anthropic_sdk_sees_the_proxys_request_id(
 ) -> None:
     provider.script(Action(headers={"request-id": "req_upstream_1"}))
     with anthropic_client(proxy.url, recorder) as client:
-        raw = client.messages.with_raw_response.create(
-            model=ANTHROPIC_MODEL, max_tokens=16, messages=[{"role": "user", "content": "hi"}]
-        )
+        raw = client.messages.with_raw_response.create(**ASK)
         message = raw.parse()
-        with client.messages.stream(
-            model=ANTHROPIC_MODEL, max_tokens=16, messages=[{"role": "user", "content": "hi"}]
-        ) as stream:
+        with client.messages.stream(**ASK) as stream:
             stream.until_done()
             stream_id = stream.request_id
 
@@ -204,9 +203,9 @@ def test_anthropic_sdk_errors_carry_the_proxys_request_id(
     provider.script(Action(status=400, headers={"request-id": "req_upstream_bad"}))
     with anthropic_client(proxy.url, recorder) as client:
         with pytest.raises(anthropic.NotFoundError) as own:
-            messages(client, model="claude-none")  # the proxy's own 404
+            client.messages.create(**{**ASK, "model": "claude-none"})  # the proxy's own 404
         with pytest.raises(anthropic.BadRequestError) as passed:
-            messages(client)  # the provider's 400, passed through
+            client.messages.create(**ASK)  # the provider's 400, passed through
 
     assert own.value.request_id is not None
     assert own.value.request_id == own.value.response.headers["x-request-id"]

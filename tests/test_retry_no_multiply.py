@@ -108,30 +108,15 @@ async def test_an_empty_retry_budget_tells_the_sdk_not_to_retry() -> None:
 
 
 @pytest.mark.anyio
-async def test_the_proxys_own_provider_unavailable_tells_the_sdk_not_to_retry() -> None:
+@pytest.mark.parametrize("with_retry", [True, False], ids=["retry", "no-retry"])
+async def test_the_proxys_own_provider_unavailable_tells_the_sdk_not_to_retry(
+    with_retry: bool,
+) -> None:
     # A breaker that opens at the first failure: the next request finds no deployment.
     stack = build_stack(
         {"a": provider_config()},
         policy=POLICY,
-        health_policy=HealthPolicy(min_calls=1, failure_rate=0.5),
-    )
-    stack.script("a", status(503), ok())
-    await stack.post()
-
-    response = await stack.post()
-
-    assert response.status_code == 503
-    assert response.json()["error"]["code"] == "provider_unavailable"
-    assert response.headers["x-should-retry"] == "false"
-    assert "retry-after" in response.headers
-    assert stack.calls("a") == 1
-
-
-@pytest.mark.anyio
-async def test_provider_unavailable_tells_the_sdk_not_to_retry_without_retry_too() -> None:
-    stack = build_stack(
-        {"a": provider_config()},
-        with_retry=False,
+        with_retry=with_retry,
         health_policy=HealthPolicy(min_calls=1, failure_rate=0.5),
     )
     stack.script("a", status(503), ok())
@@ -140,9 +125,13 @@ async def test_provider_unavailable_tells_the_sdk_not_to_retry_without_retry_too
     response = await stack.post()
 
     assert first.status_code == 503
-    assert "x-should-retry" not in first.headers  # no Retry: the SDK's retries are the only ones
+    # Without Retry the proxy retries nothing: the SDK's retries are the only ones.
+    assert first.headers.get("x-should-retry") == ("false" if with_retry else None)
+    assert response.status_code == 503
     assert response.json()["error"]["code"] == "provider_unavailable"
     assert response.headers["x-should-retry"] == "false"
+    assert "retry-after" in response.headers
+    assert stack.calls("a") == 1
 
 
 @pytest.mark.anyio
@@ -214,6 +203,12 @@ def default_anthropic(proxy: ProxyServer, recorder: RecordingTransport) -> anthr
     )
 
 
+def chat(client: openai.OpenAI) -> object:
+    return client.chat.completions.create(
+        model=OPENAI_MODEL, messages=[{"role": "user", "content": "hi"}]
+    )
+
+
 def upstream_calls(provider: FakeProvider) -> int:
     return len(provider.requests)
 
@@ -227,9 +222,7 @@ def test_openai_sdk_call_costs_at_most_max_attempts(
     client = default_openai(proxy, recorder)
     assert client.max_retries == 2
     with contextlib.closing(client), pytest.raises(openai.APIStatusError) as err:
-        client.chat.completions.create(
-            model=OPENAI_MODEL, messages=[{"role": "user", "content": "hi"}]
-        )
+        chat(client)
 
     assert err.value.status_code == code
     assert err.value.response.headers["x-should-retry"] == "false"
@@ -269,9 +262,7 @@ def test_a_retry_after_past_the_cap_is_not_slept_by_the_sdk_either(
         client = default_openai(proxy, recorder)
         started = time.monotonic()
         with contextlib.closing(client), pytest.raises(openai.RateLimitError) as err:
-            client.chat.completions.create(
-                model=OPENAI_MODEL, messages=[{"role": "user", "content": "hi"}]
-            )
+            chat(client)
 
     # Without ``x-should-retry: false`` the SDK would sleep the 30 s twice.
     assert time.monotonic() - started < TIMEOUT
@@ -288,8 +279,6 @@ def test_a_hard_down_provider_costs_at_most_max_attempts_per_sdk_call(
     with contextlib.closing(client):
         for call in range(1, 6):
             with pytest.raises(openai.APIStatusError) as err:
-                client.chat.completions.create(
-                    model=OPENAI_MODEL, messages=[{"role": "user", "content": "hi"}]
-                )
+                chat(client)
             assert err.value.response.headers["x-should-retry"] == "false"
             assert upstream_calls(provider) <= call * MAX_ATTEMPTS

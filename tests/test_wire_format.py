@@ -5,6 +5,7 @@ an OpenAI one with the OpenAI key."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -13,7 +14,7 @@ import anthropic
 import httpx
 import pytest
 
-from llm_proxy_mw import HttpxTransport, LLMProxy, build_proxy
+from llm_proxy_mw import HttpxTransport, build_proxy
 from llm_proxy_mw.wire import WireFormat, wire_format_of
 from tests.e2e_helpers import (
     ANTHROPIC_CANARY,
@@ -66,7 +67,9 @@ class Providers:
 
         return HttpxTransport(httpx.MockTransport(respond))
 
-    def proxy(self, *names: str) -> LLMProxy:
+    @contextlib.asynccontextmanager
+    async def serve(self, *names: str) -> AsyncIterator[httpx.AsyncClient]:
+        """A client of the proxy in front of the providers ``names``, in that order."""
         config = {
             "openai": {
                 "kind": "openai",
@@ -81,10 +84,16 @@ class Providers:
                 "models": ["claude-x"],
             },
         }
-        return build_proxy(
+        proxy = build_proxy(
             {"providers": {n: config[n] for n in names}},
             transports={n: self.handler(n) for n in names},
         )
+        transport = httpx.ASGITransport(app=proxy)
+        async with (
+            proxy.lifespan(),
+            httpx.AsyncClient(transport=transport, base_url="http://proxy") as client,
+        ):
+            yield client
 
 
 @pytest.fixture
@@ -92,16 +101,9 @@ def providers() -> Providers:
     return Providers()
 
 
-async def client_of(proxy: LLMProxy) -> AsyncIterator[httpx.AsyncClient]:
-    async with proxy.lifespan():
-        transport = httpx.ASGITransport(app=proxy)
-        async with httpx.AsyncClient(transport=transport, base_url="http://proxy") as client:
-            yield client
-
-
 @pytest.fixture
 async def client(providers: Providers) -> AsyncIterator[httpx.AsyncClient]:
-    async for client in client_of(providers.proxy("openai", "anthropic")):
+    async with providers.serve("openai", "anthropic") as client:
         yield client
 
 
@@ -150,7 +152,7 @@ async def test_without_anthropic_version_files_go_to_the_openai_provider(
 async def test_an_anthropic_request_nothing_serves_gets_an_anthropic_error(
     providers: Providers,
 ) -> None:
-    async for client in client_of(providers.proxy("openai")):
+    async with providers.serve("openai") as client:
         response = await client.get("/v1/files", headers=ANTHROPIC_HEADERS)
 
         assert response.status_code == 404
