@@ -23,6 +23,7 @@ from llm_proxy_mw._json_body import is_json_type, parse_object, takes_other_bodi
 from llm_proxy_mw.errors import (
     ClientDisconnected,
     InvalidRequestError,
+    ProviderUnavailableError,
     ProxyError,
     RequestBodyTimeout,
     RequestTooLargeError,
@@ -65,6 +66,8 @@ class Attempt:
     status: int | None
     latency: float
     wait: float = 0.0
+    #: The provider's own id of its answer (its ``x-request-id`` or ``request-id``).
+    upstream_request_id: str | None = None
 
 
 @dataclass(slots=True)
@@ -126,13 +129,7 @@ def route_path_of(scope: Scope) -> str:
     return path
 
 
-def _request_id(scope: Scope) -> str:
-    for name, value in scope["headers"]:
-        if name == b"x-request-id":
-            candidate: str = value.decode("latin-1")
-            if _SANE_REQUEST_ID.fullmatch(candidate):
-                return candidate
-            break
+def _new_request_id() -> str:
     # Unique, not secret: Mersenne Twister bits (seeded from the OS at start and again in
     # each forked worker) spare the request a getrandom system call. 24 hex digits, through
     # bytes: formatting the integer with a width costs three times as much.
@@ -153,7 +150,19 @@ def _new_context(scope: Scope) -> RequestContext:
     if state is None:
         state = scope["state"] = {}
     route_path = route_path_of(scope)
-    ctx = RequestContext(_request_id(scope), route_path, wire_format_of(route_path))
+    # One pass over the headers for both: the client's request id (the first one counts)
+    # and whether it speaks Anthropic's format on a path shared by both APIs.
+    request_id: str | None = None
+    anthropic_version = False
+    for name, value in scope["headers"]:
+        if name == b"x-request-id":
+            if request_id is None:
+                candidate: str = value.decode("latin-1")
+                request_id = candidate if _SANE_REQUEST_ID.fullmatch(candidate) else ""
+        elif name == b"anthropic-version":
+            anthropic_version = True
+    wire_format = wire_format_of(route_path, anthropic_version=anthropic_version)
+    ctx = RequestContext(request_id or _new_request_id(), route_path, wire_format)
     state[STATE_KEY] = ctx
     return ctx
 
@@ -226,8 +235,8 @@ def _body_timeout(ctx: RequestContext, scope: Scope) -> RequestBodyTimeout:
 
 
 class RequestContextMiddleware:
-    """Creates the request context, tags every response with ``x-request-id``, and renders
-    any ``ProxyError`` an inner layer raised in the caller's wire format.
+    """Creates the request context, tags every response with the request id (``_TaggedSend``),
+    and renders any ``ProxyError`` an inner layer raised in the caller's wire format.
 
     It sets the limits of the request body for every layer below (``read_body``):
     ``max_body_bytes``, past which the request is refused (413), and ``body_timeout``, seconds
@@ -259,22 +268,29 @@ class RequestContextMiddleware:
         except ClientDisconnected:
             pass
         except ProxyError as error:
+            upstream_id = ctx.attempts[-1].upstream_request_id if ctx.attempts else None
             if tagged.started:
                 # Too late for an error response: end without completing it, so the client
                 # sees a broken response rather than one that looks whole.
-                log_error(error, ctx.request_id)
+                log_error(error, ctx.request_id, upstream_id)
                 return
             if ctx.attempts:
                 error.headers.setdefault("x-llm-proxy-attempts", str(len(ctx.attempts)))
                 error.headers.setdefault("x-llm-proxy-provider", ctx.attempts[-1].provider)
-            await send_error(tagged.send, error, ctx.wire_format, ctx.request_id)
+            if isinstance(error, ProviderUnavailableError):
+                # No deployment to send to: the SDK's retries, moments later, would find the
+                # same (``retry-after`` says when a circuit may close).
+                error.headers["x-should-retry"] = "false"
+            await send_error(tagged.send, error, ctx.wire_format, ctx.request_id, upstream_id)
         finally:
             current_request_id.reset(token)
 
 
 class _TaggedSend:
-    """The request's ``send``: adds ``x-request-id`` to the response start, notes the status.
+    """The request's ``send``: adds the request id to the response start, notes the status.
 
+    The id goes out as ``x-request-id``, and in Anthropic's format as ``request-id`` too,
+    the header Anthropic's SDKs read (``message._request_id``, ``error.request_id``).
     Passed on as the bound method: a call through ``__call__`` costs more, per message. A
     plain method that returns the server's awaitable: a coroutine of its own per message
     would be one more frame to create and run for every chunk of a stream.
@@ -290,10 +306,13 @@ class _TaggedSend:
     def send(self, message: Message) -> Awaitable[None]:
         if message["type"] == "http.response.start":
             self.started = True
-            self._ctx.status = message["status"]
-            # UpstreamApp drops the provider's own x-request-id, so this is the only one.
-            message["headers"] = [
-                *message.get("headers", ()),
-                (b"x-request-id", self._ctx.request_id.encode()),
-            ]
+            ctx = self._ctx
+            ctx.status = message["status"]
+            # UpstreamApp drops the provider's own ids (it keeps them under another name),
+            # so these are the only ones.
+            request_id = ctx.request_id.encode()
+            headers = [*message.get("headers", ()), (b"x-request-id", request_id)]
+            if ctx.wire_format is WireFormat.ANTHROPIC:
+                headers.append((b"request-id", request_id))
+            message["headers"] = headers
         return self._send(message)

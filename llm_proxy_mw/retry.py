@@ -17,6 +17,10 @@ What is retried:
 - ``x-should-retry: true|false`` from the provider wins over the status rule; Anthropic's
   ``enforced_spend_limit_reached`` 429 is never retried.
 
+A retryable answer the proxy gives back after all (its attempts spent, or a retry it decided
+against) carries ``x-should-retry: false``, which both official SDKs obey: one SDK call costs
+at most ``max_attempts`` upstream calls, never the SDK's attempts times the proxy's.
+
 Retry decides *whether* and *when*; *where* the retry goes is Routing's answer (its plan's
 ``after_failure``): another deployment at once, or the same provider after the wait while
 its retry budget (``health.py``) allows. Without Routing in front, retries stay on the one
@@ -62,6 +66,23 @@ _HOLD_LIMIT = 64 * 1024
 _ALWAYS_RETRIED = (UpstreamConnectError, UpstreamConnectTimeout, UpstreamPoolTimeout)
 
 
+#: What the proxy adds to a retryable answer it gives back: the official SDKs obey it.
+_DO_NOT_RETRY = (b"x-should-retry", b"false")
+
+
+def _do_not_retry(start: Message) -> None:
+    """Tell the client's SDK not to retry this response: the proxy decided already."""
+    headers = start.get("headers", ())
+    start["headers"] = [(n, v) for n, v in headers if n.lower() != b"x-should-retry"]
+    start["headers"].append(_DO_NOT_RETRY)
+
+
+def _final(error: UpstreamError) -> UpstreamError:
+    """Mark ``error``, which the proxy will not retry: nor should the client's SDK."""
+    error.headers["x-should-retry"] = "false"
+    return error
+
+
 class _HeldResponse:
     """The ``send`` of one attempt: forwards, or holds a retryable response back.
 
@@ -87,6 +108,9 @@ class _HeldResponse:
                 return self._hold(message)
             self.forwarded = True
             self._guard.disarm_deadline()
+            if message["type"] == "http.response.start" and message["status"] >= 500:
+                # A 5xx this proxy does not retry (501, 505, ...), which the SDKs would.
+                _do_not_retry(message)
         return self._send(message)
 
     async def _hold(self, message: Message) -> None:
@@ -103,12 +127,19 @@ class _HeldResponse:
             await self.flush(more_body=message.get("more_body", False))
 
     async def flush(self, *, more_body: bool = False) -> None:
-        """Send what was held, and pass the rest of the response through."""
-        assert self.start is not None
+        """Send what was held, and pass the rest of the response through.
+
+        The response is one the client's SDK would retry: it is told not to
+        (``x-should-retry: false``), since this proxy spent its own attempts or decided
+        against more, so that the SDK's retries do not multiply the proxy's.
+        """
+        start = self.start
+        assert start is not None
         self.holding = False
         self.forwarded = True
         self._guard.disarm_deadline()
-        await self._send(self.start)
+        _do_not_retry(start)
+        await self._send(start)
         await self._send(
             {"type": "http.response.body", "body": b"".join(self.parts), "more_body": more_body}
         )
@@ -222,13 +253,14 @@ class RetryMiddleware:
                         raise
                     self._timed_out(ctx, first, started)
                     _note_wait(ctx, first, wait)
-                    raise _deadline_passed(ctx) from None
+                    raise _final(_deadline_passed(ctx)) from None
                 except UpstreamError as error:
                     _note_wait(ctx, first, wait)
                     if response.forwarded:
                         raise
                     wait_or_none = self._after_error(ctx, error, deadline)
                     if wait_or_none is None:
+                        _final(error)
                         raise
                     wait = wait_or_none
                 else:
@@ -249,7 +281,7 @@ class RetryMiddleware:
                     except asyncio.CancelledError:
                         if not guard.deadline_expired():
                             raise
-                        raise _deadline_passed(ctx) from None
+                        raise _final(_deadline_passed(ctx)) from None
 
     def _timed_out(self, ctx: RequestContext, first: int, started: float) -> None:
         """The deadline cut this round's attempt: unless Upstream recorded it already, it is

@@ -199,11 +199,12 @@ class RoutingMiddleware:
         if plan is None:  # the first attempt; Retry calls again for each retry
             if ctx.route_path.startswith(MODELS_PATH) and scope["method"] == "GET":
                 if ctx.route_path == MODELS_PATH:
-                    await send_models(scope, send, self.router.models())
+                    await send_models(send, self.router.models(), ctx.wire_format)
                     return
                 if ctx.route_path.startswith("/v1/models/"):
                     model = ctx.route_path[len("/v1/models/") :]
-                    await send_model(scope, send, self.router.models(), model, ctx.request_id)
+                    models = self.router.models()
+                    await send_model(send, models, model, ctx.wire_format, ctx.request_id)
                     return
             if ctx.model is None and scope["method"] not in ("GET", "HEAD", "DELETE"):
                 await self._read_model(ctx, scope, receive)

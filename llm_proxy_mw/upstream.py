@@ -7,7 +7,9 @@ the route translates (``translate/_exchange.py``): then the request and the answ
 converted, streams event by event as they arrive. When
 the provider fails after the response started, an SSE client gets a terminal error event in
 its wire format and any other client a response that visibly breaks off, never a clean end
-that looks like success.
+that looks like success. The provider's own id of its answer (``x-request-id``,
+``request-id``) goes back as ``x-llm-proxy-upstream-request-id`` and onto the attempt's record,
+for the request's log line.
 """
 
 from __future__ import annotations
@@ -70,24 +72,35 @@ ORIGIN_RESPONSE_HEADERS = frozenset(
     }
 )
 
+#: The provider's own ids of its answer (OpenAI's, Anthropic's): the client gets the proxy's
+#: id under these names, and the provider's as ``x-llm-proxy-upstream-request-id``.
+_UPSTREAM_IDS = frozenset({b"x-request-id", b"request-id"})
+_UPSTREAM_REQUEST_ID = b"x-llm-proxy-upstream-request-id"
+
 #: The server in front of us sets its own ``date`` and ``server``; two of each is invalid
 #: (RFC 9110 §5.3). Our own headers from a proxy further upstream would be misleading.
-_DROPPED_RESPONSE = ORIGIN_RESPONSE_HEADERS | {
-    b"date",
-    b"server",
-    b"x-request-id",
-    b"x-llm-proxy-provider",
-    b"x-llm-proxy-attempts",
-}
+_DROPPED_RESPONSE = (
+    ORIGIN_RESPONSE_HEADERS
+    | _UPSTREAM_IDS
+    | {
+        b"date",
+        b"server",
+        b"x-llm-proxy-provider",
+        b"x-llm-proxy-attempts",
+        _UPSTREAM_REQUEST_ID,
+    }
+)
 
 
 def response_headers(
     raw: Sequence[tuple[bytes, bytes]],
-) -> tuple[list[tuple[bytes, bytes]], int | None, bool]:
-    """Forwardable response headers, the content length if declared, and whether it is SSE."""
+) -> tuple[list[tuple[bytes, bytes]], int | None, bool, bytes | None]:
+    """Forwardable response headers, the content length if declared, whether it is SSE, and
+    the provider's own id of the answer (the first of ``x-request-id``, ``request-id``)."""
     headers: list[tuple[bytes, bytes]] = []
     length: int | None = None
     sse = False
+    upstream_id: bytes | None = None
     listed: frozenset[str] = frozenset()
     for name, value in raw:
         lower = name.lower()
@@ -96,6 +109,8 @@ def response_headers(
                 listed = connection_listed(value)
             continue
         if lower in _DROPPED_RESPONSE or lower.startswith(b"access-control-"):
+            if upstream_id is None and lower in _UPSTREAM_IDS:
+                upstream_id = value
             continue
         if lower == b"content-length":
             length = int(value) if value.isdigit() else None
@@ -104,7 +119,7 @@ def response_headers(
         headers.append((lower, value))
     if listed:
         headers = [(n, v) for n, v in headers if n.decode("latin-1") not in listed]
-    return headers, length, sse
+    return headers, length, sse, upstream_id
 
 
 def _with_model(ctx: RequestContext, model: str) -> bytes:
@@ -207,9 +222,12 @@ class UpstreamApp:
         )
         ctx.attempts.append(attempt)
         try:
-            headers, remaining, sse = response_headers(response.headers)
+            headers, remaining, sse, upstream_id = response_headers(response.headers)
             headers.append((b"x-llm-proxy-provider", provider.name.encode()))
             headers.append((b"x-llm-proxy-attempts", str(len(ctx.attempts)).encode()))
+            if upstream_id is not None:
+                headers.append((_UPSTREAM_REQUEST_ID, upstream_id))
+                attempt.upstream_request_id = upstream_id.decode("latin-1")
             if codec is not None:
                 try:
                     await relay_translated(ctx, codec, response, headers, attempt, send)
@@ -238,7 +256,7 @@ class UpstreamApp:
                 attempt.outcome = error.code
                 if not sse:
                     raise
-                log_error(error, ctx.request_id)
+                log_error(error, ctx.request_id, attempt.upstream_request_id)
                 await response.aclose()
                 await send(
                     {"type": "http.response.body", "body": error_event(error, ctx.wire_format)}

@@ -1,8 +1,10 @@
 """The two client wire formats, and how an error looks in each.
 
-A request's wire format follows from its path alone: ``/v1/messages`` and below speak
-Anthropic's Messages API, every other ``/v1/*`` path speaks OpenAI's. Errors are rendered in
-the caller's format, so the official SDKs raise their own typed exceptions for them.
+A request's wire format follows from its path and its headers: ``/v1/messages`` and below
+speak Anthropic's API, and so does any other ``/v1/*`` request carrying ``anthropic-version``
+(which Anthropic's SDKs send with every call: files, models, what comes next); the rest speak
+OpenAI's. Errors are rendered in the caller's format, so the official SDKs raise their own
+typed exceptions for them.
 """
 
 from __future__ import annotations
@@ -35,10 +37,14 @@ class WireFormat(enum.Enum):
     ANTHROPIC = "anthropic"
 
 
-def wire_format_of(route_path: str) -> WireFormat:
-    """Anthropic for ``/v1/messages`` and below, OpenAI otherwise."""
-    if route_path == "/v1/messages" or route_path.startswith("/v1/messages/"):
-        return WireFormat.ANTHROPIC
+def wire_format_of(route_path: str, *, anthropic_version: bool = False) -> WireFormat:
+    """Anthropic for ``/v1/messages`` and below, and for any other ``/v1/*`` request that
+    carries ``anthropic-version`` (``anthropic_version``); OpenAI otherwise."""
+    if route_path.startswith("/v1/"):
+        if anthropic_version or route_path == "/v1/messages":
+            return WireFormat.ANTHROPIC
+        if route_path.startswith("/v1/messages/"):
+            return WireFormat.ANTHROPIC
     return WireFormat.OPENAI
 
 
@@ -101,8 +107,9 @@ _LOG_ESCAPES = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))} | 
 }
 
 
-def log_error(error: ProxyError, request_id: str) -> None:
-    """One log record per failed request: id, class, provider; messages carry no secrets.
+def log_error(error: ProxyError, request_id: str, upstream_request_id: str | None = None) -> None:
+    """One log record per failed request: id, class, provider, and the provider's own id of
+    its answer when it gave one (what its support asks for); messages carry no secrets.
 
     The record is one line, whatever the message quotes: control characters are escaped.
     """
@@ -110,19 +117,24 @@ def log_error(error: ProxyError, request_id: str) -> None:
     if logger.isEnabledFor(level):
         logger.log(
             level,
-            "request %s failed: %s (%s) provider=%s status=%d",
+            "request %s failed: %s (%s) provider=%s status=%d upstream_request_id=%s",
             request_id,
             type(error).__name__,
             error.message.translate(_LOG_ESCAPES),
             error.provider or "-",
             error.status_code,
+            (upstream_request_id or "-").translate(_LOG_ESCAPES),
         )
 
 
 async def send_error(
-    send: Send, error: ProxyError, wire_format: WireFormat, request_id: str = "-"
+    send: Send,
+    error: ProxyError,
+    wire_format: WireFormat,
+    request_id: str = "-",
+    upstream_request_id: str | None = None,
 ) -> None:
     """Log the error once and send it in the caller's wire format."""
-    log_error(error, request_id)
+    log_error(error, request_id, upstream_request_id)
     headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in error.headers.items()]
     await send_json(send, error.status_code, error_body(error, wire_format), headers)
