@@ -142,7 +142,7 @@ async def _relay_stream(
         # The stream broke: the client's API's terminal error, never a clean end.
         error.provider = ctx.provider
         attempt.outcome = error.code
-        log_error(error, ctx.request_id)
+        log_error(error, ctx.request_id, attempt.upstream_request_id)
         closing = frame_events(client, translator.fail(error))
     finally:
         _count(ctx, translator.usage)
