@@ -11,6 +11,7 @@ import base64
 import json
 import time
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -18,8 +19,17 @@ import openai
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.frames import Close
 
 from llm_proxy_mw import LLMProxy, build_proxy
+from tests.e2e_helpers import CLIENT_KEY as E2E_CLIENT_KEY
+from tests.e2e_helpers import (
+    OPENAI_CANARY,
+    OPENAI_MODEL,
+    config_toml,
+    provider_toml,
+    serve_example_app,
+)
 from tests.fakes.realtime_server import FakeRealtimeProvider, RealtimeSession, realtime_provider
 from tests.fakes.servers import UvicornServer
 
@@ -136,30 +146,31 @@ async def test_a_session_relays_text_and_binary_both_ways_with_the_providers_key
     assert sample(app, "llm_proxy_realtime_sessions_active", {}) == 0
 
 
-async def test_the_providers_close_code_and_reason_reach_the_client(
-    fake: FakeRealtimeProvider, proxy: tuple[str, LLMProxy]
-) -> None:
-    url, _ = proxy
+async def close_sent_to_the_client(url: str, event: dict[str, Any]) -> Close:
+    """The close the client gets after ``event`` made the provider end the session."""
     async with connect(f"{url}/v1/realtime?model={MODEL}", additional_headers=bearer()) as ws:
         await next_event(ws)
-        await ws.send(json.dumps({"type": "test.close", "code": 4002, "reason": "bye"}))
+        await ws.send(json.dumps(event))
         with pytest.raises(ConnectionClosed) as closed, anyio.fail_after(TIMEOUT):
             await ws.recv()
     assert closed.value.rcvd is not None
-    assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (4002, "bye")
+    return closed.value.rcvd
+
+
+async def test_the_providers_close_code_and_reason_reach_the_client(
+    fake: FakeRealtimeProvider, proxy: tuple[str, LLMProxy]
+) -> None:
+    close = await close_sent_to_the_client(
+        proxy[0], {"type": "test.close", "code": 4002, "reason": "bye"}
+    )
+    assert (close.code, close.reason) == (4002, "bye")
 
 
 async def test_a_provider_that_drops_closes_the_client_with_1011(
     fake: FakeRealtimeProvider, proxy: tuple[str, LLMProxy]
 ) -> None:
-    url, _ = proxy
-    async with connect(f"{url}/v1/realtime?model={MODEL}", additional_headers=bearer()) as ws:
-        await next_event(ws)
-        await ws.send(json.dumps({"type": "test.drop"}))
-        with pytest.raises(ConnectionClosed) as closed, anyio.fail_after(TIMEOUT):
-            await ws.recv()
-    assert closed.value.rcvd is not None
-    assert closed.value.rcvd.code == 1011  # the SDKs reconnect after it
+    close = await close_sent_to_the_client(proxy[0], {"type": "test.drop"})
+    assert close.code == 1011  # the SDKs reconnect after it
 
 
 async def test_a_client_that_drops_closes_the_provider(
@@ -294,3 +305,29 @@ async def test_the_openai_sdk_sees_a_refused_key_as_401(proxy: tuple[str, LLMPro
             pass
     assert refused.value.response.status_code == 401
     await client.close()
+
+
+async def test_a_realtime_session_through_the_example_app(tmp_path: Path) -> None:
+    async with realtime_provider(OPENAI_CANARY) as provider:
+        openai_provider = provider_toml(
+            "openai",
+            kind="openai",
+            base_url=provider.base_url,
+            key_var="FAKE_OPENAI_KEY",
+            models=[OPENAI_MODEL],
+        )
+        with serve_example_app(config_toml(openai_provider), tmp_path) as app:
+            client = sdk_client(f"{app.url}/llm", E2E_CLIENT_KEY)
+            audio = base64.b64encode(b"\x7f\x80" * 1200).decode()
+            async with client.realtime.connect(model=OPENAI_MODEL) as connection:
+                with anyio.fail_after(TIMEOUT):
+                    created = json.loads(await connection.recv_bytes())
+                    await connection.input_audio_buffer.append(audio=audio)
+                    echo = json.loads(await connection.recv_bytes())
+            await client.close()
+        session = await ended(provider.sessions[0])
+    assert created["type"] == "session.created"
+    assert echo["event"] == {"type": "input_audio_buffer.append", "audio": audio}
+    assert session.path == f"/v1/realtime?model={OPENAI_MODEL}"
+    assert session.headers["authorization"] == f"Bearer {OPENAI_CANARY}"
+    assert E2E_CLIENT_KEY not in json.dumps(session.headers)
