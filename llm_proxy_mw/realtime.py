@@ -69,7 +69,8 @@ class RealtimeApp:
         if ctx.route_path != REALTIME_PATH:
             await send({"type": "websocket.close", "code": 1008})  # the server answers 403
             return
-        await receive()  # websocket.connect
+        if (await receive())["type"] != "websocket.connect":
+            return  # the client left before its handshake was read
         token = current_request_id.set(ctx.request_id)
         try:
             async with contextlib.AsyncExitStack() as stack:

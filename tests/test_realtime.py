@@ -17,6 +17,7 @@ from typing import Any
 import anyio
 import openai
 import pytest
+from starlette.types import Message
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.frames import Close
@@ -57,9 +58,13 @@ def config(fake: FakeRealtimeProvider, *, auth: bool = True) -> dict[str, Any]:
             },
             "demo": {"kind": "echo", "models": ["echo-1"]},
         },
-        **({"auth": {"api_keys": [{"name": "alice", "key": CLIENT_KEY}]}} if auth else {}),
         "store": {"url": "sqlite:///:memory:"},
+        **(config_auth() if auth else {}),
     }
+
+
+def config_auth() -> dict[str, Any]:
+    return {"auth": {"api_keys": [{"name": "alice", "key": CLIENT_KEY}]}}
 
 
 @pytest.fixture
@@ -316,7 +321,8 @@ async def test_a_realtime_session_through_the_example_app(tmp_path: Path) -> Non
             key_var="FAKE_OPENAI_KEY",
             models=[OPENAI_MODEL],
         )
-        with serve_example_app(config_toml(openai_provider), tmp_path) as app:
+        store = '[store]\nurl = "sqlite:///:memory:"\n'
+        with serve_example_app(config_toml(openai_provider, store), tmp_path) as app:
             client = sdk_client(f"{app.url}/llm", E2E_CLIENT_KEY)
             audio = base64.b64encode(b"\x7f\x80" * 1200).decode()
             async with client.realtime.connect(model=OPENAI_MODEL) as connection:
@@ -331,3 +337,27 @@ async def test_a_realtime_session_through_the_example_app(tmp_path: Path) -> Non
     assert session.path == f"/v1/realtime?model={OPENAI_MODEL}"
     assert session.headers["authorization"] == f"Bearer {OPENAI_CANARY}"
     assert E2E_CLIENT_KEY not in json.dumps(session.headers)
+
+
+async def test_a_server_without_denial_responses_refuses_with_a_plain_close() -> None:
+    """Without the ``websocket.http.response`` extension, a refusal is the close the server
+    turns into 403; nothing of the HTTP kind is sent."""
+    config = {"providers": {"demo": {"kind": "echo"}}, "store": {"url": "sqlite:///:memory:"}}
+    proxy = build_proxy({**config, **config_auth()})
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return {"type": "websocket.connect"}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "websocket",
+        "path": "/v1/realtime",
+        "query_string": f"model={MODEL}".encode(),
+        "headers": [],
+        "subprotocols": [],
+    }
+    await proxy(scope, receive, send)
+    assert sent == [{"type": "websocket.close", "code": 1008}]
