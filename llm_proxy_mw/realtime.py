@@ -30,6 +30,8 @@ from llm_proxy_mw.auth import AuthenticatorChain, presented_secret
 from llm_proxy_mw.context import RequestContext, current_request_id, get_context
 from llm_proxy_mw.errors import ProxyError, UntranslatableError
 from llm_proxy_mw.metrics import ProxyMetrics
+from llm_proxy_mw.providers import Provider
+from llm_proxy_mw.retry import RETRYABLE_STATUSES
 from llm_proxy_mw.routing import Router
 from llm_proxy_mw.wire import WireFormat, send_error
 
@@ -41,6 +43,10 @@ REALTIME_PATH = "/v1/realtime"
 #: as a safe method, so a session cookie counts only from this site's own pages (a browser
 #: sends cookies with another site's websocket too).
 _HANDSHAKE_METHOD = "WEBSOCKET"
+
+#: The handshake failures tried again elsewhere: no answer (``None``: a connect error or
+#: timeout), or a status a request would be retried after. Nothing was sent yet.
+_RETRIED = RETRYABLE_STATUSES | {None}
 
 
 class RealtimeApp:
@@ -75,11 +81,11 @@ class RealtimeApp:
         try:
             async with contextlib.AsyncExitStack() as stack:
                 try:
-                    socket = await stack.enter_async_context(await self._open(ctx, scope))
+                    socket = await self._connect(ctx, scope, stack)
                 except ProxyError as error:
                     await self._refuse(ctx, scope, send, error)
                     return
-                ctx.plan.record(ctx.attempts[-1])
+                ctx.status = 101
                 await send(
                     {
                         "type": "websocket.accept",
@@ -94,23 +100,50 @@ class RealtimeApp:
         finally:
             current_request_id.reset(token)
 
-    async def _open(
-        self, ctx: RequestContext, scope: Scope
-    ) -> contextlib.AbstractAsyncContextManager[ProviderSocket]:
-        """The provider's websocket for the caller, to enter: the caller checked, the model
-        (the ``model`` query) routed to an ``openai`` provider, its credentials fetched."""
+    async def _connect(
+        self, ctx: RequestContext, scope: Scope, stack: contextlib.AsyncExitStack
+    ) -> ProviderSocket:
+        """The provider's websocket for the caller, open until ``stack`` closes: the caller
+        checked, the model (the ``model`` query) routed to an ``openai`` provider.
+
+        A handshake that failed as a request would be retried elsewhere (no connection, a
+        retryable status) is made again with the plan's next deployment; the provider's own
+        status of the last one that answered is ``ctx.status``.
+        """
         if self.auth is not None:
             ctx.principal = await self.auth.authenticate(_as_request(scope))
         ctx.model = _query_model(scope.get("query_string", b""))
         plan = ctx.plan = self.router.plan(WireFormat.OPENAI, ctx.model)
-        provider = plan.next()
-        ctx.provider = provider.name
-        if provider.config.kind != "openai":
-            raise UntranslatableError(
-                f"The provider {provider.name!r} ({provider.config.kind}) has no realtime "
-                "endpoint: realtime sessions go to openai providers.",
-                param="model",
-            )
+        failed: ProxyError | None = None
+        while True:
+            provider = plan.next()
+            if provider.config.kind != "openai":
+                raise failed or UntranslatableError(
+                    f"The provider {provider.name!r} ({provider.config.kind}) has no realtime "
+                    "endpoint: realtime sessions go to openai providers.",
+                    param="model",
+                )
+            ctx.provider = provider.name
+            tried = len(ctx.attempts)
+            try:
+                socket = await stack.enter_async_context(await self._open(ctx, scope, provider))
+            except ProxyError as error:
+                if len(ctx.attempts) == tried:  # no attempt was made: its credentials failed
+                    raise
+                attempt = ctx.attempts[-1]
+                plan.record(attempt)
+                ctx.status = attempt.status
+                if attempt.status not in _RETRIED or plan.after_failure() != "elsewhere":
+                    raise
+                failed = error
+                continue
+            plan.record(ctx.attempts[-1])
+            return socket
+
+    async def _open(
+        self, ctx: RequestContext, scope: Scope, provider: Provider
+    ) -> contextlib.AbstractAsyncContextManager[ProviderSocket]:
+        """The handshake with ``provider``, to enter: its credentials, never the client's."""
         headers = provider.request_headers(scope["headers"])
         if provider.credential_source is not None:
             headers += await provider.credential_source.headers()
@@ -144,10 +177,7 @@ class RealtimeApp:
     ) -> None:
         """Answer the handshake with ``error`` as an HTTP response (the provider's status
         when it refused its own), when the server can; else the server answers 403."""
-        status = error.status_code
-        if ctx.attempts:
-            ctx.plan.record(ctx.attempts[-1])
-            status = ctx.attempts[-1].status or status
+        status = ctx.status = ctx.status or error.status_code
         if self.metrics is not None:
             self.metrics.realtime_session(ctx.provider, ctx.model, status)
         if "websocket.http.response" not in scope.get("extensions", {}):

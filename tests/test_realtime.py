@@ -32,7 +32,7 @@ from tests.e2e_helpers import (
     serve_example_app,
 )
 from tests.fakes.realtime_server import FakeRealtimeProvider, RealtimeSession, realtime_provider
-from tests.fakes.servers import UvicornServer
+from tests.fakes.servers import UvicornServer, free_port
 
 pytestmark = pytest.mark.anyio
 
@@ -361,3 +361,26 @@ async def test_a_server_without_denial_responses_refuses_with_a_plain_close() ->
     }
     await proxy(scope, receive, send)
     assert sent == [{"type": "websocket.close", "code": 1008}]
+
+
+async def test_a_provider_that_cannot_be_reached_gives_way_to_the_next(
+    fake: FakeRealtimeProvider,
+) -> None:
+    settings = config(fake)
+    rt = settings["providers"]["rt"]
+    nowhere = f"http://127.0.0.1:{free_port()}/v1"
+    # Only "down" serves the model, so it is tried first; "rt" is its fallback.
+    settings["providers"] = {
+        "down": {**rt, "base_url": nowhere, "fallbacks": ["rt"]},
+        "rt": {**rt, "models": ["another-model"]},
+    }
+    proxy = build_proxy(settings)
+    with UvicornServer(proxy, lifespan="on") as server:
+        url = server.url.replace("http://", "ws://")
+        async with connect(f"{url}/v1/realtime?model={MODEL}", additional_headers=bearer()) as ws:
+            assert (await next_event(ws))["type"] == "session.created"
+            assert ws.response is not None
+            assert ws.response.headers["x-llm-proxy-provider"] == "rt"
+    assert len(fake.sessions) == 1
+    down = proxy.health_report()["providers"]["down"]
+    assert down["window_calls"] == 1 and down["success_ratio"] == 0
