@@ -30,7 +30,7 @@ bytecode: $(STAMP)
 	$(PY) -m compileall -q llm_proxy_mw examples
 
 demo: bytecode
-	$(VENV)/bin/uvicorn examples.app:app --host $(HOST) --port $(PORT) --ws none
+	$(VENV)/bin/uvicorn examples.app:app --host $(HOST) --port $(PORT)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

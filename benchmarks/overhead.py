@@ -378,7 +378,7 @@ class Run:
         if not argv:
             argv = [sys.executable, "-m", "uvicorn", contender.app, "--host", HOST]
             argv += ["--port", str(port), "--loop", "uvloop", "--http", "httptools"]
-            # No websocket endpoints to serve: --ws none spares uvicorn importing a websocket
+            # The benchmark opens no websockets: --ws none spares uvicorn importing a websocket
             # library at start (~40 ms when one is installed, as uvicorn[standard] does).
             argv += ["--no-access-log", "--ws", "none", "--workers", str(contender.workers)]
         path = contender.prefix + CHAT_PATH

@@ -3,8 +3,9 @@
 It is only a composition of public pieces. What outlives a request is built first, in the order
 the request meets it; then the pipeline, a list of layers read outermost first as the request
 flows (request context, metrics, auth, retry, routing) over the upstream app, applied in
-reverse as Starlette's ``build_middleware_stack`` does; then the proxy's own endpoints beside
-it, behind the one admin gate.
+reverse as Starlette's ``build_middleware_stack`` does; the realtime websockets, checked by the
+same auth and routed by the same router; then the proxy's own endpoints beside it, behind the
+one admin gate.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from llm_proxy_mw.metrics import MetricsMiddleware, ProxyMetrics
 from llm_proxy_mw.metrics_app import MetricsApp
 from llm_proxy_mw.providers import Provider
 from llm_proxy_mw.proxy import Endpoints, LLMProxy, ProxyParts
+from llm_proxy_mw.realtime import RealtimeApp
 from llm_proxy_mw.retry import RetryMiddleware
 from llm_proxy_mw.routing import Router, RoutingMiddleware
 from llm_proxy_mw.store import open_metrics_store
@@ -98,6 +100,8 @@ def build_proxy(
         UpstreamApp(providers),
     )
 
+    realtime = RealtimeApp(router=router, auth=auth.chain if auth else None, metrics=metrics)
+
     gate = AdminGate(auth.chain if auth else None, public=config.metrics.public)
     multiprocess_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     dashboard = gate.guard(DashboardApp(history, health=health))
@@ -117,7 +121,7 @@ def build_proxy(
         auth=auth,
         multiprocess=bool(multiprocess_dir),
     )
-    return LLMProxy(pipeline, endpoints, parts)
+    return LLMProxy(pipeline, endpoints, parts, websockets=realtime)
 
 
 def _stack(middleware: Sequence[Middleware], app: ASGIApp) -> ASGIApp:

@@ -42,6 +42,9 @@ __all__ = ["MetricsMiddleware", "ProxyMetrics", "exposition"]
 #: nginx's code for "the client closed the request": the status of a request whose client left.
 CLIENT_CLOSED = 499
 
+#: Realtime sessions last from seconds to an hour: seconds.
+REALTIME_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
+
 
 def _outcome_label(outcome: str) -> str:
     """An attempt's outcome as a label value: a code from outside the closed set (a
@@ -182,6 +185,25 @@ class ProxyMetrics:
         )
         #: The gauge's value object, updated directly like the series' (see ``_Series``).
         self.in_flight_value: Any = self.in_flight._value
+        self.realtime_sessions = Counter(
+            "llm_proxy_realtime_sessions",
+            "Realtime websocket handshakes, by status: 101 accepted, else refused.",
+            [*labels, "status"],
+            registry=registry,
+        )
+        self.realtime_duration = Histogram(
+            "llm_proxy_realtime_session_duration_seconds",
+            "Duration of accepted realtime sessions, to the close.",
+            labels,
+            buckets=REALTIME_BUCKETS,
+            registry=registry,
+        )
+        self.realtime_active = Gauge(
+            "llm_proxy_realtime_sessions_active",
+            "Realtime sessions open now.",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
         #: Collectors that describe this process only (not kept in multiprocess files).
         self.local_collectors: list[Collector] = []
         if health is not None:
@@ -281,6 +303,16 @@ class ProxyMetrics:
             if ttfb is not None:
                 self._total("ttfb", provider, model, bisect_left(DURATION_BUCKETS, ttfb))
                 history.add_total(series.ttfb_sum_key, ttfb)
+
+    def realtime_session(self, provider: str | None, model: str | None, status: int) -> None:
+        """Count one realtime handshake, accepted (101) or refused with ``status``."""
+        labels = (provider or "none", self.model_label(model), str(status))
+        self._child(self.realtime_sessions, *labels).inc()
+
+    def realtime_ended(self, provider: str | None, model: str | None, duration: float) -> None:
+        """Record how long an accepted realtime session lasted."""
+        labels = (provider or "none", self.model_label(model))
+        self._child(self.realtime_duration, *labels).observe(duration)
 
     def _observe_attempts(self, attempts: list[Attempt], model: str) -> None:
         """Attempts and retries of a request that was retried or answered by another."""

@@ -1,7 +1,8 @@
 """``LLMProxy``: the app a host mounts, and the lifespan of what its requests share.
 
 ``/v1/*`` goes down the pipeline; every other path to the proxy's own endpoints (``Endpoints``:
-``/healthz``, ``/metrics``, the dashboard, the ``[auth]`` paths); websockets are refused. The
+``/healthz``, ``/metrics``, the dashboard, the ``[auth]`` paths); websockets to ``websockets``
+(``RealtimeApp``), or refused without it. The
 lifespan starts the metrics history and auth's stores with the host, or keeps the host from
 starting (``StartupError``: nothing is served), and closes them and every provider's pools
 when it stops. Starlette runs no lifespan for mounted apps, so the host passes it on
@@ -74,13 +75,21 @@ class Endpoints:
 
 class LLMProxy:
     """The mounted proxy: ``/v1/*`` through ``pipeline``, every other path to ``endpoints``
-    (each with its ``RequestContextMiddleware`` in front), ``parts`` started and closed with
-    its lifespan."""
+    (each with its ``RequestContextMiddleware`` in front), websockets to ``websockets``,
+    ``parts`` started and closed with its lifespan."""
 
-    def __init__(self, pipeline: ASGIApp, endpoints: ASGIApp, parts: ProxyParts) -> None:
+    def __init__(
+        self,
+        pipeline: ASGIApp,
+        endpoints: ASGIApp,
+        parts: ProxyParts,
+        *,
+        websockets: ASGIApp | None = None,
+    ) -> None:
         self.pipeline = pipeline
         self.endpoints = endpoints
         self.parts = parts
+        self.websockets = websockets
         self._lifespan_entered = False
         self._warned = False
         self._lazy_start: asyncio.Task[None] | None = None
@@ -124,8 +133,10 @@ class LLMProxy:
         elif scope["type"] == "lifespan":
             await self._serve_lifespan(receive, send)
         elif scope["type"] == "websocket":
-            # No websocket endpoints: refuse the handshake (the server answers 403).
-            await send({"type": "websocket.close", "code": 1008})
+            if self.websockets is not None:
+                await self.websockets(scope, receive, send)
+            else:  # refuse the handshake (the server answers 403)
+                await send({"type": "websocket.close", "code": 1008})
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: object = None) -> AsyncIterator[None]:

@@ -114,7 +114,12 @@ async def test_websockets_under_the_prefix_are_the_proxys_to_refuse() -> None:
     async def receive() -> Message:
         return {"type": "websocket.connect"}
 
-    scope = {"type": "websocket", "path": "/llm/v1/realtime", "headers": [], "root_path": ""}
+    scope = {
+        "type": "websocket",
+        "path": "/llm/v1/chat/completions",
+        "headers": [],
+        "root_path": "",
+    }
     await app(scope, receive, send)
     assert sent == [{"type": "websocket.close", "code": 1008}]
 

@@ -888,7 +888,8 @@ def example_app_process(tmp: Path, config: str, canaries: Canaries) -> Iterator[
 
 
 def websocket_handshake(url: str, path: str) -> bytes:
-    """A websocket upgrade request; the proxy refuses it (uvicorn logs its URL)."""
+    """A websocket upgrade request without credentials; the proxy refuses it (uvicorn logs
+    its URL)."""
     parts = urlsplit(url)
     assert parts.hostname is not None and parts.port is not None
     key = base64.b64encode(secrets.token_bytes(16)).decode()
@@ -988,7 +989,7 @@ def test_no_secret_in_the_output_of_the_example_app_under_uvicorn(
         "metrics as non-admin": 403,
         "metrics": 200,
     }
-    assert refused.startswith(b"HTTP/1.1 403")
+    assert refused.startswith(b"HTTP/1.1 401")
     assert set(up.idp.login_secrets) == {c.login_client_secret}
     sent = [r.headers for r in up.fake.requests]
     assert any(h.get("authorization") == f"Bearer {c.provider_access_token}" for h in sent)
@@ -997,7 +998,7 @@ def test_no_secret_in_the_output_of_the_example_app_under_uvicorn(
     assert '"GET /llm/v1/models?key=*** HTTP/1.1" 200' in stdout
     assert '"POST /llm/v1/chat/completions?key=*** HTTP/1.1" 200' in stdout
     assert "/llm/auth/callback/corp?state=***&code=*** HTTP/1.1" in stdout
-    assert '"WebSocket /llm/v1/realtime?key=***" 403' in stderr
+    assert '"WebSocket /llm/v1/realtime?key=***" 401' in stderr
     # The root logger was at DEBUG: the proxy's own records are in the output too.
     assert "minted token family" in stderr and "revoked the family as stolen" in stderr
 
