@@ -8,9 +8,10 @@ default aiohttp transport; the limits are driven message by message through the 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,13 @@ import pytest
 from starlette.types import Receive, Scope, Send
 
 from llm_proxy_mw import build_proxy
+from llm_proxy_mw.config import ProviderConfig
 from llm_proxy_mw.context import RequestContextMiddleware, get_context, read_body
+from llm_proxy_mw.providers import Provider
+from llm_proxy_mw.retry import RetryMiddleware
+from llm_proxy_mw.routing import Router, RoutingMiddleware
+from llm_proxy_mw.transports import HttpxTransport
+from llm_proxy_mw.upstream import UpstreamApp
 from llm_proxy_mw.wire import send_json
 from tests.asgi_helpers import AsgiDriver, eventually, http_scope
 from tests.fakes.servers import UvicornServer, free_port
@@ -229,3 +236,63 @@ async def test_a_client_gone_mid_upload_ends_the_request_without_an_answer() -> 
         gone.start()
         await gone.finish()
     assert gone.sent == []
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+async def test_a_trickling_upload_is_cut_with_408_while_the_provider_waits_for_it(
+    sink: tuple[UploadSink, str], transport: str
+) -> None:
+    """Through the whole stack and a real transport: the provider is reading the body when
+    the rate check cuts it; the client gets 408 and the provider a body that broke off."""
+    app, url = sink
+    config = ProviderConfig.model_validate(openai(url))
+    chosen = HttpxTransport() if transport == "httpx" else None
+    provider = Provider.from_config("first", config, chosen)
+    stack = RequestContextMiddleware(
+        RetryMiddleware(RoutingMiddleware(UpstreamApp([provider]), router=Router([provider]))),
+        min_upload_rate=1024,
+        upload_rate_window=0.05,
+    )
+    never = asyncio.Event()
+
+    async def trickle() -> AsyncIterator[bytes]:
+        yield b"x" * 10
+        await never.wait()
+
+    try:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=stack), base_url="http://proxy"
+        ) as client:
+            response = await client.post("/v1/files", content=trickle(), headers=dict(FILES))
+    finally:
+        await provider.transport.aclose()
+    assert response.status_code == 408
+    assert "min_upload_rate" in response.json()["error"]["message"]
+    [cut] = await asyncio.to_thread(app.wait_for_requests, 1)
+    assert (cut.size, cut.complete) == (10, False)
+
+
+@pytest.mark.anyio
+async def test_the_httpx_transport_streams_an_upload(sink: tuple[UploadSink, str]) -> None:
+    app, url = sink
+    proxy = build_proxy(
+        {"providers": {"first": openai(url)}, "store": {"url": "sqlite:///:memory:"}},
+        transports={"first": HttpxTransport()},
+    )
+    async with (
+        proxy.lifespan(),
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=proxy), base_url="http://proxy"
+        ) as client,
+    ):
+        chunks = [b"%d" % i * 1000 for i in range(10)]
+
+        async def body() -> AsyncIterator[bytes]:
+            for chunk in chunks:
+                yield chunk
+
+        response = await client.post("/v1/files", content=body(), headers=dict(FILES))
+    assert response.status_code == 200, response.text
+    [received] = app.requests
+    assert received.head == b"".join(chunks)
