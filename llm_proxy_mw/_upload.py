@@ -21,7 +21,12 @@ from dataclasses import dataclass
 from starlette.types import Message, Receive
 
 from llm_proxy_mw._multipart import FormScanner, boundary_of
-from llm_proxy_mw.errors import ClientDisconnected, RequestBodyTimeout, RequestTooLargeError
+from llm_proxy_mw.errors import (
+    ClientDisconnected,
+    InvalidRequestError,
+    RequestBodyTimeout,
+    RequestTooLargeError,
+)
 
 __all__ = ["Upload", "UploadPolicy", "open_upload"]
 
@@ -78,7 +83,7 @@ class Upload:
         self._size = 0
         self._done = False
         self._ended: asyncio.Event | None = None
-        self._started_at = 0.0
+        self._started_at: float | None = None  # the loop's time at the first read
         self._timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[object] | None = None
         self._receiving = False
@@ -148,7 +153,7 @@ class Upload:
             if self._scanner is not None:
                 try:
                     self._scanner.feed(chunk)
-                except Exception as error:  # the scanner's InvalidRequestError, kept as ours
+                except InvalidRequestError as error:  # a misplaced model: the client's
                     raise self._fail(error) from None
         if not message.get("more_body", False):
             self._finish()
@@ -171,7 +176,7 @@ class Upload:
         """The rate check, due when the average would fall under ``min_rate`` if nothing more
         came. Armed only while reading: an upload nobody reads holds no timer."""
         now = loop.time()
-        if not self._started_at:
+        if self._started_at is None:
             self._started_at = now
         policy = self._policy
         due = self._started_at + max(policy.rate_window, self._size / policy.min_rate)
@@ -179,7 +184,7 @@ class Upload:
 
     def _check(self, loop: asyncio.AbstractEventLoop) -> None:
         self._timer = None
-        if self._done or not self._receiving:
+        if self._done or not self._receiving or self._started_at is None:
             return  # the next read arms it again
         elapsed = loop.time() - self._started_at
         if self._size < self._policy.min_rate * elapsed and self._task is not None:
