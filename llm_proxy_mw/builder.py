@@ -83,6 +83,8 @@ def build_proxy(
         RequestContextMiddleware,
         max_body_bytes=config.max_body_bytes,
         body_timeout=config.request_body_timeout,
+        max_upload_bytes=config.max_upload_bytes,
+        min_upload_rate=config.min_upload_rate,
     )
     auth_layer = [Middleware(AuthMiddleware, authenticators=auth.authenticators)] if auth else []
     pipeline = _stack(

@@ -456,6 +456,10 @@ class ProxyConfig(_Model):
     request_deadline: float = Field(600.0, gt=0)
     #: Seconds for a client to send a whole JSON or form body; past it 408, connection closed.
     request_body_timeout: float = Field(30.0, gt=0)
+    #: Bytes of one upload (a form, a file), streamed to the provider; past it 413.
+    max_upload_bytes: int = Field(512 * 1024 * 1024, ge=1024)
+    #: Bytes per second an upload must average after its first 10 s; slower, 408.
+    min_upload_rate: float = Field(64 * 1024, gt=0)
 
     @field_validator("providers")
     @classmethod

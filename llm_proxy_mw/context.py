@@ -20,6 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llm_proxy_mw._body_deadline import start_body_read
 from llm_proxy_mw._json_body import is_json_type, parse_object, takes_other_bodies
+from llm_proxy_mw._upload import Upload, UploadPolicy, open_upload
 from llm_proxy_mw.errors import (
     ClientDisconnected,
     InvalidRequestError,
@@ -48,6 +49,7 @@ STATE_KEY = "llm_proxy_mw"
 DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
 #: Seconds to receive a whole JSON or form body (``request_body_timeout``).
 DEFAULT_BODY_TIMEOUT = 30.0
+_DEFAULT_UPLOADS = UploadPolicy()
 
 #: The request id of the request being handled, for log records.
 current_request_id: contextvars.ContextVar[str] = contextvars.ContextVar(
@@ -105,6 +107,10 @@ class RequestContext:
     body_timeout: float = DEFAULT_BODY_TIMEOUT
     #: Whether every ``content-type`` of the request is JSON; known once the body is read.
     body_is_json: bool | None = None
+    #: The limits of an upload (``max_upload_bytes``, ``min_upload_rate``).
+    upload_policy: UploadPolicy = _DEFAULT_UPLOADS
+    #: The body of an upload, streamed instead of read into ``body`` (``read_body``).
+    upload: Upload | None = None
     _json: dict[str, Any] | None = None
     _json_parsed: bool = False
 
@@ -175,14 +181,20 @@ async def read_body(
 
     A declared ``content-length`` over the limit is refused before anything is read. The
     whole body must arrive within ``ctx.body_timeout`` seconds, else ``RequestBodyTimeout``
-    (408, and the connection is closed); an upload (a body other than JSON to an endpoint
-    that takes one) has no such deadline, only the limit.
+    (408, and the connection is closed).
+
+    An upload (a body other than JSON to an endpoint that takes one: files, forms) is not
+    read here: it becomes ``ctx.upload``, streamed to the provider as it arrives, under
+    ``ctx.upload_policy`` (``max_upload_bytes``, ``min_upload_rate``), and ``b""`` is the
+    body.
     """
     if ctx.body is not None:
         return ctx.body
     if limit is None:
         limit = ctx.max_body_bytes
     json_type: bool | None = None  # one pass over the headers, for Routing too
+    declared: int | None = None
+    content_type: bytes | None = None
     for name, value in scope["headers"]:
         if name == b"content-length":
             try:
@@ -191,14 +203,17 @@ async def read_body(
                 raise InvalidRequestError("The content-length header is not a number.") from None
             if declared < 0:
                 raise InvalidRequestError("The content-length header is negative.")
-            if declared > limit:
-                raise RequestTooLargeError(f"The request body exceeds {limit} bytes.")
         elif name == b"content-type":
             json_type = json_type is not False and is_json_type(value)
+            content_type = value
     ctx.body_is_json = json_type is True
-    deadline = None
-    if json_type or not takes_other_bodies(ctx.route_path):
-        deadline, task = start_body_read(ctx.body_timeout)
+    if not json_type and takes_other_bodies(ctx.route_path):
+        ctx.upload = open_upload(receive, ctx.upload_policy, content_type, declared)
+        ctx.body = b""
+        return ctx.body
+    if declared is not None and declared > limit:
+        raise RequestTooLargeError(f"The request body exceeds {limit} bytes.")
+    deadline, task = start_body_read(ctx.body_timeout)
     chunks: list[bytes] = []
     size = 0
     try:
@@ -215,12 +230,11 @@ async def read_body(
             if not message.get("more_body", False):
                 break
     except asyncio.CancelledError:
-        if deadline is None or not deadline.expired(task):
+        if not deadline.expired(task):
             raise
         raise _body_timeout(ctx, scope) from None
     finally:
-        if deadline is not None:
-            deadline.finish(task)
+        deadline.finish(task)
     ctx.body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
     return ctx.body
 
@@ -239,8 +253,10 @@ class RequestContextMiddleware:
     and renders any ``ProxyError`` an inner layer raised in the caller's wire format.
 
     It sets the limits of the request body for every layer below (``read_body``):
-    ``max_body_bytes``, past which the request is refused (413), and ``body_timeout``, seconds
-    for the client to send a whole JSON or form body (408).
+    ``max_body_bytes``, past which a JSON body is refused (413), and ``body_timeout``, seconds
+    for the client to send a whole JSON body (408); for uploads, streamed instead,
+    ``max_upload_bytes`` (413) and ``min_upload_rate``, the bytes per second an upload must
+    average once ``upload_rate_window`` seconds passed (408).
     """
 
     def __init__(
@@ -249,10 +265,14 @@ class RequestContextMiddleware:
         *,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         body_timeout: float = DEFAULT_BODY_TIMEOUT,
+        max_upload_bytes: int = _DEFAULT_UPLOADS.max_bytes,
+        min_upload_rate: float = _DEFAULT_UPLOADS.min_rate,
+        upload_rate_window: float = _DEFAULT_UPLOADS.rate_window,
     ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.body_timeout = body_timeout
+        self.upload_policy = UploadPolicy(max_upload_bytes, min_upload_rate, upload_rate_window)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -261,6 +281,7 @@ class RequestContextMiddleware:
         ctx = get_context(scope)
         ctx.max_body_bytes = self.max_body_bytes
         ctx.body_timeout = self.body_timeout
+        ctx.upload_policy = self.upload_policy
         token = current_request_id.set(ctx.request_id)
         tagged = _TaggedSend(send, ctx)
         try:

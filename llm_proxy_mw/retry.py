@@ -1,7 +1,8 @@
 """Retry: replay the buffered request on retryable outcomes, before the client saw anything.
 
 The body is buffered once (bounded; 413 past the limit) and every attempt gets a ``receive``
-that replays it. ``http.response.start`` is held back while a retryable status could still
+that replays it; an upload streams instead (``_upload.py``), retried only until its first
+chunk went out. ``http.response.start`` is held back while a retryable status could still
 be retried, with its (small) error body; anything else streams straight through, and once a
 start reached the client nothing is retried. One deadline covers every attempt and wait.
 
@@ -237,11 +238,17 @@ class RetryMiddleware:
         ctx = get_context(scope)
         body = await read_body(ctx, scope, receive, self.max_body_bytes)
         deadline = self._clock() + self.deadline
+        guard_deadline: float | None = self.deadline
+        if ctx.upload is not None:
+            # The body streams through the attempt: the guard must not take its chunks, and
+            # its transfer (as long as ``min_upload_rate`` allows) is not the answer's wait.
+            receive = ctx.upload.receive_after_body
+            guard_deadline = None
         waits: Generator[float, Any, None] | None = None
         wait = 0.0
         # One guard for every attempt and wait: it notices the client leaving, and its
         # deadline cancels whatever runs when it passes, until the client is being answered.
-        async with cancel_on_disconnect(ctx, receive, deadline=self.deadline) as guard:
+        async with cancel_on_disconnect(ctx, receive, deadline=guard_deadline) as guard:
             while True:
                 first = len(ctx.attempts)
                 started = self._clock()
@@ -296,7 +303,10 @@ class RetryMiddleware:
 
     @staticmethod
     def _where(ctx: RequestContext) -> NextAttempt | None:
-        """Where a retry would go: Routing's plan answers; without Routing, the same provider."""
+        """Where a retry would go: Routing's plan answers; without Routing, the same provider.
+        Nowhere once an upload's first chunk went out: it cannot be replayed."""
+        if ctx.upload is not None and ctx.upload.sent:
+            return None
         plan: Plan | None = ctx.plan
         return "same" if plan is None else plan.after_failure()
 

@@ -224,6 +224,9 @@ class RoutingMiddleware:
     async def _read_model(self, ctx: RequestContext, scope: Scope, receive: Receive) -> None:
         if ctx.body is None:  # Retry in front has read it already
             await read_body(ctx, scope, receive, self.max_body_bytes)
+        if ctx.upload is not None:  # streamed: a form's model is read as it goes by
+            ctx.model = await ctx.upload.read_model()
+            return
         body_is_json = ctx.body_is_json
         if body_is_json is None:  # the body came from elsewhere than ``read_body``
             body_is_json = declares_json(scope)

@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 from starlette.types import Receive, Scope, Send
 
 from llm_proxy_mw._disconnect import cancel_on_disconnect, watched
+from llm_proxy_mw._upload import Upload
 from llm_proxy_mw.context import (
     Attempt,
     RequestContext,
@@ -130,6 +131,13 @@ def _with_model(ctx: RequestContext, model: str) -> bytes:
     return json.dumps({**body, "model": model}, separators=(",", ":")).encode()
 
 
+def _stream_upload(upload: Upload, request: UpstreamRequest) -> None:
+    """The upload as the request's body, chunk by chunk, with its declared length."""
+    request.body = upload.chunks()
+    if upload.length is not None:
+        request.headers.append(("content-length", str(upload.length)))
+
+
 class UpstreamApp:
     """ASGI app that proxies the request to the provider that Routing chose.
 
@@ -175,10 +183,14 @@ class UpstreamApp:
                 provider.request_headers(scope["headers"]),
                 body,
             )
+            if ctx.upload is not None:
+                _stream_upload(ctx.upload, request)
         if watched(ctx):
             # Retry in front already guards the request (and owns its one watcher).
             await self._exchange(ctx, provider, request, codec, send)
             return
+        if ctx.upload is not None:
+            receive = ctx.upload.receive_after_body
         async with cancel_on_disconnect(ctx, receive):
             await self._exchange(ctx, provider, request, codec, send)
 
@@ -209,6 +221,10 @@ class UpstreamApp:
         try:
             response = await provider.transport.send(request)
         except ProxyError as error:
+            if ctx.upload is not None and ctx.upload.error is not None:
+                # The client's upload broke off (too slow, too large, gone), not the
+                # provider: no attempt of the provider's to record.
+                raise ctx.upload.error from None
             error.provider = provider.name
             ctx.attempts.append(
                 Attempt(provider.name, error.code, None, time.perf_counter() - started)

@@ -94,9 +94,18 @@ async def test_a_read_that_ended_is_never_cut_later() -> None:
     assert early.status == 200
 
 
+async def streams_upload(scope: Scope, receive: Receive, send: Send) -> None:
+    """Takes the upload's chunks as a provider would, then answers with their length."""
+    ctx = get_context(scope)
+    assert await read_body(ctx, scope, receive) == b""
+    assert ctx.upload is not None
+    length = sum([len(chunk) async for chunk in ctx.upload.chunks()])
+    await send_json(send, 200, json.dumps({"length": length}).encode())
+
+
 async def test_an_upload_has_no_body_deadline() -> None:
     async with (
-        AsgiDriver(app(), http_scope("/v1/files", headers=MULTIPART)) as upload,
+        AsgiDriver(app(streams_upload), http_scope("/v1/files", headers=MULTIPART)) as upload,
         driver() as witness,
     ):
         upload.request_part(b"--x\r\n", more_body=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 import aiohttp
@@ -72,7 +72,7 @@ class _PassthroughRequest(aiohttp.ClientRequest):
 class _Exchange(Watched):
     """One request and its response, watched for stalls by the transport's ``ReadWatch``."""
 
-    __slots__ = ("_watch", "_loop", "_response", "_content")
+    __slots__ = ("_watch", "_loop", "_response", "_content", "_answered")
 
     def __init__(
         self, watch: ReadWatch, loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any]
@@ -80,9 +80,20 @@ class _Exchange(Watched):
         super().__init__(task, loop.time())  # waiting for the response head from the start
         self._watch = watch
         self._loop = loop
+        self._answered = False
+
+    async def upload(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        """An upload's chunks, as aiohttp's body writer takes them: the wait for the answer
+        begins once the last one went out, however long the upload took."""
+        self.waiting_since = None
+        async for chunk in chunks:
+            yield chunk
+        if not self._answered:  # a provider may answer before the body's end
+            self.waiting_since = self._loop.time()
 
     def answered(self, response: aiohttp.ClientResponse) -> UpstreamResponse:
         self.waiting_since = None
+        self._answered = True
         self._response = response
         self._content = response.content
         return UpstreamResponse(response.status, response.raw_headers, self.read_chunk, self.close)
@@ -180,12 +191,14 @@ class AiohttpTransport:
             raise RuntimeError("The transport is open on another event loop: aclose() it first.")
         exchange = _Exchange(self._watch, loop, task)
         self._watch.add(exchange, loop)
+        body = request.body
+        data = (body or None) if isinstance(body, bytes) else exchange.upload(body)
         try:
             response = await session.request(
                 request.method,
                 URL(request.url, encoded=True),
                 headers=request.headers,
-                data=request.body or None,
+                data=data,
                 allow_redirects=False,
             )
         except (TimeoutError, aiohttp.ClientError) as exc:

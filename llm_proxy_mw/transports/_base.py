@@ -8,7 +8,7 @@ this boundary, so nothing above it sees aiohttp or httpx types.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -17,12 +17,16 @@ __all__ = ["UpstreamRequest", "UpstreamResponse", "UpstreamTransport"]
 
 @dataclass(slots=True)
 class UpstreamRequest:
-    """What goes to the provider. ``url`` is fully encoded; ``headers`` already filtered."""
+    """What goes to the provider. ``url`` is fully encoded; ``headers`` already filtered.
+
+    ``body`` is bytes, or an upload's chunks as they arrive (sent as they come, with the
+    declared ``content-length`` when there is one, else chunked).
+    """
 
     method: str
     url: str
     headers: list[tuple[str, str]]
-    body: bytes
+    body: bytes | AsyncIterator[bytes]
 
 
 class UpstreamResponse:

@@ -82,13 +82,16 @@ class EchoTransport:
             message = f"The echo provider does not serve {request.method} /{endpoint}."
             return _error(NotFoundError(message), endpoint)
         try:
+            raw = request.body
             try:
-                body = json.loads(request.body or b"{}")
+                if not isinstance(raw, bytes):  # an upload's chunks: never read here
+                    raise ValueError
+                body = json.loads(raw or b"{}")
             except (ValueError, RecursionError):  # an upload's body reaches here unparsed
                 raise InvalidRequestError("The echo provider expects a JSON body.") from None
             if not isinstance(body, dict):
                 raise InvalidRequestError("The echo provider expects a JSON object.")
-            answer = _answer(endpoint, body, request.body)
+            answer = _answer(endpoint, body, raw)
         except InvalidRequestError as error:
             return _error(error, endpoint)
         if answer is None:

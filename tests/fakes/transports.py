@@ -9,7 +9,8 @@ __all__ = ["RecordingTransport"]
 
 class RecordingTransport:
     """An ``UpstreamTransport`` that records every request (``sent``), answers like the echo
-    one, and counts how often it was closed (``closed``)."""
+    one, and counts how often it was closed (``closed``). An upload's chunks are read whole
+    and recorded as bytes."""
 
     def __init__(self) -> None:
         self.sent: list[UpstreamRequest] = []
@@ -17,6 +18,8 @@ class RecordingTransport:
         self._echo = EchoTransport()
 
     async def send(self, request: UpstreamRequest) -> UpstreamResponse:
+        if not isinstance(request.body, bytes):
+            request.body = b"".join([chunk async for chunk in request.body])
         self.sent.append(request)
         return await self._echo.send(request)
 
