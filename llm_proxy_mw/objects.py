@@ -1,0 +1,189 @@
+"""Objects remember their provider: files, batches, uploads, responses, vector stores,
+fine-tuning jobs and message batches live at the provider that created them.
+
+When a provider answers a create (``POST /v1/files``, ``/v1/batches``, ``/v1/responses``,
+``/v1/messages/batches``, ...: ``CREATE_PATHS``) with a JSON object carrying an ``id``, the
+proxy records ``id -> provider`` in the store (``ObjectOwners``: SQLite, or Redis shared by
+replicas; 30 days by default). A later request naming that id, in its path
+(``/v1/files/{id}/content``, ``/v1/batches/{id}/cancel``) or in a body field
+(``previous_response_id``, a batch's ``input_file_id``: ``BODY_ID_FIELDS``), goes to that
+provider. Only non-streamed JSON answers to those endpoints are read, up to
+``max_answer_bytes``, while they pass; the record is written beside the response, never
+delaying or failing it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Protocol
+
+from starlette.types import Message, Send
+
+from llm_proxy_mw._json_body import is_json_type
+from llm_proxy_mw.errors import StoreError
+
+if TYPE_CHECKING:
+    from llm_proxy_mw.context import RequestContext
+
+__all__ = [
+    "BODY_ID_FIELDS",
+    "CREATE_PATHS",
+    "DEFAULT_OBJECT_TTL",
+    "ObjectOwners",
+    "ObjectRoutes",
+]
+
+logger = logging.getLogger("llm_proxy_mw")
+
+#: Seconds an object's provider is remembered (``[store] object_ttl_days``).
+DEFAULT_OBJECT_TTL = 30 * 86_400
+
+#: Collections of objects that live at a provider, below ``/v1/``.
+_COLLECTIONS = (
+    "assistants",
+    "batches",
+    "containers",
+    "conversations",
+    "evals",
+    "files",
+    "fine_tuning/jobs",
+    "messages/batches",
+    "responses",
+    "threads",
+    "uploads",
+    "vector_stores",
+)
+#: The paths whose ``POST`` creates an object: the collections, and completing an upload
+#: (its answer is the new file).
+CREATE_PATHS = frozenset(f"/v1/{c}" for c in _COLLECTIONS)
+_UPLOAD_COMPLETE = re.compile(r"/v1/uploads/[^/]+/complete")
+#: ``/v1/<collection>/<id>`` and anything below: the id is the first segment after it.
+_OBJECT_PATH = re.compile("/v1/(?:" + "|".join(_COLLECTIONS) + ")/([^/]+)")
+#: Body fields naming an object that another request created, per path.
+BODY_ID_FIELDS: dict[str, tuple[str, ...]] = {
+    "/v1/responses": ("previous_response_id",),
+    "/v1/batches": ("input_file_id",),
+    "/v1/fine_tuning/jobs": ("training_file", "validation_file"),
+}
+_NO_IDS: tuple[str, ...] = ()
+
+
+class ObjectOwners(Protocol):
+    """Object id -> the name of the provider that created it, each kept for a TTL.
+
+    Both methods raise ``StoreError`` when the backend fails.
+    """
+
+    url: str
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def owner(self, object_id: str) -> str | None: ...
+
+    async def record(self, object_id: str, provider: str) -> None: ...
+
+
+class ObjectRoutes:
+    """Reads the object ids a request names, finds their provider, and records the ids of
+    objects that providers create. ``start`` and ``stop`` it with the proxy."""
+
+    def __init__(self, owners: ObjectOwners, *, max_answer_bytes: int = 1024 * 1024) -> None:
+        self.owners = owners
+        self.max_answer_bytes = max_answer_bytes
+        self._writes: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        await self.owners.open()
+
+    async def stop(self) -> None:
+        """Finish the records being written, then close the store."""
+        if self._writes:
+            await asyncio.gather(*self._writes, return_exceptions=True)
+        await self.owners.close()
+
+    def ids(self, ctx: RequestContext) -> tuple[str, ...]:
+        """The object ids the request names: the one in its path first, then body fields."""
+        found = _OBJECT_PATH.match(ctx.route_path)
+        fields = BODY_ID_FIELDS.get(ctx.route_path)
+        if fields is None or not ctx.body_is_json:
+            return _NO_IDS if found is None else (found[1],)
+        body = ctx.json() or {}
+        named = tuple(v for f in fields if isinstance(v := body.get(f), str) and v)
+        return named if found is None else (found[1], *named)
+
+    async def owner(self, ids: tuple[str, ...]) -> str | None:
+        """The provider of the first id the store knows; ``None`` when it knows none, or
+        fails (logged): the request is then routed as if the ids were new."""
+        try:
+            for object_id in ids:
+                if (provider := await self.owners.owner(object_id)) is not None:
+                    return provider
+        except StoreError as exc:
+            logger.warning("llm_proxy_mw: cannot read which provider owns an object: %s", exc)
+        return None
+
+    def records(self, route_path: str) -> bool:
+        """Whether a ``POST`` to ``route_path`` creates an object whose id is recorded."""
+        return route_path in CREATE_PATHS or _UPLOAD_COMPLETE.fullmatch(route_path) is not None
+
+    def recording_send(self, send: Send, provider: str) -> Send:
+        """``send``, which also records the id of a JSON object answered with 2xx."""
+        return _RecordingSend(send, self, provider).send
+
+    def _record(self, answer: bytes, provider: str) -> None:
+        try:
+            created = json.loads(answer)
+        except ValueError:  # not JSON after all: nothing to record
+            return
+        object_id = created.get("id") if isinstance(created, dict) else None
+        if isinstance(object_id, str) and object_id:
+            task = asyncio.get_running_loop().create_task(self._write(object_id, provider))
+            self._writes.add(task)
+            task.add_done_callback(self._writes.discard)
+
+    async def _write(self, object_id: str, provider: str) -> None:
+        try:
+            await self.owners.record(object_id, provider)
+        except StoreError as exc:
+            logger.warning("llm_proxy_mw: cannot record that %s owns an object: %s", provider, exc)
+
+
+class _RecordingSend:
+    """Passes every message on at once, keeping references to the body chunks of a 2xx
+    JSON answer (up to the limit) until its last one, then has the id recorded."""
+
+    __slots__ = ("_send", "_routes", "_provider", "_chunks", "_size", "_keep")
+
+    def __init__(self, send: Send, routes: ObjectRoutes, provider: str) -> None:
+        self._send = send
+        self._routes = routes
+        self._provider = provider
+        self._chunks: list[bytes] = []
+        self._size = 0
+        self._keep = False
+
+    def send(self, message: Message) -> Awaitable[None]:
+        if message["type"] == "http.response.start":
+            self._keep = 200 <= message["status"] < 300 and _is_json(message["headers"])
+        elif self._keep:
+            chunk: bytes = message.get("body", b"")
+            self._size += len(chunk)
+            if self._size > self._routes.max_answer_bytes:
+                self._keep = False
+                self._chunks.clear()
+            else:
+                self._chunks.append(chunk)
+                if not message.get("more_body", False):
+                    self._keep = False
+                    self._routes._record(b"".join(self._chunks), self._provider)
+        return self._send(message)
+
+
+def _is_json(headers: list[tuple[bytes, bytes]]) -> bool:
+    return any(name == b"content-type" and is_json_type(value) for name, value in headers)
