@@ -1,0 +1,169 @@
+"""Objects remember their provider, end to end: the example app under uvicorn, the official
+``openai`` SDK, and two fake OpenAI providers that each keep their own files, batches and
+responses. A follow-up naming an object reaches the provider that created it; two replicas
+sharing Redis know each other's objects.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import openai
+import pytest
+import redis
+
+from tests.e2e_helpers import (
+    TIMEOUT,
+    ProxyServer,
+    RecordingTransport,
+    config_toml,
+    openai_client,
+    provider_toml,
+    serve_example_app,
+)
+from tests.fakes.object_provider import ObjectProvider
+from tests.fakes.redis_server import redis_server
+from tests.fakes.servers import UvicornServer
+
+PIN = {"x-llm-proxy-provider": "second"}
+LINES = b'{"custom_id": "1", "method": "POST", "url": "/v1/chat/completions", "body": {}}\n'
+
+
+@pytest.fixture(scope="module")
+def providers() -> Iterator[tuple[ObjectProvider, ObjectProvider, str, str]]:
+    first, second = ObjectProvider("first"), ObjectProvider("second")
+    with UvicornServer(first.app) as one, UvicornServer(second.app) as two:
+        yield first, second, one.url, two.url
+
+
+@pytest.fixture
+def fakes(
+    providers: tuple[ObjectProvider, ObjectProvider, str, str],
+) -> tuple[ObjectProvider, ObjectProvider]:
+    first, second, _, _ = providers
+    for fake in (first, second):
+        fake.seen.clear()
+    return first, second
+
+
+def two_providers_config(urls: tuple[str, str], store_url: str) -> str:
+    first = provider_toml(
+        "first", kind="openai", base_url=f"{urls[0]}/v1", key_var="FAKE_OPENAI_KEY",
+        models=["gpt-first"],
+    )  # fmt: skip
+    second = provider_toml(
+        "second", kind="openai", base_url=f"{urls[1]}/v1", key_var="FAKE_OPENAI_KEY",
+        models=["gpt-second"],
+    )  # fmt: skip
+    return config_toml(first, second, f'[store]\nurl = "{store_url}"\n')
+
+
+@pytest.fixture
+def proxy(
+    providers: tuple[ObjectProvider, ObjectProvider, str, str], tmp_path: Path
+) -> Iterator[ProxyServer]:
+    _, _, one, two = providers
+    config = two_providers_config((one, two), f"sqlite:///{tmp_path}/store.db")
+    with serve_example_app(config, tmp_path) as server:
+        yield server
+
+
+def test_files_and_batches_created_on_the_second_provider_stay_there(
+    proxy: ProxyServer, fakes: tuple[ObjectProvider, ObjectProvider], recorder: RecordingTransport
+) -> None:
+    first, second = fakes
+    with openai_client(proxy.url, recorder) as client:
+        created = client.files.create(file=("in.jsonl", LINES), purpose="batch", extra_headers=PIN)
+        assert created.id.startswith("file-second-")
+
+        assert client.files.retrieve(created.id).filename == "in.jsonl"
+        assert client.files.content(created.id).content == LINES
+        batch = client.batches.create(
+            input_file_id=created.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+        assert batch.id.startswith("batch-second-")
+        assert client.batches.retrieve(batch.id).input_file_id == created.id
+        assert client.batches.cancel(batch.id).status == "cancelling"
+        assert client.files.delete(created.id).deleted
+
+    assert first.seen == []
+    assert [path for _, path in second.seen] == [
+        "/v1/files",
+        f"/v1/files/{created.id}",
+        f"/v1/files/{created.id}/content",
+        "/v1/batches",
+        f"/v1/batches/{batch.id}",
+        f"/v1/batches/{batch.id}/cancel",
+        f"/v1/files/{created.id}",
+    ]
+
+
+def test_unknown_ids_and_lists_go_to_the_first_provider(
+    proxy: ProxyServer, fakes: tuple[ObjectProvider, ObjectProvider], recorder: RecordingTransport
+) -> None:
+    first, second = fakes
+    with openai_client(proxy.url, recorder) as client:
+        client.files.create(file=("in.jsonl", LINES), purpose="batch", extra_headers=PIN)
+        second.seen.clear()
+
+        assert client.files.list().data == []  # the first provider holds none of them
+        with pytest.raises(openai.NotFoundError):
+            client.files.retrieve("file-nobody-knows")
+    assert first.seen == [("GET", "/v1/files"), ("GET", "/v1/files/file-nobody-knows")]
+    assert second.seen == []
+
+
+def test_a_response_continues_where_its_previous_one_lives(
+    proxy: ProxyServer, fakes: tuple[ObjectProvider, ObjectProvider], recorder: RecordingTransport
+) -> None:
+    first, second = fakes
+    with openai_client(proxy.url, recorder) as client:
+        opening = client.responses.create(model="gpt-second", input="hello")
+        assert opening.output_text == "second answers"
+
+        # Another provider's model: the conversation's state is where it started.
+        follow_up = client.responses.create(
+            model="gpt-first", input="and then?", previous_response_id=opening.id
+        )
+        assert follow_up.previous_response_id == opening.id
+        assert client.responses.retrieve(follow_up.id).id == follow_up.id
+    assert first.seen == []
+    assert len(second.seen) == 3
+
+
+def test_replicas_sharing_redis_know_each_others_objects(
+    providers: tuple[ObjectProvider, ObjectProvider, str, str],
+    fakes: tuple[ObjectProvider, ObjectProvider],
+    recorder: RecordingTransport,
+    tmp_path: Path,
+) -> None:
+    first, second = fakes
+    _, _, one, two = providers
+    with redis_server() as server:
+        config = two_providers_config((one, two), server.url)
+        (tmp_path / "a").mkdir()
+        (tmp_path / "b").mkdir()
+        with (
+            serve_example_app(config, tmp_path / "a") as replica_a,
+            serve_example_app(config, tmp_path / "b") as replica_b,
+        ):
+            with openai_client(replica_a.url, recorder) as client:
+                created = client.files.create(
+                    file=("in.jsonl", LINES), purpose="batch", extra_headers=PIN
+                )
+            wait_for_key(server.url, f"llm_proxy_mw:objects:{created.id}")
+            with openai_client(replica_b.url, recorder) as client:
+                assert client.files.content(created.id).content == LINES
+    assert first.seen == []
+    assert second.seen == [("POST", "/v1/files"), ("GET", f"/v1/files/{created.id}/content")]
+
+
+def wait_for_key(url: str, key: str) -> None:
+    """Until replica A's record, written beside its answer, is in Redis."""
+    deadline = time.monotonic() + TIMEOUT
+    with redis.Redis.from_url(url) as client:
+        while not client.exists(key):
+            assert time.monotonic() < deadline, f"{key} was never recorded"
+            time.sleep(0.01)
