@@ -8,13 +8,12 @@ replicas; 30 days by default). A later request naming that id, in its path
 (``/v1/files/{id}/content``, ``/v1/batches/{id}/cancel``) or in a body field
 (``previous_response_id``, a batch's ``input_file_id``: ``BODY_ID_FIELDS``), goes to that
 provider. Only non-streamed JSON answers to those endpoints are read, up to
-``max_answer_bytes``, while they pass; the record is written beside the response, never
-delaying or failing it.
+``max_answer_bytes``, while they pass; the record is written once the answer was sent,
+never delaying or failing it.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import re
@@ -31,6 +30,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BODY_ID_FIELDS",
+    "AnswerReader",
     "CREATE_PATHS",
     "DEFAULT_OBJECT_TTL",
     "ObjectOwners",
@@ -96,15 +96,11 @@ class ObjectRoutes:
     def __init__(self, owners: ObjectOwners, *, max_answer_bytes: int = 1024 * 1024) -> None:
         self.owners = owners
         self.max_answer_bytes = max_answer_bytes
-        self._writes: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         await self.owners.open()
 
     async def stop(self) -> None:
-        """Finish the records being written, then close the store."""
-        if self._writes:
-            await asyncio.gather(*self._writes, return_exceptions=True)
         await self.owners.close()
 
     def ids(self, ctx: RequestContext) -> tuple[str, ...]:
@@ -132,41 +128,38 @@ class ObjectRoutes:
         """Whether a ``POST`` to ``route_path`` creates an object whose id is recorded."""
         return route_path in CREATE_PATHS or _UPLOAD_COMPLETE.fullmatch(route_path) is not None
 
-    def recording_send(self, send: Send, provider: str) -> Send:
-        """``send``, which also records the id of a JSON object answered with 2xx."""
-        return _RecordingSend(send, self, provider).send
+    def answer_reader(self, send: Send) -> AnswerReader:
+        """A ``send`` that keeps the JSON answer to a create, for ``record``."""
+        return AnswerReader(send, self.max_answer_bytes)
 
-    def _record(self, answer: bytes, provider: str) -> None:
-        try:
-            created = json.loads(answer)
-        except ValueError:  # not JSON after all: nothing to record
+    async def record(self, answer: AnswerReader, provider: str) -> None:
+        """Record that ``provider`` owns the object ``answer`` created, if it created one.
+
+        Called once the answer was sent: the client never waits for it. A store failure is
+        logged, never raised: the object was created, and the request succeeded.
+        """
+        object_id = answer.created_id()
+        if object_id is None:
             return
-        object_id = created.get("id") if isinstance(created, dict) else None
-        if isinstance(object_id, str) and object_id:
-            task = asyncio.get_running_loop().create_task(self._write(object_id, provider))
-            self._writes.add(task)
-            task.add_done_callback(self._writes.discard)
-
-    async def _write(self, object_id: str, provider: str) -> None:
         try:
             await self.owners.record(object_id, provider)
         except StoreError as exc:
             logger.warning("llm_proxy_mw: cannot record that %s owns an object: %s", provider, exc)
 
 
-class _RecordingSend:
+class AnswerReader:
     """Passes every message on at once, keeping references to the body chunks of a 2xx
-    JSON answer (up to the limit) until its last one, then has the id recorded."""
+    JSON answer, up to ``limit`` bytes (past it, none: the answer is no object to record)."""
 
-    __slots__ = ("_send", "_routes", "_provider", "_chunks", "_size", "_keep")
+    __slots__ = ("_send", "_limit", "_chunks", "_size", "_keep", "_complete")
 
-    def __init__(self, send: Send, routes: ObjectRoutes, provider: str) -> None:
+    def __init__(self, send: Send, limit: int) -> None:
         self._send = send
-        self._routes = routes
-        self._provider = provider
+        self._limit = limit
         self._chunks: list[bytes] = []
         self._size = 0
         self._keep = False
+        self._complete = False
 
     def send(self, message: Message) -> Awaitable[None]:
         if message["type"] == "http.response.start":
@@ -174,15 +167,24 @@ class _RecordingSend:
         elif self._keep:
             chunk: bytes = message.get("body", b"")
             self._size += len(chunk)
-            if self._size > self._routes.max_answer_bytes:
+            if self._size > self._limit:
                 self._keep = False
                 self._chunks.clear()
             else:
                 self._chunks.append(chunk)
-                if not message.get("more_body", False):
-                    self._keep = False
-                    self._routes._record(b"".join(self._chunks), self._provider)
+                self._complete = not message.get("more_body", False)
         return self._send(message)
+
+    def created_id(self) -> str | None:
+        """The ``id`` of the whole JSON object answered, if that is what was sent."""
+        if not self._complete:
+            return None
+        try:
+            created = json.loads(b"".join(self._chunks))
+        except ValueError:  # not JSON after all: nothing to record
+            return None
+        object_id = created.get("id") if isinstance(created, dict) else None
+        return object_id if isinstance(object_id, str) and object_id else None
 
 
 def _is_json(headers: list[tuple[bytes, bytes]]) -> bool:
