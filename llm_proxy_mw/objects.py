@@ -62,6 +62,8 @@ _COLLECTIONS = (
 CREATE_PATHS = frozenset(f"/v1/{c}" for c in _COLLECTIONS)
 _UPLOAD_COMPLETE = re.compile(r"/v1/uploads/[^/]+/complete")
 #: ``/v1/<collection>/<id>`` and anything below: the id is the first segment after it.
+#: The prefixes first: most requests (chat, messages) are ruled out without the regex.
+_OBJECT_PREFIXES = tuple(f"/v1/{c}/" for c in _COLLECTIONS)
 _OBJECT_PATH = re.compile("/v1/(?:" + "|".join(_COLLECTIONS) + ")/([^/]+)")
 #: Body fields naming an object that another request created, per path.
 BODY_ID_FIELDS: dict[str, tuple[str, ...]] = {
@@ -105,8 +107,9 @@ class ObjectRoutes:
 
     def ids(self, ctx: RequestContext) -> tuple[str, ...]:
         """The object ids the request names: the one in its path first, then body fields."""
-        found = _OBJECT_PATH.match(ctx.route_path)
-        fields = BODY_ID_FIELDS.get(ctx.route_path)
+        path = ctx.route_path
+        found = _OBJECT_PATH.match(path) if path.startswith(_OBJECT_PREFIXES) else None
+        fields = BODY_ID_FIELDS.get(path)
         if fields is None or not ctx.body_is_json:
             return _NO_IDS if found is None else (found[1],)
         body = ctx.json() or {}
@@ -126,7 +129,11 @@ class ObjectRoutes:
 
     def records(self, route_path: str) -> bool:
         """Whether a ``POST`` to ``route_path`` creates an object whose id is recorded."""
-        return route_path in CREATE_PATHS or _UPLOAD_COMPLETE.fullmatch(route_path) is not None
+        if route_path in CREATE_PATHS:
+            return True
+        return route_path.startswith("/v1/uploads/") and bool(
+            _UPLOAD_COMPLETE.fullmatch(route_path)
+        )
 
     def answer_reader(self, send: Send) -> AnswerReader:
         """A ``send`` that keeps the JSON answer to a create, for ``record``."""
