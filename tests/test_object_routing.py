@@ -20,53 +20,34 @@ from tests.e2e_helpers import (
     RecordingTransport,
     config_toml,
     openai_client,
-    provider_toml,
     serve_example_app,
 )
-from tests.fakes.object_provider import ObjectProvider
+from tests.fakes.object_provider import ObjectProvider, TwoProviders, two_providers
 from tests.fakes.redis_server import redis_server
-from tests.fakes.servers import UvicornServer
 
 PIN = {"x-llm-proxy-provider": "second"}
 LINES = b'{"custom_id": "1", "method": "POST", "url": "/v1/chat/completions", "body": {}}\n'
 
 
 @pytest.fixture(scope="module")
-def providers() -> Iterator[tuple[ObjectProvider, ObjectProvider, str, str]]:
-    first, second = ObjectProvider("first"), ObjectProvider("second")
-    with UvicornServer(first.app) as one, UvicornServer(second.app) as two:
-        yield first, second, one.url, two.url
+def servers() -> Iterator[TwoProviders]:
+    with two_providers() as found:
+        yield found
 
 
 @pytest.fixture
-def fakes(
-    providers: tuple[ObjectProvider, ObjectProvider, str, str],
-) -> tuple[ObjectProvider, ObjectProvider]:
-    first, second, _, _ = providers
-    for fake in (first, second):
-        fake.seen.clear()
-    return first, second
+def fakes(servers: TwoProviders) -> tuple[ObjectProvider, ObjectProvider]:
+    servers.forget()
+    return servers.first, servers.second
 
 
-def two_providers_config(urls: tuple[str, str], store_url: str) -> str:
-    first = provider_toml(
-        "first", kind="openai", base_url=f"{urls[0]}/v1", key_var="FAKE_OPENAI_KEY",
-        models=["gpt-first"],
-    )  # fmt: skip
-    second = provider_toml(
-        "second", kind="openai", base_url=f"{urls[1]}/v1", key_var="FAKE_OPENAI_KEY",
-        models=["gpt-second"],
-    )  # fmt: skip
-    return config_toml(first, second, f'[store]\nurl = "{store_url}"\n')
+def config(servers: TwoProviders, store_url: str) -> str:
+    return config_toml(*servers.tables(), f'[store]\nurl = "{store_url}"\n')
 
 
 @pytest.fixture
-def proxy(
-    providers: tuple[ObjectProvider, ObjectProvider, str, str], tmp_path: Path
-) -> Iterator[ProxyServer]:
-    _, _, one, two = providers
-    config = two_providers_config((one, two), f"sqlite:///{tmp_path}/store.db")
-    with serve_example_app(config, tmp_path) as server:
+def proxy(servers: TwoProviders, tmp_path: Path) -> Iterator[ProxyServer]:
+    with serve_example_app(config(servers, f"sqlite:///{tmp_path}/store.db"), tmp_path) as server:
         yield server
 
 
@@ -134,20 +115,19 @@ def test_a_response_continues_where_its_previous_one_lives(
 
 
 def test_replicas_sharing_redis_know_each_others_objects(
-    providers: tuple[ObjectProvider, ObjectProvider, str, str],
+    servers: TwoProviders,
     fakes: tuple[ObjectProvider, ObjectProvider],
     recorder: RecordingTransport,
     tmp_path: Path,
 ) -> None:
     first, second = fakes
-    _, _, one, two = providers
     with redis_server() as server:
-        config = two_providers_config((one, two), server.url)
+        shared = config(servers, server.url)
         (tmp_path / "a").mkdir()
         (tmp_path / "b").mkdir()
         with (
-            serve_example_app(config, tmp_path / "a") as replica_a,
-            serve_example_app(config, tmp_path / "b") as replica_b,
+            serve_example_app(shared, tmp_path / "a") as replica_a,
+            serve_example_app(shared, tmp_path / "b") as replica_b,
         ):
             with openai_client(replica_a.url, recorder) as client:
                 created = client.files.create(

@@ -3,6 +3,7 @@ store that fails never fails a request, and what the proxy reads to find the ids
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -133,12 +134,12 @@ def upstreams() -> dict[str, Upstream]:
     return {"first": Upstream("first"), "second": Upstream("second")}
 
 
-async def client_of(proxy: LLMProxy) -> AsyncIterator[httpx.AsyncClient]:
-    async with proxy.lifespan():
-        async with httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=proxy), base_url="http://proxy"
-        ) as client:
-            yield client
+@contextlib.asynccontextmanager
+async def serving(proxy: LLMProxy) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of ``proxy``, started with its lifespan."""
+    transport = httpx.ASGITransport(app=proxy)
+    async with proxy.lifespan(), httpx.AsyncClient(transport=transport, base_url="http://p") as c:
+        yield c
 
 
 async def create_and_read_back(client: httpx.AsyncClient) -> httpx.Response:
@@ -157,7 +158,7 @@ async def test_an_object_past_its_ttl_goes_to_the_first_provider(
 ) -> None:
     clock = FakeClock(start=1_700_000_000.0)
     proxy = proxy_with(SqliteObjectOwners(":memory:", ttl=TTL, clock=clock), upstreams)
-    async for client in client_of(proxy):
+    async with serving(proxy) as client:
         assert (await create_and_read_back(client)).json() == {"answered_by": "second"}
         clock.advance(TTL)
         answer = await client.get("/v1/files/file-second/content")
@@ -194,7 +195,7 @@ async def test_a_failing_store_is_logged_and_never_fails_a_request(
 ) -> None:
     proxy = proxy_with(BrokenOwners(), upstreams)
     with caplog.at_level(logging.WARNING, logger="llm_proxy_mw"):
-        async for client in client_of(proxy):
+        async with serving(proxy) as client:
             answer = await create_and_read_back(client)
     assert answer.status_code == 200
     assert answer.json() == {"answered_by": "first"}  # where an unknown id goes
@@ -226,7 +227,7 @@ async def test_streams_and_errors_are_not_recorded(upstreams: dict[str, Upstream
     )
     assert proxy.parts.objects is not None
     proxy.parts.objects.owners = Owners()
-    async for client in client_of(proxy):
+    async with serving(proxy) as client:
         body = {"model": "m", "input": "hi"}
         assert (await client.post("/v1/responses", json={**body, "stream": True})).is_success
         assert (await client.post("/v1/responses", json=body)).status_code == 400

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletion
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from llm_proxy_mw import (
@@ -31,76 +31,55 @@ from tests.e2e_helpers import (
     provider_toml,
     serve_example_app,
 )
-from tests.fakes.object_provider import ObjectProvider
-from tests.fakes.provider import FakeProviderServer
-from tests.fakes.servers import UvicornServer
+from tests.fakes.object_provider import TwoProviders, two_providers
+from tests.fakes.provider import FakeProvider, FakeProviderServer
 
 PIN = "x-llm-proxy-provider"
 ASK = [{"role": "user", "content": "hi"}]
 
 
 @pytest.fixture(scope="module")
-def providers() -> Iterator[tuple[ObjectProvider, ObjectProvider, str, str]]:
-    first, second = ObjectProvider("first"), ObjectProvider("second")
-    with UvicornServer(first.app) as one, UvicornServer(second.app) as two:
-        yield first, second, one.url, two.url
+def servers() -> Iterator[TwoProviders]:
+    with two_providers() as found:
+        yield found
 
 
 @pytest.fixture
 def proxy(
-    providers: tuple[ObjectProvider, ObjectProvider, str, str],
-    fake_server: FakeProviderServer,
-    tmp_path: Path,
+    servers: TwoProviders, fake_server: FakeProviderServer, tmp_path: Path
 ) -> Iterator[ProxyServer]:
-    first, second, one, two = providers
-    for fake in (first, second):
-        fake.seen.clear()
-    tables = [
-        provider_toml(
-            name,
-            kind="openai",
-            base_url=f"{url}/v1",
-            key_var="FAKE_OPENAI_KEY",
-            models=[f"gpt-{name}"],
-        )  # fmt: skip
-        for name, url in (("first", one), ("second", two))
-    ]
-    tables.append(
-        provider_toml(
-            "claude",
-            kind="anthropic",
-            base_url=f"{fake_server.url}/v1",
-            key_var="FAKE_ANTHROPIC_KEY",
-            models=["claude-e2e"],
-        )  # fmt: skip
-    )
+    claude = provider_toml(
+        "claude", kind="anthropic", base_url=f"{fake_server.url}/v1",
+        key_var="FAKE_ANTHROPIC_KEY", models=["claude-e2e"],
+    )  # fmt: skip
     store = f'[store]\nurl = "sqlite:///{tmp_path}/store.db"\n'
-    with serve_example_app(config_toml(*tables, store), tmp_path) as server:
-        yield server
+    with serve_example_app(config_toml(*servers.forget().tables(), claude, store), tmp_path) as s:
+        yield s
+
+
+def pinned_chat(
+    proxy: ProxyServer, recorder: RecordingTransport, provider: str
+) -> openai.APIResponse[ChatCompletion]:
+    """A Chat request for the first provider's model, pinned to ``provider``."""
+    with openai_client(proxy.url, recorder) as client:
+        return client.chat.completions.with_raw_response.create(
+            model="gpt-first", messages=ASK, extra_headers={PIN: provider}
+        )
 
 
 def test_the_pinned_provider_answers_whatever_the_model(
-    proxy: ProxyServer,
-    providers: tuple[ObjectProvider, ObjectProvider, str, str],
-    recorder: RecordingTransport,
+    proxy: ProxyServer, servers: TwoProviders, recorder: RecordingTransport
 ) -> None:
-    first, second, _, _ = providers
-    with openai_client(proxy.url, recorder) as client:
-        raw = client.chat.completions.with_raw_response.create(
-            model="gpt-first", messages=ASK, extra_headers={PIN: "second"}
-        )
+    raw = pinned_chat(proxy, recorder, "second")
     assert raw.headers["x-llm-proxy-provider"] == "second"
     assert raw.parse().choices[0].message.content == "second answers"
-    assert first.seen == []
+    assert servers.first.seen == []
 
 
 def test_a_pinned_anthropic_provider_gets_the_chat_request_translated(
-    proxy: ProxyServer, provider: Any, recorder: RecordingTransport
+    proxy: ProxyServer, provider: FakeProvider, recorder: RecordingTransport
 ) -> None:
-    with openai_client(proxy.url, recorder) as client:
-        raw = client.chat.completions.with_raw_response.create(
-            model="gpt-first", messages=ASK, extra_headers={PIN: "claude"}
-        )
+    raw = pinned_chat(proxy, recorder, "claude")
     assert raw.headers["x-llm-proxy-provider"] == "claude"
     assert raw.parse().object == "chat.completion"
     sent = provider.last
@@ -109,19 +88,14 @@ def test_a_pinned_anthropic_provider_gets_the_chat_request_translated(
 
 
 def test_an_unknown_or_unfit_provider_is_a_bad_request(
-    proxy: ProxyServer,
-    providers: tuple[ObjectProvider, ObjectProvider, str, str],
-    recorder: RecordingTransport,
+    proxy: ProxyServer, servers: TwoProviders, recorder: RecordingTransport
 ) -> None:
-    first, second, _, _ = providers
+    with pytest.raises(openai.BadRequestError, match="No provider is named"):
+        pinned_chat(proxy, recorder, "nobody")
     with openai_client(proxy.url, recorder) as client:
-        with pytest.raises(openai.BadRequestError, match="No provider is named"):
-            client.chat.completions.create(
-                model="gpt-first", messages=ASK, extra_headers={PIN: "nobody"}
-            )
         with pytest.raises(openai.BadRequestError, match="cannot serve this endpoint"):
             client.embeddings.create(model="gpt-first", input="hi", extra_headers={PIN: "claude"})
-    assert first.seen == second.seen == []
+    assert servers.first.seen == servers.second.seen == []
 
 
 # ---- who may pin -------------------------------------------------------------------------

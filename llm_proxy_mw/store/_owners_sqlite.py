@@ -61,14 +61,13 @@ class SqliteObjectOwners:
             await self._call(self._open)
 
     async def close(self) -> None:
-        executor = self._executor
+        executor, self._executor = self._executor, None
         if executor is None:
             return
-        try:
-            await self._call(self._close)
+        try:  # the worker closes the connection it owns; then it is idle, and exits at once
+            await asyncio.get_running_loop().run_in_executor(executor, self._close)
         finally:
-            self._executor = None
-            executor.shutdown(wait=False)  # its only thread is idle now and exits at once
+            executor.shutdown(wait=False)
 
     async def owner(self, object_id: str) -> str | None:
         return await self._call(self._owner, object_id, self._clock())

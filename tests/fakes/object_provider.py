@@ -6,6 +6,9 @@ not hold, as a real provider does for another's.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from starlette.applications import Starlette
@@ -13,7 +16,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-__all__ = ["ObjectProvider"]
+from tests.e2e_helpers import provider_toml
+from tests.fakes.servers import UvicornServer
+
+__all__ = ["ObjectProvider", "TwoProviders", "two_providers"]
 
 
 class ObjectProvider:
@@ -176,3 +182,39 @@ def _not_found(object_id: str) -> Response:
     message = f"No such object: {object_id}"
     error = {"message": message, "type": "invalid_request_error", "code": "not_found"}
     return JSONResponse({"error": error}, status_code=404)
+
+
+@dataclass
+class TwoProviders:
+    """Two ``openai`` providers, ``first`` (serving ``gpt-first``) and ``second``
+    (``gpt-second``), each an ``ObjectProvider`` on a loopback port of its own."""
+
+    first: ObjectProvider
+    second: ObjectProvider
+    urls: tuple[str, str]
+
+    def tables(self) -> list[str]:
+        """Their ``[providers.<name>]`` tables, the provider key from ``FAKE_OPENAI_KEY``."""
+        return [
+            provider_toml(
+                fake.name,
+                kind="openai",
+                base_url=f"{url}/v1",
+                key_var="FAKE_OPENAI_KEY",
+                models=[f"gpt-{fake.name}"],
+            )  # fmt: skip
+            for fake, url in zip((self.first, self.second), self.urls, strict=True)
+        ]
+
+    def forget(self) -> TwoProviders:
+        """Clear what both were sent; the objects they hold stay."""
+        self.first.seen.clear()
+        self.second.seen.clear()
+        return self
+
+
+@contextmanager
+def two_providers() -> Iterator[TwoProviders]:
+    first, second = ObjectProvider("first"), ObjectProvider("second")
+    with UvicornServer(first.app) as one, UvicornServer(second.app) as two:
+        yield TwoProviders(first, second, (one.url, two.url))
