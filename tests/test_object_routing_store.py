@@ -6,6 +6,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import sqlite3
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,7 @@ import pytest
 from llm_proxy_mw import HttpxTransport, LLMProxy, build_proxy
 from llm_proxy_mw.errors import StoreError
 from llm_proxy_mw.objects import ObjectOwners, ObjectRoutes
-from llm_proxy_mw.store import SqliteObjectOwners, open_object_owners
+from llm_proxy_mw.store import SqliteMetricsStore, SqliteObjectOwners, open_object_owners
 from llm_proxy_mw.store._owners_redis import RedisObjectOwners
 from tests.fakes.clock import FakeClock
 from tests.fakes.redis_server import RedisServer, redis_server
@@ -87,6 +89,33 @@ async def test_redis_lets_the_key_expire_with_the_ttl(redis: RedisServer) -> Non
     finally:
         await owners.close()
     assert TTL - 60 < ttl <= TTL
+
+
+def total_seen_by_another_process(path: Path) -> float:
+    script = (
+        "import sqlite3, sys\n"
+        "print(sqlite3.connect(sys.argv[1]).execute('SELECT value FROM totals').fetchone()[0])"
+    )
+    run = [sys.executable, "-c", script, str(path)]
+    return float(subprocess.run(run, capture_output=True, check=True, timeout=30).stdout)
+
+
+async def test_the_history_beside_it_stays_visible_to_other_processes(tmp_path: Path) -> None:
+    # Opening a second connection on the file must not drop the locks of the first (closing
+    # any descriptor of a file drops them all): another process would then take the file for
+    # unused, checkpoint and delete the WAL, and never see the history's later writes.
+    path = tmp_path / "s.db"
+    history = SqliteMetricsStore(str(path))
+    owners = SqliteObjectOwners(str(path), ttl=TTL)
+    await history.open()
+    await owners.open()
+    try:
+        for expected in (1.0, 2.0):
+            await history.add([], {"requests": 1.0})
+            assert total_seen_by_another_process(path) == expected
+    finally:
+        await owners.close()
+        await history.close()
 
 
 def test_the_store_url_picks_the_backend(tmp_path: Path) -> None:
