@@ -26,7 +26,10 @@ from llm_proxy_mw._json_body import is_json_type
 from llm_proxy_mw.errors import StoreError
 
 if TYPE_CHECKING:
+    from llm_proxy_mw._plan import Plan
+    from llm_proxy_mw.apis import Api
     from llm_proxy_mw.context import RequestContext
+    from llm_proxy_mw.routing import Router
 
 __all__ = [
     "BODY_ID_FIELDS",
@@ -105,6 +108,10 @@ class ObjectRoutes:
     async def stop(self) -> None:
         await self.owners.close()
 
+    def concerns(self, route_path: str) -> bool:
+        """Whether the endpoint creates, names or lists objects."""
+        return route_path in CREATE_PATHS or route_path.startswith(_OBJECT_PREFIXES)
+
     def ids(self, ctx: RequestContext) -> tuple[str, ...]:
         """The object ids the request names: the one in its path first, then body fields."""
         path = ctx.route_path
@@ -126,6 +133,16 @@ class ObjectRoutes:
         except StoreError as exc:
             logger.warning("llm_proxy_mw: cannot read which provider owns an object: %s", exc)
         return None
+
+    async def plan(self, router: Router, ctx: RequestContext, api: Api | None) -> Plan | None:
+        """To the owner of the first object the request names that the store knows; else,
+        without a model, to the first provider keeping objects; else ``None`` (by model)."""
+        ids = self.ids(ctx)
+        if ids and (owner := await self.owner(ids)) is not None:
+            plan = router.single(owner, ctx.wire_format, api)
+            if plan is not None:  # else the owner left the config: as if it were unknown
+                return plan
+        return router.objects_plan(ctx.wire_format) if ctx.model is None else None
 
     def records(self, route_path: str) -> bool:
         """Whether a ``POST`` to ``route_path`` creates an object whose id is recorded."""

@@ -77,6 +77,7 @@ class Router:
         self._plans: dict[tuple[Speaks, str], tuple[Group, ...]] = {}
         self._wildcard: dict[Speaks, tuple[Group, ...]] = {}
         self._default: dict[Speaks, Route] = {}
+        self._keeps_objects: dict[Speaks, Route] = {}
         self._provider_fallbacks: dict[tuple[Speaks, str], tuple[Route, ...]] = {}
         self._listed = frozenset(m for p in self.providers for m in p.config.models if m != "*")
         for speaks in (*Api, *WireFormat):
@@ -114,6 +115,9 @@ class Router:
         native = [r for p in serving if (r := self._route(p, speaks, None)) and r.codec is None]
         if native:
             self._default[speaks] = native[0]
+            # echo keeps no files or batches: the first provider that does, if any.
+            keeping = [r for r in native if r.provider.config.kind != "echo"]
+            self._keeps_objects[speaks] = (keeping or native)[0]
         for provider in self.providers:
             self._provider_fallbacks[speaks, provider.name] = tuple(
                 route
@@ -162,6 +166,15 @@ class Router:
                 )
             raise ModelNotFoundError(f"The model {name} does not exist.")
         return Plan(self, speaks, *groups)
+
+    def objects_plan(self, wire_format: WireFormat) -> Plan:
+        """The plan of a model-less request on objects no provider is known to own (a list,
+        an unknown id): the first provider speaking ``wire_format`` that keeps objects (any
+        kind but ``echo``), else the first speaking it."""
+        route = self._keeps_objects.get(wire_format)
+        if route is None:
+            raise NotFoundError("No provider serves this API.")
+        return Plan(self, wire_format, ((route,), ()))
 
     def single(self, name: str, wire_format: WireFormat, api: Api | None = None) -> Plan | None:
         """The plan of a request only the provider ``name`` may serve (a pin, an object's
@@ -241,10 +254,8 @@ class RoutingMiddleware:
                 await self._read_model(ctx, scope, receive)
             api = api_of(ctx.route_path)
             plan = pinned_plan(self.router, ctx, scope, api, self.may_pin)
-            if plan is None and self.objects is not None and (ids := self.objects.ids(ctx)):
-                owner = await self.objects.owner(ids)
-                if owner is not None:
-                    plan = self.router.single(owner, ctx.wire_format, api)
+            if plan is None and self.objects is not None and self.objects.concerns(ctx.route_path):
+                plan = await self.objects.plan(self.router, ctx, api)
             if plan is None:
                 plan = self.router.plan(ctx.wire_format, ctx.model, api)
             ctx.plan = plan

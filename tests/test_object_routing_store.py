@@ -143,13 +143,13 @@ class Upstream:
         return httpx.Response(200, json={"answered_by": self.name})
 
 
-def proxy_with(owners: ObjectOwners | None, upstreams: dict[str, Upstream]) -> LLMProxy:
-    config: dict[str, Any] = {
-        "providers": {
-            name: {"kind": "openai", "base_url": f"https://{name}.example/v1"} for name in upstreams
-        },
-        "store": {"url": "sqlite:///:memory:"},
-    }
+def proxy_with(
+    owners: ObjectOwners | None, upstreams: dict[str, Upstream], *, echo_first: bool = False
+) -> LLMProxy:
+    providers: dict[str, Any] = {"echo": {"kind": "echo"}} if echo_first else {}
+    for name in upstreams:
+        providers[name] = {"kind": "openai", "base_url": f"https://{name}.example/v1"}
+    config = {"providers": providers, "store": {"url": "sqlite:///:memory:"}}
     transports = {n: HttpxTransport(httpx.MockTransport(u)) for n, u in upstreams.items()}
     proxy = build_proxy(config, transports=transports)
     if owners is not None:  # the builder's store, replaced by one with a fake clock
@@ -192,6 +192,15 @@ async def test_an_object_past_its_ttl_goes_to_the_first_provider(
         clock.advance(TTL)
         answer = await client.get("/v1/files/file-second/content")
         assert answer.json() == {"answered_by": "first"}
+
+
+async def test_lists_and_unknown_ids_skip_a_provider_that_keeps_no_objects(
+    upstreams: dict[str, Upstream],
+) -> None:
+    async with serving(proxy_with(None, upstreams, echo_first=True)) as client:
+        listed = await client.get("/v1/files")
+        unknown = await client.get("/v1/batches/batch-unknown")
+    assert listed.json() == unknown.json() == {"answered_by": "first"}
 
 
 async def test_the_ttl_comes_from_the_config() -> None:
