@@ -44,7 +44,11 @@ class RedisObjectOwners(RedisStoreBase):
         if not isinstance(value, str):
             return None
         expires, _, provider = value.partition(" ")
-        return provider if float(expires) > self._clock() else None
+        try:
+            alive = float(expires) > self._clock()
+        except ValueError:  # not written by this store: as if absent
+            return None
+        return provider if alive else None
 
     async def record(self, object_id: str, provider: str) -> None:
         value = f"{self._clock() + self.ttl!r} {provider}"
