@@ -62,15 +62,19 @@ class Plan:
     order; then for the model and each of its fallback models in turn: its providers
     speaking the client's API, then those translating, each tier sharing the load by weight,
     then their fallbacks in order. Providers whose circuit is open are skipped; a route the
-    plan moved away from stays out for the rest of the request.
+    plan moved away from stays out for the rest of the request. A plan without
+    ``fallbacks`` (a pinned provider, the owner of an object) never leaves its groups.
     """
 
-    __slots__ = ("_router", "_speaks", "_groups", "_excluded", "_last", "route")
+    __slots__ = ("_router", "_speaks", "_groups", "_fallbacks", "_excluded", "_last", "route")
 
-    def __init__(self, router: Router, speaks: Speaks, *groups: Group) -> None:
+    def __init__(
+        self, router: Router, speaks: Speaks, *groups: Group, fallbacks: bool = True
+    ) -> None:
         self._router = router
         self._speaks = speaks
         self._groups = groups
+        self._fallbacks = fallbacks
         self._excluded: frozenset[object] = frozenset()
         self._last: Attempt | None = None
         #: The route of the latest attempt, set by ``next``.
@@ -130,11 +134,13 @@ class Plan:
         """The routes the next attempt may take, tier by tier, each with whether it shares
         the load by weight (else its order is the preference)."""
         router, speaks = self._router, self._speaks
-        if after is not None:
+        if after is not None and self._fallbacks:
             yield router._fallbacks(speaks, after, out), False
         for native, translated in self._groups:
             yield [r for r in native if r.key not in out], True
             if translated:
                 yield [r for r in translated if r.key not in out], True
+            if not self._fallbacks:
+                continue
             candidates = native + translated
             yield [f for c in candidates for f in router._fallbacks(speaks, c, out)], False

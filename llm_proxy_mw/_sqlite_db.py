@@ -39,8 +39,14 @@ def connect_private(path: str, *, timeout: float) -> sqlite3.Connection:
 
 
 def _make_private(path: str) -> None:
+    # Only a file that does not exist yet is opened here: closing a descriptor drops every
+    # POSIX lock the process holds on the file, the locks of the store connections already
+    # open on it included. Without them, another process takes the file for unused, and may
+    # checkpoint and delete the WAL that those connections keep writing to.
     try:
-        os.close(os.open(path, os.O_RDONLY | os.O_CREAT, 0o600))
+        os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
     except OSError as exc:
         raise sqlite3.OperationalError(f"unable to open database file: {exc}") from exc
     _restrict(path)

@@ -29,12 +29,13 @@ from llm_proxy_mw.healthz import HealthzApp
 from llm_proxy_mw.history import HistoryRecorder
 from llm_proxy_mw.metrics import MetricsMiddleware, ProxyMetrics
 from llm_proxy_mw.metrics_app import MetricsApp
+from llm_proxy_mw.objects import ObjectRoutes
 from llm_proxy_mw.providers import Provider
 from llm_proxy_mw.proxy import Endpoints, LLMProxy, ProxyParts
 from llm_proxy_mw.realtime import RealtimeApp
 from llm_proxy_mw.retry import RetryMiddleware
 from llm_proxy_mw.routing import Router, RoutingMiddleware
-from llm_proxy_mw.store import open_metrics_store
+from llm_proxy_mw.store import open_metrics_store, open_object_owners
 from llm_proxy_mw.transports import UpstreamTransport
 from llm_proxy_mw.upstream import UpstreamApp
 
@@ -78,6 +79,9 @@ def build_proxy(
         registry or CollectorRegistry(), models=models, health=health, history=history
     )
     auth = _auth(config)
+    objects = ObjectRoutes(
+        open_object_owners(config.store.url, ttl=config.store.object_ttl_days * 86_400)
+    )
 
     request_context = Middleware(
         RequestContextMiddleware,
@@ -97,7 +101,7 @@ def build_proxy(
                 policy={n: p.retry.policy() for n, p in config.providers.items()},
                 deadline=config.request_deadline,
             ),
-            Middleware(RoutingMiddleware, router=router),
+            Middleware(RoutingMiddleware, router=router, objects=objects),
         ],
         UpstreamApp(providers),
     )
@@ -121,6 +125,7 @@ def build_proxy(
         metrics,
         history,
         auth=auth,
+        objects=objects,
         multiprocess=bool(multiprocess_dir),
     )
     return LLMProxy(pipeline, endpoints, parts, websockets=realtime)

@@ -429,6 +429,8 @@ class ProviderOAuthConfig(_Model):
 
 class StoreConfig(_Model):
     url: str = Field("sqlite:///llm-proxy.db", pattern=r"^(sqlite|redis|rediss)://")
+    #: Days the proxy remembers which provider created a file, batch, response, ...
+    object_ttl_days: float = Field(30.0, gt=0)
 
 
 class MetricsConfig(_Model):

@@ -29,6 +29,7 @@ from llm_proxy_mw.health import HealthRegistry
 from llm_proxy_mw.healthz import health_report
 from llm_proxy_mw.history import HistoryRecorder, StoreError
 from llm_proxy_mw.metrics import ProxyMetrics
+from llm_proxy_mw.objects import ObjectRoutes
 from llm_proxy_mw.providers import Provider
 
 if TYPE_CHECKING:
@@ -50,6 +51,8 @@ class ProxyParts:
     metrics: ProxyMetrics
     history: HistoryRecorder
     auth: AuthSetup | None = None
+    #: Which provider owns which object: its store opens and closes with the history's.
+    objects: ObjectRoutes | None = None
     #: Under Prometheus multiprocess mode, where every worker would add the stored totals
     #: again, the counters are not continued from the store.
     multiprocess: bool = False
@@ -168,6 +171,14 @@ class LLMProxy:
                 message = f"llm_proxy_mw: cannot start: the [store] does not open ({exc})"
                 raise StartupError(message) from None
             started.push_async_callback(history.stop)
+            objects = self.parts.objects
+            if objects is not None:
+                try:
+                    await objects.start()
+                except StoreError as exc:
+                    message = f"llm_proxy_mw: cannot start: the [store] does not open ({exc})"
+                    raise StartupError(message) from None
+                started.push_async_callback(objects.stop)
             await self._continue_counters()
             auth = self.parts.auth
             for lifecycle in auth.lifecycles if auth is not None else ():

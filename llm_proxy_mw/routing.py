@@ -13,6 +13,10 @@ format. Exact model names win over ``"*"``; providers speaking the client's API 
 those that need translation; several candidates share the load by ``weight``. After a
 failure the failed provider's ``fallbacks`` come first, then the model's own fallbacks
 (``[models.x] fallbacks``); providers whose circuit is open are skipped.
+
+Two things come before the model: the ``x-llm-proxy-provider`` header, which pins one
+configured provider (``_pin.py``), then the owner of an object the request names
+(``objects.py``); neither has fallbacks.
 """
 
 from __future__ import annotations
@@ -20,11 +24,13 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from llm_proxy_mw._json_body import declares_json, takes_other_bodies
 from llm_proxy_mw._model_list import MODELS_PATH, send_model, send_models
+from llm_proxy_mw._pin import anyone, pinned_plan
 from llm_proxy_mw._plan import Group, NextAttempt, Plan, Route, Speaks
 from llm_proxy_mw.apis import Api, api_of
 from llm_proxy_mw.context import RequestContext, get_context, read_body
@@ -36,6 +42,7 @@ from llm_proxy_mw.errors import (
     UntranslatableError,
 )
 from llm_proxy_mw.health import HealthRegistry
+from llm_proxy_mw.objects import ObjectRoutes
 from llm_proxy_mw.providers import Provider
 from llm_proxy_mw.translate import codec_for
 from llm_proxy_mw.wire import WireFormat
@@ -70,6 +77,7 @@ class Router:
         self._plans: dict[tuple[Speaks, str], tuple[Group, ...]] = {}
         self._wildcard: dict[Speaks, tuple[Group, ...]] = {}
         self._default: dict[Speaks, Route] = {}
+        self._keeps_objects: dict[Speaks, Route] = {}
         self._provider_fallbacks: dict[tuple[Speaks, str], tuple[Route, ...]] = {}
         self._listed = frozenset(m for p in self.providers for m in p.config.models if m != "*")
         for speaks in (*Api, *WireFormat):
@@ -107,6 +115,9 @@ class Router:
         native = [r for p in serving if (r := self._route(p, speaks, None)) and r.codec is None]
         if native:
             self._default[speaks] = native[0]
+            # echo keeps no files or batches: the first provider that does, if any.
+            keeping = [r for r in native if r.provider.config.kind != "echo"]
+            self._keeps_objects[speaks] = (keeping or native)[0]
         for provider in self.providers:
             self._provider_fallbacks[speaks, provider.name] = tuple(
                 route
@@ -156,6 +167,31 @@ class Router:
             raise ModelNotFoundError(f"The model {name} does not exist.")
         return Plan(self, speaks, *groups)
 
+    def objects_plan(self, wire_format: WireFormat) -> Plan:
+        """The plan of a model-less request on objects no provider is known to own (a list,
+        an unknown id): the first provider speaking ``wire_format`` that keeps objects (any
+        kind but ``echo``), else the first speaking it."""
+        route = self._keeps_objects.get(wire_format)
+        if route is None:
+            raise NotFoundError("No provider serves this API.")
+        return Plan(self, wire_format, ((route,), ()))
+
+    def single(self, name: str, wire_format: WireFormat, api: Api | None = None) -> Plan | None:
+        """The plan of a request only the provider ``name`` may serve (a pin, an object's
+        owner), translated if it speaks another API, without fallbacks; ``None`` when no
+        provider has that name, ``UntranslatableError`` when it cannot take the endpoint."""
+        provider = self._by_name.get(name)
+        if provider is None:
+            return None
+        speaks: Speaks = wire_format if api is None else api
+        route = self._route(provider, speaks, None)
+        if route is None:
+            raise UntranslatableError(
+                f"The provider {name} cannot serve this endpoint, and it cannot be translated."
+            )
+        group: Group = ((route,), ()) if route.codec is None else ((), (route,))
+        return Plan(self, speaks, group, fallbacks=False)
+
     def _fallbacks(self, speaks: Speaks, after: Route, out: frozenset[object]) -> list[Route]:
         """The failed route's provider's fallbacks, asked for the same model."""
         routes = self._provider_fallbacks[speaks, after.provider.name]
@@ -177,7 +213,12 @@ class Router:
 
 class RoutingMiddleware:
     """Plans the request's route, sets ``ctx.route`` (and ``ctx.provider``) for each attempt
-    and records its outcome; answers ``GET /v1/models`` and ``/v1/models/{id}`` itself."""
+    and records its outcome; answers ``GET /v1/models`` and ``/v1/models/{id}`` itself.
+
+    With ``objects``, a request naming an object goes to the provider that created it, and
+    the ids of objects created are recorded. ``may_pin(principal)`` says who may pin a
+    provider with the ``x-llm-proxy-provider`` header besides admins (default: anyone).
+    """
 
     def __init__(
         self,
@@ -185,10 +226,14 @@ class RoutingMiddleware:
         *,
         router: Router,
         max_body_bytes: int | None = None,  # None: the request context's limit
+        objects: ObjectRoutes | None = None,
+        may_pin: Callable[[Any], bool] = anyone,
     ) -> None:
         self.app = app
         self.router = router
         self.max_body_bytes = max_body_bytes
+        self.objects = objects
+        self.may_pin = may_pin
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -209,9 +254,24 @@ class RoutingMiddleware:
             if ctx.model is None and scope["method"] not in ("GET", "HEAD", "DELETE"):
                 await self._read_model(ctx, scope, receive)
             api = api_of(ctx.route_path)
-            plan = ctx.plan = self.router.plan(ctx.wire_format, ctx.model, api)
+            plan = pinned_plan(self.router, ctx, scope, api, self.may_pin)
+            if plan is None and self.objects is not None and self.objects.concerns(ctx.route_path):
+                plan = await self.objects.plan(self.router, ctx, api)
+            if plan is None:
+                plan = self.router.plan(ctx.wire_format, ctx.model, api)
+            ctx.plan = plan
         ctx.provider = plan.next().name
-        ctx.route = plan.route
+        route = ctx.route = plan.route
+        objects, answer = self.objects, None
+        if (
+            objects is not None
+            and scope["method"] == "POST"
+            and route is not None
+            and route.codec is None  # a translated answer's id means nothing to its provider
+            and objects.records(ctx.route_path)
+        ):
+            answer = objects.answer_reader(send)
+            send = answer.send
         attempts = ctx.attempts
         first = len(attempts)
         try:
@@ -220,6 +280,9 @@ class RoutingMiddleware:
             # However the call ended: an attempt Upstream made has an outcome of its own.
             if len(attempts) > first:
                 plan.record(attempts[-1])
+        if answer is not None:
+            assert objects is not None
+            await objects.record(answer, ctx.provider)
 
     async def _read_model(self, ctx: RequestContext, scope: Scope, receive: Receive) -> None:
         if ctx.body is None:  # Retry in front has read it already

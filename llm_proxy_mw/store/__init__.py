@@ -1,4 +1,5 @@
-"""Metrics history stores: ``open_metrics_store(url)`` picks the backend from the URL.
+"""Metrics history stores: ``open_metrics_store(url)`` picks the backend from the URL;
+``open_object_owners(url)`` likewise for which provider owns which object.
 
 ``sqlite:///relative/path.db``, ``sqlite:////abs/path.db`` or ``sqlite:///:memory:`` for
 one process (the default); ``redis://[:password@]host:port/db`` or ``rediss://`` for several
@@ -11,6 +12,8 @@ from typing import TYPE_CHECKING
 
 from llm_proxy_mw._store_urls import redact_url, sqlite_path
 from llm_proxy_mw.history import MetricsStore, StoreError
+from llm_proxy_mw.objects import ObjectOwners
+from llm_proxy_mw.store._owners_sqlite import SqliteObjectOwners
 from llm_proxy_mw.store._sqlite import SqliteMetricsStore
 
 if TYPE_CHECKING:
@@ -20,8 +23,10 @@ __all__ = [
     "MetricsStore",
     "RedisMetricsStore",
     "SqliteMetricsStore",
+    "SqliteObjectOwners",
     "StoreError",
     "open_metrics_store",
+    "open_object_owners",
     "redact_url",
 ]
 
@@ -38,6 +43,20 @@ def open_metrics_store(url: str, *, memory_fallback: bool = True) -> MetricsStor
     raise ValueError(
         f"unsupported metrics store URL {redact_url(url)!r}: use sqlite:// or redis://"
     )
+
+
+def open_object_owners(url: str, *, ttl: float) -> ObjectOwners:
+    """Where the proxy remembers which provider created each object, for a ``[store] url``,
+    not yet opened; each record is kept ``ttl`` seconds."""
+    scheme = url.partition("://")[0].lower()
+    if scheme == "sqlite":
+        return SqliteObjectOwners(sqlite_path(url), ttl=ttl, url=url)
+    if scheme in ("redis", "rediss"):
+        _redis_store()  # the same clear error when the redis client is missing
+        from llm_proxy_mw.store._owners_redis import RedisObjectOwners
+
+        return RedisObjectOwners(url, ttl=ttl)
+    raise ValueError(f"unsupported store URL {redact_url(url)!r}: use sqlite:// or redis://")
 
 
 def _redis_store() -> type[RedisMetricsStore]:
