@@ -14,6 +14,7 @@ import re
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
     from llm_proxy_mw._plan import Route
 
 __all__ = [
+    "ANONYMOUS",
     "Attempt",
     "ClientDisconnected",
     "RequestContext",
@@ -42,6 +44,7 @@ __all__ = [
     "Usage",
     "current_request_id",
     "get_context",
+    "principal_id",
     "read_body",
 ]
 
@@ -74,8 +77,29 @@ class Attempt:
 
 @dataclass(slots=True)
 class Usage:
+    """The tokens one request used, as OpenAI counts them: ``prompt_tokens`` include the
+    cache reads and writes (Anthropic counts those outside its ``input_tokens``),
+    ``completion_tokens`` include the reasoning tokens. ``cost_usd`` is ``None`` until the
+    request is priced, and stays ``None`` for a model without a known price (never 0)."""
+
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
+    cost_usd: Decimal | None = None
+
+
+#: The principal id of a request no authenticator vouched for (no ``[auth]`` section).
+ANONYMOUS = "anonymous"
+
+
+def principal_id(ctx: RequestContext) -> str:
+    """Whom a request counts against: its principal's owner id (``api_key:<name>``,
+    ``session:<idp>:<subject>``, ...; a proxy-issued token counts against the principal
+    that minted it), or ``ANONYMOUS``."""
+    owner = getattr(ctx.principal, "owner_id", None)
+    return owner if isinstance(owner, str) else ANONYMOUS
 
 
 @dataclass(slots=True)

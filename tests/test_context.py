@@ -229,3 +229,18 @@ def test_the_parse_refuses_what_json_loads_refuses(body: bytes) -> None:
         assert ctx.json() == expected
     except InvalidRequestError as error:
         assert "twice" in error.message  # json.loads would have kept the last one
+
+
+def test_principal_id_is_the_owner_id_or_anonymous() -> None:
+    from llm_proxy_mw.auth import Principal
+    from llm_proxy_mw.context import ANONYMOUS, RequestContext, principal_id
+    from llm_proxy_mw.wire import WireFormat
+
+    ctx = RequestContext(
+        request_id="r", route_path="/v1/chat/completions", wire_format=WireFormat.OPENAI
+    )
+    assert principal_id(ctx) == ANONYMOUS
+    ctx.principal = Principal(name="alice", kind="api_key")
+    assert principal_id(ctx) == "api_key:alice"
+    ctx.principal = Principal(name="t1", kind="token", subject="session:github:42")
+    assert principal_id(ctx) == "session:github:42"
