@@ -11,10 +11,13 @@ CLAUDE_CODE_VERSION ?= 2.1.197
 CODEX_VERSION ?= 0.171.0
 CLI_AGENTS := .cli-agents
 CLI_AGENTS_STAMP := $(CLI_AGENTS)/.installed-$(CLAUDE_CODE_VERSION)-$(CODEX_VERSION)
+# The official Node SDKs that tests/test_node_sdks.py runs, pinned by tests/node/package-lock.json.
+NODE_SDKS := tests/node
+NODE_SDKS_STAMP := $(NODE_SDKS)/node_modules/.installed-stamp
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install bytecode demo test lint typecheck pytest docs bench bench-compare cli-agents clean
+.PHONY: install bytecode demo test lint typecheck pytest docs bench bench-compare cli-agents node-sdks clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -47,7 +50,14 @@ $(CLI_AGENTS_STAMP):
 
 cli-agents: $(CLI_AGENTS_STAMP)
 
-pytest: $(STAMP) $(CLI_AGENTS_STAMP)
+# `npm ci` installs exactly what the lock file names (it empties node_modules first).
+$(NODE_SDKS_STAMP): $(NODE_SDKS)/package.json $(NODE_SDKS)/package-lock.json
+	npm ci --prefix $(NODE_SDKS) --no-audit --no-fund --loglevel=error
+	touch $@
+
+node-sdks: $(NODE_SDKS_STAMP)
+
+pytest: $(STAMP) $(CLI_AGENTS_STAMP) $(NODE_SDKS_STAMP)
 	$(PY) -m pip check
 	$(PY) -m pytest --cov --cov-report=term --cov-fail-under=90
 
@@ -81,4 +91,4 @@ bench-compare: bytecode
 	$(PY) -m benchmarks.compare $(COMPARE_ARGS)
 
 clean:
-	rm -rf $(VENV) .bench $(CLI_AGENTS) site .coverage .pytest_cache .mypy_cache .ruff_cache htmlcov test-artifacts
+	rm -rf $(VENV) .bench $(CLI_AGENTS) $(NODE_SDKS)/node_modules site .coverage .pytest_cache .mypy_cache .ruff_cache htmlcov test-artifacts
