@@ -241,19 +241,14 @@ def test_anthropic_proxys_own_error_carries_the_request_id(
 def test_anthropic_files_and_models_reach_the_anthropic_provider(
     node: str, proxy: ProxyServer, provider: FakeProvider
 ) -> None:
-    metadata = {
-        "id": "file_011",
-        "type": "file",
-        "filename": "notes.txt",
-        "mime_type": "text/plain",
-        "size_bytes": 5,
-        "created_at": "2025-01-01T00:00:00Z",
-    }
-    provider.script(Action(json_body=metadata))
+    provider.script(
+        Action(json_body={"id": "file_node_1", "type": "file", "filename": "notes.txt"})
+    )
 
     result = run_node(node, proxy, "anthropic", "filesAndModels")
 
-    assert result["file"]["id"] == "file_011"
+    assert result["file"]["id"] == "file_node_1"
+    assert result["file"]["filename"] == "notes.txt"
     assert result["file"]["_request_id"]
     # The upload goes to the Anthropic provider (the OpenAI one is first in the config) with
     # its key; the model is answered by the proxy from its config, in Anthropic's shape.
@@ -262,6 +257,8 @@ def test_anthropic_files_and_models_reach_the_anthropic_provider(
     assert sent.headers["x-api-key"] == ANTHROPIC_CANARY
     assert "authorization" not in sent.headers
     assert sent.headers["content-type"].startswith("multipart/form-data")
+    assert b'filename="notes.txt"' in sent.body
+    assert b"\r\n\r\nhello\r\n" in sent.body
     assert result["model"] == {"id": ANTHROPIC_MODEL, "type": "model"}
 
 
