@@ -220,7 +220,8 @@ def test_anthropic_stream_final_message(
     assert result["text"] == "".join(result["deltas"]) == "one two three four five"
     assert len(result["deltas"]) > 1
     assert result["stop_reason"] == "end_turn"
-    assert result["request_id"]
+    assert result["request_id"] == result["headers"]["request-id"]
+    assert result["request_id"] == result["headers"]["x-request-id"]
     assert provider.last.json["stream"] is True
 
 

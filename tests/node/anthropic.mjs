@@ -5,18 +5,25 @@ import Anthropic, { APIError, toFile } from '@anthropic-ai/sdk';
 import { TIMEOUT, caught, headers, proxy, run } from './common.mjs';
 
 // No retries of its own: each request is seen once.
-const client = () => new Anthropic({ baseURL: proxy.url, apiKey: proxy.key, maxRetries: 0, timeout: TIMEOUT });
+const client = () =>
+  new Anthropic({ baseURL: proxy.url, apiKey: proxy.key, maxRetries: 0, timeout: TIMEOUT });
 const ask = (model = proxy.anthropicModel) => ({
   model,
   max_tokens: 64,
   messages: [{ role: 'user', content: 'hi' }],
 });
-const text = (message) => message.content.filter((block) => block.type === 'text').map((block) => block.text).join('');
+const text = (message) =>
+  message.content
+    .filter((block) => block.type === 'text')
+    .map((block) => block.text)
+    .join('');
 
 await run({
   // A Messages call; `model` defaults to the Anthropic provider's (an OpenAI one is translated).
   async messages(model) {
-    const { data, response, request_id } = await client().messages.create(ask(model)).withResponse();
+    const { data, response, request_id } = await client()
+      .messages.create(ask(model))
+      .withResponse();
     return {
       text: text(data),
       model: data.model,
@@ -32,7 +39,13 @@ await run({
     const deltas = [];
     stream.on('text', (delta) => deltas.push(delta));
     const message = await stream.finalMessage();
-    return { deltas, text: text(message), stop_reason: message.stop_reason, request_id: stream.request_id };
+    return {
+      deltas,
+      text: text(message),
+      stop_reason: message.stop_reason,
+      request_id: stream.request_id,
+      headers: headers(stream.response),
+    };
   },
 
   async error(model) {

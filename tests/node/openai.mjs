@@ -18,7 +18,9 @@ const weather = {
 
 await run({
   async chat() {
-    const { data, response, request_id } = await client().chat.completions.create(ask()).withResponse();
+    const { data, response, request_id } = await client()
+      .chat.completions.create(ask())
+      .withResponse();
     return {
       content: data.choices[0].message.content,
       _request_id: data._request_id,
@@ -79,6 +81,7 @@ await run({
   // The SDK as users construct it: its default retries.
   async defaultRetries() {
     const openai = client({});
-    return { max_retries: openai.maxRetries, ...(await caught(openai.chat.completions.create(ask()), APIError)) };
+    const error = await caught(openai.chat.completions.create(ask()), APIError);
+    return { max_retries: openai.maxRetries, ...error };
   },
 });
