@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -18,6 +19,25 @@ if TYPE_CHECKING:  # imported where used: the SDKs alone take a second to import
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+# ---- isolation -------------------------------------------------------------------------------
+# A proxy built without a ``[store]`` keeps its state in ``./llm-proxy.db`` (metrics totals,
+# token families, which provider holds which object): each test, and each module's shared
+# proxies, run in a directory of their own, so that no test sees another's state.
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _module_directory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    previous = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("cwd"))
+    yield
+    os.chdir(previous)
+
+
+@pytest.fixture(autouse=True)
+def _test_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
 
 
 def require_binary(name: str) -> str:
