@@ -15,8 +15,9 @@ long-context prices) are kept, as ``ModelPrice.tiers``.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from importlib.util import find_spec
 from typing import TYPE_CHECKING, Any
+
+from llm_proxy_mw._extras import installed
 
 if TYPE_CHECKING:
     from llm_proxy_mw.pricing import ModelPrice
@@ -35,7 +36,7 @@ _KEYS = {
 
 def table_available() -> bool:
     """Whether the ``pricing`` extra is installed (checked without importing it)."""
-    return find_spec("genai_prices") is not None
+    return installed("pricing")
 
 
 def table_price(model: str, kind: str, base_url: str) -> ModelPrice | None:
