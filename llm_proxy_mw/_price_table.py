@@ -15,12 +15,10 @@ long-context prices) are kept, as ``ModelPrice.tiers``.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from llm_proxy_mw._cost import ModelPrice
 from llm_proxy_mw._extras import installed
-
-if TYPE_CHECKING:
-    from llm_proxy_mw.pricing import ModelPrice
 
 __all__ = ["table_available", "table_price"]
 
@@ -77,8 +75,6 @@ def _standard_prices(info: Any) -> Any:
 
 def _model_price(table: Any) -> ModelPrice | None:
     from genai_prices.types import TieredPrices
-
-    from llm_proxy_mw.pricing import ModelPrice
 
     values: dict[str, Any] = {}
     for field, keys in _KEYS.items():
