@@ -9,11 +9,10 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from llm_proxy_mw.context import Usage
 
-__all__ = ["ModelPrice", "cost_of"]
+__all__ = ["ModelPrice", "Rates", "cost_of"]
 
 #: Enough digits that no sum of token counts times prices is ever rounded.
 _EXACT = Context(prec=60)
-_MILLION = Decimal(1_000_000)
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,30 +31,65 @@ class ModelPrice:
 
 
 def cost_of(usage: Usage, price: ModelPrice) -> Decimal:
-    """The exact cost of ``usage`` at ``price``, in USD. Counts that contradict each other
-    (more cached tokens than input) are clamped, so that a cost is never negative."""
-    prompt = usage.prompt_tokens
-    for threshold, tier in reversed(price.tiers):
-        if prompt > threshold:
-            price = tier
-            break
-    cache_read = min(usage.cache_read_tokens, prompt)
-    cache_write = min(usage.cache_write_tokens, prompt - cache_read)
-    reasoning = min(usage.reasoning_tokens, usage.completion_tokens)
-    fresh = prompt - cache_read - cache_write
-    if price.cache_read is None:
-        fresh, cache_read = fresh + cache_read, 0
-    if price.cache_write is None:
-        fresh, cache_write = fresh + cache_write, 0
-    output = usage.completion_tokens - reasoning
-    if price.reasoning is None:
-        output, reasoning = output + reasoning, 0
-    total = _EXACT.multiply(price.input, fresh)
-    total = _EXACT.add(total, _EXACT.multiply(price.output, output))
-    if cache_read:
-        total = _EXACT.add(total, _EXACT.multiply(price.cache_read or 0, cache_read))
-    if cache_write:
-        total = _EXACT.add(total, _EXACT.multiply(price.cache_write or 0, cache_write))
-    if reasoning:
-        total = _EXACT.add(total, _EXACT.multiply(price.reasoning or 0, reasoning))
-    return _EXACT.divide(total, _MILLION)
+    """The exact cost of ``usage`` at ``price``, in USD (``Rates`` spares the conversion
+    when one price serves many requests)."""
+    return Rates(price).cost(usage)[0]
+
+
+class Rates:
+    """A ``ModelPrice`` as integers: each price times ``10**scale``, a missing cache or
+    reasoning price replaced by the one that bills those tokens. A cost is then a few
+    integer products and one ``Decimal`` (about a microsecond, against four for the same
+    sum in ``Decimal`` operations), exact all the same."""
+
+    __slots__ = (
+        "input",
+        "output",
+        "cache_read",
+        "cache_write",
+        "reasoning",
+        "exp",
+        "per",
+        "tiers",
+    )
+
+    def __init__(self, price: ModelPrice) -> None:
+        values = (price.input, price.output, price.cache_read, price.cache_write, price.reasoning)
+        exponents = [v.as_tuple().exponent for v in values if v is not None]
+        scale = max([0, *(-e for e in exponents if isinstance(e, int))])
+
+        def scaled(value: Decimal | None, default: int) -> int:
+            return default if value is None else int(value.scaleb(scale, _EXACT))
+
+        self.input = scaled(price.input, 0)
+        self.output = scaled(price.output, 0)
+        self.cache_read = scaled(price.cache_read, self.input)
+        self.cache_write = scaled(price.cache_write, self.input)
+        self.reasoning = scaled(price.reasoning, self.output)
+        #: The exponent of the unit of the integer sums: per million tokens, scaled.
+        self.exp = -6 - scale
+        self.per = 10 ** (6 + scale)
+        self.tiers = tuple((threshold, Rates(tier)) for threshold, tier in price.tiers)
+
+    def cost(self, usage: Usage) -> tuple[Decimal, float]:
+        """The exact cost of ``usage``, and the same as a float (for a metric). Counts that
+        contradict each other (more cached tokens than input) are clamped, so that a cost
+        is never negative."""
+        rates = self
+        prompt = usage.prompt_tokens
+        for threshold, tier in reversed(self.tiers):
+            if prompt > threshold:
+                rates = tier
+                break
+        cache_read = min(usage.cache_read_tokens, prompt)
+        cache_write = min(usage.cache_write_tokens, prompt - cache_read)
+        completion = usage.completion_tokens
+        reasoning = min(usage.reasoning_tokens, completion)
+        total = (
+            (prompt - cache_read - cache_write) * rates.input
+            + cache_read * rates.cache_read
+            + cache_write * rates.cache_write
+            + (completion - reasoning) * rates.output
+            + reasoning * rates.reasoning
+        )
+        return _EXACT.scaleb(Decimal(total), rates.exp), total / rates.per

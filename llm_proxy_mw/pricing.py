@@ -17,7 +17,7 @@ import logging
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from llm_proxy_mw._cost import ModelPrice, cost_of
+from llm_proxy_mw._cost import ModelPrice, Rates, cost_of
 from llm_proxy_mw._price_table import table_price
 
 if TYPE_CHECKING:
@@ -34,10 +34,10 @@ logger = logging.getLogger("llm_proxy_mw.pricing")
 class _Entry:
     """One (provider, model)'s price and its cost counter, found once."""
 
-    __slots__ = ("price", "counter")
+    __slots__ = ("rates", "counter")
 
     def __init__(self, price: ModelPrice | None, counter: Any) -> None:
-        self.price = price
+        self.rates = None if price is None else Rates(price)
         self.counter = counter
 
 
@@ -95,13 +95,13 @@ class Pricing:
         entry = by_model.get(model)
         if entry is None:
             entry = by_model[model] = self._entry(model, provider, provider_name)
-        if entry.price is None:
+        rates = entry.rates
+        if rates is None:
             return
-        cost = cost_of(ctx.usage, entry.price)
-        ctx.usage.cost_usd = cost
+        ctx.usage.cost_usd, cost = rates.cost(ctx.usage)
         if entry.counter is not None and cost:
             # The value object, as the other metrics' hot path does (test_third_party_internals).
-            entry.counter._value.inc(float(cost))
+            entry.counter._value.inc(cost)
 
     def lookup(self, model: str, provider: Provider | None = None) -> ModelPrice | None:
         """The price of ``model`` answered by ``provider``: configured, else the table's."""
