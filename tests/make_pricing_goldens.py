@@ -23,31 +23,29 @@ OPENAI = {"kind": "openai", "base_url": "https://api.openai.com/v1"}
 ANTHROPIC = {"kind": "anthropic", "base_url": "https://api.anthropic.com/v1"}
 LOCAL = {"kind": "openai", "base_url": "http://127.0.0.1:8000/v1"}
 
-#: model: (provider, price); a price of None: the model has none (its cost is null).
-MODELS: dict[str, tuple[dict[str, str], dict[str, str] | None]] = {
-    "gpt-4o": (OPENAI, {"input": "2.5", "output": "10", "cache_read": "1.25"}),
-    "gpt-4o-mini": (OPENAI, {"input": "0.15", "output": "0.6", "cache_read": "0.075"}),
-    "o3": (OPENAI, {"input": "2", "output": "8", "cache_read": "0.5"}),
-    "gpt-5": (OPENAI, {"input": "1.25", "output": "10", "cache_read": "0.125"}),
-    "gpt-4.1": (OPENAI, {"input": "2", "output": "8", "cache_read": "0.5"}),
-    "claude-sonnet-4-5": (
-        ANTHROPIC,
-        {"input": "3", "output": "15", "cache_read": "0.3", "cache_write": "3.75"},
-    ),
-    "claude-opus-4-1": (
-        ANTHROPIC,
-        {"input": "15", "output": "75", "cache_read": "1.5", "cache_write": "18.75"},
-    ),
-    "claude-3-5-haiku-latest": (
-        ANTHROPIC,
-        {"input": "0.8", "output": "4", "cache_read": "0.08", "cache_write": "1"},
-    ),
-    "local-llama": (
-        LOCAL,
-        {"input": "0.2", "output": "0.4", "cache_read": "0.05", "cache_write": "0.25"},
-    ),
-    "local-mystery": (LOCAL, None),
+#: model: (provider, input, output, cache_read, cache_write); no input: no price (null cost).
+RATES: dict[str, tuple[dict[str, str], str | None, str, str, str | None]] = {
+    "gpt-4o": (OPENAI, "2.5", "10", "1.25", None),
+    "gpt-4o-mini": (OPENAI, "0.15", "0.6", "0.075", None),
+    "o3": (OPENAI, "2", "8", "0.5", None),
+    "gpt-5": (OPENAI, "1.25", "10", "0.125", None),
+    "gpt-4.1": (OPENAI, "2", "8", "0.5", None),
+    "claude-sonnet-4-5": (ANTHROPIC, "3", "15", "0.3", "3.75"),
+    "claude-opus-4-1": (ANTHROPIC, "15", "75", "1.5", "18.75"),
+    "claude-3-5-haiku-latest": (ANTHROPIC, "0.8", "4", "0.08", "1"),
+    "local-llama": (LOCAL, "0.2", "0.4", "0.05", "0.25"),
+    "local-mystery": (LOCAL, None, "", "", None),
 }
+
+
+def price_of(rates: tuple[str | None, ...]) -> dict[str, str] | None:
+    keys = ("input", "output", "cache_read", "cache_write")
+    if rates[0] is None:
+        return None
+    return {k: v for k, v in zip(keys, rates, strict=True) if v is not None}
+
+
+MODELS = {model: (provider, price_of(tuple(rates))) for model, (provider, *rates) in RATES.items()}
 TABLE_MODELS = [m for m, (p, _) in MODELS.items() if p is not LOCAL]
 
 #: (prompt, cache_read, cache_write, completion, reasoning): OpenAI's counts.

@@ -7,10 +7,13 @@ from __future__ import annotations
 import logging
 import sys
 from decimal import Decimal
+from fractions import Fraction
 from typing import Any
 
 import genai_prices
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from llm_proxy_mw import pricing as pricing_module
@@ -237,3 +240,35 @@ def test_pricing_tables_are_read_as_exact_decimals() -> None:
 def test_a_bad_price_is_a_config_error_naming_it(entry: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
         parse_config({**PROVIDERS, "pricing": {"m": entry}})
+
+
+# -- property ------------------------------------------------------------------------------
+
+prices = st.decimals(min_value=0, max_value=1000, places=4)
+tokens = st.integers(min_value=0, max_value=10**9)
+
+
+@given(
+    rates=st.tuples(prices, prices, st.none() | prices, st.none() | prices, st.none() | prices),
+    counts=st.tuples(tokens, tokens, tokens, tokens, tokens),
+)
+def test_any_cost_is_the_exact_sum_of_its_parts(
+    rates: tuple[Decimal, Decimal, Decimal | None, Decimal | None, Decimal | None],
+    counts: tuple[int, int, int, int, int],
+) -> None:
+    price = ModelPrice(*rates)
+    prompt, completion, read, write, reasoning = counts
+    usage = Usage(prompt, completion, read, write, reasoning)
+    read = min(read, prompt)
+    write = min(write, prompt - read)
+    reasoning = min(reasoning, completion)
+    parts = [
+        (prompt - read - write, price.input),
+        (read, price.input if price.cache_read is None else price.cache_read),
+        (write, price.input if price.cache_write is None else price.cache_write),
+        (completion - reasoning, price.output),
+        (reasoning, price.output if price.reasoning is None else price.reasoning),
+    ]
+    expected = sum(Fraction(n) * Fraction(rate) for n, rate in parts) / 1_000_000
+    cost = cost_of(usage, price)
+    assert Fraction(cost) == expected >= 0
