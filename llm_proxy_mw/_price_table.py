@@ -20,7 +20,7 @@ from typing import Any
 from llm_proxy_mw._cost import ModelPrice
 from llm_proxy_mw._extras import installed
 
-__all__ = ["table_available", "table_price"]
+__all__ = ["load_table", "table_available", "table_price"]
 
 #: Our field, then the table's keys for it in order of preference.
 _KEYS = {
@@ -37,14 +37,21 @@ def table_available() -> bool:
     return installed("pricing")
 
 
-def table_price(model: str, kind: str, base_url: str) -> ModelPrice | None:
-    """The table's price of ``model`` at the provider whose API is at ``base_url`` (else the
-    one named like ``kind``: a gateway in front of OpenAI); ``None`` when it has none."""
+def load_table() -> Any:
+    """The table's snapshot (loaded once, then cached by genai-prices); ``None`` without it."""
     if not table_available():
         return None
     from genai_prices.data_snapshot import get_snapshot
 
-    snapshot = get_snapshot()
+    return get_snapshot()
+
+
+def table_price(model: str, kind: str, base_url: str) -> ModelPrice | None:
+    """The table's price of ``model`` at the provider whose API is at ``base_url`` (else the
+    one named like ``kind``: a gateway in front of OpenAI); ``None`` when it has none."""
+    snapshot = load_table()
+    if snapshot is None:
+        return None
     for provider_id, api_url in ((None, base_url), (kind, None)):
         try:
             _, info = snapshot.find_provider_model(model, None, provider_id, api_url)

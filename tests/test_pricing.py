@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from datetime import date
 from decimal import Decimal
 from fractions import Fraction
 from typing import Any
@@ -18,6 +19,7 @@ from prometheus_client import CollectorRegistry
 
 from llm_proxy_mw import pricing as pricing_module
 from llm_proxy_mw._plan import Route
+from llm_proxy_mw._price_table import _standard_prices
 from llm_proxy_mw.config import ConfigError, ProviderConfig, parse_config
 from llm_proxy_mw.context import RequestContext, Usage
 from llm_proxy_mw.pricing import ModelPrice, Pricing, cost_of
@@ -137,6 +139,34 @@ def test_the_table_knows_providers_by_base_url_then_by_kind() -> None:
     assert local.usage.cost_usd is None
 
 
+def test_a_model_the_table_prices_by_something_else_than_tokens_has_no_price() -> None:
+    ctx = request("whisper-1", provider(), prompt_tokens=10)  # priced by the hour of audio
+    Pricing().price(ctx)
+    assert ctx.usage.cost_usd is None
+
+
+def test_before_any_of_its_dated_prices_holds_a_model_has_its_first() -> None:
+    from genai_prices.types import (
+        ClauseEquals,
+        ConditionalPrice,
+        ModelInfo,
+        StartDateConstraint,
+    )
+    from genai_prices.types import ModelPrice as TablePrice
+
+    later = StartDateConstraint(start_date=date(2999, 1, 1))
+    first, second = TablePrice(input_mtok=Decimal(1)), TablePrice(input_mtok=Decimal(2))
+    info = ModelInfo(
+        id="m",
+        match=ClauseEquals(equals="m"),
+        prices=[
+            ConditionalPrice(constraint=later, prices=first),
+            ConditionalPrice(constraint=later, prices=second),
+        ],
+    )
+    assert _standard_prices(info) is first
+
+
 def test_echo_and_unrouted_requests_are_priced_by_configuration_only() -> None:
     echo = request(answered_by=provider("echo"), prompt_tokens=10)
     unrouted = request(prompt_tokens=10)
@@ -156,8 +186,18 @@ def test_without_the_table_or_its_extra_only_configuration_prices(
     Pricing(table=False).price(ctx)
     assert ctx.usage.cost_usd is None
     monkeypatch.setitem(sys.modules, "genai_prices", None)
-    Pricing().price(ctx)
+    pricing = Pricing()
+    pricing.warm()
+    pricing.price(ctx)
     assert ctx.usage.cost_usd is None
+
+
+def test_warming_loads_the_table_before_any_request() -> None:
+    from genai_prices.data_snapshot import get_snapshot
+
+    Pricing(table=False).warm()
+    Pricing().warm()
+    assert get_snapshot().providers
 
 
 def test_an_unknown_price_is_null_never_zero_and_logged_once_per_model(
