@@ -16,13 +16,16 @@ if TYPE_CHECKING:
 
 __all__ = ["EXTRAS", "installed", "missing_extras"]
 
-#: Each extra and the modules it installs (the distributions have the same names).
-#: ``tokens``: proxy-issued and external JWTs. ``oauth``: the OAuth login, its session cookie,
-#: and the tokens minted from a session. ``all``, in pyproject.toml, is all three.
+#: Each extra and the modules it installs (the distributions have the same names, with ``-``
+#: for ``_``). ``tokens``: proxy-issued and external JWTs. ``oauth``: the OAuth login, its
+#: session cookie, and the tokens minted from a session. ``pricing``: the maintained price
+#: table, which no config section requires (without it, only ``[pricing]`` prices requests).
+#: ``all``, in pyproject.toml, is every one.
 EXTRAS: dict[str, tuple[str, ...]] = {
     "tokens": ("joserfc",),
     "oauth": ("authlib", "httpx2", "itsdangerous", "joserfc"),
     "redis": ("redis",),
+    "pricing": ("genai_prices",),
 }
 
 

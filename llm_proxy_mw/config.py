@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
+from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -31,6 +32,7 @@ from llm_proxy_mw._extras import missing_extras
 from llm_proxy_mw._loopback import LOOPBACK_RULE, https_or_loopback
 from llm_proxy_mw._retry_policy import RetryPolicy
 from llm_proxy_mw.health import HealthPolicy
+from llm_proxy_mw.pricing import ModelPrice
 from llm_proxy_mw.transports._limits import PoolLimits, Timeouts
 
 __all__ = [
@@ -43,6 +45,7 @@ __all__ = [
     "ModelConfig",
     "OAuthConfig",
     "PoolConfig",
+    "PricingConfig",
     "ProviderConfig",
     "ProviderOAuthConfig",
     "ProxyConfig",
@@ -446,11 +449,25 @@ class ModelConfig(_Model):
     fallbacks: list[str] = []
 
 
+class PricingConfig(_Model):
+    """One model's price (``[pricing."<model>"]``), USD per million tokens; it wins over the
+    price table. Without a cache price, cached tokens cost as input."""
+
+    input: Decimal = Field(ge=0, allow_inf_nan=False)
+    output: Decimal = Field(ge=0, allow_inf_nan=False)
+    cache_read: Decimal | None = Field(None, ge=0, allow_inf_nan=False)
+    cache_write: Decimal | None = Field(None, ge=0, allow_inf_nan=False)
+
+    def price(self) -> ModelPrice:
+        return ModelPrice(self.input, self.output, self.cache_read, self.cache_write)
+
+
 class ProxyConfig(_Model):
     """The whole proxy: providers by name, plus auth, store and metrics settings."""
 
     providers: dict[str, ProviderConfig] = Field(min_length=1)
     models: dict[str, ModelConfig] = {}
+    pricing: dict[str, PricingConfig] = {}
     auth: AuthConfig | None = None
     store: StoreConfig = Field(default_factory=StoreConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
