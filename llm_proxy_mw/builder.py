@@ -117,7 +117,7 @@ def build_proxy(
 
     gate = AdminGate(auth.chain if auth else None, public=config.metrics.public)
     multiprocess_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    dashboard = gate.guard(DashboardApp(history, health=health))
+    dashboard = gate.guard(DashboardApp(history, health=health, usage=ledger))
     routes: dict[str, ASGIApp] = {
         "/healthz": HealthzApp(providers, health=health, gate=gate),
         "/metrics": gate.guard(MetricsApp(metrics, multiprocess_dir=multiprocess_dir)),

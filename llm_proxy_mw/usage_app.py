@@ -31,10 +31,14 @@ from llm_proxy_mw.errors import InvalidRequestError, PermissionDeniedError
 from llm_proxy_mw.ledger import UsageBucket, UsageLedger
 from llm_proxy_mw.wire import send_json
 
-__all__ = ["USAGE_RANGES", "UsageApp", "decimal_text", "usage_rows"]
+__all__ = ["USAGE_RANGES", "UsageApp", "decimal_text", "spend_payload", "usage_rows"]
 
 #: Range name -> span in seconds.
 USAGE_RANGES: dict[str, int] = {"1h": 3600, "24h": 86_400, "7d": 7 * 86_400, "30d": 30 * 86_400}
+#: The dashboard draws the principals that spent most; the rest add up in one line.
+TOP_PRINCIPALS = 10
+OTHERS = "(others)"
+_ZERO = Decimal(0)
 _HEADERS = [(b"cache-control", b"no-store"), (b"x-content-type-options", b"nosniff")]
 
 
@@ -63,6 +67,38 @@ def usage_rows(buckets: Sequence[UsageBucket]) -> list[dict[str, Any]]:
         }
         for b in buckets
     ]
+
+
+def spend_payload(
+    buckets: Sequence[UsageBucket], *, since: int, until: int, step: int
+) -> dict[str, Any]:
+    """The dashboard's spend over time: USD per step of ``[since, until)`` per model and per
+    principal (the ``TOP_PRINCIPALS`` that spent most, the rest as ``OTHERS``), as floats
+    rounded to 1e-9 for drawing, and each one's exact total as a decimal string."""
+    steps = len(range(since, until, step))
+    models: dict[str, list[Decimal]] = {}
+    principals: dict[str, list[Decimal]] = {}
+    unpriced = 0
+    for bucket in buckets:
+        i = (bucket.key.start - since) // step
+        if 0 <= i < steps:
+            models.setdefault(bucket.key.model, [_ZERO] * steps)[i] += bucket.cost_usd
+            principals.setdefault(bucket.key.principal, [_ZERO] * steps)[i] += bucket.cost_usd
+            unpriced += bucket.unpriced
+    ranked = sorted(principals, key=lambda p: (-sum(principals[p]), p))
+    if len(ranked) > TOP_PRINCIPALS:
+        rest = [principals.pop(p) for p in ranked[TOP_PRINCIPALS:]]
+        principals[OTHERS] = [sum(column, _ZERO) for column in zip(*rest, strict=True)]
+
+    def drawn(series: dict[str, list[Decimal]]) -> dict[str, Any]:
+        return {
+            "series": {
+                name: [round(float(v), 9) for v in values] for name, values in series.items()
+            },
+            "totals": {name: decimal_text(sum(values, _ZERO)) for name, values in series.items()},
+        }
+
+    return {"models": drawn(models), "principals": drawn(principals), "unpriced": unpriced}
 
 
 def _unpriced(bucket: UsageBucket) -> bool:
