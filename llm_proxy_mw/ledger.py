@@ -12,19 +12,19 @@ the price table could not price adds nothing to the cost and is counted in ``unp
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Protocol
+from typing import Protocol, Unpack
 
+from llm_proxy_mw._store_batches import BatchWriter, WriterOptions, drop_oldest
 from llm_proxy_mw._usage import token_count
 from llm_proxy_mw.context import RequestContext, principal_id
 from llm_proxy_mw.errors import StoreError
 
 __all__ = [
+    "COUNTS",
     "PICODOLLARS",
     "UsageBucket",
     "UsageKey",
@@ -38,7 +38,16 @@ logger = logging.getLogger("llm_proxy_mw.ledger")
 #: price goldens hold cost to.
 PICODOLLARS = Decimal("1e-12")
 _ZERO = Decimal(0)
-_PURGE_EVERY = 3600.0
+#: The counts of a ``UsageBucket``, in the order the stores keep them.
+COUNTS = (
+    "requests",
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+    "unpriced",
+)
 #: The model or provider of a request that reached no provider (never recorded here).
 _NONE = "none"
 
@@ -114,7 +123,7 @@ def step_start(minute: int, since: int, step: int) -> int:
     return since + (minute - since) // step * step
 
 
-class UsageLedger:
+class UsageLedger(BatchWriter["UsageStore"]):
     """Per-minute usage in memory, flushed to ``store`` in batches (see the module doc).
 
     Store failures never reach a request: they are logged once per failure streak and the
@@ -123,26 +132,14 @@ class UsageLedger:
     added since the last flush.
     """
 
-    def __init__(
-        self,
-        store: UsageStore,
-        *,
-        flush_interval: float = 5.0,
-        retention_days: int = 30,
-        clock: Callable[[], float] = time.time,
-        max_pending: int = 20_000,
-    ) -> None:
-        self.store = store
-        self.flush_interval = flush_interval
-        self.retention_days = retention_days
-        self.max_pending = max_pending
-        self._clock = clock
+    subject = "usage ledger"
+    back = "the usage ledger's store is reachable again"
+    logger = logger
+    task_name = "llm_proxy_mw-ledger-flush"
+
+    def __init__(self, store: UsageStore, **options: Unpack[WriterOptions]) -> None:
+        super().__init__(store, **options)
         self._pending: dict[tuple[int, str, str, str], UsageBucket] = {}
-        self._lock = asyncio.Lock()
-        self._stopping = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._failing = False
-        self._next_purge = 0.0
 
     def add(self, ctx: RequestContext) -> None:
         """Charge a finished request to its principal, model and provider; a request that
@@ -168,34 +165,6 @@ class UsageLedger:
         elif usage.prompt_tokens or usage.completion_tokens:
             bucket.unpriced += 1
 
-    async def start(self) -> None:
-        """Open the store and start the flush task; a store that does not open is logged
-        and tried again at every flush. Idempotent."""
-        if self._task is not None:
-            return
-        self._lock, self._stopping = asyncio.Lock(), asyncio.Event()
-        try:
-            await self.store.open()
-        except StoreError as exc:
-            self._failed("open", exc)
-        self._task = asyncio.create_task(self._run(), name="llm_proxy_mw-ledger-flush")
-
-    async def stop(self) -> None:
-        """Stop the flush task, flush what is pending, close the store. Idempotent."""
-        task, self._task = self._task, None
-        if task is None:
-            return
-        self._stopping.set()
-        try:
-            await task
-            if not await self.flush():
-                logger.warning(
-                    "llm_proxy_mw: the usage ledger lost %d unwritten buckets at shutdown",
-                    len(self._pending),
-                )
-        finally:
-            await self.store.close()
-
     async def flush(self) -> bool:
         """Write the pending buckets in one batch; False (logged) if the store failed."""
         async with self._lock:
@@ -208,16 +177,15 @@ class UsageLedger:
                 self._requeue(batch)
                 self._failed("flush", exc)
                 return False
-            if self._failing:
-                self._failing = False
-                logger.info("llm_proxy_mw: the usage ledger's store is reachable again")
+            except Exception:  # a bug: the batch may be written in part, so never retry it
+                self.logger.exception("llm_proxy_mw: usage ledger batch dropped unexpectedly")
+                return False
+            self._recovered()
             return True
 
     async def purge(self) -> int:
         """Delete the minutes older than the retention, stored and pending."""
-        now = self._clock()
-        self._next_purge = now + _PURGE_EVERY
-        before = int(now) // 60 * 60 - self.retention_days * 86_400
+        before = self._purge_before()
         async with self._lock:
             for series in [s for s in self._pending if s[0] < before]:
                 del self._pending[series]
@@ -249,53 +217,18 @@ class UsageLedger:
                     target.merge(pending)
         return sorted(merged.values(), key=lambda b: _order(b.key))
 
-    async def _run(self) -> None:
-        while True:
-            try:
-                if self._clock() >= self._next_purge:
-                    await self.purge()
-                try:
-                    await asyncio.wait_for(self._stopping.wait(), self.flush_interval)
-                    return
-                except TimeoutError:
-                    pass
-                await self.flush()
-            except Exception:  # a bug in one round must not stop the ledger for the whole run
-                logger.exception("llm_proxy_mw: usage ledger flush failed unexpectedly")
-
     def _requeue(self, batch: dict[tuple[int, str, str, str], UsageBucket]) -> None:
+        """Put a failed batch back, merging what was added meanwhile, within the bound."""
         for series, bucket in self._pending.items():
             if series in batch:
                 batch[series].merge(bucket)
             else:
                 batch[series] = bucket
         self._pending = batch
-        excess = len(batch) - self.max_pending
-        if excess > 0:
-            oldest = sorted(batch)[:excess]
-            for series in oldest:
-                del batch[series]
-            logger.warning(
-                "llm_proxy_mw: the usage ledger's store is still failing; dropped %d buckets "
-                "of minutes %d..%d to keep at most %d in memory",
-                excess,
-                oldest[0][0],
-                oldest[-1][0],
-                self.max_pending,
-            )
+        drop_oldest(batch, self.max_pending, lambda bucket: None, self._failures)
 
-    def _failed(self, what: str, exc: StoreError) -> None:
-        if self._failing:
-            logger.debug("llm_proxy_mw: usage ledger %s failed again: %s", what, exc)
-            return
-        self._failing = True
-        logger.warning(
-            "llm_proxy_mw: usage ledger %s failed; requests are still served and the ledger "
-            "retries at the next flush (%d buckets pending): %s",
-            what,
-            len(self._pending),
-            exc,
-        )
+    def _pending_buckets(self) -> int:
+        return len(self._pending)
 
 
 def _order(key: UsageKey) -> tuple[int, str, str, str]:

@@ -264,3 +264,21 @@ async def test_a_bucket_no_store_can_hold_is_dropped_alone(
         await store.close()
     assert [b.key.provider for b in found] == ["y"]
     assert "dropped 1 buckets" in caplog.text
+
+
+async def test_a_model_name_that_is_not_text_is_dropped_not_retried_forever(
+    make_store: Callable[[], UsageStore], caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = FakeClock(T0)
+    ledger = UsageLedger(make_store(), clock=clock)
+    await ledger.start()
+    try:
+        ledger.add(request(model="bad-\udc80"))  # a lone surrogate, from a client's JSON
+        ledger.add(request())
+        with caplog.at_level(logging.WARNING, logger="llm_proxy_mw.store"):
+            assert await ledger.flush()
+        found = await ledger.usage(int(T0), int(T0) + 60, step=60)
+    finally:
+        await ledger.stop()
+    assert [b.key.model for b in found] == ["gpt-4o"]
+    assert "not UTF-8 text" in caplog.text

@@ -16,28 +16,15 @@ from collections.abc import Sequence
 from decimal import Decimal
 from typing import cast
 
-from llm_proxy_mw.ledger import PICODOLLARS, UsageBucket, UsageKey, step_start
-from llm_proxy_mw.store._checks import Dropped
+from llm_proxy_mw.ledger import COUNTS, PICODOLLARS, UsageBucket, UsageKey, step_start
 from llm_proxy_mw.store._redis import _ADD, _REFUSED, RedisMetricsStore
-from llm_proxy_mw.store._usage_sqlite import stored_cost, usage_problem
+from llm_proxy_mw.store._usage_sqlite import storable_usage, stored_cost
 
 __all__ = ["RedisUsageStore"]
 
-#: Field name -> bucket attribute, for the counts.
-_COUNTS = {
-    "count": "requests",
-    **{
-        name: name
-        for name in (
-            "input_tokens",
-            "output_tokens",
-            "cache_read_tokens",
-            "cache_write_tokens",
-            "reasoning_tokens",
-            "unpriced",
-        )
-    },
-}
+#: Field name -> bucket attribute, for the counts ("count": the history's name, so that its
+#: purge counts buckets).
+_FIELDS = {"count": "requests", **{name: name for name in COUNTS[1:]}}
 
 
 class RedisUsageStore(RedisMetricsStore):
@@ -50,14 +37,7 @@ class RedisUsageStore(RedisMetricsStore):
 
     async def add_usage(self, buckets: Sequence[UsageBucket]) -> None:
         client = self._redis()
-        dropped = Dropped()
-        kept: list[UsageBucket] = []
-        for bucket in buckets:
-            problem = usage_problem(bucket)
-            if problem is None:
-                kept.append(bucket)
-            else:
-                dropped.buckets.append(f"usage of {bucket.key}: {problem}")
+        kept, dropped = storable_usage(buckets)
         keys = [f"{self.prefix}minutes", f"{self.prefix}totals"]
         keys += [f"{self.prefix}minute:{bucket.key.start}" for bucket in kept]
         batch = {"buckets": [[str(b.key.start), _increments(b)] for b in kept], "totals": []}
@@ -88,8 +68,8 @@ class RedisUsageStore(RedisMetricsStore):
                     bucket = found[key] = UsageBucket(key)
                 if name == "cost_pusd":
                     bucket.cost_usd += Decimal(int(value)) * PICODOLLARS
-                elif name in _COUNTS:
-                    attribute = _COUNTS[name]
+                elif name in _FIELDS:
+                    attribute = _FIELDS[name]
                     setattr(bucket, attribute, getattr(bucket, attribute) + int(value))
         return sorted(found.values(), key=lambda b: (b.key.start, *_key_owner(b.key)))
 
@@ -107,7 +87,7 @@ def _increments(bucket: UsageBucket) -> list[list[str]]:
     series = json.dumps([key.principal, key.model, key.provider])
     found = [
         [f"{series}|{name}", "i", str(value)]
-        for name, attribute in _COUNTS.items()
+        for name, attribute in _FIELDS.items()
         if (value := getattr(bucket, attribute))
     ]
     cost = stored_cost(bucket.cost_usd)

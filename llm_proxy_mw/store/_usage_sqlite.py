@@ -13,32 +13,23 @@ from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
 
-from llm_proxy_mw.ledger import PICODOLLARS, UsageBucket, UsageKey
-from llm_proxy_mw.store._checks import MAX_COUNT, Dropped
+from llm_proxy_mw.ledger import COUNTS, PICODOLLARS, UsageBucket, UsageKey
+from llm_proxy_mw.store._checks import MAX_COUNT, Dropped, _is_utf8
 from llm_proxy_mw.store._sqlite import _ROW_ERRORS, SqliteMetricsStore
 
-__all__ = ["SqliteUsageStore", "stored_cost", "usage_problem"]
+__all__ = ["SqliteUsageStore", "storable_usage", "stored_cost"]
 
 _KEY = ("minute", "principal", "model", "provider")
-_COUNTS = (
-    "requests",
-    "input_tokens",
-    "output_tokens",
-    "cache_read_tokens",
-    "cache_write_tokens",
-    "reasoning_tokens",
-    "unpriced",
-)
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS usage (
     minute INTEGER NOT NULL, principal TEXT NOT NULL, model TEXT NOT NULL,
-    provider TEXT NOT NULL, {", ".join(f"{c} INTEGER NOT NULL" for c in _COUNTS)},
+    provider TEXT NOT NULL, {", ".join(f"{c} INTEGER NOT NULL" for c in COUNTS)},
     cost_pusd INTEGER NOT NULL,
     PRIMARY KEY (minute, principal, model, provider)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS usage_principal ON usage (principal, minute);
 """
-_VALUES = (*_COUNTS, "cost_pusd")
+_VALUES = (*COUNTS, "cost_pusd")
 _UPSERT = (
     f"INSERT INTO usage ({', '.join(_KEY + _VALUES)}) "
     f"VALUES ({', '.join('?' * len(_KEY + _VALUES))}) "
@@ -58,14 +49,25 @@ def stored_cost(cost: Decimal) -> int:
     return int((cost / PICODOLLARS).to_integral_value())
 
 
-def usage_problem(bucket: UsageBucket) -> str | None:
-    """Why a store cannot hold ``bucket``, or ``None``."""
-    values = [getattr(bucket, name) for name in _COUNTS]
-    if not all(type(v) is int and 0 <= v <= MAX_COUNT for v in values):
-        return "a count is not an integer in [0, 10**18)"
-    if not bucket.cost_usd.is_finite() or not 0 <= stored_cost(bucket.cost_usd) <= MAX_COUNT:
-        return "the cost is not in [0, 10**6) USD"
-    return None
+def storable_usage(buckets: Sequence[UsageBucket]) -> tuple[list[UsageBucket], Dropped]:
+    """The buckets a store can hold, and what it cannot (a name that is not UTF-8 text, a
+    count past 10**18, a cost past 10**6 USD in one minute or not a number): dropped at
+    once, as a retry would meet it again."""
+    dropped = Dropped()
+    kept: list[UsageBucket] = []
+    for bucket in buckets:
+        counts = [getattr(bucket, name) for name in COUNTS]
+        cost = bucket.cost_usd
+        key = bucket.key
+        if not all(_is_utf8(name) for name in (key.principal, key.model, key.provider)):
+            dropped.buckets.append(f"usage of {key!r}: a name is not UTF-8 text")
+        elif not all(type(v) is int and 0 <= v <= MAX_COUNT for v in counts):
+            dropped.buckets.append(f"usage of {bucket.key}: a count is not in [0, 10**18)")
+        elif not cost.is_finite() or not 0 <= stored_cost(cost) <= MAX_COUNT:
+            dropped.buckets.append(f"usage of {bucket.key}: the cost is not in [0, 10**6) USD")
+        else:
+            kept.append(bucket)
+    return kept, dropped
 
 
 class _ExactSum:
@@ -85,15 +87,11 @@ class SqliteUsageStore(SqliteMetricsStore):
     """A ``UsageStore`` (and a ``MetricsStore``) in one SQLite file (or ``:memory:``)."""
 
     async def add_usage(self, buckets: Sequence[UsageBucket]) -> None:
-        dropped = Dropped()
-        rows: list[tuple[Any, ...]] = []
-        for b in buckets:
-            problem = usage_problem(b)
-            if problem is not None:
-                dropped.buckets.append(f"usage of {b.key}: {problem}")
-                continue
-            counts = (getattr(b, name) for name in _COUNTS)
-            rows.append((*_key_values(b.key), *counts, stored_cost(b.cost_usd)))
+        kept, dropped = storable_usage(buckets)
+        rows = [
+            (*_key_values(b.key), *(getattr(b, n) for n in COUNTS), stored_cost(b.cost_usd))
+            for b in kept
+        ]
         await self._call(self._write, _add_rows, rows, dropped)
         dropped.warn(self.url)
 
@@ -144,6 +142,6 @@ def _bucket(row: tuple[Any, ...]) -> UsageBucket:
     *counts, cost = (int(value) for value in sums)
     return UsageBucket(
         UsageKey(start, principal, model, provider),
-        **dict(zip(_COUNTS, counts, strict=True)),
+        **dict(zip(COUNTS, counts, strict=True)),
         cost_usd=Decimal(cost) * PICODOLLARS,
     )
