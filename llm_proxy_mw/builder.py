@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
@@ -22,11 +22,12 @@ from starlette.types import ASGIApp
 from llm_proxy_mw.admin import AdminGate
 from llm_proxy_mw.auth import AuthMiddleware
 from llm_proxy_mw.config import ProxyConfig, load_config, parse_config
-from llm_proxy_mw.context import RequestContextMiddleware
+from llm_proxy_mw.context import RequestContext, RequestContextMiddleware
 from llm_proxy_mw.dashboard import DashboardApp
 from llm_proxy_mw.health import HealthRegistry
 from llm_proxy_mw.healthz import HealthzApp
 from llm_proxy_mw.history import HistoryRecorder
+from llm_proxy_mw.ledger import UsageLedger
 from llm_proxy_mw.metrics import MetricsMiddleware, ProxyMetrics
 from llm_proxy_mw.metrics_app import MetricsApp
 from llm_proxy_mw.objects import ObjectRoutes
@@ -35,9 +36,10 @@ from llm_proxy_mw.proxy import Endpoints, LLMProxy, ProxyParts
 from llm_proxy_mw.realtime import RealtimeApp
 from llm_proxy_mw.retry import RetryMiddleware
 from llm_proxy_mw.routing import Router, RoutingMiddleware
-from llm_proxy_mw.store import open_metrics_store, open_object_owners
+from llm_proxy_mw.store import open_metrics_store, open_object_owners, open_usage_store
 from llm_proxy_mw.transports import UpstreamTransport
 from llm_proxy_mw.upstream import UpstreamApp
+from llm_proxy_mw.usage_app import UsageApp
 
 if TYPE_CHECKING:
     from llm_proxy_mw.auth._setup import AuthSetup
@@ -78,6 +80,11 @@ def build_proxy(
     metrics = ProxyMetrics(
         registry or CollectorRegistry(), models=models, health=health, history=history
     )
+    ledger = UsageLedger(
+        open_usage_store(config.store.url),
+        flush_interval=config.metrics.flush_interval_seconds,
+        retention_days=config.metrics.retention_days,
+    )
     auth = _auth(config)
     objects = ObjectRoutes(
         open_object_owners(config.store.url, ttl=config.store.object_ttl_days * 86_400)
@@ -94,7 +101,7 @@ def build_proxy(
     pipeline = _stack(
         [
             request_context,
-            Middleware(MetricsMiddleware, metrics=metrics),
+            Middleware(MetricsMiddleware, metrics=metrics, on_request=_charging(ledger)),
             *auth_layer,
             Middleware(
                 RetryMiddleware,
@@ -110,11 +117,12 @@ def build_proxy(
 
     gate = AdminGate(auth.chain if auth else None, public=config.metrics.public)
     multiprocess_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    dashboard = gate.guard(DashboardApp(history, health=health))
+    dashboard = gate.guard(DashboardApp(history, health=health, usage=ledger))
     routes: dict[str, ASGIApp] = {
         "/healthz": HealthzApp(providers, health=health, gate=gate),
         "/metrics": gate.guard(MetricsApp(metrics, multiprocess_dir=multiprocess_dir)),
         **dict.fromkeys(DashboardApp.paths, dashboard),
+        "/usage": UsageApp(ledger, authenticators=auth.chain if auth else None),
     }
     endpoints = _stack([request_context], Endpoints(routes, auth=auth))
 
@@ -126,9 +134,19 @@ def build_proxy(
         history,
         auth=auth,
         objects=objects,
+        ledger=ledger,
         multiprocess=bool(multiprocess_dir),
     )
     return LLMProxy(pipeline, endpoints, parts, websockets=realtime)
+
+
+def _charging(ledger: UsageLedger) -> Callable[[RequestContext, int, float], None]:
+    """The metrics layer's ``on_request``: each finished request goes into the ledger."""
+
+    def charge(ctx: RequestContext, status: int, duration: float) -> None:
+        ledger.add(ctx)
+
+    return charge
 
 
 def _stack(middleware: Sequence[Middleware], app: ASGIApp) -> ASGIApp:

@@ -29,6 +29,8 @@ from llm_proxy_mw.context import get_context
 from llm_proxy_mw.errors import InvalidRequestError, NotFoundError
 from llm_proxy_mw.health import HealthRegistry
 from llm_proxy_mw.history import DURATION_BUCKETS, MinuteBucket
+from llm_proxy_mw.ledger import UsageLedger
+from llm_proxy_mw.usage_app import spend_payload
 from llm_proxy_mw.wire import WireFormat, error_body
 
 __all__ = ["RANGES", "DashboardApp", "HistorySource", "history_payload", "quantile"]
@@ -248,7 +250,8 @@ class DashboardApp:
     """ASGI app serving ``/dashboard`` and ``/metrics/history`` (see ``paths``).
 
     ``history_source.history(since, until)`` supplies the buckets; ``health`` (optional)
-    the current circuit states; ``clock`` (epoch seconds) is injectable for tests.
+    the current circuit states; ``usage`` (optional) the spend (``spend_payload``);
+    ``clock`` (epoch seconds) is injectable for tests.
     """
 
     paths = frozenset({"/dashboard", "/metrics/history"})
@@ -258,10 +261,12 @@ class DashboardApp:
         history_source: HistorySource,
         *,
         health: HealthRegistry | None = None,
+        usage: UsageLedger | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.history_source = history_source
         self.health = health
+        self.usage = usage
         self.clock = clock
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -303,4 +308,7 @@ class DashboardApp:
         payload = history_payload(
             buckets, since_minute=since, until_minute=until, health=health, step_seconds=step
         )
+        if self.usage is not None:
+            spent = await self.usage.usage(since, until, step=step)
+            payload["spend"] = spend_payload(spent, since=since, until=until, step=step)
         return {"range": name, "generated_at": round(now, 3), **payload}

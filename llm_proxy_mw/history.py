@@ -9,16 +9,14 @@ counters continue where they were instead of dropping to zero.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import logging
-import time
 from bisect import bisect_left
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, Unpack
 
+from llm_proxy_mw._store_batches import BatchWriter, WriterOptions, drop_oldest
 from llm_proxy_mw._usage import token_count
 from llm_proxy_mw.errors import StoreError
 
@@ -146,10 +144,7 @@ def _order(bucket: MinuteBucket) -> _Series:
     return (key.minute, key.provider, key.model, key.status)
 
 
-_PURGE_EVERY = 3600.0
-
-
-class HistoryRecorder:
+class HistoryRecorder(BatchWriter["MetricsStore"]):
     """Collects finished requests into minute buckets in memory and writes them in batches.
 
     ``record`` and ``add_total`` are the hot path: a dict lookup and a few additions, no
@@ -166,30 +161,15 @@ class HistoryRecorder:
     minutes are dropped with a warning (totals are few, one per label set, and always kept).
     """
 
-    def __init__(
-        self,
-        store: MetricsStore,
-        *,
-        flush_interval: float = 5.0,
-        retention_days: int = 30,
-        clock: Callable[[], float] = time.time,
-        max_pending: int = 20_000,
-    ) -> None:
-        self.store = store
-        self.flush_interval = flush_interval
-        self.retention_days = retention_days
-        self.max_pending = max_pending
-        self._clock = clock
+    subject = "metrics history"
+    back = "metrics store is reachable again"
+    logger = logger
+    task_name = "llm_proxy_mw-history-flush"
+
+    def __init__(self, store: MetricsStore, **options: Unpack[WriterOptions]) -> None:
+        super().__init__(store, **options)
         self._buckets: dict[_Series, MinuteBucket] = {}
         self._totals: dict[str, float] = {}
-        # One store conversation at a time, so no batch is ever in flight (neither in memory
-        # nor in the store) while history() merges the two.
-        self._lock = asyncio.Lock()
-        self._stopping = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._stopped = False
-        self._failing = False
-        self._next_purge = 0.0
 
     def record(
         self,
@@ -225,49 +205,6 @@ class HistoryRecorder:
         """Add ``delta`` to the cumulative counter ``key`` (persisted, restored at start)."""
         self._totals[key] = self._totals.get(key, 0.0) + delta
 
-    async def start(self, *, require_store: bool = False) -> None:
-        """Open the store and start the background flush (and purge) task. Idempotent.
-
-        A store that does not open is logged and tried again at every flush; with
-        ``require_store`` its ``StoreError`` is raised instead, and nothing is started.
-        """
-        if self._task is not None:
-            return
-        self._stopped = False
-        # Fresh primitives: asyncio binds them to the loop they first wait in, and a recorder
-        # may be started again under another loop (tests, a restarted host).
-        self._lock, self._stopping = asyncio.Lock(), asyncio.Event()
-        try:
-            await self.store.open()
-        except StoreError as exc:
-            if require_store:
-                with contextlib.suppress(StoreError):  # the failed open is what to report
-                    await self.store.close()
-                raise
-            self._failed("open", exc)
-        self._task = asyncio.create_task(self._run(), name="llm_proxy_mw-history-flush")
-
-    async def stop(self) -> None:
-        """Stop the background task, flush what is pending, close the store. Idempotent."""
-        if self._stopped:
-            return
-        self._stopped = True
-        task, self._task = self._task, None
-        if task is None:
-            return
-        self._stopping.set()
-        try:
-            await task
-            if not await self.flush():
-                logger.warning(
-                    "llm_proxy_mw: metrics history lost %d unwritten buckets and %d totals "
-                    "at shutdown",
-                    len(self._buckets),
-                    len(self._totals),
-                )
-        finally:
-            await self.store.close()
-
     async def flush(self) -> bool:
         """Write pending buckets and totals in one batch; False (logged) if the store failed."""
         async with self._lock:
@@ -297,9 +234,7 @@ class HistoryRecorder:
 
     async def purge(self) -> int:
         """Delete buckets older than the retention, stored and pending; totals stay."""
-        now = self._clock()
-        self._next_purge = now + _PURGE_EVERY
-        before = int(now) // 60 * 60 - self.retention_days * 86_400
+        before = self._purge_before()
         async with self._lock:
             for series in [s for s in self._buckets if s[0] < before]:
                 # Never written: keep what it adds to the totals, which are never purged.
@@ -353,20 +288,6 @@ class HistoryRecorder:
                     target.merge(pending)
         return sorted(merged.values(), key=_order)
 
-    async def _run(self) -> None:
-        while True:
-            try:
-                if self._clock() >= self._next_purge:
-                    await self.purge()
-                try:
-                    await asyncio.wait_for(self._stopping.wait(), self.flush_interval)
-                    return
-                except TimeoutError:
-                    pass
-                await self.flush()
-            except Exception:  # a bug in one round must not stop history for the whole run
-                logger.exception("llm_proxy_mw: metrics history flush failed unexpectedly")
-
     def _requeue(self, buckets: dict[_Series, MinuteBucket], totals: dict[str, float]) -> None:
         """Put a failed batch back, merging what was recorded meanwhile, within the bound."""
         for series, bucket in self._buckets.items():
@@ -377,35 +298,11 @@ class HistoryRecorder:
         for key, delta in self._totals.items():
             totals[key] = totals.get(key, 0.0) + delta
         self._buckets, self._totals = buckets, totals
-        excess = len(buckets) - self.max_pending
-        if excess > 0:
-            oldest = sorted(buckets)[:excess]
-            for series in oldest:
-                bucket_totals(buckets.pop(series), totals)  # the totals are always kept
-            logger.warning(
-                "llm_proxy_mw: metrics store still failing; dropped %d buckets of minutes "
-                "%d..%d to keep at most %d in memory",
-                excess,
-                oldest[0][0],
-                oldest[-1][0],
-                self.max_pending,
-            )
+        # The totals are always kept: a dropped bucket still adds to them.
+        drop_oldest(buckets, self.max_pending, lambda b: bucket_totals(b, totals), self._failures)
 
-    def _failed(self, what: str, exc: StoreError) -> None:
-        if self._failing:
-            logger.debug("llm_proxy_mw: metrics history %s failed again: %s", what, exc)
-            return
-        self._failing = True
-        logger.warning(
-            "llm_proxy_mw: metrics history %s failed, the proxy keeps serving and retries at "
-            "the next flush (%d buckets pending): %s",
-            what,
-            len(self._buckets),
-            exc,
-        )
+    def _pending_buckets(self) -> int:
+        return len(self._buckets)
 
-    def _recovered(self) -> None:
-        # Only writes end a failure streak: a locked SQLite file still serves reads.
-        if self._failing:
-            self._failing = False
-            logger.info("llm_proxy_mw: metrics store is reachable again")
+    def _unwritten(self) -> str:
+        return f"{len(self._buckets)} unwritten buckets and {len(self._totals)} totals"

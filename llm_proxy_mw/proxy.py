@@ -28,6 +28,7 @@ from llm_proxy_mw.errors import NotFoundError, StartupError
 from llm_proxy_mw.health import HealthRegistry
 from llm_proxy_mw.healthz import health_report
 from llm_proxy_mw.history import HistoryRecorder, StoreError
+from llm_proxy_mw.ledger import UsageLedger
 from llm_proxy_mw.metrics import ProxyMetrics
 from llm_proxy_mw.objects import ObjectRoutes
 from llm_proxy_mw.providers import Provider
@@ -53,6 +54,8 @@ class ProxyParts:
     auth: AuthSetup | None = None
     #: Which provider owns which object: its store opens and closes with the history's.
     objects: ObjectRoutes | None = None
+    #: The usage ledger (``/usage``): started after the history, stopped (flushed) before.
+    ledger: UsageLedger | None = None
     #: Under Prometheus multiprocess mode, where every worker would add the stored totals
     #: again, the counters are not continued from the store.
     multiprocess: bool = False
@@ -179,6 +182,10 @@ class LLMProxy:
                     message = f"llm_proxy_mw: cannot start: the [store] does not open ({exc})"
                     raise StartupError(message) from None
                 started.push_async_callback(objects.stop)
+            ledger = self.parts.ledger
+            if ledger is not None:
+                await ledger.start()
+                started.push_async_callback(ledger.stop)
             await self._continue_counters()
             auth = self.parts.auth
             for lifecycle in auth.lifecycles if auth is not None else ():

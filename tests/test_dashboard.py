@@ -17,6 +17,7 @@ import re
 import subprocess
 import time
 from collections.abc import Iterable
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -311,7 +312,7 @@ def exposed_series() -> dict[str, set[str]]:
     metrics = ProxyMetrics(registry, models=["m"], health=HealthRegistry(["p"]))
     ctx = RequestContext("id", "/v1/chat/completions", WireFormat.OPENAI, provider="p", model="m")
     ctx.ttfb = 0.1
-    ctx.usage = Usage(prompt_tokens=3, completion_tokens=2)
+    ctx.usage = Usage(prompt_tokens=3, completion_tokens=2, cost_usd=Decimal("0.001"))
     ctx.attempts = [Attempt("p", "server_error", 500, 0.1), Attempt("p", "success", 200, 0.1)]
     metrics.observe(ctx, 200, 0.2)
     names: dict[str, set[str]] = {}
@@ -354,6 +355,7 @@ def test_grafana_dashboard_uses_only_exposed_metrics() -> None:
         "llm_proxy_tokens_total",
         "llm_proxy_retries_total",
         "llm_proxy_requests_in_flight",
+        "llm_proxy_cost_usd_total",
     } <= used
     for panel in panels:
         assert panel["datasource"]["uid"] == "${DS_PROMETHEUS}"

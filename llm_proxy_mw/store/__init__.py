@@ -1,5 +1,6 @@
 """Metrics history stores: ``open_metrics_store(url)`` picks the backend from the URL;
-``open_object_owners(url)`` likewise for which provider owns which object.
+``open_object_owners(url)`` likewise for which provider owns which object, and
+``open_usage_store(url)`` for the usage ledger.
 
 ``sqlite:///relative/path.db``, ``sqlite:////abs/path.db`` or ``sqlite:///:memory:`` for
 one process (the default); ``redis://[:password@]host:port/db`` or ``rediss://`` for several
@@ -12,9 +13,11 @@ from typing import TYPE_CHECKING
 
 from llm_proxy_mw._store_urls import redact_url, sqlite_path
 from llm_proxy_mw.history import MetricsStore, StoreError
+from llm_proxy_mw.ledger import UsageStore
 from llm_proxy_mw.objects import ObjectOwners
 from llm_proxy_mw.store._owners_sqlite import SqliteObjectOwners
 from llm_proxy_mw.store._sqlite import SqliteMetricsStore
+from llm_proxy_mw.store._usage_sqlite import SqliteUsageStore
 
 if TYPE_CHECKING:
     from llm_proxy_mw.store._redis import RedisMetricsStore
@@ -24,9 +27,12 @@ __all__ = [
     "RedisMetricsStore",
     "SqliteMetricsStore",
     "SqliteObjectOwners",
+    "SqliteUsageStore",
     "StoreError",
+    "UsageStore",
     "open_metrics_store",
     "open_object_owners",
+    "open_usage_store",
     "redact_url",
 ]
 
@@ -56,6 +62,19 @@ def open_object_owners(url: str, *, ttl: float) -> ObjectOwners:
         from llm_proxy_mw.store._owners_redis import RedisObjectOwners
 
         return RedisObjectOwners(url, ttl=ttl)
+    raise ValueError(f"unsupported store URL {redact_url(url)!r}: use sqlite:// or redis://")
+
+
+def open_usage_store(url: str) -> UsageStore:
+    """The usage ledger's store for a ``[store] url``, not yet opened (the ledger does)."""
+    scheme = url.partition("://")[0].lower()
+    if scheme == "sqlite":
+        return SqliteUsageStore(sqlite_path(url), url=url, memory_fallback=False)
+    if scheme in ("redis", "rediss"):
+        _redis_store()  # the same clear error when the redis client is missing
+        from llm_proxy_mw.store._usage_redis import RedisUsageStore
+
+        return RedisUsageStore(url)
     raise ValueError(f"unsupported store URL {redact_url(url)!r}: use sqlite:// or redis://")
 
 

@@ -174,18 +174,8 @@ class RedisMetricsStore(RedisStoreBase):
         return {key: float(value) for key, value in stored.items()}
 
     async def buckets(self, since_minute: int, until_minute: int) -> list[MinuteBucket]:
-        client = self._redis()
-        with self._errors("query"):
-            index = f"{self.prefix}minutes"
-            minutes = cast(
-                "list[str]", await client.zrangebyscore(index, since_minute, f"({until_minute}")
-            )
-            async with client.pipeline(transaction=False) as pipe:
-                for minute in minutes:
-                    pipe.hgetall(f"{self.prefix}minute:{minute}")
-                hashes: list[dict[str, str]] = await pipe.execute()
         found: list[MinuteBucket] = []
-        for minute, fields in zip(minutes, hashes, strict=True):
+        for minute, fields in await self._minute_hashes(since_minute, until_minute):
             by_series: dict[str, MinuteBucket] = {}
             for field, value in fields.items():
                 series, _, name = field.rpartition("|")
@@ -198,6 +188,22 @@ class RedisMetricsStore(RedisStoreBase):
             found.extend(by_series.values())
         found.sort(key=lambda b: (b.key.minute, b.key.provider, b.key.model, b.key.status))
         return found
+
+    async def _minute_hashes(
+        self, since_minute: int, until_minute: int
+    ) -> list[tuple[str, dict[str, str]]]:
+        """Each stored minute in ``[since_minute, until_minute)`` with its hash."""
+        client = self._redis()
+        with self._errors("query"):
+            index = f"{self.prefix}minutes"
+            minutes = cast(
+                "list[str]", await client.zrangebyscore(index, since_minute, f"({until_minute}")
+            )
+            async with client.pipeline(transaction=False) as pipe:
+                for minute in minutes:
+                    pipe.hgetall(f"{self.prefix}minute:{minute}")
+                hashes: list[dict[str, str]] = await pipe.execute()
+        return list(zip(minutes, hashes, strict=True))
 
     async def purge(self, before_minute: int) -> int:
         client = self._redis()
