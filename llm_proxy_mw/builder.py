@@ -31,6 +31,7 @@ from llm_proxy_mw.ledger import UsageLedger
 from llm_proxy_mw.metrics import MetricsMiddleware, ProxyMetrics
 from llm_proxy_mw.metrics_app import MetricsApp
 from llm_proxy_mw.objects import ObjectRoutes
+from llm_proxy_mw.pricing import Pricing
 from llm_proxy_mw.providers import Provider
 from llm_proxy_mw.proxy import Endpoints, LLMProxy, ProxyParts
 from llm_proxy_mw.realtime import RealtimeApp
@@ -80,6 +81,11 @@ def build_proxy(
     metrics = ProxyMetrics(
         registry or CollectorRegistry(), models=models, health=health, history=history
     )
+    pricing = Pricing(
+        {name: price.price() for name, price in config.pricing.items()},
+        models=models,
+        registry=metrics.registry,
+    )
     ledger = UsageLedger(
         open_usage_store(config.store.url),
         flush_interval=config.metrics.flush_interval_seconds,
@@ -101,7 +107,7 @@ def build_proxy(
     pipeline = _stack(
         [
             request_context,
-            Middleware(MetricsMiddleware, metrics=metrics, on_request=_charging(ledger)),
+            Middleware(MetricsMiddleware, metrics=metrics, on_request=_charging(pricing, ledger)),
             *auth_layer,
             Middleware(
                 RetryMiddleware,
@@ -135,15 +141,20 @@ def build_proxy(
         auth=auth,
         objects=objects,
         ledger=ledger,
+        pricing=pricing,
         multiprocess=bool(multiprocess_dir),
     )
     return LLMProxy(pipeline, endpoints, parts, websockets=realtime)
 
 
-def _charging(ledger: UsageLedger) -> Callable[[RequestContext, int, float], None]:
-    """The metrics layer's ``on_request``: each finished request goes into the ledger."""
+def _charging(
+    pricing: Pricing, ledger: UsageLedger
+) -> Callable[[RequestContext, int, float], None]:
+    """The metrics layer's ``on_request``: each finished request is priced, then goes into
+    the ledger."""
 
     def charge(ctx: RequestContext, status: int, duration: float) -> None:
+        pricing.price(ctx)
         ledger.add(ctx)
 
     return charge

@@ -31,6 +31,7 @@ from llm_proxy_mw.history import HistoryRecorder, StoreError
 from llm_proxy_mw.ledger import UsageLedger
 from llm_proxy_mw.metrics import ProxyMetrics
 from llm_proxy_mw.objects import ObjectRoutes
+from llm_proxy_mw.pricing import Pricing
 from llm_proxy_mw.providers import Provider
 
 if TYPE_CHECKING:
@@ -56,6 +57,8 @@ class ProxyParts:
     objects: ObjectRoutes | None = None
     #: The usage ledger (``/usage``): started after the history, stopped (flushed) before.
     ledger: UsageLedger | None = None
+    #: Prices each request; its table is loaded at start, off the event loop.
+    pricing: Pricing | None = None
     #: Under Prometheus multiprocess mode, where every worker would add the stored totals
     #: again, the counters are not continued from the store.
     multiprocess: bool = False
@@ -186,6 +189,9 @@ class LLMProxy:
             if ledger is not None:
                 await ledger.start()
                 started.push_async_callback(ledger.stop)
+            if self.parts.pricing is not None:
+                # A third of a second of reading: not in the first request that needs it.
+                await asyncio.to_thread(self.parts.pricing.warm)
             await self._continue_counters()
             auth = self.parts.auth
             for lifecycle in auth.lifecycles if auth is not None else ():
