@@ -27,7 +27,10 @@ pytestmark = pytest.mark.anyio
 
 CHAT = {"model": "echo-1", "messages": [{"role": "user", "content": "hello there"}]}
 MESSAGES = {**CHAT, "max_tokens": 50}
-KEYS = [{"name": "alice", "key": "alice-key-0123456789"}, {"name": "bob", "key": "bob-key-0123456789"}]
+KEYS = [
+    {"name": "alice", "key": "alice-key-0123456789"},
+    {"name": "bob", "key": "bob-key-0123456789"},
+]
 ALICE = {"authorization": "Bearer alice-key-0123456789"}
 BOB = {"authorization": "Bearer bob-key-0123456789"}
 
@@ -270,6 +273,4 @@ def test_good_principal_ids_pass() -> None:
     limits = {"principals": {"api_key:alice": {"rpm": 1}, "api_key:bob": {}}}
     policy = parse_config(config(limits)).limits
     assert policy is not None and policy.policy().limit_for("api_key:bob") == Limit()
-    assert parse_config(
-        {**config({"principals": {"anonymous": {"rpm": 1}}}), "auth": None}
-    ).limits
+    assert parse_config({**config({"principals": {"anonymous": {"rpm": 1}}}), "auth": None}).limits

@@ -94,9 +94,7 @@ async def test_concurrency_holds_until_settled() -> None:
     assert isinstance(await limits.reserve("p", limit, 0, 0), Grant)
 
 
-async def test_a_budget_admits_while_unspent_so_it_overshoots_by_one_reservation_at_most() -> (
-    None
-):
+async def test_a_budget_admits_while_unspent_so_it_overshoots_by_one_reservation_at_most() -> None:
     limits = backend(FakeClock())
     limit = Limit(budget_usd=Decimal("0.000010"))  # 10,000 nano-USD
     grants = []
