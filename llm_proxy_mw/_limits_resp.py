@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections import deque
+from dataclasses import dataclass
 from typing import Any, cast
 
 from redis.connection import parse_url
@@ -18,12 +19,14 @@ from redis.connection import parse_url
 __all__ = ["RespConnection", "RespError", "command_head", "connect", "encode_args"]
 
 
-class RespError(Exception):
-    """An error reply (``-NOSCRIPT ...``, ``-WRONGPASS ...``)."""
+@dataclass(frozen=True, slots=True)
+class RespError:
+    """An error reply (``-NOSCRIPT ...``, ``-WRONGPASS ...``): a value, as Redis sends it."""
 
+    message: str
 
-class _Incomplete(Exception):
-    """The buffer ends inside a reply: wait for more bytes."""
+    def __str__(self) -> str:
+        return self.message
 
 
 def encode_args(*args: str | int) -> bytes:
@@ -40,11 +43,12 @@ def command_head(count: int, *args: str | int) -> bytes:
     return b"*%d\r\n" % count + encode_args(*args)
 
 
-def _parse(buffer: bytes, pos: int) -> tuple[Any, int]:
-    """The reply at ``pos`` and where it ends (``_Incomplete`` if it does not yet)."""
+def _parse(buffer: bytes, pos: int) -> tuple[Any, int] | None:
+    """The reply at ``pos`` and where it ends; ``None`` while the buffer ends inside it.
+    ``ValueError`` for what is no reply."""
     end = buffer.find(b"\r\n", pos)
     if end < 0:
-        raise _Incomplete
+        return None
     kind, line, pos = buffer[pos : pos + 1], buffer[pos + 1 : end], end + 2
     if kind == b":":
         return int(line), pos
@@ -57,15 +61,18 @@ def _parse(buffer: bytes, pos: int) -> tuple[Any, int]:
         if size < 0:
             return None, pos
         if len(buffer) < pos + size + 2:
-            raise _Incomplete
+            return None
         return buffer[pos : pos + size].decode(), pos + size + 2
     if kind == b"*":
         items = []
         for _ in range(max(int(line), 0)):
-            item, pos = _parse(buffer, pos)
+            parsed = _parse(buffer, pos)
+            if parsed is None:
+                return None
+            item, pos = parsed
             items.append(item)
         return items, pos
-    raise RespError(f"unexpected reply type {kind!r}")
+    raise ValueError(f"unexpected reply type {kind!r}")
 
 
 class RespConnection(asyncio.Protocol):
@@ -86,13 +93,14 @@ class RespConnection(asyncio.Protocol):
         pos = 0
         try:
             while self._waiters:
-                reply, pos = _parse(self._buffer, pos)
+                parsed = _parse(self._buffer, pos)
+                if parsed is None:
+                    break
+                reply, pos = parsed
                 waiter = self._waiters.popleft()
                 if not waiter.done():  # a caller that timed out left its place in the line
                     waiter.set_result(reply)
-        except _Incomplete:
-            pass
-        except (RespError, ValueError) as exc:  # not Redis speaking: give up the connection
+        except ValueError as exc:  # not Redis speaking: give up the connection
             self._fail(ConnectionError(f"unreadable reply: {exc}"))
             return
         self._buffer = self._buffer[pos:]

@@ -8,15 +8,18 @@ from typing import Any
 
 import pytest
 
+from llm_proxy_mw._limits_policy import Limit
 from llm_proxy_mw._limits_redis import RedisLimits
 from llm_proxy_mw._limits_resp import RespConnection, RespError, command_head, encode_args
-from llm_proxy_mw._limits_policy import Limit
 from llm_proxy_mw.errors import StoreError
 from tests.fakes.servers import free_port
 
 pytestmark = pytest.mark.anyio
 
-REPLIES = b"*6\r\n:0\r\n$1\r\n0\r\n:3\r\n$4\r\n15.5\r\n:-1\r\n$-1\r\n+OK\r\n-NOSCRIPT gone\r\n:7\r\n"
+REPLIES = (
+    b"*6\r\n:0\r\n$1\r\n0\r\n:3\r\n$4\r\n15.5\r\n:-1\r\n$-1\r\n"  # an array, a nil in it
+    b"+OK\r\n-NOSCRIPT gone\r\n:7\r\n"
+)
 
 
 class _Transport:
