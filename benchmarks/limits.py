@@ -98,15 +98,11 @@ async def _offer(
     return offered
 
 
-def _wait_ready(url: str, deadline: float) -> None:
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/llm/healthz", timeout=1.0).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.05)
-    raise RuntimeError(f"{url} did not start")
+def _wait_ready(url: str) -> None:
+    """Until the replica answers: connection refusals are retried with a backoff."""
+    with httpx.Client(transport=httpx.HTTPTransport(retries=8)) as client:
+        if client.get(f"{url}/llm/healthz", timeout=5.0).status_code != 200:
+            raise RuntimeError(f"{url} did not start")
 
 
 def accuracy(
@@ -130,7 +126,7 @@ def accuracy(
         procs.start(f"replica-{i}", argv, cpu=cpus()[0], env=env, cwd=ROOT)
         urls.append(f"http://127.0.0.1:{port}")
     for url in urls:
-        _wait_ready(url, time.monotonic() + 30)
+        _wait_ready(url)
     by_rpm, by_tpm = asyncio.run(_both(urls, rpm, tpm, seconds))
     return by_rpm, by_tpm, rpm, tpm, seconds
 

@@ -5,16 +5,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
-import httpx
 import pytest
 import redis
 
-from tests.fakes.processes import stop_process
-from tests.fakes.redis_server import redis_server
-from tests.fakes.servers import free_port
-from tests.test_auth_replicas import ADMIN, USER, Replicas, _spawn, _wait_ready
+from tests.test_auth_replicas import ADMIN, USER, Replicas, serve_replicas
+from tests.test_auth_replicas import _config as auth_config
 
 pytestmark = pytest.mark.e2e
 
@@ -43,39 +39,19 @@ class Shared(Replicas):
 
 
 def _config(redis_url: str) -> str:
-    return (
-        '[providers.echo]\nkind = "echo"\n\n'
-        "[auth]\napi_keys = [\n"
-        '  { name = "root", key = "${REPLICA_ADMIN_KEY}", admin = true },\n'
-        '  { name = "alice", key = "${REPLICA_USER_KEY}" },\n]\n\n'
-        f'[store]\nurl = "{redis_url}"\n\n'
-        '[limits.principals."api_key:alice"]\nrpm = 3\n\n'
+    """The auth replicas' config (root an admin, alice not), with limits for both."""
+    return auth_config(redis_url) + (
+        '\n[limits.principals."api_key:alice"]\nrpm = 3\n\n'
         '[limits.principals."api_key:root"]\ntpm = 3000\n'
     )
 
 
 @pytest.fixture(scope="module")
 def replicas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shared]:
-    directory = tmp_path_factory.mktemp("limit-replicas")
-    with redis_server() as server:
-        config = directory / "llm-proxy.toml"
-        config.write_text(_config(server.url), encoding="utf-8")
-        ports = [free_port(), free_port()]
-        processes = [_spawn(p, config, directory / f"replica-{p}.log") for p in ports]
-        try:
-            urls = [f"http://127.0.0.1:{p}" for p in ports]
-            for process, url, port in zip(processes, urls, ports, strict=True):
-                _wait_ready(process, url, Path(directory / f"replica-{port}.log"))
-            with (
-                httpx.Client(base_url=f"{urls[0]}/llm", timeout=10) as a,
-                httpx.Client(base_url=f"{urls[1]}/llm", timeout=10) as b,
-            ):
-                shared = Shared(a, b)
-                shared.redis_url = server.url
-                yield shared
-        finally:
-            for process in processes:
-                stop_process(process)
+    with serve_replicas(tmp_path_factory.mktemp("limit-replicas"), _config) as (both, url):
+        shared = Shared(both.a, both.b)
+        shared.redis_url = url
+        yield shared
 
 
 def test_rpm_holds_across_both_replicas(replicas: Shared) -> None:
