@@ -1,7 +1,7 @@
-"""``python -m benchmarks [layers|translation|overhead|resilience|load|scaling] [--quick]``: print
-the benchmark tables.
+"""``python -m benchmarks [layers|translation|overhead|resilience|load|scaling|limits]
+[--quick]``: print the benchmark tables.
 
-Without a target all six run (about 9-10 minutes on the 2-core box); ``--quick`` is a smoke test
+Without a target all seven run (about 9-10 minutes on the 2-core box); ``--quick`` is a smoke test
 of a few seconds each, for checking that everything works, not for figures.
 """
 
@@ -13,7 +13,7 @@ import platform
 import sys
 import time
 
-from benchmarks import layers, load_memory, overhead, resilience, scaling, translation
+from benchmarks import layers, limits, load_memory, overhead, resilience, scaling, translation
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,7 +21,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "target",
         nargs="?",
-        choices=("all", "layers", "translation", "overhead", "resilience", "load", "scaling"),
+        choices=(
+            "all",
+            "layers",
+            "translation",
+            "overhead",
+            "resilience",
+            "load",
+            "scaling",
+            "limits",
+        ),
         default="all",
     )
     parser.add_argument("--quick", action="store_true", help="smoke test, seconds not minutes")
@@ -77,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
             print(load_memory.main(quick=args.quick) + "\n", flush=True)
         if args.target in ("all", "scaling"):
             print(scaling.main(quick=args.quick, load=args.load) + "\n", flush=True)
+        if args.target in ("all", "limits"):
+            print(limits.main(quick=args.quick) + "\n", flush=True)
     except KeyboardInterrupt:
         print("interrupted; every process this run started was stopped", file=sys.stderr)
         return 130

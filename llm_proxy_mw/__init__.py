@@ -11,6 +11,7 @@ from llm_proxy_mw.config import ProxyConfig, load_config
 from llm_proxy_mw.context import RequestContext, RequestContextMiddleware, get_context
 from llm_proxy_mw.gc_tuning import tuned_gc
 from llm_proxy_mw.health import HealthPolicy, HealthRegistry
+from llm_proxy_mw.limits import Limit, LimitsMiddleware, LimitsPolicy
 from llm_proxy_mw.metrics import MetricsMiddleware, ProxyMetrics
 from llm_proxy_mw.mounting import PrefixMount, mount
 from llm_proxy_mw.providers import Provider
@@ -41,6 +42,9 @@ __all__ = [
     "HealthRegistry",
     "HttpxTransport",
     "LLMProxy",
+    "Limit",
+    "LimitsMiddleware",
+    "LimitsPolicy",
     "MetricsMiddleware",
     "PoolLimits",
     "PrefixMount",

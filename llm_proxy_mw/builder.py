@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +29,7 @@ from llm_proxy_mw.health import HealthRegistry
 from llm_proxy_mw.healthz import HealthzApp
 from llm_proxy_mw.history import HistoryRecorder
 from llm_proxy_mw.ledger import UsageLedger
+from llm_proxy_mw.limits import LimitsBackend, LimitsMiddleware, LocalLimits
 from llm_proxy_mw.metrics import MetricsMiddleware, ProxyMetrics
 from llm_proxy_mw.metrics_app import MetricsApp
 from llm_proxy_mw.objects import ObjectRoutes
@@ -104,11 +106,24 @@ def build_proxy(
         min_upload_rate=config.min_upload_rate,
     )
     auth_layer = [Middleware(AuthMiddleware, authenticators=auth.authenticators)] if auth else []
+    limits = _limits_backend(config)
+    limits_layer = []
+    if config.limits is not None and limits is not None:
+        limits_layer.append(
+            Middleware(
+                LimitsMiddleware,
+                policy=config.limits.policy(),
+                backend=limits,
+                default_max_tokens=_default_max_tokens(config),
+                registry=metrics.registry,
+            )
+        )
     pipeline = _stack(
         [
             request_context,
             Middleware(MetricsMiddleware, metrics=metrics, on_request=_charging(pricing, ledger)),
             *auth_layer,
+            *limits_layer,
             Middleware(
                 RetryMiddleware,
                 policy={n: p.retry.policy() for n, p in config.providers.items()},
@@ -142,6 +157,7 @@ def build_proxy(
         objects=objects,
         ledger=ledger,
         pricing=pricing,
+        limits=limits,
         multiprocess=bool(multiprocess_dir),
     )
     return LLMProxy(pipeline, endpoints, parts, websockets=realtime)
@@ -183,6 +199,45 @@ def _providers(config: ProxyConfig, transports: Mapping[str, UpstreamTransport])
         Provider.from_config(name, provider, transports.get(name))
         for name, provider in config.providers.items()
     ]
+
+
+def _limits_backend(config: ProxyConfig) -> LimitsBackend | None:
+    """Where ``[limits]`` keeps its buckets: Redis with a ``redis://`` store (shared by every
+    worker and replica), else this process's memory."""
+    if config.limits is None:
+        return None
+    if config.store.url.partition("://")[0].lower() in ("redis", "rediss"):
+        from llm_proxy_mw._limits_redis import RedisLimits  # the redis extra
+
+        # A request's concurrency slot outlives its longest possible run, and no more.
+        return RedisLimits(config.store.url, lease=config.request_deadline + 60)
+    if _several_workers():
+        logger.warning(
+            "llm_proxy_mw: [limits] with a non-Redis [store] hold within each worker process: "
+            "with several workers each allows the whole limit. Use store.url = 'redis://...'."
+        )
+    return LocalLimits()
+
+
+def _several_workers() -> bool:
+    """Whether this process looks like one of several workers (uvicorn's or gunicorn's
+    ``--workers``, ``WEB_CONCURRENCY``, Prometheus multiprocess mode)."""
+    argv = sys.argv
+    for flag in ("--workers", "-w"):
+        if flag in argv[:-1] and argv[argv.index(flag) + 1] not in ("1", "0"):
+            return True
+    workers = os.environ.get("WEB_CONCURRENCY", "1")
+    return workers not in ("", "0", "1") or bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+
+
+def _default_max_tokens(config: ProxyConfig) -> dict[str, int]:
+    """The output reserved for a request that sets no maximum, by model: the largest
+    ``default_max_tokens`` of the providers serving it."""
+    by_model: dict[str, int] = {}
+    for provider in config.providers.values():
+        for model in provider.models:
+            by_model[model] = max(by_model.get(model, 0), provider.default_max_tokens)
+    return by_model
 
 
 def _auth(config: ProxyConfig) -> AuthSetup | None:

@@ -29,6 +29,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from llm_proxy_mw._extras import missing_extras
+from llm_proxy_mw._limits_policy import BudgetPeriod, Limit, LimitsPolicy
 from llm_proxy_mw._loopback import LOOPBACK_RULE, https_or_loopback
 from llm_proxy_mw._retry_policy import RetryPolicy
 from llm_proxy_mw.health import HealthPolicy
@@ -41,6 +42,8 @@ __all__ = [
     "ConfigError",
     "HealthConfig",
     "JwtIssuerConfig",
+    "LimitConfig",
+    "LimitsConfig",
     "MetricsConfig",
     "ModelConfig",
     "OAuthConfig",
@@ -442,6 +445,57 @@ class MetricsConfig(_Model):
     flush_interval_seconds: float = Field(5.0, gt=0)
 
 
+class LimitConfig(_Model):
+    """One principal's limits (``[limits.default]``, ``[limits.principals."<id>"]``); a key
+    left out is not limited."""
+
+    rpm: int | None = Field(None, ge=1)
+    tpm: int | None = Field(None, ge=1)
+    concurrency: int | None = Field(None, ge=1)
+    #: USD per ``budget_period``; 0 lets nothing through that costs.
+    budget_usd: Decimal | None = Field(None, ge=0, allow_inf_nan=False)
+    budget_period: BudgetPeriod = "month"
+
+    def limit(self) -> Limit:
+        return Limit(self.rpm, self.tpm, self.concurrency, self.budget_usd, self.budget_period)
+
+
+class LimitsConfig(_Model):
+    """``[limits]``: ``default`` for every principal without its own entry in ``principals``
+    (which replaces it); ``on_store_error``: ``allow`` (logged, counted) or ``deny`` (503)."""
+
+    default: LimitConfig | None = None
+    principals: dict[str, LimitConfig] = {}
+    on_store_error: Literal["allow", "deny"] = "allow"
+
+    def policy(self) -> LimitsPolicy:
+        principals = {pid: entry.limit() for pid, entry in self.principals.items()}
+        default = self.default.limit() if self.default is not None else None
+        return LimitsPolicy(default, principals, self.on_store_error)
+
+
+def _principal_problem(principal: str, auth: AuthConfig | None) -> str | None:
+    """Why no authenticator of ``auth`` could produce ``principal``, or ``None``."""
+    kind, _, rest = principal.partition(":")
+    if auth is None:
+        return None if principal == "anonymous" else "without [auth] every request is 'anonymous'"
+    if kind == "api_key":
+        if rest in {key.name for key in auth.api_keys}:
+            return None
+        return f"no [auth] api_keys entry is named {rest!r}"
+    issuer, _, subject = rest.partition(":")
+    sections: dict[str, tuple[str, Mapping[str, object]]] = {
+        "session": ("oauth", auth.oauth),
+        "jwt": ("jwt_issuers", auth.jwt_issuers),
+    }
+    if kind in sections:
+        section, names = sections[kind]
+        if issuer in names and subject:
+            return None
+        return f"expected {kind}:<a [auth.{section}] name>:<subject>"
+    return "principal ids are api_key:<name>, session:<idp>:<subject> or jwt:<issuer>:<subject>"
+
+
 class ModelConfig(_Model):
     """Options of one model name (``[models."<name>"]``)."""
 
@@ -471,6 +525,7 @@ class ProxyConfig(_Model):
     auth: AuthConfig | None = None
     store: StoreConfig = Field(default_factory=StoreConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    limits: LimitsConfig | None = None
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)
     request_deadline: float = Field(600.0, gt=0)
     #: Seconds for a client to send a whole JSON or form body; past it 408, connection closed.
@@ -515,6 +570,14 @@ class ProxyConfig(_Model):
                         f"models.{name}.fallbacks: no provider serves {fallback!r} "
                         '(list it in a provider\'s models, or give one models = ["*"])'
                     )
+        return self
+
+    @model_validator(mode="after")
+    def _limited_principals_exist(self) -> ProxyConfig:
+        for principal in self.limits.principals if self.limits is not None else ():
+            problem = _principal_problem(principal, self.auth)
+            if problem is not None:
+                raise ValueError(f"limits.principals.{principal!r}: {problem}")
         return self
 
     @model_validator(mode="after")

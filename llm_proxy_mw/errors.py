@@ -23,8 +23,11 @@ nothing above those sees them.
     │   ├── RequestBodyTimeout             408 request_timeout (the body came too slowly)
     │   ├── TooManyTokenFamiliesError      409 too_many_token_families
     │   ├── RequestTooLargeError           413 request_too_large
-    │   └── UnsupportedMediaTypeError      415 unsupported_media_type
+    │   ├── UnsupportedMediaTypeError      415 unsupported_media_type
+    │   └── RateLimitError                 429 rate_limit_exceeded (the principal's [limits])
+    │       └── BudgetExceededError        429 budget_exceeded (its budget is spent)
     ├── TokenStoreUnavailableError         503 store_unavailable (the proxy's own store failed)
+    ├── LimitsStoreUnavailableError        503 limits_unavailable (limits cannot be checked)
     └── UpstreamError                      5xx: the provider could not be reached or failed
         ├── UpstreamAuthError              502 upstream_auth_error (no OAuth token for it)
         ├── UpstreamConnectError           502 connect_error
@@ -55,10 +58,12 @@ from typing import ClassVar
 
 __all__ = [
     "AuthenticationError",
+    "BudgetExceededError",
     "ClientDisconnected",
     "ClientRequestError",
     "FetchError",
     "InvalidRequestError",
+    "LimitsStoreUnavailableError",
     "MethodNotAllowedError",
     "ModelNotFoundError",
     "NotFoundError",
@@ -66,6 +71,7 @@ __all__ = [
     "PermissionDeniedError",
     "ProviderUnavailableError",
     "ProxyError",
+    "RateLimitError",
     "RequestBodyTimeout",
     "RequestTooLargeError",
     "StartupError",
@@ -219,11 +225,42 @@ class UnsupportedMediaTypeError(ClientRequestError):
     code = "unsupported_media_type"
 
 
+class RateLimitError(ClientRequestError):
+    """The principal is over a limit of its own (``[limits]``): rpm, tpm or concurrency.
+    ``headers`` carry ``retry-after``."""
+
+    status_code = 429
+    code = "rate_limit_exceeded"
+    openai_type = "rate_limit_error"
+    anthropic_type = "rate_limit_error"
+
+
+class BudgetExceededError(RateLimitError):
+    """The principal's budget for the period is spent: retrying will not help until the
+    period ends, so the SDKs are told not to."""
+
+    code = "budget_exceeded"
+    openai_type = "insufficient_quota"
+
+    def __init__(
+        self, message: str, *, provider: str | None = None, headers: dict[str, str] | None = None
+    ) -> None:
+        headers = {"x-should-retry": "false", **(headers or {})}
+        super().__init__(message, provider=provider, headers=headers)
+
+
 class TokenStoreUnavailableError(ProxyError):
     """The token store cannot be reached; token operations fail until it is back."""
 
     status_code = 503
     code = "store_unavailable"
+
+
+class LimitsStoreUnavailableError(ProxyError):
+    """The store of the limits cannot be reached and ``on_store_error = "deny"``."""
+
+    status_code = 503
+    code = "limits_unavailable"
 
 
 class UpstreamError(ProxyError):

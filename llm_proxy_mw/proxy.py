@@ -29,6 +29,7 @@ from llm_proxy_mw.health import HealthRegistry
 from llm_proxy_mw.healthz import health_report
 from llm_proxy_mw.history import HistoryRecorder, StoreError
 from llm_proxy_mw.ledger import UsageLedger
+from llm_proxy_mw.limits import LimitsBackend
 from llm_proxy_mw.metrics import ProxyMetrics
 from llm_proxy_mw.objects import ObjectRoutes
 from llm_proxy_mw.pricing import Pricing
@@ -59,6 +60,8 @@ class ProxyParts:
     ledger: UsageLedger | None = None
     #: Prices each request; its table is loaded at start, off the event loop.
     pricing: Pricing | None = None
+    #: Where ``[limits]`` keeps its buckets: closed with the proxy.
+    limits: LimitsBackend | None = None
     #: Under Prometheus multiprocess mode, where every worker would add the stored totals
     #: again, the counters are not continued from the store.
     multiprocess: bool = False
@@ -219,6 +222,8 @@ class LLMProxy:
                 closing.push_async_callback(provider.transport.aclose)
                 if provider.credential_source is not None:
                     closing.push_async_callback(provider.credential_source.aclose)
+            if self.parts.limits is not None:
+                closing.push_async_callback(self.parts.limits.aclose)
             if running is not None:
                 closing.push_async_exit(running)  # pushed last, so stopped before the pools
 

@@ -9,11 +9,12 @@ to create the signing key; they must end up with the same one.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -94,12 +95,15 @@ def _wait_ready(process: subprocess.Popen[bytes], url: str, log: Path) -> None:
     pytest.fail(f"replica at {url} did not start in {STARTUP_SECONDS}s:\n{log.read_text()}")
 
 
-@pytest.fixture(scope="module")
-def replicas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replicas]:
-    directory = tmp_path_factory.mktemp("replicas")
+@contextlib.contextmanager
+def serve_replicas(
+    directory: Path, config_for: Callable[[str], str]
+) -> Iterator[tuple[Replicas, str]]:
+    """Two replicas of the example app on a fresh Redis, configured by ``config_for(its
+    url)``: their clients and the Redis url."""
     with redis_server() as redis:
         config = directory / "llm-proxy.toml"
-        config.write_text(_config(redis.url), encoding="utf-8")
+        config.write_text(config_for(redis.url), encoding="utf-8")
         ports = [free_port(), free_port()]
         processes = [_spawn(p, config, directory / f"replica-{p}.log") for p in ports]
         try:
@@ -110,10 +114,16 @@ def replicas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replicas]:
                 httpx.Client(base_url=f"{urls[0]}/llm", timeout=10) as a,
                 httpx.Client(base_url=f"{urls[1]}/llm", timeout=10) as b,
             ):
-                yield Replicas(a, b)
+                yield Replicas(a, b), redis.url
         finally:
             for process in processes:
                 stop_process(process)
+
+
+@pytest.fixture(scope="module")
+def replicas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replicas]:
+    with serve_replicas(tmp_path_factory.mktemp("replicas"), _config) as (replicas, _):
+        yield replicas
 
 
 def _mint(client: httpx.Client) -> dict[str, str]:
