@@ -30,8 +30,11 @@ _USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
 
 def body_asking_usage(ctx: RequestContext, model: str | None) -> bytes | None:
     """The body of a Chat stream that did not ask for usage, asking for it (and for
-    ``model``, a fallback's, when given); ``None`` for any other request."""
-    if ctx.route_path != _CHAT_PATH or ctx.upload is not None:
+    ``model``, a fallback's, when given); ``None`` for any other request.
+
+    Only behind Routing (``ctx.route``), which parsed the body already: alone, Upstream
+    does not parse a body for this (a megabyte of JSON costs milliseconds)."""
+    if ctx.route is None or ctx.route_path != _CHAT_PATH:
         return None
     try:
         body = ctx.json()
@@ -75,13 +78,16 @@ class HiddenUsage:
         return self
 
     def feed(self, chunk: bytes) -> bytes:
-        data = self._pending + chunk if self._pending else chunk
-        end = max(data.rfind(b"\n\n") + 2, data.rfind(b"\r\n\r\n") + 4)
-        if end < 2:
-            self._pending = data
-            return b""
-        self._pending = data[end:]
-        whole = data[:end]
+        if not self._pending and chunk.endswith(b"\n\n"):
+            whole = chunk  # the usual read: whole events
+        else:
+            data = self._pending + chunk
+            end = max(data.rfind(b"\n\n") + 2, data.rfind(b"\r\n\r\n") + 4)
+            if end < 2:
+                self._pending = data
+                return b""
+            self._pending = data[end:]
+            whole = data[:end]
         if b'"usage"' not in whole:
             return whole
         parts = _EVENT_END.split(whole)

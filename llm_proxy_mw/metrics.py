@@ -534,7 +534,7 @@ class _Responder:
 
 def _usage_reader(headers: Iterable[tuple[bytes, bytes]], translated: bool) -> UsageReader | None:
     """A reader for a JSON or SSE answer; of a translated one only streams, for their
-    deltas (``settle_usage``)."""
+    reads (``settle_usage``)."""
     sse = False
     json_body = False
     for name, value in headers:
