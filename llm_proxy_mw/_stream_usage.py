@@ -82,8 +82,9 @@ class HiddenUsage:
             whole = chunk  # the usual read: whole events
         else:
             data = self._pending + chunk
-            end = max(data.rfind(b"\n\n") + 2, data.rfind(b"\r\n\r\n") + 4)
-            if end < 2:
+            lf, crlf = data.rfind(b"\n\n"), data.rfind(b"\r\n\r\n")
+            end = max(lf + 2 if lf >= 0 else 0, crlf + 4 if crlf >= 0 else 0)
+            if not end:
                 self._pending = data
                 return b""
             self._pending = data[end:]
