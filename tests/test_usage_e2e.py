@@ -44,15 +44,11 @@ proxy = pytest.fixture(scope="module", name="proxy")(translation_proxy)
 
 
 @pytest.fixture
-def oai(proxy: ProxyServer, recorder: RecordingTransport) -> Iterator[openai.OpenAI]:
-    with openai_client(proxy.url, recorder) as client:
-        yield client
-
-
-@pytest.fixture
-def ant(proxy: ProxyServer, recorder: RecordingTransport) -> Iterator[anthropic.Anthropic]:
-    with anthropic_client(proxy.url, recorder) as client:
-        yield client
+def sdks(
+    proxy: ProxyServer, recorder: RecordingTransport
+) -> Iterator[tuple[openai.OpenAI, anthropic.Anthropic]]:
+    with openai_client(proxy.url, recorder) as oai, anthropic_client(proxy.url, recorder) as ant:
+        yield oai, ant
 
 
 class Tokens:
@@ -135,14 +131,14 @@ CASES = [
 @pytest.mark.parametrize(("api", "model", "name"), CASES)
 def test_every_count_of_every_api_is_counted(
     proxy: ProxyServer,
-    oai: openai.OpenAI,
-    ant: anthropic.Anthropic,
+    sdks: tuple[openai.OpenAI, anthropic.Anthropic],
     provider: FakeProvider,
     api: str,
     model: str,
     name: str,
     stream: bool,
 ) -> None:
+    oai, ant = sdks
     tokens = Tokens(proxy, name, model)
     provider.script(Action(turn=Turn(text="Sunny.", usage=USAGE)))
     if api == "chat":
