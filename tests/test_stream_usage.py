@@ -13,8 +13,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from llm_proxy_mw import HttpxTransport, build_proxy
-from llm_proxy_mw._stream_usage import HiddenUsage
+from llm_proxy_mw._plan import Route
+from llm_proxy_mw._stream_usage import HiddenUsage, body_asking_usage
+from llm_proxy_mw.config import ProviderConfig
 from llm_proxy_mw.context import RequestContext, Usage
+from llm_proxy_mw.providers import Provider
 from llm_proxy_mw.wire import WireFormat
 
 pytestmark = pytest.mark.anyio
@@ -172,3 +175,40 @@ async def test_an_error_answer_to_the_asking_request_passes_as_it_is(tmp_path: P
     async with proxy.lifespan(), httpx.AsyncClient(transport=transport, base_url="http://h") as c:
         answer = await c.post("/v1/chat/completions", json=body)
     assert (answer.status_code, answer.json()) == (400, error)
+
+
+def routed(body: bytes, path: str = "/v1/chat/completions") -> RequestContext:
+    ctx = RequestContext("r", path, WireFormat.OPENAI)
+    ctx.body = body
+    provider = Provider.from_config("up", ProviderConfig(kind="openai", models=["gpt-x"]))
+    ctx.route = Route(provider, None, None)
+    return ctx
+
+
+@pytest.mark.parametrize(
+    ("body", "path"),
+    [
+        pytest.param(b'{"model":"gpt-x","messages":[]}', None, id="json-answer"),
+        pytest.param(b'{"stream":true,"stream_options":{"include_usage":true}}', None, id="asked"),
+        pytest.param(b'{"stream":true,"stream_options":"yes"}', None, id="refused-anyway"),
+        pytest.param(b'{"stream":true', None, id="malformed"),
+        pytest.param(b'{"stream":true}', "/v1/completions", id="legacy-completions"),
+        pytest.param(b'{"stream":true}', "/v1/responses", id="responses"),
+    ],
+)
+def test_only_a_chat_stream_without_usage_asks_for_it(body: bytes, path: str | None) -> None:
+    assert body_asking_usage(routed(body, path or "/v1/chat/completions"), None) is None
+
+
+def test_the_asking_body_asks_for_the_fallback_model_too() -> None:
+    ctx = routed(b'{"model":"gpt-x","stream":true,"messages":[],"stream_options":{"a":1}}')
+    asked = body_asking_usage(ctx, "gpt-fallback")
+    assert asked is not None
+    assert json.loads(asked) == {
+        "model": "gpt-fallback",
+        "stream": True,
+        "messages": [],
+        "stream_options": {"a": 1, "include_usage": True},
+    }
+    ctx.route = None  # Upstream alone parses no body for this
+    assert body_asking_usage(ctx, None) is None
