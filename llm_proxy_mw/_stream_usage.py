@@ -17,9 +17,12 @@ from llm_proxy_mw._usage import UsageReader
 from llm_proxy_mw.context import RequestContext
 from llm_proxy_mw.errors import InvalidRequestError
 
-__all__ = ["HiddenUsage", "body_asking_usage"]
+__all__ = ["MAX_PENDING", "HiddenUsage", "body_asking_usage"]
 
 _CHAT_PATH = "/v1/chat/completions"
+#: The most of one unfinished event kept back, so that memory stays flat whatever the
+#: provider sends: past it the bytes go on as they are.
+MAX_PENDING = 1024 * 1024
 # The member with one of its commas; what the text of a message holds is escaped (\"), so
 # only the chunk's own members match.
 _NULL_USAGE = re.compile(rb',\s*"usage"\s*:\s*null(?=\s*[,}])|"usage"\s*:\s*null\s*,')
@@ -85,6 +88,9 @@ class HiddenUsage:
             lf, crlf = data.rfind(b"\n\n"), data.rfind(b"\r\n\r\n")
             end = max(lf + 2 if lf >= 0 else 0, crlf + 4 if crlf >= 0 else 0)
             if not end:
+                if len(data) > MAX_PENDING:  # not an event a provider sends: passed on
+                    self._pending = b""
+                    return data
                 self._pending = data
                 return b""
             self._pending = data[end:]

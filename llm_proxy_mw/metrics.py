@@ -51,6 +51,10 @@ _DETAIL_KINDS = (
     ("reasoning_tokens", "reasoning"),
 )
 
+#: The endpoints that count a request's tokens without using any (Anthropic's
+#: ``/v1/messages/count_tokens``, OpenAI's ``/v1/responses/input_tokens``): no usage.
+_COUNTING_PATHS = ("/count_tokens", "/input_tokens")
+
 #: Realtime sessions last from seconds to an hour: seconds.
 REALTIME_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
 
@@ -513,7 +517,8 @@ class _Responder:
             self.status = message["status"]
             route = self._ctx.route
             self._translated = route is not None and route.codec is not None
-            self.usage = _usage_reader(message.get("headers", ()), self._translated)
+            if not self._ctx.route_path.endswith(_COUNTING_PATHS):
+                self.usage = _usage_reader(message.get("headers", ()), self._translated)
         return self._send(message)
 
     def settle_usage(self, status: int) -> None:

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from llm_proxy_mw import HttpxTransport, build_proxy
 from llm_proxy_mw._plan import Route
-from llm_proxy_mw._stream_usage import HiddenUsage, body_asking_usage
+from llm_proxy_mw._stream_usage import MAX_PENDING, HiddenUsage, body_asking_usage
 from llm_proxy_mw.config import ProviderConfig
 from llm_proxy_mw.context import RequestContext, Usage
 from llm_proxy_mw.providers import Provider
@@ -92,6 +92,14 @@ def test_a_chunk_without_choices_or_usage_is_kept() -> None:
         stream(with_usage=False)
     )
     assert usage == COUNTED
+
+
+def test_an_event_that_never_ends_is_not_kept_back_without_bound() -> None:
+    hidden = HiddenUsage(context())
+    piece = b"x" * (64 * 1024)
+    out = b"".join(hidden.feed(piece) for _ in range(MAX_PENDING // len(piece) + 2))
+    assert out + hidden.finish() == piece * (MAX_PENDING // len(piece) + 2)
+    assert len(out) > MAX_PENDING
 
 
 def openai_like(request: httpx.Request) -> httpx.Response:

@@ -162,3 +162,26 @@ def test_new_kinds_and_the_cost_continue_after_a_restart() -> None:
     )
     assert restored == 2
     assert (tokens(metrics, "cache_read"), cost(metrics)) == (7.0, 1.25)
+
+
+@pytest.mark.parametrize("path", ["/v1/messages/count_tokens", "/v1/responses/input_tokens"])
+async def test_counting_a_requests_tokens_uses_none(path: str) -> None:
+    metrics = fresh()
+    scope = http_scope(path)
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        ctx = get_context(scope)
+        ctx.provider, ctx.model = "up", "claude-x"
+        headers = [(b"content-type", b"application/json")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b'{"input_tokens":1234}'})
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Message) -> None:
+        pass
+
+    await MetricsMiddleware(app, metrics=metrics)(scope, receive, send)
+    assert get_context(scope).usage == Usage()
+    assert tokens(metrics, "prompt") == 0
