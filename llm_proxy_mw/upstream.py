@@ -287,12 +287,10 @@ class UpstreamApp:
                     raise
                 log_error(error, ctx.request_id, attempt.upstream_request_id)
                 await response.aclose()
-                rest = hidden.finish() if hidden is not None else b""
+                if hidden is not None and (rest := hidden.finish()):
+                    await send({"type": "http.response.body", "body": rest, "more_body": True})
                 await send(
-                    {
-                        "type": "http.response.body",
-                        "body": rest + error_event(error, ctx.wire_format),
-                    }
+                    {"type": "http.response.body", "body": error_event(error, ctx.wire_format)}
                 )
                 return
             await response.aclose()
