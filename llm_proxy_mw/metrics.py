@@ -16,7 +16,7 @@ import json
 import time
 from bisect import bisect_left
 from collections.abc import Awaitable, Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -32,15 +32,28 @@ from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llm_proxy_mw._usage import UsageReader, token_count
-from llm_proxy_mw.context import Attempt, RequestContext, get_context
+from llm_proxy_mw.context import Attempt, RequestContext, Usage, get_context
 from llm_proxy_mw.errors import OUTCOMES, ClientDisconnected, ProxyError
 from llm_proxy_mw.health import HealthRegistry
 from llm_proxy_mw.history import DURATION_BUCKETS, HistoryRecorder, total_key
+from llm_proxy_mw.wire import WireFormat
 
-__all__ = ["MetricsMiddleware", "ProxyMetrics", "exposition"]
+__all__ = ["MetricsMiddleware", "ProxyMetrics", "UsageLedger", "UsagePricing", "exposition"]
 
 #: nginx's code for "the client closed the request": the status of a request whose client left.
 CLIENT_CLOSED = 499
+
+#: The ``llm_proxy_tokens_total`` kinds beyond ``prompt`` and ``completion``, by ``Usage``
+#: field: parts of those two (cache reads and writes of the prompt, reasoning of the output).
+_DETAIL_KINDS = (
+    ("cache_read_tokens", "cache_read"),
+    ("cache_write_tokens", "cache_write"),
+    ("reasoning_tokens", "reasoning"),
+)
+
+#: The endpoints that count a request's tokens without using any (Anthropic's
+#: ``/v1/messages/count_tokens``, OpenAI's ``/v1/responses/input_tokens``): no usage.
+_COUNTING_PATHS = ("/count_tokens", "/input_tokens")
 
 #: Realtime sessions last from seconds to an hour: seconds.
 REALTIME_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
@@ -171,6 +184,12 @@ class ProxyMetrics:
             [*labels, "kind"],
             registry=registry,
         )
+        self.cost = Counter(
+            "llm_proxy_cost_usd",
+            "Cost of the tokens used, in USD, for the models with a known price.",
+            labels,
+            registry=registry,
+        )
         self.retries = Counter(
             "llm_proxy_retries",
             "Retries, by the outcome of the attempt that was retried.",
@@ -225,13 +244,13 @@ class ProxyMetrics:
             child = self._children[key] = metric.labels(*labels)
         return child
 
-    def _total(self, *parts: object) -> None:
-        """Count one in a persisted total that a restart restores (see ``restore``)."""
+    def _total(self, *parts: object, amount: float = 1.0) -> None:
+        """Add ``amount`` to a persisted total that a restart restores (see ``restore``)."""
         assert self.history is not None
         key = self._keys.get(parts)
         if key is None:
             key = self._keys[parts] = total_key(*parts)
-        self.history.add_total(key, 1.0)
+        self.history.add_total(key, amount)
 
     def _series(self, provider: str, model: str) -> _Series:
         series = self._by_series.get((provider, model))
@@ -289,6 +308,14 @@ class ProxyMetrics:
                 child = self.tokens.labels(provider, model, "completion")
                 series.completion_tokens = child._value
             series.completion_tokens.inc(completion_tokens)
+        usage = ctx.usage
+        if usage.cache_read_tokens or usage.cache_write_tokens or usage.reasoning_tokens:
+            self._observe_details(usage, provider, model)
+        if usage.cost_usd is not None and usage.cost_usd > 0:
+            cost = float(usage.cost_usd)
+            self._child(self.cost, provider, model).inc(cost)
+            if history is not None:
+                self._total("cost", provider, model, amount=cost)
         if history is not None:
             history.record(
                 provider,
@@ -303,6 +330,14 @@ class ProxyMetrics:
             if ttfb is not None:
                 self._total("ttfb", provider, model, bisect_left(DURATION_BUCKETS, ttfb))
                 history.add_total(series.ttfb_sum_key, ttfb)
+
+    def _observe_details(self, usage: Usage, provider: str, model: str) -> None:
+        """The cache and reasoning token kinds, rarer than the prompt and completion."""
+        for field, kind in _DETAIL_KINDS:
+            if count := token_count(getattr(usage, field)):
+                self._child(self.tokens, provider, model, kind).inc(count)
+                if self.history is not None:
+                    self._total("tokens", provider, model, kind, amount=count)
 
     def realtime_session(self, provider: str | None, model: str | None, status: int) -> None:
         """Count one realtime handshake, accepted (101) or refused with ``status``."""
@@ -349,6 +384,8 @@ class ProxyMetrics:
                 self.requests.labels(*text).inc(value)
             elif name == "tokens" and len(text) == 3:
                 self.tokens.labels(*text).inc(value)
+            elif name == "cost" and len(text) == 2:
+                self.cost.labels(*text).inc(value)
             elif name == "attempts" and len(text) == 3:
                 self.attempts.labels(*text[:2], _outcome_label(text[2])).inc(value)
             elif name == "retries" and len(text) == 2:
@@ -386,8 +423,25 @@ def exposition(metrics: ProxyMetrics, *, multiprocess_dir: str | None = None) ->
     return generate_latest(metrics.registry), CONTENT_TYPE_LATEST
 
 
+class UsagePricing(Protocol):
+    """Prices a finished request: sets ``ctx.usage.cost_usd`` (``None``: no known price)."""
+
+    def price(self, ctx: RequestContext) -> None: ...
+
+
+class UsageLedger(Protocol):
+    """Records a finished, priced request's usage against its principal."""
+
+    def add(self, ctx: RequestContext) -> None: ...
+
+
 class MetricsMiddleware:
-    """Counts every request through it; ``on_request`` also receives each finished one."""
+    """Counts every request through it; ``on_request`` also receives each finished one.
+
+    When a request ends, ``ctx.usage`` is final: every count the answer reported (a stream
+    cut short is charged its input and the output seen so far, ``UsageReader.charge_cut``).
+    Then ``pricing`` prices it, the metrics count it, and ``ledger`` records it, in that order.
+    """
 
     def __init__(
         self,
@@ -395,10 +449,14 @@ class MetricsMiddleware:
         *,
         metrics: ProxyMetrics,
         on_request: Callable[[RequestContext, int, float], None] | None = None,
+        pricing: UsagePricing | None = None,
+        ledger: UsageLedger | None = None,
     ) -> None:
         self.app = app
         self.metrics = metrics
         self.on_request = on_request
+        self.pricing = pricing
+        self.ledger = ledger
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -420,11 +478,13 @@ class MetricsMiddleware:
             self.metrics.in_flight_value.inc(-1)
             status = responder.status or CLIENT_CLOSED
             if responder.usage is not None:
-                responder.usage.finish()
-                ctx.usage.prompt_tokens = responder.usage.prompt_tokens
-                ctx.usage.completion_tokens = responder.usage.completion_tokens
+                responder.settle_usage(status)
             duration = time.perf_counter() - ctx.started
+            if self.pricing is not None:
+                self.pricing.price(ctx)
             self.metrics.observe(ctx, status, duration)
+            if self.ledger is not None:
+                self.ledger.add(ctx)
             if self.on_request is not None:
                 self.on_request(ctx, status, duration)
 
@@ -436,13 +496,14 @@ class _Responder:
     which would add a frame to create and run per message (per chunk of a stream).
     """
 
-    __slots__ = ("_send", "_ctx", "status", "usage")
+    __slots__ = ("_send", "_ctx", "status", "usage", "_translated")
 
     def __init__(self, send: Send, ctx: RequestContext) -> None:
         self._send = send
         self._ctx = ctx
         self.status: int | None = None
         self.usage: UsageReader | None = None
+        self._translated = False
 
     def send(self, message: Message) -> Awaitable[None]:
         if message["type"] == "http.response.body":
@@ -455,14 +516,30 @@ class _Responder:
         elif message["type"] == "http.response.start":
             self.status = message["status"]
             route = self._ctx.route
-            # A translated answer's usage is the codec's, already on the context: the bytes
-            # may not show it (a Chat client that did not ask for it in its stream).
-            if route is None or route.codec is None:
-                self.usage = _usage_reader(message.get("headers", ()))
+            self._translated = route is not None and route.codec is not None
+            if not self._ctx.route_path.endswith(_COUNTING_PATHS):
+                self.usage = _usage_reader(message.get("headers", ()), self._translated)
         return self._send(message)
 
+    def settle_usage(self, status: int) -> None:
+        """Put the answer's usage on the context, and charge an answer that broke off."""
+        reader = self.usage
+        assert reader is not None
+        reader.finish()
+        ctx = self._ctx
+        # A translated answer's usage is the codec's, already on the context: the bytes
+        # may not show it (a Chat client that did not ask for it in its stream).
+        if not self._translated:
+            reader.fill(ctx.usage, anthropic=ctx.wire_format is WireFormat.ANTHROPIC)
+        attempts = ctx.attempts
+        broke_off = attempts and attempts[-1].outcome != "success" and status < 400
+        if status == CLIENT_CLOSED or broke_off:
+            reader.charge_cut(ctx.usage, ctx.body)
 
-def _usage_reader(headers: Iterable[tuple[bytes, bytes]]) -> UsageReader | None:
+
+def _usage_reader(headers: Iterable[tuple[bytes, bytes]], translated: bool) -> UsageReader | None:
+    """A reader for a JSON or SSE answer; of a translated one only streams, for their
+    reads (``settle_usage``)."""
     sse = False
     json_body = False
     for name, value in headers:
@@ -471,4 +548,4 @@ def _usage_reader(headers: Iterable[tuple[bytes, bytes]]) -> UsageReader | None:
             json_body = b"json" in value
         elif name == b"content-encoding" and value != b"identity":
             return None
-    return UsageReader(sse=sse) if sse or json_body else None
+    return UsageReader(sse=sse) if sse or (json_body and not translated) else None

@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 from starlette.types import Receive, Scope, Send
 
 from llm_proxy_mw._disconnect import cancel_on_disconnect, watched
+from llm_proxy_mw._stream_usage import HiddenUsage, body_asking_usage
 from llm_proxy_mw._upload import Upload
 from llm_proxy_mw.context import (
     Attempt,
@@ -172,11 +173,15 @@ class UpstreamApp:
         model = codec = None
         if route is not None:
             model, codec = route.model, route.codec
+        hidden: HiddenUsage | None = None
         if codec is not None:
             request = translated_request(ctx, provider, codec, model, scope["headers"])
         else:
-            if model is not None and model != ctx.model:
-                body = _with_model(ctx, model)  # a fallback model: only then a copy
+            fallback = model if model is not None and model != ctx.model else None
+            if (asking := body_asking_usage(ctx, fallback)) is not None:
+                body, hidden = asking, HiddenUsage(ctx)  # a stream always counted
+            elif fallback is not None:
+                body = _with_model(ctx, fallback)  # a fallback model: only then a copy
             request = UpstreamRequest(
                 scope["method"],
                 provider.url_for(ctx.route_path, scope["query_string"]),
@@ -185,14 +190,16 @@ class UpstreamApp:
             )
             if ctx.upload is not None:
                 _stream_upload(ctx.upload, request)
+            elif hidden is not None:  # the proxy must read what it takes out
+                request.headers = [h for h in request.headers if h[0] != "accept-encoding"]
         if watched(ctx):
             # Retry in front already guards the request (and owns its one watcher).
-            await self._exchange(ctx, provider, request, codec, send)
+            await self._exchange(ctx, provider, request, codec, hidden, send)
             return
         if ctx.upload is not None:
             receive = ctx.upload.receive_after_body
         async with cancel_on_disconnect(ctx, receive):
-            await self._exchange(ctx, provider, request, codec, send)
+            await self._exchange(ctx, provider, request, codec, hidden, send)
 
     async def _add_credentials(
         self, ctx: RequestContext, name: str, source: CredentialSource, request: UpstreamRequest
@@ -213,8 +220,10 @@ class UpstreamApp:
         provider: Provider,
         request: UpstreamRequest,
         codec: Codec | None,
+        hidden: HiddenUsage | None,
         send: Send,
     ) -> None:
+        """``hidden``: the usage the proxy asked for, to take out of a stream's answer."""
         if provider.credential_source is not None:
             await self._add_credentials(ctx, provider.name, provider.credential_source, request)
         started = time.perf_counter()
@@ -252,11 +261,15 @@ class UpstreamApp:
                     attempt.outcome = error.code
                     raise
                 return
+            if hidden is not None and (hidden := hidden.taking(response.status, sse, headers)):
+                remaining = None
             await send(
                 {"type": "http.response.start", "status": response.status, "headers": headers}
             )
             try:
                 while chunk := await response.read_chunk():
+                    if hidden is not None and not (chunk := hidden.feed(chunk)):
+                        continue
                     if remaining is not None:
                         remaining -= len(chunk)
                         if remaining <= 0:
@@ -274,11 +287,14 @@ class UpstreamApp:
                     raise
                 log_error(error, ctx.request_id, attempt.upstream_request_id)
                 await response.aclose()
+                if hidden is not None and (rest := hidden.finish()):
+                    await send({"type": "http.response.body", "body": rest, "more_body": True})
                 await send(
                     {"type": "http.response.body", "body": error_event(error, ctx.wire_format)}
                 )
                 return
             await response.aclose()
-            await send({"type": "http.response.body", "body": b""})
+            rest = hidden.finish() if hidden is not None else b""
+            await send({"type": "http.response.body", "body": rest})
         finally:
             await response.aclose()

@@ -425,12 +425,18 @@ def test_gzip_reaches_the_client_byte_identical(proxy: ProxyServer, provider: Fa
 
 def test_gzipped_stream_is_parsed_by_the_sdk(oai: openai.OpenAI, provider: FakeProvider) -> None:
     provider.script(Action(gzip=True))
+    # The fake compresses even where the proxy asked it not to (for the usage it asks for
+    # when a client did not): this client asks for the usage chunk itself.
     raw = oai.chat.completions.with_raw_response.create(
-        model=OPENAI_MODEL, messages=[{"role": "user", "content": "hello"}], stream=True
+        model=OPENAI_MODEL,
+        messages=[{"role": "user", "content": "hello"}],
+        stream=True,
+        stream_options={"include_usage": True},
     )
     assert raw.headers["content-encoding"] == "gzip"
-    chunks = list(raw.parse())
+    *chunks, last = list(raw.parse())
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == REPLY
+    assert last.choices == [] and last.usage is not None
 
 
 # ---- the mount's own endpoints and the host app ----------------------------------------------

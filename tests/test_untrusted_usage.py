@@ -75,6 +75,8 @@ async def test_an_absurd_usage_count_is_ignored_and_everything_else_is_stored_on
         bodies = []
         for model in ("good-model", "absurd-model", "good-model"):
             chat = {"model": model, "messages": [{"role": "user", "content": "hi"}], "stream": sse}
+            if sse:  # asked for, the usage chunk reaches the client as the provider sent it
+                chat["stream_options"] = {"include_usage": True}
             response = await c.post("/v1/chat/completions", json=chat)
             assert response.status_code == 200
             bodies.append(response.content)

@@ -739,4 +739,6 @@ async def test_streaming_end_to_end_under_uvicorn() -> None:
         (upstream_request,) = server.requests
         assert upstream_request.target == "/v1/chat/completions"
         assert upstream_request.header("authorization") == f"Bearer {CANARY}"
-        assert json.loads(upstream_request.body) == request_body
+        # The stream is always counted: the proxy asked for the usage the client did not.
+        asked = {**request_body, "stream_options": {"include_usage": True}}
+        assert json.loads(upstream_request.body) == asked

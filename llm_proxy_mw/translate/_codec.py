@@ -48,6 +48,7 @@ class TokenUsage:
     completion_tokens: int = 0
     cached_tokens: int = 0  # of prompt_tokens, read from the cache
     cache_creation_tokens: int = 0  # of prompt_tokens, written to the cache
+    reasoning_tokens: int = 0  # of completion_tokens, spent reasoning
 
 
 class StreamTranslator(Protocol):

@@ -196,8 +196,12 @@ def _object(body: bytes) -> Json:
 def _count(ctx: RequestContext, usage: TokenUsage | None) -> None:
     """The provider's token count, as the codec read it: Metrics takes it from here."""
     if usage is not None:
-        ctx.usage.prompt_tokens = usage.prompt_tokens
-        ctx.usage.completion_tokens = usage.completion_tokens
+        counted = ctx.usage
+        counted.prompt_tokens = usage.prompt_tokens
+        counted.completion_tokens = usage.completion_tokens
+        counted.cache_read_tokens = usage.cached_tokens
+        counted.cache_write_tokens = usage.cache_creation_tokens
+        counted.reasoning_tokens = usage.reasoning_tokens
 
 
 async def _read_whole(response: UpstreamResponse, limit: int) -> bytes:

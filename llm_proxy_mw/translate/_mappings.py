@@ -59,16 +59,20 @@ def usage_from_anthropic(usage: Any) -> TokenUsage:
 
 def usage_from_chat(usage: Any) -> TokenUsage:
     """Chat Completions usage (cache reads, ``cached_tokens``, and writes,
-    ``cache_write_tokens``, inside ``prompt_tokens``)."""
+    ``cache_write_tokens``, inside ``prompt_tokens``; ``reasoning_tokens`` inside
+    ``completion_tokens``)."""
     u = _object(usage)
     details = _object(u.get("prompt_tokens_details"))
     prompt = token_count(u.get("prompt_tokens"))
     cached = min(token_count(details.get("cached_tokens")), prompt)
+    completion = token_count(u.get("completion_tokens"))
+    reasoning = token_count(_object(u.get("completion_tokens_details")).get("reasoning_tokens"))
     return TokenUsage(
         prompt_tokens=prompt,
-        completion_tokens=token_count(u.get("completion_tokens")),
+        completion_tokens=completion,
         cached_tokens=cached,
         cache_creation_tokens=min(token_count(details.get("cache_write_tokens")), prompt - cached),
+        reasoning_tokens=min(reasoning, completion),
     )
 
 
