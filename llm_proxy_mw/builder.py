@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
@@ -23,7 +23,7 @@ from starlette.types import ASGIApp
 from llm_proxy_mw.admin import AdminGate
 from llm_proxy_mw.auth import AuthMiddleware
 from llm_proxy_mw.config import ProxyConfig, load_config, parse_config
-from llm_proxy_mw.context import RequestContext, RequestContextMiddleware
+from llm_proxy_mw.context import RequestContextMiddleware
 from llm_proxy_mw.dashboard import DashboardApp
 from llm_proxy_mw.health import HealthRegistry
 from llm_proxy_mw.healthz import HealthzApp
@@ -83,10 +83,9 @@ def build_proxy(
     metrics = ProxyMetrics(
         registry or CollectorRegistry(), models=models, health=health, history=history
     )
+    # The cost metric is the metrics layer's: Pricing only sets each request's cost.
     pricing = Pricing(
-        {name: price.price() for name, price in config.pricing.items()},
-        models=models,
-        registry=metrics.registry,
+        {name: price.price() for name, price in config.pricing.items()}, models=models
     )
     ledger = UsageLedger(
         open_usage_store(config.store.url),
@@ -121,7 +120,7 @@ def build_proxy(
     pipeline = _stack(
         [
             request_context,
-            Middleware(MetricsMiddleware, metrics=metrics, on_request=_charging(pricing, ledger)),
+            Middleware(MetricsMiddleware, metrics=metrics, pricing=pricing, ledger=ledger),
             *auth_layer,
             *limits_layer,
             Middleware(
@@ -161,19 +160,6 @@ def build_proxy(
         multiprocess=bool(multiprocess_dir),
     )
     return LLMProxy(pipeline, endpoints, parts, websockets=realtime)
-
-
-def _charging(
-    pricing: Pricing, ledger: UsageLedger
-) -> Callable[[RequestContext, int, float], None]:
-    """The metrics layer's ``on_request``: each finished request is priced, then goes into
-    the ledger."""
-
-    def charge(ctx: RequestContext, status: int, duration: float) -> None:
-        pricing.price(ctx)
-        ledger.add(ctx)
-
-    return charge
 
 
 def _stack(middleware: Sequence[Middleware], app: ASGIApp) -> ASGIApp:

@@ -38,7 +38,6 @@ from llm_proxy_mw.dashboard import (
 from llm_proxy_mw.health import HealthRegistry
 from llm_proxy_mw.history import DURATION_BUCKETS, BucketKey, MinuteBucket
 from llm_proxy_mw.metrics import ProxyMetrics
-from llm_proxy_mw.pricing import ModelPrice, Pricing
 from llm_proxy_mw.wire import WireFormat
 from tests.conftest import require_binary
 from tests.fakes.servers import UvicornServer
@@ -313,11 +312,9 @@ def exposed_series() -> dict[str, set[str]]:
     metrics = ProxyMetrics(registry, models=["m"], health=HealthRegistry(["p"]))
     ctx = RequestContext("id", "/v1/chat/completions", WireFormat.OPENAI, provider="p", model="m")
     ctx.ttfb = 0.1
-    ctx.usage = Usage(prompt_tokens=3, completion_tokens=2)
+    ctx.usage = Usage(prompt_tokens=3, completion_tokens=2, cost_usd=Decimal("0.001"))
     ctx.attempts = [Attempt("p", "server_error", 500, 0.1), Attempt("p", "success", 200, 0.1)]
     metrics.observe(ctx, 200, 0.2)
-    price = ModelPrice(Decimal("2.5"), Decimal("10"))
-    Pricing({"m": price}, models=["m"], registry=registry, table=False).price(ctx)
     names: dict[str, set[str]] = {}
     for family in registry.collect():
         for sample in family.samples:
