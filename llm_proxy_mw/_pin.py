@@ -12,8 +12,6 @@ import json
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from starlette.types import Scope
-
 from llm_proxy_mw.apis import Api
 from llm_proxy_mw.context import RequestContext
 from llm_proxy_mw.errors import InvalidRequestError, PermissionDeniedError
@@ -35,17 +33,14 @@ def anyone(principal: Any) -> bool:
 def pinned_plan(
     router: Router,
     ctx: RequestContext,
-    scope: Scope,
     api: Api | None,
     may_pin: Callable[[Any], bool],
 ) -> Plan | None:
-    """The plan of a request that pins a provider; ``None`` when it pins none."""
-    for header in scope["headers"]:
-        if header[0] == PIN_HEADER:
-            break
-    else:
+    """The plan of a request that pins a provider (the context read its header, in the
+    one pass over the headers); ``None`` when it pins none."""
+    provider = ctx.pinned_provider
+    if provider is None:
         return None
-    provider = header[1].decode("latin-1").strip()
     principal = ctx.principal  # None without Auth in front
     if not getattr(principal, "admin", False) and not may_pin(principal):
         raise PermissionDeniedError("This principal may not pin a provider.")

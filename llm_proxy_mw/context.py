@@ -135,6 +135,8 @@ class RequestContext:
     upload_policy: UploadPolicy = _DEFAULT_UPLOADS
     #: The body of an upload, streamed instead of read into ``body`` (``read_body``).
     upload: Upload | None = None
+    #: The provider the request pins (its ``x-llm-proxy-provider`` header), if any.
+    pinned_provider: str | None = None
     _json: dict[str, Any] | None = None
     _json_parsed: bool = False
 
@@ -180,10 +182,12 @@ def _new_context(scope: Scope) -> RequestContext:
     if state is None:
         state = scope["state"] = {}
     route_path = route_path_of(scope)
-    # One pass over the headers for both: the client's request id (the first one counts)
-    # and whether it speaks Anthropic's format on a path shared by both APIs.
+    # One pass over the headers for all three: the client's request id (the first one
+    # counts), whether it speaks Anthropic's format on a path shared by both APIs, and the
+    # provider it pins (Routing's).
     request_id: str | None = None
     anthropic_version = False
+    pinned: bytes | None = None
     for name, value in scope["headers"]:
         if name == b"x-request-id":
             if request_id is None:
@@ -191,8 +195,12 @@ def _new_context(scope: Scope) -> RequestContext:
                 request_id = candidate if _SANE_REQUEST_ID.fullmatch(candidate) else ""
         elif name == b"anthropic-version":
             anthropic_version = True
+        elif name == b"x-llm-proxy-provider" and pinned is None:
+            pinned = value
     wire_format = wire_format_of(route_path, anthropic_version=anthropic_version)
     ctx = RequestContext(request_id or _new_request_id(), route_path, wire_format)
+    if pinned is not None:
+        ctx.pinned_provider = pinned.decode("latin-1").strip()
     state[STATE_KEY] = ctx
     return ctx
 

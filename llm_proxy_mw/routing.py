@@ -254,7 +254,7 @@ class RoutingMiddleware:
             if ctx.model is None and scope["method"] not in ("GET", "HEAD", "DELETE"):
                 await self._read_model(ctx, scope, receive)
             api = api_of(ctx.route_path)
-            plan = pinned_plan(self.router, ctx, scope, api, self.may_pin)
+            plan = pinned_plan(self.router, ctx, api, self.may_pin)
             if plan is None and self.objects is not None and self.objects.concerns(ctx.route_path):
                 plan = await self.objects.plan(self.router, ctx, api)
             if plan is None:

@@ -14,7 +14,6 @@ for the request's log line.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Mapping, Sequence
 
@@ -44,6 +43,7 @@ from llm_proxy_mw.providers import (
 )
 from llm_proxy_mw.translate._codec import Codec
 from llm_proxy_mw.translate._exchange import relay_translated, translated_request
+from llm_proxy_mw.translate._sse import compact_json
 from llm_proxy_mw.transports import UpstreamRequest
 from llm_proxy_mw.wire import error_event, log_error
 
@@ -129,7 +129,7 @@ def _with_model(ctx: RequestContext, model: str) -> bytes:
     body = ctx.json()
     if body is None:
         raise InvalidRequestError("The request body must be a JSON object.")
-    return json.dumps({**body, "model": model}, separators=(",", ":")).encode()
+    return compact_json({**body, "model": model})
 
 
 def _stream_upload(upload: Upload, request: UpstreamRequest) -> None:

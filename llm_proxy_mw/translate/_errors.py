@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from llm_proxy_mw.translate._sse import compact_json
 from llm_proxy_mw.wire import WireFormat
 
 __all__ = ["translate_error"]
@@ -63,7 +64,7 @@ def translate_error(
             "type": "error",
             "error": {"type": anthropic_type, "message": message},
         }
-        return status, _dumps(payload)
+        return status, compact_json(payload)
     if status == 529:
         status = 503
     if provider is WireFormat.OPENAI and kind is not None:
@@ -74,7 +75,7 @@ def translate_error(
         )
         code = code if code is not None else kind
     error = {"message": message, "type": openai_type, "param": param, "code": code}
-    return status, _dumps({"error": error})
+    return status, compact_json({"error": error})
 
 
 def _parse(body: bytes) -> Any:
@@ -113,7 +114,3 @@ def _fields(parsed: Any, body: bytes) -> tuple[str, str | None, str | None, str 
 
 def _str(value: object) -> str | None:
     return value if isinstance(value, str) else None
-
-
-def _dumps(payload: dict[str, Any]) -> bytes:
-    return json.dumps(payload, separators=(",", ":")).encode()
