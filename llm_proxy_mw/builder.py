@@ -85,7 +85,9 @@ def build_proxy(
     )
     # The cost metric is the metrics layer's: Pricing only sets each request's cost.
     pricing = Pricing(
-        {name: price.price() for name, price in config.pricing.items()}, models=models
+        {name: price.price() for name, price in config.pricing.items()},
+        models=models,
+        providers=providers,
     )
     ledger = UsageLedger(
         open_usage_store(config.store.url),
@@ -113,6 +115,7 @@ def build_proxy(
                 LimitsMiddleware,
                 policy=config.limits.policy(),
                 backend=limits,
+                estimate_cost=pricing.estimate,
                 default_max_tokens=_default_max_tokens(config),
                 registry=metrics.registry,
             )

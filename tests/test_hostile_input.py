@@ -79,6 +79,8 @@ async def both_wire_formats(**top: Any) -> AsyncIterator[tuple[LLMProxy, Recordi
                     "http://anthropic.invalid/v1", kind="anthropic", models=[ANTHROPIC_MODEL]
                 ),
             },
+            # Priced, so that the only log records are the ones a test provokes.
+            pricing={m: {"input": 1, "output": 2} for m in (OPENAI_MODEL, ANTHROPIC_MODEL)},
             **top,
         ),
         transports={"openai": transport, "anthropic": transport},

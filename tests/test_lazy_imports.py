@@ -60,7 +60,10 @@ async def call(app, method, path, secret=None, body=None, content_type="applicat
 
 
 def loaded():
-    return sorted(name for name in OPTIONAL if name in sys.modules)
+    names = {name for name in OPTIONAL if name in sys.modules}
+    if "genai_prices" in sys.modules:
+        names.discard("httpx2")  # the price table's own import (its updater, never started)
+    return sorted(names)
 
 
 def config(auth=None, url=None):

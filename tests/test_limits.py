@@ -149,6 +149,51 @@ async def test_refusals_are_counted_by_outcome() -> None:
         assert value == 1.0
 
 
+class _HeldTransport(RecordingTransport):
+    """Answers its first request only once ``release`` is set (held in flight), the others
+    at once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.arrived, self.release = anyio.Event(), anyio.Event()
+
+    async def send(self, request: Any) -> Any:
+        if not self.arrived.is_set():
+            self.arrived.set()
+            await self.release.wait()
+        return await super().send(request)
+
+
+async def test_a_budget_reserves_the_priced_estimate_while_a_request_is_in_flight() -> None:
+    held = _HeldTransport()
+    limits = {"default": {"budget_usd": 1, "budget_period": "day"}}
+    pricing = {"echo-1": {"input": 0, "output": 10}}  # USD per million tokens
+    proxy = build_proxy(config(limits, pricing=pricing), transports={"demo": held})
+    dear = {**CHAT, "max_tokens": 200_000}  # may cost $2: more than the whole budget
+    first: list[httpx.Response] = []
+    async with (
+        proxy.lifespan(),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=proxy), base_url="http://p") as c,
+    ):
+        async with anyio.create_task_group() as group:
+
+            async def send_dear() -> None:
+                first.append(await c.post("/v1/chat/completions", json=dear, headers=ALICE))
+
+            group.start_soon(send_dear)
+            await held.arrived.wait()
+            during = await c.post("/v1/chat/completions", json=CHAT, headers=ALICE)
+            held.release.set()
+        await anyio.lowlevel.checkpoint()  # the first request's settlement
+        after = await c.post("/v1/chat/completions", json=CHAT, headers=ALICE)
+    assert during.status_code == 429
+    assert during.json()["error"]["code"] == "budget_exceeded"
+    assert first[0].status_code == 200
+    # Settled at what it really cost (a few output tokens): the budget is open again.
+    assert after.status_code == 200
+    assert len(held.sent) == 2
+
+
 # -- the middleware alone, over an app that plays the upstream -------------------------------
 
 

@@ -32,8 +32,13 @@ OPENAI_URL = "https://api.openai.com/v1"
 ANTHROPIC_URL = "https://api.anthropic.com/v1"
 
 
-def provider(kind: str = "openai", base_url: str | None = None, name: str = "p") -> Provider:
-    config = ProviderConfig(kind=kind, base_url=base_url)
+def provider(
+    kind: str = "openai",
+    base_url: str | None = None,
+    name: str = "p",
+    models: tuple[str, ...] = ("*",),
+) -> Provider:
+    config = ProviderConfig(kind=kind, base_url=base_url, models=list(models))
     return Provider.from_config(name, config, EchoTransport())
 
 
@@ -252,6 +257,71 @@ def test_the_cost_counter_by_provider_and_configured_model() -> None:
     assert cost("gpt-4o") == 0.5
     assert cost("other") == 0.0  # a zero cost counts nothing
     assert pricing.cost is not None and len(list(registry.collect())) == 1
+
+
+def test_an_unanswered_request_is_not_priced_nor_warned_about(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    ctx = request("no-such-model")  # refused by the proxy: no provider, no usage
+    with caplog.at_level(logging.WARNING, logger="llm_proxy_mw.pricing"):
+        Pricing(table=False).price(ctx)
+    assert ctx.usage.cost_usd is None and caplog.records == []
+
+
+def test_clients_model_names_cannot_grow_the_warnings_without_bound(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    pricing = Pricing(table=False)
+    with caplog.at_level(logging.WARNING, logger="llm_proxy_mw.pricing"):
+        for i in range(pricing_module._MAX_WARNINGS + 50):
+            pricing.price(request(f"made-up-{i}", provider(), prompt_tokens=1))
+    assert len(caplog.records) == pricing_module._MAX_WARNINGS
+    assert caplog.records[-1].getMessage().endswith("(Further unpriced models are not logged.)")
+
+
+# -- estimates, for budgets before a request is routed ----------------------------------------
+
+
+def test_an_estimate_prices_every_input_token_fresh_at_the_configured_price() -> None:
+    pricing = Pricing({"m": ModelPrice(Decimal(1), Decimal(4), cache_read=Decimal("0.1"))})
+    assert pricing.estimate("m", 1_000_000, 250_000) == Decimal(2)
+    assert pricing.estimate("unknown", 1, 1) is None
+
+
+def test_an_estimate_takes_the_dearest_provider_that_serves_the_model(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    by_url = {
+        "https://cheap.example/v1": ModelPrice(Decimal(1), Decimal(1)),
+        "https://dear.example/v1": ModelPrice(Decimal(3), Decimal(9)),
+    }
+    monkeypatch.setattr(pricing_module, "table_price", lambda m, kind, url: by_url.get(url))
+    providers = [
+        provider(base_url="https://cheap.example/v1", name="cheap", models=("m",)),
+        provider(base_url="https://dear.example/v1", name="dear", models=("*",)),
+        provider(base_url="https://dearer.example/v1", name="other", models=("not-m",)),
+    ]
+    pricing = Pricing(providers=providers)
+    assert pricing.estimate("m", 1_000_000, 1_000_000) == Decimal(12)
+    assert Pricing(providers=providers[:1]).estimate("m", 1_000_000, 0) == Decimal(1)
+    assert Pricing(providers=providers[2:]).estimate("m", 1, 1) is None
+    assert Pricing(providers=providers, table=False).estimate("m", 1, 1) is None
+
+
+def test_an_estimate_from_the_table_matches_its_price() -> None:
+    pricing = Pricing(providers=[provider(models=("gpt-4o",))])
+    assert pricing.estimate("gpt-4o", 1_000, 100) == Decimal("0.0035")  # 2.5 and 10 per million
+
+
+def test_warming_skips_the_table_when_only_echo_providers_could_use_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    loads: list[None] = []
+    monkeypatch.setattr(pricing_module, "load_table", lambda: loads.append(None))
+    Pricing(providers=[provider("echo")]).warm()
+    assert loads == []
+    Pricing(providers=[provider("echo"), provider()]).warm()
+    assert loads == [None]
 
 
 # -- configuration -------------------------------------------------------------------------
