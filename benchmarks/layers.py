@@ -180,7 +180,7 @@ def _call(cls: Any, app: ASGIApp, **options: Any) -> ASGIApp:
 def _metrics(cls: Any, app: ASGIApp, env: Env) -> ASGIApp:
     from prometheus_client import CollectorRegistry
 
-    from llm_proxy_mw.metrics import ProxyMetrics
+    from llm_proxy_mw.proxy_metrics import ProxyMetrics
 
     models = [m for p in env.config.providers.values() for m in p.models]
     metrics = ProxyMetrics(CollectorRegistry(), models=models, health=env.health)

@@ -137,6 +137,10 @@ class RequestContext:
     upload: Upload | None = None
     #: The provider the request pins (its ``x-llm-proxy-provider`` header), if any.
     pinned_provider: str | None = None
+    #: The trace and span ids (hex) of the request's span while it is traced (the
+    #: ``telemetry`` layer), for the access record; ``None`` when nothing records it.
+    trace_id: str | None = None
+    span_id: str | None = None
     _json: dict[str, Any] | None = None
     _json_parsed: bool = False
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from starlette.types import Receive, Scope, Send
 
-from llm_proxy_mw.metrics import ProxyMetrics, exposition
+from llm_proxy_mw.proxy_metrics import ProxyMetrics, exposition
 
 __all__ = ["MetricsApp"]
 

@@ -30,10 +30,10 @@ from llm_proxy_mw.healthz import health_report
 from llm_proxy_mw.history import HistoryRecorder, StoreError
 from llm_proxy_mw.ledger import UsageLedger
 from llm_proxy_mw.limits import LimitsBackend
-from llm_proxy_mw.metrics import ProxyMetrics
 from llm_proxy_mw.objects import ObjectRoutes
 from llm_proxy_mw.pricing import Pricing
 from llm_proxy_mw.providers import Provider
+from llm_proxy_mw.proxy_metrics import ProxyMetrics
 
 if TYPE_CHECKING:
     from llm_proxy_mw.auth._setup import AuthSetup

@@ -29,8 +29,8 @@ from llm_proxy_mw._realtime_upstream import (
 from llm_proxy_mw.auth import AuthenticatorChain, presented_secret
 from llm_proxy_mw.context import RequestContext, current_request_id, get_context
 from llm_proxy_mw.errors import ProxyError, UntranslatableError
-from llm_proxy_mw.metrics import ProxyMetrics
 from llm_proxy_mw.providers import Provider
+from llm_proxy_mw.proxy_metrics import ProxyMetrics
 from llm_proxy_mw.retry import RETRYABLE_STATUSES
 from llm_proxy_mw.routing import Router
 from llm_proxy_mw.wire import WireFormat, send_error
