@@ -12,11 +12,12 @@ their lease ends, so a replica that died holding some leaks nothing for long) an
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import itertools
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from llm_proxy_mw._limits_local import CONCURRENCY_RETRY_AFTER
@@ -55,11 +56,11 @@ _RESERVE = (
 local rpm, tpm, conc = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local budget, tokens, cost = tonumber(ARGV[4]), tonumber(ARGV[8]), ARGV[9]
 if budget >= 0 and tonumber(redis.call('GET', KEYS[4]) or '0') >= budget then
-  return {2, '0', -1, '0', -1, '0'}
+  return '2 0 -1 0 -1 0'
 end
 if conc > 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
-  if redis.call('ZCARD', KEYS[3]) >= conc then return {1, ARGV[7], -1, '0', -1, '0'} end
+  if redis.call('ZCARD', KEYS[3]) >= conc then return '1 ' .. ARGV[7] .. ' -1 0 -1 0' end
 end
 local wait, rq, tk = 0, 0, 0
 if rpm > 0 then
@@ -70,7 +71,7 @@ if tpm > 0 then
   tk = base(KEYS[2]) + math.min(tokens, tpm) * 60 / tpm
   wait = math.max(wait, tk - now - 60)
 end
-if wait > 0 then return {1, tostring(wait), -1, '0', -1, '0'} end
+if wait > 0 then return '1 ' .. wait .. ' -1 0 -1 0' end
 local rr, rs, tr, ts = -1, '0', -1, '0'
 if rpm > 0 then
   put(KEYS[1], rq)
@@ -88,7 +89,7 @@ if budget >= 0 then
   redis.call('INCRBY', KEYS[4], cost)
   if tonumber(ARGV[6]) > 0 then redis.call('EXPIRE', KEYS[4], ARGV[6]) end
 end
-return {0, '0', rr, rs, tr, ts}
+return string.format('0 0 %d %s %d %s', rr, rs, tr, ts)
 """
 )
 
@@ -159,7 +160,7 @@ class RedisLimits:
             head = self._head(_RESERVE_SCRIPT, principal, limit, key, 10, *constant)
         command = head + encode_args(tokens, cost_nano, slot)
         reply = await self._run("reserve", _RESERVE_SCRIPT, command)
-        status, wait, *state = reply
+        status, wait, *state = reply.split()  # one string: six fields, one parse
         if int(status):
             return Refusal(budget=int(status) == 2, retry_after=float(wait), limit=limit)
         if limit.tpm is not None:
@@ -174,9 +175,11 @@ class RedisLimits:
             float(reset_tokens) if limit.tpm else None,
         )
 
-    async def settle(
+    def settle(
         self, reservation: Reservation, *, tokens: int, cost_nano: int, give_back_request: bool
-    ) -> None:
+    ) -> Awaitable[None]:
+        """Settle ``reservation``; nobody waits for it on a request's path, so it is held
+        briefly to share a write with the next reservation (``_limits_resp.DEFER``)."""
         limit = reservation.limit
         extra = tokens - reservation.tokens
         cost_delta = cost_nano - reservation.cost_nano if limit.budget_usd is not None else 0
@@ -185,8 +188,32 @@ class RedisLimits:
         if head is None:
             constant = (limit.rpm or 0, limit.tpm or 0)
             head = self._head(_SETTLE_SCRIPT, reservation.principal, None, key, 6, *constant)
-        tail = encode_args(int(give_back_request), extra, cost_delta, reservation.slot)
-        await self._run("settle", _SETTLE_SCRIPT, head + tail)
+        command = head + encode_args(int(give_back_request), extra, cost_delta, reservation.slot)
+        connection = self._connection
+        if connection is None or connection.closed:
+            return self._run("settle", _SETTLE_SCRIPT, command)
+        # Futures and a callback rather than a task: nothing waits on this path.
+        reply = connection.send(command, can_wait=True)
+        settled: asyncio.Future[None] = reply.get_loop().create_future()
+        reply.add_done_callback(functools.partial(self._on_settled, settled, command))
+        return settled
+
+    def _on_settled(
+        self, settled: asyncio.Future[None], command: bytes, reply: asyncio.Future[Any]
+    ) -> None:
+        exc = reply.exception()
+        if exc is not None:
+            self._drop()
+            settled.set_exception(StoreError(f"{self.url}: limits settle failed: {exc!r}"))
+            return
+        answer = reply.result()
+        if not isinstance(answer, RespError):
+            settled.set_result(None)
+        elif str(answer).startswith("NOSCRIPT"):  # Redis restarted: load it, and again
+            again = asyncio.ensure_future(self._run("settle", _SETTLE_SCRIPT, command))
+            again.add_done_callback(functools.partial(_pass_on, settled))
+        else:
+            settled.set_exception(StoreError(f"{self.url}: limits settle failed: {answer}"))
 
     def _head(
         self,
@@ -209,16 +236,19 @@ class RedisLimits:
         return head
 
     async def _run(self, operation: str, script: _Script, command: bytes) -> Any:
-        """The script's reply; the one place where connection failures become ``StoreError``.
-        A Redis that forgot the script (restarted) is sent it again."""
+        """The script's reply; where connection failures become ``StoreError``. A Redis
+        that forgot the script (restarted) is sent it again. Only opening a connection has a
+        timer of its own; an open one's watchdog fails commands that wait too long."""
         try:
-            async with asyncio.timeout(self._timeout):
-                connection = await self._open()
+            connection = self._connection
+            if connection is None or connection.closed:
+                async with asyncio.timeout(self._timeout):
+                    connection = await self._open()
+            reply = await connection.send(command)
+            if isinstance(reply, RespError) and str(reply).startswith("NOSCRIPT"):
+                await connection.call("SCRIPT", "LOAD", script.source)
                 reply = await connection.send(command)
-                if isinstance(reply, RespError) and str(reply).startswith("NOSCRIPT"):
-                    await connection.call("SCRIPT", "LOAD", script.source)
-                    reply = await connection.send(command)
-        except OSError as exc:  # ConnectionError, and TimeoutError (asyncio.timeout's)
+        except OSError as exc:  # ConnectionError, and TimeoutError
             self._drop()
             raise StoreError(f"{self.url}: limits {operation} failed: {exc!r}") from exc
         if isinstance(reply, RespError):
@@ -231,7 +261,7 @@ class RedisLimits:
             async with self._connecting:  # one connection, however many requests wait for it
                 connection = self._connection
                 if connection is None or connection.closed:
-                    connection = self._connection = await connect(self._raw_url)
+                    connection = self._connection = await connect(self._raw_url, self._timeout)
         return connection
 
     def _drop(self) -> None:
@@ -242,3 +272,12 @@ class RedisLimits:
 
     async def aclose(self) -> None:
         self._drop()
+
+
+def _pass_on(settled: asyncio.Future[None], done: asyncio.Future[Any]) -> None:
+    """``settled`` ends as ``done`` did."""
+    exc = done.exception()
+    if exc is None:
+        settled.set_result(None)
+    else:
+        settled.set_exception(exc)

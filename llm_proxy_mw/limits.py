@@ -103,7 +103,7 @@ class LimitsMiddleware:
             registry=registry,
         )
         self._store_down = False
-        self._settling: set[asyncio.Task[None]] = set()
+        self._settling: set[asyncio.Future[None]] = set()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -198,15 +198,19 @@ class LimitsMiddleware:
             self._store_failed("settle", exc)
             return
         if pending is not None:
-            task = asyncio.get_running_loop().create_task(self._await_settle(pending))
-            self._settling.add(task)
-            task.add_done_callback(self._settling.discard)
+            settling = asyncio.ensure_future(pending)
+            self._settling.add(settling)
+            settling.add_done_callback(self._settle_done)
 
-    async def _await_settle(self, pending: Awaitable[None]) -> None:
-        try:
-            await pending
-        except StoreError as exc:
+    def _settle_done(self, settling: asyncio.Future[None]) -> None:
+        self._settling.discard(settling)
+        if settling.cancelled():
+            return
+        exc = settling.exception()
+        if isinstance(exc, StoreError):
             self._store_failed("settle", exc)
+        elif exc is not None:
+            logger.error("llm_proxy_mw: limits settle failed", exc_info=exc)
 
     def _store_failed(self, operation: str, exc: StoreError) -> None:
         self.store_errors.inc()

@@ -141,3 +141,46 @@ async def test_killing_redis_mid_run_allows_or_denies_then_limits_again(
                 await limits.aclose()
     assert after == [200, 200, 429]
     assert upstream.calls == 4 + (2 if status == 200 else 0)
+
+
+async def test_a_settlement_after_redis_forgot_the_scripts_loads_them_again(
+    redis: RedisServer, replicas: tuple[RedisLimits, RedisLimits]
+) -> None:
+    import redis.asyncio as redis_client
+
+    a, _ = replicas
+    limit = Limit(tpm=1000)
+    grant = await a.reserve("p", limit, 900, 0)
+    assert isinstance(grant, Grant)
+    admin = redis_client.Redis.from_url(redis.url)
+    await admin.script_flush()  # as a restarted Redis would have
+    await admin.aclose()
+    await a.settle(grant.reservation, tokens=100, cost_nano=0, give_back_request=False)
+    again = await a.reserve("p", limit, 0, 0)
+    assert isinstance(again, Grant) and again.remaining_tokens == pytest.approx(900, abs=2)
+
+
+async def test_settlements_share_the_write_of_the_next_reservation(
+    replicas: tuple[RedisLimits, RedisLimits],
+) -> None:
+    a, _ = replicas
+    limit = Limit(tpm=1000)
+    first = await a.reserve("p", limit, 500, 0)
+    assert isinstance(first, Grant) and a._connection is not None
+    transport = a._connection._transport
+    assert transport is not None
+    writes: list[bytes] = []
+    write = transport.write
+
+    def recorded(data: bytes) -> None:
+        writes.append(bytes(data))
+        write(data)
+
+    transport.write = recorded  # type: ignore[method-assign]
+    settled = a.settle(first.reservation, tokens=0, cost_nano=0, give_back_request=False)
+    assert writes == []  # held for company
+    second = await a.reserve("p", limit, 1000, 0)
+    await settled
+    # One write for both (then perhaps SCRIPT LOADs, when another test flushed the scripts).
+    assert writes[0].count(b"EVALSHA") == 2
+    assert isinstance(second, Grant)  # the settlement gave its 500 back first

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from llm_proxy_mw._limits_policy import Limit
+from llm_proxy_mw._limits_policy import Limit, Reservation
 from llm_proxy_mw._limits_redis import RedisLimits
 from llm_proxy_mw._limits_resp import RespConnection, RespError, command_head, encode_args
 from llm_proxy_mw.errors import StoreError
@@ -115,3 +115,34 @@ async def test_a_silent_server_times_out_as_a_store_error() -> None:
             await writer.wait_closed()
         server.close()
         await server.wait_closed()
+
+
+async def test_a_settlement_that_fails_is_a_store_error() -> None:
+    limits = RedisLimits("redis://127.0.0.1:9/0")
+    connection, transport = _connection()
+    limits._connection = connection
+    reservation = Reservation("p", Limit(tpm=10), 5, 0, "total", "")
+    lost = limits.settle(reservation, tokens=1, cost_nano=0, give_back_request=False)
+    connection.connection_lost(None)
+    with pytest.raises(StoreError, match="limits settle failed"):
+        await lost
+    refused_connection, _ = _connection()
+    limits._connection = refused_connection
+    refused = limits.settle(reservation, tokens=1, cost_nano=0, give_back_request=False)
+    refused_connection.send(b"*1\r\n$4\r\nPING\r\n")  # writes the held settlement too
+    refused_connection.data_received(b"-ERR wrong\r\n+PONG\r\n")
+    with pytest.raises(StoreError, match="ERR wrong"):
+        await refused
+
+
+async def test_commands_without_any_reply_time_out_but_slow_ones_do_not() -> None:
+    connection = RespConnection(timeout=0.05)
+    transport = _Transport()
+    connection.connection_made(transport)  # type: ignore[arg-type]
+    answered = connection.call("A")
+    waiting = connection.call("B")
+    connection.data_received(b":1\r\n")
+    assert await answered == 1
+    with pytest.raises(TimeoutError):
+        await waiting  # no reply at all for a whole period after the first came
+    assert transport.closed
