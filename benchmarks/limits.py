@@ -27,6 +27,7 @@ from typing import Any
 import httpx
 
 from benchmarks._procs import Processes, cpus
+from benchmarks._raw_http import run
 from benchmarks._table import num, table
 from benchmarks.layers import Case, _measure
 from benchmarks.overhead import free_port
@@ -209,7 +210,7 @@ def main(*, quick: bool = False) -> str:
         _wait_redis(port)
         by_rpm, by_tpm, rpm, tpm, seconds = accuracy(procs, Path(directory), url, quick)
         overshoot, reservation, admitted = asyncio.run(budget_overshoot(url))
-        cpu = asyncio.run(cpu_rows(url, quick))
+        cpu = run(cpu_rows(url, quick))  # on uvloop, as the micro benchmark and uvicorn
     rows = []
     for name, offered, limit, tokens in (("rpm", by_rpm, rpm, False), ("tpm", by_tpm, tpm, True)):
         rate = offered.rate(tokens=tokens)
