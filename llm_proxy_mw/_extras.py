@@ -20,12 +20,14 @@ __all__ = ["EXTRAS", "installed", "missing_extras"]
 #: for ``_``). ``tokens``: proxy-issued and external JWTs. ``oauth``: the OAuth login, its
 #: session cookie, and the tokens minted from a session. ``pricing``: the maintained price
 #: table, which no config section requires (without it, only ``[pricing]`` prices requests).
+#: ``otel``: spans and GenAI metrics through the host's OpenTelemetry providers.
 #: ``all``, in pyproject.toml, is every one.
 EXTRAS: dict[str, tuple[str, ...]] = {
     "tokens": ("joserfc",),
     "oauth": ("authlib", "httpx2", "itsdangerous", "joserfc"),
     "redis": ("redis",),
     "pricing": ("genai_prices",),
+    "otel": ("opentelemetry",),
 }
 
 

@@ -58,8 +58,13 @@ def block(monkeypatch: pytest.MonkeyPatch, *modules: str) -> None:
 # -- what each extra installs --------------------------------------------------------------
 
 
+#: The distributions whose module has another name.
+MODULE_OF = {"opentelemetry_api": "opentelemetry"}
+
+
 def requirement_names(extra: str) -> set[str]:
-    """The distributions an extra of pyproject.toml installs, its own extras followed."""
+    """The modules of the distributions an extra of pyproject.toml installs, its own extras
+    followed."""
     names = set()
     for text in PYPROJECT["optional-dependencies"][extra]:
         requirement = Requirement(text)
@@ -67,7 +72,8 @@ def requirement_names(extra: str) -> set[str]:
             for inner in requirement.extras:
                 names |= requirement_names(inner)
         else:
-            names.add(requirement.name.replace("-", "_"))
+            name = requirement.name.replace("-", "_")
+            names.add(MODULE_OF.get(name, name))
     return names
 
 
@@ -81,7 +87,15 @@ def test_all_is_every_extra_and_the_core_has_none_of_them() -> None:
     assert requirement_names("all") == optional
     core = {Requirement(text).name.replace("-", "_") for text in PYPROJECT["dependencies"]}
     assert not core & optional
-    assert optional == {"authlib", "genai_prices", "httpx2", "itsdangerous", "joserfc", "redis"}
+    assert optional == {
+        "authlib",
+        "genai_prices",
+        "httpx2",
+        "itsdangerous",
+        "joserfc",
+        "opentelemetry",
+        "redis",
+    }
 
 
 def test_dev_adds_nothing_that_all_brings() -> None:
