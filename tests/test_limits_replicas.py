@@ -1,11 +1,15 @@
 """Two replicas of the example app (separate uvicorn processes) on one real Redis: a
-principal's rpm and tpm hold across both, its tokens settled with the real usage."""
+principal's rpm, tpm, concurrency and budget hold across both, its tokens settled with the
+real usage."""
 
 from __future__ import annotations
 
+import json
+import socket
 import time
 from collections.abc import Iterator
 
+import httpx
 import pytest
 import redis
 
@@ -78,3 +82,65 @@ def test_tpm_holds_across_both_replicas_with_the_real_usage(replicas: Shared) ->
     assert third.status_code == 429  # 2,020 used: about 980 left, 1,270 asked
     assert third.json()["error"]["code"] == "rate_limit_exceeded"
     assert 1 <= int(third.headers["retry-after"]) <= 10
+
+
+def _held_config(redis_url: str) -> str:
+    """alice may have one request in flight; root has a budget that one request spends."""
+    return auth_config(redis_url) + (
+        '\n[limits.principals."api_key:alice"]\nconcurrency = 1\n\n'
+        '[limits.principals."api_key:root"]\nbudget_usd = 0.000001\nbudget_period = "total"\n\n'
+        '[pricing."m"]\ninput = 1000\noutput = 1000\n'
+    )
+
+
+@pytest.fixture(scope="module")
+def held(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shared]:
+    with serve_replicas(tmp_path_factory.mktemp("held-replicas"), _held_config) as (both, url):
+        shared = Shared(both.a, both.b)
+        shared.redis_url = url
+        yield shared
+
+
+def _in_flight(redis_url: str, principal: str, count: int) -> None:
+    """Until ``count`` requests of ``principal`` hold a concurrency slot (bounded)."""
+    key = f"llm_proxy_mw:limits:{{{principal}}}:cc"
+    deadline = time.monotonic() + SETTLE_SECONDS
+    with redis.Redis.from_url(redis_url) as client:
+        while time.monotonic() < deadline:
+            if client.zcard(key) == count:
+                return
+            time.sleep(0.01)
+    pytest.fail(f"{principal} never had {count} requests in flight")
+
+
+def test_concurrency_holds_across_both_replicas(held: Shared) -> None:
+    body = json.dumps(SHORT).encode()
+    url = httpx.URL(str(held.a.base_url))
+    with socket.create_connection((url.host, url.port), timeout=10) as slow:
+        # Headers now, the body later: the request holds its slot on replica a meanwhile.
+        head = (
+            f"POST /llm/v1/chat/completions HTTP/1.1\r\nhost: {url.host}\r\n"
+            f"authorization: {USER['authorization']}\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+        )
+        slow.sendall(head.encode())
+        _in_flight(held.redis_url, "api_key:alice", 1)
+        refused = held.b.post("/v1/chat/completions", json=SHORT, headers=USER)
+        slow.sendall(body)
+        answer = b""
+        while chunk := slow.recv(65536):
+            answer += chunk
+    assert refused.status_code == 429
+    assert refused.json()["error"]["code"] == "rate_limit_exceeded"
+    assert answer.startswith(b"HTTP/1.1 200")
+    _in_flight(held.redis_url, "api_key:alice", 0)
+    assert held.b.post("/v1/chat/completions", json=SHORT, headers=USER).status_code == 200
+
+
+def test_a_budget_spent_on_one_replica_is_spent_on_the_other(held: Shared) -> None:
+    first = held.a.post("/v1/chat/completions", json=SHORT, headers=ADMIN)
+    assert first.status_code == 200  # admitted while under the budget; it costs more
+    refused = held.b.post("/v1/chat/completions", json=SHORT, headers=ADMIN)
+    assert refused.status_code == 429
+    assert refused.json()["error"]["code"] == "budget_exceeded"
+    assert refused.headers["x-should-retry"] == "false"
