@@ -20,6 +20,7 @@ __all__ = ["EXTRAS", "installed", "missing_extras"]
 #: for ``_``). ``tokens``: proxy-issued and external JWTs. ``oauth``: the OAuth login, its
 #: session cookie, and the tokens minted from a session. ``pricing``: the maintained price
 #: table, which no config section requires (without it, only ``[pricing]`` prices requests).
+#: ``otel`` (``_MODULES``): the OpenTelemetry API, for the request spans.
 #: ``all``, in pyproject.toml, is every one.
 EXTRAS: dict[str, tuple[str, ...]] = {
     "tokens": ("joserfc",),
@@ -27,11 +28,14 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "redis": ("redis",),
     "pricing": ("genai_prices",),
 }
+#: Every extra's modules: ``EXTRAS``, and ``otel``, whose distribution
+#: (``opentelemetry-api``) installs a module of another name.
+_MODULES: dict[str, tuple[str, ...]] = {**EXTRAS, "otel": ("opentelemetry.trace",)}
 
 
 def installed(extra: str) -> bool:
     """Whether every module of ``extra`` can be imported."""
-    return all(find_spec(module) is not None for module in EXTRAS[extra])
+    return all(find_spec(module) is not None for module in _MODULES[extra])
 
 
 def _needed(config: ProxyConfig) -> dict[str, str]:
@@ -45,6 +49,8 @@ def _needed(config: ProxyConfig) -> dict[str, str]:
             needs["[auth.jwt_issuers]"] = "tokens"
         if auth.oauth:
             needs["[auth.oauth]"] = "oauth"
+    if config.otel is not None and config.otel.enabled:
+        needs["[otel]"] = "otel"
     if config.store.url.startswith(("redis://", "rediss://")):
         needs["a redis:// [store] url"] = "redis"
     return needs
