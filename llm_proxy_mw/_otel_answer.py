@@ -2,7 +2,8 @@
 
 Every API puts the id and the model at the start of its answer (the first event of a stream)
 and the finish reasons near the end (a late event of a stream): a JSON body keeps its first
-and last ``_EDGE`` bytes, a stream looks for the keys in each read with one substring search.
+and last ``_EDGE`` bytes; a stream looks for a reason in each read with two substring
+searches, and for the id and model only until it found the model.
 Only what the client's API calls ``finish_reason`` (Chat, Completions) or ``stop_reason``
 (Messages) is read; Responses has neither. An embeddings answer names its model at the end.
 A key split across two reads is missed: providers flush whole events.
@@ -20,7 +21,8 @@ _EDGE = 2048
 _ID = re.compile(rb'"id"\s*:\s*"([^"\\]{1,128})"')
 _MODEL = re.compile(rb'"model"\s*:\s*"([^"\\]{1,128})"')
 _REASON = re.compile(rb'"(?:finish|stop)_reason"\s*:\s*"([A-Za-z0-9_.\-]{1,40})"')
-_REASON_KEY = b'_reason"'
+_REASON_SET = b'_reason":"'
+_REASON_SPACED = b'_reason": "'
 
 
 class AnswerReader:
@@ -42,9 +44,10 @@ class AnswerReader:
         if self._capture and len(self.content) < self._capture:
             self.content = (self.content + chunk)[: self._capture]
         if self.sse:
-            if self.id is None or self.model is None:
+            if self.model is None:
                 self._start(chunk)
-            if _REASON_KEY in chunk:
+            # A reason given, not the ``"finish_reason":null`` of every Chat delta.
+            if _REASON_SET in chunk or _REASON_SPACED in chunk:
                 self._reasons(chunk)
             return
         if len(self._head) < _EDGE:

@@ -15,7 +15,7 @@ content is recorded only with ``capture_content``, bounded by ``max_content_byte
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from opentelemetry import context as otel_context
@@ -177,9 +177,13 @@ class TelemetryMiddleware:
         if operation is not None and (usage.prompt_tokens or usage.completion_tokens):
             attributes["gen_ai.usage.input_tokens"] = usage.prompt_tokens
             attributes["gen_ai.usage.output_tokens"] = usage.completion_tokens
-            attributes["gen_ai.usage.cache_read.input_tokens"] = usage.cache_read_tokens
-            attributes["gen_ai.usage.cache_creation.input_tokens"] = usage.cache_write_tokens
-            attributes["gen_ai.usage.reasoning.output_tokens"] = usage.reasoning_tokens
+            # The details only when there are some: each attribute costs the SDK ~0.5 µs.
+            if usage.cache_read_tokens:
+                attributes["gen_ai.usage.cache_read.input_tokens"] = usage.cache_read_tokens
+            if usage.cache_write_tokens:
+                attributes["gen_ai.usage.cache_creation.input_tokens"] = usage.cache_write_tokens
+            if usage.reasoning_tokens:
+                attributes["gen_ai.usage.reasoning.output_tokens"] = usage.reasoning_tokens
         if usage.cost_usd is not None:
             attributes["llm_proxy.cost_usd"] = float(usage.cost_usd)
         if self.capture_content and body:
@@ -221,7 +225,7 @@ class _Responder:
     """The traced request's ``send``: its status, the time of its first body byte (an event,
     for streams), and what the answer says of itself (``AnswerReader``)."""
 
-    __slots__ = ("_send", "_span", "_capture", "status", "answer", "_first")
+    __slots__ = ("_send", "_span", "_capture", "status", "answer", "_feed", "_first")
 
     def __init__(self, send: Send, span: Span, capture: int) -> None:
         self._send = send
@@ -229,20 +233,22 @@ class _Responder:
         self._capture = capture
         self.status: int | None = None
         self.answer: AnswerReader | None = None
-        self._first = True
+        self._feed: Callable[[bytes], None] | None = None
+        self._first = False  # whether the next body byte is a stream's first
 
     def send(self, message: Message) -> Awaitable[None]:
         if message["type"] == "http.response.body":
-            body = message.get("body", b"")
-            if body and self.answer is not None:
-                if self._first and self.answer.sse:
+            if self._feed is not None and (body := message.get("body")):
+                if self._first:
+                    self._first = False
                     self._span.add_event("gen_ai.first_chunk")
-                self._first = False
-                self.answer.feed(body)
+                self._feed(body)
         elif message["type"] == "http.response.start":
             self.status = message["status"]
             if self._span.is_recording():
-                self.answer = _answer_reader(message.get("headers", ()), self._capture)
+                answer = _answer_reader(message.get("headers", ()), self._capture)
+                if answer is not None:
+                    self.answer, self._feed, self._first = answer, answer.feed, answer.sse
         return self._send(message)
 
 
