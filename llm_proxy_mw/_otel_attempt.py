@@ -44,9 +44,9 @@ def server_of(url: str) -> Server:
 def _redacted(url: str) -> str:
     """``url`` with any user info and every query value replaced by ``REDACTED``: a key may
     ride in either (``?key=``, ``https://user:secret@host``)."""
-    parts = urlsplit(url)
-    if not parts.query and "@" not in parts.netloc:
+    if "?" not in url and "@" not in url:
         return url
+    parts = urlsplit(url)
     netloc = parts.netloc
     if "@" in netloc:
         netloc = "REDACTED:REDACTED@" + netloc.rpartition("@")[2]
@@ -66,7 +66,7 @@ class _Carrier(dict[str, str]):
 class RequestTrace:
     """The traced request's span, and the spans of its upstream attempts."""
 
-    __slots__ = ("ctx", "span", "context", "_tracer", "_servers")
+    __slots__ = ("ctx", "span", "context", "recording", "_tracer", "_servers")
 
     def __init__(
         self,
@@ -78,6 +78,7 @@ class RequestTrace:
         self.ctx = ctx
         self.span = span
         self.context: Context = set_span_in_context(span)
+        self.recording = span.is_recording()
         self._tracer = tracer
         self._servers = servers
 
@@ -94,7 +95,12 @@ class RequestTrace:
 
     @contextmanager
     def attempt(self, provider: Provider, request: UpstreamRequest) -> Iterator[None]:
-        """A CLIENT span around one attempt, whose context ``request`` carries upstream."""
+        """A CLIENT span around one attempt, whose context ``request`` carries upstream (a
+        request sampled out has none: its own context goes, marked not sampled)."""
+        if not self.recording:
+            _propagate(request, self.context)
+            yield
+            return
         address, port = self.server(provider)
         span = self._tracer.start_span(
             request.method,
@@ -108,11 +114,7 @@ class RequestTrace:
                 "llm_proxy.provider": provider.name,
             },
         )
-        carrier = _Carrier()
-        propagate.inject(carrier, set_span_in_context(span, self.context))
-        replaced = _TRACE_HEADERS | carrier.keys()
-        request.headers = [h for h in request.headers if h[0] not in replaced]
-        request.headers.extend(carrier.items())
+        _propagate(request, set_span_in_context(span, self.context))
         attempts = self.ctx.attempts
         before = len(attempts)
         try:
@@ -133,6 +135,16 @@ class RequestTrace:
                     status = record.status
                     _failed(span, str(status) if status and status >= 400 else record.outcome)
             span.end()
+
+
+def _propagate(request: UpstreamRequest, context: Context) -> None:
+    """``request`` carries ``context`` (``traceparent``, ``tracestate``, and what else the
+    global propagator writes), in place of the client's own."""
+    carrier = _Carrier()
+    propagate.inject(carrier, context)
+    replaced = _TRACE_HEADERS | carrier.keys()
+    request.headers = [h for h in request.headers if h[0] not in replaced]
+    request.headers.extend(carrier.items())
 
 
 def _failed(span: Span, error_type: str) -> None:

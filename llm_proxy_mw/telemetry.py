@@ -97,12 +97,11 @@ class TelemetryMiddleware:
             span_name(ctx.route_path, scope["method"], ctx.model),
             kind=SpanKind.CLIENT,
         )
-        recording = span.is_recording()
-        if recording:
+        tracing = ctx.telemetry = RequestTrace(ctx, tracer, span, self._servers)
+        if tracing.recording:
             span_context = span.get_span_context()
             ctx.trace_id = format(span_context.trace_id, "032x")
             ctx.span_id = format(span_context.span_id, "016x")
-        tracing = ctx.telemetry = RequestTrace(ctx, tracer, span, self._servers)
         token = otel_context.attach(tracing.context)
         responder = _Responder(send, span, self.max_content_bytes * self.capture_content)
         error_type: str | None = None
@@ -118,7 +117,7 @@ class TelemetryMiddleware:
         finally:
             otel_context.detach(token)
             ctx.telemetry = None
-            if recording:
+            if tracing.recording:
                 self._describe(tracing, scope["method"], responder, error_type)
             span.end()
 
@@ -141,7 +140,6 @@ class TelemetryMiddleware:
         attributes: dict[str, Any] = {
             "llm_proxy.attempts": len(ctx.attempts),
             "llm_proxy.principal": principal_id(ctx),
-            "llm_proxy.request_id": ctx.request_id,
         }
         if operation is not None:
             attributes["gen_ai.operation.name"] = operation
@@ -153,12 +151,9 @@ class TelemetryMiddleware:
             attributes["gen_ai.provider.name"] = kind
             if not self.latest_conventions:
                 attributes["gen_ai.system"] = kind
-            attributes["llm_proxy.provider"] = route.provider.name
             address, port = tracing.server(route.provider)
             attributes["server.address"] = address
             attributes["server.port"] = port
-        if status is not None:
-            attributes["http.response.status_code"] = status
         attributes.update(request_attributes(body))
         answer = responder.answer
         if answer is not None:
@@ -245,7 +240,7 @@ class _Responder:
                 self._feed(body)
         elif message["type"] == "http.response.start":
             self.status = message["status"]
-            if self._span.is_recording():
+            if self._span.is_recording():  # else nothing would be recorded
                 answer = _answer_reader(message.get("headers", ()), self._capture)
                 if answer is not None:
                     self.answer, self._feed, self._first = answer, answer.feed, answer.sse

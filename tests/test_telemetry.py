@@ -14,6 +14,7 @@ import pytest
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from opentelemetry.trace import SpanKind, StatusCode
 
 from llm_proxy_mw import build_proxy
@@ -28,10 +29,10 @@ CHAT = {"model": GPT, "messages": [{"role": "user", "content": "hi"}]}
 
 
 class ScriptedTransport(RecordingTransport):
-    """Answers each request with the next scripted status (an exception type: raised), then
-    like the echo provider."""
+    """Answers each request with the next scripted status (an exception type: raised; bytes:
+    a 200 JSON answer), then like the echo provider."""
 
-    def __init__(self, *script: int | type[Exception]) -> None:
+    def __init__(self, *script: int | bytes | type[Exception]) -> None:
         super().__init__()
         self.script = list(script)
 
@@ -43,6 +44,8 @@ class ScriptedTransport(RecordingTransport):
         if isinstance(step, type):
             raise step("scripted")
         body = b'{"error": {"message": "scripted", "type": "server_error"}}'
+        if isinstance(step, bytes):
+            step, body = 200, step
         return UpstreamResponse(
             step,
             [(b"content-type", b"application/json"), (b"retry-after-ms", b"1")],
@@ -138,9 +141,8 @@ async def test_a_chat_request_is_one_client_span_with_the_genai_attributes() -> 
     assert attributes["gen_ai.response.finish_reasons"] == ("stop",)
     assert attributes["gen_ai.usage.input_tokens"] == 1
     assert attributes["gen_ai.usage.output_tokens"] == 2
-    assert attributes["gen_ai.usage.cache_read.input_tokens"] == 0
-    assert attributes["gen_ai.usage.cache_creation.input_tokens"] == 0
-    assert attributes["gen_ai.usage.reasoning.output_tokens"] == 0
+    for detail in ("cache_read.input", "cache_creation.input", "reasoning.output"):
+        assert f"gen_ai.usage.{detail}_tokens" not in attributes  # none used: left out
     assert attributes["gen_ai.request.max_tokens"] == 50
     assert attributes["gen_ai.request.temperature"] == 0.5
     assert attributes["gen_ai.request.top_p"] == 1
@@ -148,8 +150,39 @@ async def test_a_chat_request_is_one_client_span_with_the_genai_attributes() -> 
     assert attributes["server.port"] == 8443
     assert attributes["llm_proxy.attempts"] == 1
     assert attributes["llm_proxy.principal"] == "anonymous"
-    assert attributes["llm_proxy.request_id"] == response.headers["x-request-id"]
     assert "error.type" not in attributes
+
+
+@pytest.mark.anyio
+async def test_cache_and_reasoning_tokens_when_the_provider_counts_them() -> None:
+    answer = {
+        "id": "msg_1",
+        "type": "message",
+        "model": CLAUDE,
+        "content": [{"type": "text", "text": "ok"}],
+        "stop_reason": "max_tokens",
+        "usage": {
+            "input_tokens": 10,
+            "output_tokens": 3,
+            "cache_read_input_tokens": 100,
+            "cache_creation_input_tokens": 20,
+        },
+    }
+    transports: dict[str, RecordingTransport] = {
+        "claude": ScriptedTransport(json.dumps(answer).encode())
+    }
+    body = {"model": CLAUDE, "max_tokens": 3, "messages": CHAT["messages"]}
+    async with traced(transports, providers={"claude": provider("anthropic", CLAUDE)}) as t:
+        response = await t.client.post(
+            "/v1/messages", json=body, headers={"anthropic-version": "2023-06-01"}
+        )
+    assert response.status_code == 200
+    attributes = dict(t.request_span().attributes or {})
+    assert attributes["gen_ai.usage.input_tokens"] == 130  # as OpenAI counts: cache included
+    assert attributes["gen_ai.usage.cache_read.input_tokens"] == 100
+    assert attributes["gen_ai.usage.cache_creation.input_tokens"] == 20
+    assert attributes["gen_ai.response.finish_reasons"] == ("max_tokens",)
+    assert attributes["gen_ai.response.id"] == "msg_1"
 
 
 @pytest.mark.parametrize(
@@ -406,3 +439,28 @@ async def test_latest_conventions_leave_out_the_old_system_attribute(
     attributes = dict(t.request_span().attributes or {})
     assert "gen_ai.system" not in attributes
     assert attributes["gen_ai.provider.name"] == "openai"
+
+
+@pytest.mark.anyio
+async def test_a_request_sampled_out_records_nothing_yet_sends_its_context() -> None:
+    transport = RecordingTransport()
+    exporter = InMemorySpanExporter()
+    tracer_provider = TracerProvider(sampler=ALWAYS_OFF)
+    tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
+    proxy = build_proxy(
+        {"providers": {"gpt": provider("openai", GPT)}},
+        transports={"gpt": transport},
+        tracer_provider=tracer_provider,
+    )
+    theirs = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    async with (
+        proxy.lifespan(),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=proxy), base_url="http://h") as client,
+    ):
+        response = await client.post(
+            "/v1/chat/completions", json=CHAT, headers={"traceparent": theirs}
+        )
+    assert response.status_code == 200
+    assert exporter.get_finished_spans() == ()
+    sent = dict(transport.sent[-1].headers)["traceparent"]
+    assert sent != theirs and sent.endswith("-00")
