@@ -62,6 +62,15 @@ class AnswerReader:
             self._reasons(self._tail)
         self._head = self._tail = b""
 
+    def attributes(self) -> dict[str, str | list[str]]:
+        """``gen_ai.response.id``, ``.model`` and ``.finish_reasons``: those it found."""
+        found = {
+            "gen_ai.response.id": self.id,
+            "gen_ai.response.model": self.model,
+            "gen_ai.response.finish_reasons": self.finish_reasons,
+        }
+        return {name: value for name, value in found.items() if value}
+
     def _start(self, data: bytes) -> None:
         if self.id is None and (found := _ID.search(data)):
             self.id = found.group(1).decode("utf-8", "replace")

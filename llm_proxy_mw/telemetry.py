@@ -15,7 +15,7 @@ content is recorded only with ``capture_content``, bounded by ``max_content_byte
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from opentelemetry import context as otel_context
@@ -158,12 +158,7 @@ class TelemetryMiddleware:
         answer = responder.answer
         if answer is not None:
             answer.finish()
-            if answer.id:
-                attributes["gen_ai.response.id"] = answer.id
-            if answer.model:
-                attributes["gen_ai.response.model"] = answer.model
-            if answer.finish_reasons:
-                attributes["gen_ai.response.finish_reasons"] = answer.finish_reasons
+            attributes.update(answer.attributes())
             if answer.sse and ctx.ttfb is not None:
                 attributes["gen_ai.response.time_to_first_chunk"] = ctx.ttfb
             if self.capture_content and answer.content:
@@ -173,12 +168,12 @@ class TelemetryMiddleware:
             attributes["gen_ai.usage.input_tokens"] = usage.prompt_tokens
             attributes["gen_ai.usage.output_tokens"] = usage.completion_tokens
             # The details only when there are some: each attribute costs the SDK ~0.5 µs.
-            if usage.cache_read_tokens:
-                attributes["gen_ai.usage.cache_read.input_tokens"] = usage.cache_read_tokens
-            if usage.cache_write_tokens:
-                attributes["gen_ai.usage.cache_creation.input_tokens"] = usage.cache_write_tokens
-            if usage.reasoning_tokens:
-                attributes["gen_ai.usage.reasoning.output_tokens"] = usage.reasoning_tokens
+            details = (
+                ("gen_ai.usage.cache_read.input_tokens", usage.cache_read_tokens),
+                ("gen_ai.usage.cache_creation.input_tokens", usage.cache_write_tokens),
+                ("gen_ai.usage.reasoning.output_tokens", usage.reasoning_tokens),
+            )
+            attributes.update((name, count) for name, count in details if count)
         if usage.cost_usd is not None:
             attributes["llm_proxy.cost_usd"] = float(usage.cost_usd)
         if self.capture_content and body:
@@ -247,13 +242,11 @@ class _Responder:
         return self._send(message)
 
 
-def _answer_reader(headers: Any, capture: int) -> AnswerReader | None:
+def _answer_reader(headers: Iterable[tuple[bytes, bytes]], capture: int) -> AnswerReader | None:
     """A reader for a JSON or SSE answer that is not compressed."""
-    sse = json_body = False
-    for name, value in headers:
-        if name == b"content-type":
-            sse = value.startswith(b"text/event-stream")
-            json_body = b"json" in value
-        elif name == b"content-encoding" and value != b"identity":
-            return None
-    return AnswerReader(sse=sse, capture=capture) if sse or json_body else None
+    named = dict(headers)
+    if named.get(b"content-encoding", b"identity") != b"identity":
+        return None
+    content_type = named.get(b"content-type", b"")
+    sse = content_type.startswith(b"text/event-stream")
+    return AnswerReader(sse=sse, capture=capture) if sse or b"json" in content_type else None

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from starlette.types import Receive, Scope, Send
 
@@ -203,17 +204,11 @@ class UpstreamApp:
             await exchange(ctx, provider, request, codec, hidden, send)
 
     async def _traced_exchange(
-        self,
-        ctx: RequestContext,
-        provider: Provider,
-        request: UpstreamRequest,
-        codec: Codec | None,
-        hidden: HiddenUsage | None,
-        send: Send,
+        self, ctx: RequestContext, provider: Provider, request: UpstreamRequest, *rest: Any
     ) -> None:
-        """The exchange inside its attempt span, whose trace context goes upstream."""
+        """``_exchange`` inside its attempt span, whose trace context goes upstream."""
         with ctx.telemetry.attempt(provider, request):
-            await self._exchange(ctx, provider, request, codec, hidden, send)
+            await self._exchange(ctx, provider, request, *rest)
 
     async def _add_credentials(
         self, ctx: RequestContext, name: str, source: CredentialSource, request: UpstreamRequest
