@@ -3,7 +3,8 @@
 The core install serves API keys, metrics and a SQLite store. A section that needs more
 names its extra; a config whose extras are not installed is refused when it is loaded, with
 the pip command to run, rather than failing with an ``ImportError`` at start-up or on a
-request. Presence is checked with ``find_spec``, which imports nothing.
+request. Presence is checked with ``find_spec``, which imports nothing (for a dotted name, its
+parent package: ``opentelemetry`` is a namespace package, which runs no code).
 """
 
 from __future__ import annotations
@@ -35,7 +36,14 @@ _MODULES: dict[str, tuple[str, ...]] = {**EXTRAS, "otel": ("opentelemetry.trace"
 
 def installed(extra: str) -> bool:
     """Whether every module of ``extra`` can be imported."""
-    return all(find_spec(module) is not None for module in _MODULES[extra])
+    return all(_found(module) for module in _MODULES[extra])
+
+
+def _found(module: str) -> bool:
+    try:
+        return find_spec(module) is not None
+    except ModuleNotFoundError:  # a dotted name whose parent package is missing
+        return False
 
 
 def _needed(config: ProxyConfig) -> dict[str, str]:
