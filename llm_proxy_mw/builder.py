@@ -20,9 +20,10 @@ from prometheus_client import CollectorRegistry
 from starlette.middleware import Middleware
 from starlette.types import ASGIApp
 
+from llm_proxy_mw._extras import installed
 from llm_proxy_mw.admin import AdminGate
 from llm_proxy_mw.auth import AuthMiddleware
-from llm_proxy_mw.config import ProxyConfig, load_config, parse_config
+from llm_proxy_mw.config import OtelConfig, ProxyConfig, load_config, parse_config
 from llm_proxy_mw.context import RequestContextMiddleware
 from llm_proxy_mw.dashboard import DashboardApp
 from llm_proxy_mw.health import HealthRegistry
@@ -45,6 +46,8 @@ from llm_proxy_mw.upstream import UpstreamApp
 from llm_proxy_mw.usage_app import UsageApp
 
 if TYPE_CHECKING:
+    from opentelemetry.trace import TracerProvider
+
     from llm_proxy_mw.auth._setup import AuthSetup
 
 __all__ = ["LLMProxy", "build_proxy"]
@@ -57,12 +60,14 @@ def build_proxy(
     *,
     transports: Mapping[str, UpstreamTransport] | None = None,
     registry: CollectorRegistry | None = None,
+    tracer_provider: TracerProvider | None = None,
 ) -> LLMProxy:
     """Build the proxy from a config object, a mapping, or the path of a TOML file.
 
     ``transports`` overrides the transport of named providers (tests plug respx through
     ``HttpxTransport``); the others get aiohttp, or the echo transport for ``kind = "echo"``.
     Metrics go to ``registry``, or to a registry of the proxy's own (never the global one).
+    Spans (with the ``otel`` extra) go to ``tracer_provider``, else to the global one.
     """
     config = _as_config(config)
     # The deployments and their health, which the metrics report and routing decides by;
@@ -123,6 +128,7 @@ def build_proxy(
     pipeline = _stack(
         [
             request_context,
+            *_telemetry(config.otel or OtelConfig(), tracer_provider),
             Middleware(MetricsMiddleware, metrics=metrics, pricing=pricing, ledger=ledger),
             *auth_layer,
             *limits_layer,
@@ -187,6 +193,25 @@ def _providers(config: ProxyConfig, transports: Mapping[str, UpstreamTransport])
     return [
         Provider.from_config(name, provider, transports.get(name))
         for name, provider in config.providers.items()
+    ]
+
+
+def _telemetry(otel: OtelConfig, tracer_provider: TracerProvider | None) -> list[Middleware]:
+    """The request spans, with the ``otel`` extra installed, unless ``[otel]`` turns them
+    off. Without a ``TracerProvider`` (given, or set globally at any time) they cost a check."""
+    if not otel.enabled or not installed("otel"):
+        return []
+    from llm_proxy_mw._otel_names import latest_experimental
+    from llm_proxy_mw.telemetry import TelemetryMiddleware  # the otel extra
+
+    return [
+        Middleware(
+            TelemetryMiddleware,
+            tracer_provider=tracer_provider,
+            capture_content=otel.capture_content,
+            max_content_bytes=otel.max_content_bytes,
+            latest_conventions=latest_experimental(),
+        )
     ]
 
 

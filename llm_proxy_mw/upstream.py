@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from starlette.types import Receive, Scope, Send
 
@@ -192,14 +193,22 @@ class UpstreamApp:
                 _stream_upload(ctx.upload, request)
             elif hidden is not None:  # the proxy must read what it takes out
                 request.headers = [h for h in request.headers if h[0] != "accept-encoding"]
+        exchange = self._exchange if ctx.telemetry is None else self._traced_exchange
         if watched(ctx):
             # Retry in front already guards the request (and owns its one watcher).
-            await self._exchange(ctx, provider, request, codec, hidden, send)
+            await exchange(ctx, provider, request, codec, hidden, send)
             return
         if ctx.upload is not None:
             receive = ctx.upload.receive_after_body
         async with cancel_on_disconnect(ctx, receive):
-            await self._exchange(ctx, provider, request, codec, hidden, send)
+            await exchange(ctx, provider, request, codec, hidden, send)
+
+    async def _traced_exchange(
+        self, ctx: RequestContext, provider: Provider, request: UpstreamRequest, *rest: Any
+    ) -> None:
+        """``_exchange`` inside its attempt span, whose trace context goes upstream."""
+        with ctx.telemetry.attempt(provider, request):
+            await self._exchange(ctx, provider, request, *rest)
 
     async def _add_credentials(
         self, ctx: RequestContext, name: str, source: CredentialSource, request: UpstreamRequest

@@ -54,6 +54,9 @@ import openai
 import pytest
 import uvicorn.config
 import uvicorn.logging
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -749,7 +752,10 @@ async def test_no_secret_in_logs_responses_exceptions_metrics_or_store(
     upstreams: Upstreams, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     up, c, seen = upstreams, upstreams.canaries, Seen()
-    proxy = build_proxy(proxy_config(up, tmp_path))
+    spans = InMemorySpanExporter()
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
+    proxy = build_proxy(proxy_config(up, tmp_path), tracer_provider=tracer_provider)
     scenario = InProcess(Starlette(routes=[Mount("/llm", app=proxy)]), up, seen)
     with capture_logs(caplog, seen, not_the_proxy(BASE)) as captured:
         async with proxy.lifespan(), scenario.http:
@@ -759,6 +765,11 @@ async def test_no_secret_in_logs_responses_exceptions_metrics_or_store(
             await scenario.sdk()
             exposition = await scenario.call("metrics", "GET", "/metrics", headers=scenario.admin)
     seen.add("metrics exposition", exposition.text)
+    finished = spans.get_finished_spans()
+    for span in finished:
+        seen.add(f"span {span.name}", span.to_json())
+    # The attempts that carried the query secret upstream were traced, and it was masked.
+    assert any("?key=REDACTED" in str((s.attributes or {}).get("url.full")) for s in finished)
     for suffix in ("", "-wal", "-shm", "-journal"):
         path = tmp_path / f"store.db{suffix}"
         if path.exists():
