@@ -357,6 +357,19 @@ async def test_a_hostile_model_name_is_escaped_in_the_message_and_kept_in_the_fi
     assert "\n" not in line and json.loads(line)["request_model"] == model
 
 
+async def test_a_hostile_path_is_escaped_in_the_message(
+    records: list[logging.LogRecord],
+) -> None:
+    path = "/v1/files\r\n2026-01-01 INFO forged\x1b[2J"
+    proxy = build_proxy(config())
+    async with proxy.lifespan(), AsgiDriver(proxy, http_scope(path, method="GET")) as driver:
+        await driver.run()
+    assert driver.status == 401
+    [record] = records
+    assert f"GET {path.translate(LOG_ESCAPES)} " in record.getMessage()
+    assert record.path == path
+
+
 async def test_no_key_token_or_content_in_any_record(records: list[logging.LogRecord]) -> None:
     async with client() as http:
         for model in ("gpt-echo", "claude-x", "gpt-fb"):
