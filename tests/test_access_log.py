@@ -7,10 +7,13 @@ translated Anthropic provider, a failing one and its fallback), with auth and li
 
 from __future__ import annotations
 
+import importlib
+import io
 import json
 import logging
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from types import ModuleType
 from typing import Any
 
 import httpx
@@ -411,3 +414,56 @@ def test_no_field_is_a_log_record_attribute() -> None:
     standard = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
     assert not standard & set(ACCESS_FIELDS)
     assert len(set(ACCESS_FIELDS)) == len(ACCESS_FIELDS)
+
+
+# -- the example app's JSON console ----------------------------------------------------------
+
+LOGGERS = ("llm_proxy_mw", "uvicorn", "uvicorn.access")
+
+
+@pytest.fixture
+def example() -> Iterator[ModuleType]:
+    """``examples.app``, with the loggers its ``configure_logging`` changes restored after."""
+    saved = [(lg, lg.handlers[:], lg.level, lg.propagate) for lg in map(logging.getLogger, LOGGERS)]
+    try:
+        yield importlib.import_module("examples.app")
+    finally:
+        for logger, handlers, level, propagate in saved:
+            logger.handlers[:] = handlers
+            logger.setLevel(level)
+            logger.propagate = propagate
+
+
+async def test_the_examples_json_mode_writes_each_record_as_one_json_line(
+    example: ModuleType,
+) -> None:
+    console, uvicorn_console = io.StringIO(), logging.StreamHandler(io.StringIO())
+    logging.getLogger("uvicorn.access").addHandler(uvicorn_console)
+    for _ in range(2):  # set up once, however often it is called
+        example.configure_logging({"LLM_PROXY_LOG_FORMAT": "json"}, stream=console)
+    assert isinstance(uvicorn_console.formatter, example.JsonLines)
+    async with client() as http:
+        ok = await http.post("/v1/chat/completions", json=chat("gpt-echo"))
+        refused = await http.post(
+            "/v1/chat/completions", json=chat("gpt-echo"), headers={"authorization": "Bearer no"}
+        )
+    lines = console.getvalue().splitlines()
+    entries = [json.loads(line) for line in lines]
+    assert all(isinstance(entry, dict) for entry in entries)
+    access = [e for e in entries if e["logger"] == "llm_proxy_mw.access"]
+    assert [e["request_id"] for e in access] == [
+        ok.headers["x-request-id"],
+        refused.headers["x-request-id"],
+    ]
+    assert set(ACCESS_FIELDS) <= access[0].keys()
+    assert (access[0]["level"], access[0]["status"], access[0]["cost_usd"]) == ("INFO", 200, 8e-06)
+    assert access[1]["outcome"] == "authentication_error"
+    failure = [e for e in entries if e["logger"] == "llm_proxy_mw"]
+    assert len(failure) == 1 and "failed: AuthenticationError" in failure[0]["message"]
+
+
+def test_the_examples_text_mode_leaves_logging_as_it_is(example: ModuleType) -> None:
+    before = logging.getLogger("llm_proxy_mw").handlers[:]
+    example.configure_logging({})
+    example.configure_logging({"LLM_PROXY_LOG_FORMAT": "text"})
+    assert logging.getLogger("llm_proxy_mw").handlers == before
