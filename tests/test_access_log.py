@@ -148,16 +148,24 @@ def chat(model: str, **extra: Any) -> dict[str, Any]:
     return {"model": model, "messages": MESSAGES, **extra}
 
 
+async def one_chat(
+    records: list[logging.LogRecord], model: str, status: int, headers: dict[str, str] = AS_USER
+) -> tuple[httpx.Response, logging.LogRecord]:
+    """A Chat request for ``model`` that gets ``status``, and its one access record."""
+    async with client() as http:
+        response = await http.post("/v1/chat/completions", json=chat(model), headers=headers)
+    assert response.status_code == status
+    [record] = records
+    return response, record
+
+
 NOT_TRACED = {"trace_id": None, "span_id": None}
 
 
 async def test_a_chat_json_request_is_one_record_with_every_field(
     records: list[logging.LogRecord],
 ) -> None:
-    async with client() as http:
-        response = await http.post("/v1/chat/completions", json=chat("gpt-echo"))
-    assert response.status_code == 200
-    [record] = records
+    response, record = await one_chat(records, "gpt-echo", 200)
     got = fields(record)
     assert got.pop("latency_ms") >= got.pop("ttfb_ms") > 0
     assert got == {
@@ -225,10 +233,7 @@ async def test_a_stream_and_a_messages_request_are_one_record_each(
 async def test_a_translated_request_names_the_api_it_went_out_in(
     records: list[logging.LogRecord],
 ) -> None:
-    async with client() as http:
-        response = await http.post("/v1/chat/completions", json=chat("claude-x"))
-    assert response.status_code == 200
-    [record] = records
+    _, record = await one_chat(records, "claude-x", 200)
     got = fields(record)
     assert (got["wire_format"], got["translated_to"]) == ("openai", "messages")
     assert (got["provider"], got["request_model"], got["response_model"]) == (
@@ -246,10 +251,7 @@ async def test_a_translated_request_names_the_api_it_went_out_in(
 async def test_a_fallen_back_request_shows_each_attempt_and_the_providers_id(
     records: list[logging.LogRecord],
 ) -> None:
-    async with client() as http:
-        response = await http.post("/v1/chat/completions", json=chat("gpt-fb"))
-    assert response.status_code == 200
-    [record] = records
+    _, record = await one_chat(records, "gpt-fb", 200)
     got = fields(record)
     assert got["attempts"] == 2
     assert got["attempt_outcomes"] == ["primary:server_error", "backup:success"]
@@ -261,12 +263,7 @@ async def test_a_fallen_back_request_shows_each_attempt_and_the_providers_id(
 async def test_a_request_refused_by_auth_is_one_record(
     records: list[logging.LogRecord],
 ) -> None:
-    async with client() as http:
-        response = await http.post(
-            "/v1/chat/completions", json=chat("gpt-echo"), headers={"authorization": "Bearer no"}
-        )
-    assert response.status_code == 401
-    [record] = records
+    _, record = await one_chat(records, "gpt-echo", 401, {"authorization": "Bearer no"})
     got = fields(record)
     assert (got["status"], got["outcome"], got["principal_id"]) == (
         401,
@@ -347,10 +344,7 @@ HOSTILE = ["gpt\r\n2026-01-01 INFO forged", "gpt\x1b]0;title\x07", "gpt\u2028for
 async def test_a_hostile_model_name_is_escaped_in_the_message_and_kept_in_the_field(
     records: list[logging.LogRecord], model: str
 ) -> None:
-    async with client() as http:
-        response = await http.post("/v1/chat/completions", json=chat(model))
-    assert response.status_code == 404
-    [record] = records
+    _, record = await one_chat(records, model, 404)
     message = record.getMessage()
     assert message.splitlines() == [message]
     assert not any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in message)
