@@ -70,11 +70,11 @@ def log_access(
     ``status`` is the one the client saw (499: it left), ``duration`` seconds to the end,
     ``error_code`` the code of the ``ProxyError`` that ended the request, if one did.
     """
-    fields = access_fields(scope, ctx, status, duration, error_code)
+    fields = _fields(scope, ctx, status, duration, error_code)
     access_logger.info(_message(fields), extra=fields)
 
 
-def access_fields(
+def _fields(
     scope: Scope, ctx: RequestContext, status: int, duration: float, error_code: str | None
 ) -> dict[str, Any]:
     """The record's attributes (``ACCESS_FIELDS``): plain JSON values, the cost a float."""
