@@ -786,7 +786,9 @@ async def test_no_secret_in_logs_responses_exceptions_metrics_or_store(
     assert set(up.idp.login_secrets) == {c.login_client_secret}
     assert set(up.idp.provider_secrets) == {c.provider_client_secret, c.broken_client_secret}
     assert sum("#" in label for label in c.values) >= 12  # every issued token is a canary
-    assert {"llm_proxy_mw", "llm_proxy_mw.auth", "httpx", "httpx2"} <= captured.loggers
+    # The access records too, every field of each (``render``).
+    loggers = {"llm_proxy_mw", "llm_proxy_mw.access", "llm_proxy_mw.auth", "httpx", "httpx2"}
+    assert loggers <= captured.loggers
     assert any("revoked the family as stolen" in e.text for e in seen.exposures)
     # Metric labels are bounded: configured names, "other" for any other model.
     labels: dict[str, set[str]] = {}
@@ -1012,6 +1014,9 @@ def test_no_secret_in_the_output_of_the_example_app_under_uvicorn(
     assert '"WebSocket /llm/v1/realtime?key=***" 401' in stderr
     # The root logger was at DEBUG: the proxy's own records are in the output too.
     assert "minted token family" in stderr and "revoked the family as stolen" in stderr
+    # And its access records, which quote no query.
+    assert "POST /llm/v1/chat/completions 200 " in stderr
+    assert "POST /llm/v1/chat/completions 401 authentication_error " in stderr
 
 
 # ---- RedactQuerySecrets ---------------------------------------------------------------------
