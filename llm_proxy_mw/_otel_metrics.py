@@ -56,6 +56,29 @@ _PROVIDER_NAMES = {"openai": "openai", "anthropic": "anthropic", "echo": "llm_pr
 TOKEN_BUCKETS = tuple(4.0**power for power in range(14))  # 1, 4, 16, ... 67108864
 DURATION_BUCKETS = tuple(0.01 * 2**power for power in range(14))  # 0.01, 0.02, ... 81.92
 CHUNK_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5)
+#: The four histograms, in the order ``GenAIMetrics`` names them: name, unit, description,
+#: bucket boundaries.
+_HISTOGRAMS = (
+    ("gen_ai.client.operation.duration", "s", "GenAI operation duration.", DURATION_BUCKETS),
+    (
+        "gen_ai.client.token.usage",
+        "{token}",
+        "Number of input and output tokens used.",
+        TOKEN_BUCKETS,
+    ),
+    (
+        "gen_ai.client.operation.time_to_first_chunk",
+        "s",
+        "Time to receive the first chunk of a streamed answer.",
+        DURATION_BUCKETS,
+    ),
+    (
+        "gen_ai.client.operation.time_per_output_chunk",
+        "s",
+        "Time per output chunk after the first, of a streamed answer.",
+        CHUNK_BUCKETS,
+    ),
+)
 
 
 def operation_name(route_path: str) -> str | None:
@@ -104,29 +127,11 @@ class GenAIMetrics:
 
     def __init__(self, meter_provider: MeterProvider, *, models: Iterable[str] = ()) -> None:
         meter = meter_provider.get_meter("llm_proxy_mw")
-        self.duration = meter.create_histogram(
-            "gen_ai.client.operation.duration",
-            unit="s",
-            description="GenAI operation duration.",
-            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
-        )
-        self.tokens = meter.create_histogram(
-            "gen_ai.client.token.usage",
-            unit="{token}",
-            description="Number of input and output tokens used.",
-            explicit_bucket_boundaries_advisory=TOKEN_BUCKETS,
-        )
-        self.first_chunk = meter.create_histogram(
-            "gen_ai.client.operation.time_to_first_chunk",
-            unit="s",
-            description="Time to receive the first chunk of a streamed answer.",
-            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
-        )
-        self.per_chunk = meter.create_histogram(
-            "gen_ai.client.operation.time_per_output_chunk",
-            unit="s",
-            description="Time per output chunk after the first, of a streamed answer.",
-            explicit_bucket_boundaries_advisory=CHUNK_BUCKETS,
+        self.duration, self.tokens, self.first_chunk, self.per_chunk = (
+            meter.create_histogram(
+                name, unit, description, explicit_bucket_boundaries_advisory=buckets
+            )
+            for name, unit, description, buckets in _HISTOGRAMS
         )
         self.models = frozenset(models)
         self._servers: dict[str, dict[str, str | int]] = {}
