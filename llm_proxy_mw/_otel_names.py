@@ -17,12 +17,13 @@ __all__ = [
     "SEMCONV_VERSION",
     "latest_experimental",
     "operation_of",
+    "provider_name",
     "request_attributes",
     "span_name",
 ]
 
 #: The version of the OpenTelemetry semantic conventions (GenAI and HTTP client) followed.
-SEMCONV_VERSION = "1.40.0"
+SEMCONV_VERSION = "1.41.0"
 SCHEMA_URL = f"https://opentelemetry.io/schemas/{SEMCONV_VERSION}"
 
 #: The GenAI operation of each endpoint that has one (Responses creates a chat turn).
@@ -33,6 +34,9 @@ _OPERATIONS = {
     "/v1/completions": "text_completion",
     "/v1/embeddings": "embeddings",
 }
+#: ``gen_ai.provider.name`` of each provider ``kind``: the API it speaks, which is all the
+#: proxy knows of who serves it (an ``openai`` kind may be vLLM or Azure behind its URL).
+_PROVIDER_NAMES = {"openai": "openai", "anthropic": "anthropic", "echo": "llm_proxy_mw.echo"}
 #: The other endpoints' first path segment names their span (``files``, ``batches``, ...);
 #: anything else is ``other``, so that a client cannot mint span names.
 _OTHER_ENDPOINTS = frozenset(
@@ -67,6 +71,11 @@ def latest_experimental(environ: Mapping[str, str] = os.environ) -> bool:
 def operation_of(route_path: str) -> str | None:
     """The ``gen_ai.operation.name`` of an endpoint; ``None`` for one that is not a GenAI call."""
     return _OPERATIONS.get(route_path)
+
+
+def provider_name(kind: str) -> str:
+    """The ``gen_ai.provider.name`` of a provider of ``kind``."""
+    return _PROVIDER_NAMES.get(kind, kind)
 
 
 def span_name(route_path: str, method: str, model: str | None) -> str:

@@ -21,6 +21,7 @@ from starlette.middleware import Middleware
 from starlette.types import ASGIApp
 
 from llm_proxy_mw._extras import installed
+from llm_proxy_mw._otel_metrics import GenAIMetrics, host_meter_provider
 from llm_proxy_mw.admin import AdminGate
 from llm_proxy_mw.auth import AuthMiddleware
 from llm_proxy_mw.config import OtelConfig, ProxyConfig, load_config, parse_config
@@ -99,6 +100,11 @@ def build_proxy(
         flush_interval=config.metrics.flush_interval_seconds,
         retention_days=config.metrics.retention_days,
     )
+    # The GenAI metrics go to the host's MeterProvider, if it set one before building.
+    meter_provider = host_meter_provider()
+    otel_metrics = (
+        GenAIMetrics(meter_provider, models=models) if meter_provider is not None else None
+    )
     auth = _auth(config)
     objects = ObjectRoutes(
         open_object_owners(config.store.url, ttl=config.store.object_ttl_days * 86_400)
@@ -129,7 +135,13 @@ def build_proxy(
         [
             request_context,
             *_telemetry(config.otel or OtelConfig(), tracer_provider),
-            Middleware(MetricsMiddleware, metrics=metrics, pricing=pricing, ledger=ledger),
+            Middleware(
+                MetricsMiddleware,
+                metrics=metrics,
+                pricing=pricing,
+                ledger=ledger,
+                otel_metrics=otel_metrics,
+            ),
             *auth_layer,
             *limits_layer,
             Middleware(

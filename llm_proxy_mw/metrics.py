@@ -24,6 +24,7 @@ from llm_proxy_mw.wire import WireFormat
 
 __all__ = [
     "CLIENT_CLOSED",
+    "GenAIRecorder",
     "MetricsMiddleware",
     "ProxyMetrics",
     "UsageLedger",
@@ -48,13 +49,21 @@ class UsageLedger(Protocol):
     def add(self, ctx: RequestContext) -> None: ...
 
 
+class GenAIRecorder(Protocol):
+    """Records a finished, priced request on the host's OpenTelemetry meters
+    (``_otel_metrics.GenAIMetrics``); ``chunks``: the reads of a streamed answer, else 0."""
+
+    def record(self, ctx: RequestContext, status: int, duration: float, chunks: int) -> None: ...
+
+
 class MetricsMiddleware:
     """Counts every request through it; ``on_request`` also receives each finished one.
 
     When a request ends, ``ctx.usage`` is final: every count the answer reported (a stream
     cut short is charged its input and the output seen so far, ``UsageReader.charge_cut``).
-    Then ``pricing`` prices it, the metrics count it, ``ledger`` records it, and the access
-    record logs it (when ``llm_proxy_mw.access`` is enabled for INFO), in that order.
+    Then ``pricing`` prices it, the metrics count it, ``ledger`` records it,
+    ``otel_metrics`` records it on the host's meters, and the access record logs it (when
+    ``llm_proxy_mw.access`` is enabled for INFO), in that order.
     """
 
     def __init__(
@@ -65,12 +74,14 @@ class MetricsMiddleware:
         on_request: Callable[[RequestContext, int, float], None] | None = None,
         pricing: UsagePricing | None = None,
         ledger: UsageLedger | None = None,
+        otel_metrics: GenAIRecorder | None = None,
     ) -> None:
         self.app = app
         self.metrics = metrics
         self.on_request = on_request
         self.pricing = pricing
         self.ledger = ledger
+        self.otel_metrics = otel_metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -101,6 +112,10 @@ class MetricsMiddleware:
             self.metrics.observe(ctx, status, duration)
             if self.ledger is not None:
                 self.ledger.add(ctx)
+            if self.otel_metrics is not None:
+                usage = responder.usage
+                chunks = usage.reads if usage is not None else 0
+                self.otel_metrics.record(ctx, status, duration, chunks)
             if access_logger.isEnabledFor(INFO):
                 log_access(scope, ctx, status, duration, error_code)
             if self.on_request is not None:

@@ -28,6 +28,7 @@ from llm_proxy_mw._otel_attempt import RequestTrace, Server
 from llm_proxy_mw._otel_names import (
     SCHEMA_URL,
     operation_of,
+    provider_name,
     request_attributes,
     span_name,
 )
@@ -38,8 +39,6 @@ __all__ = ["DEFAULT_MAX_CONTENT_BYTES", "TelemetryMiddleware"]
 
 #: The most bytes of prompt, and of completion, one span records with ``capture_content``.
 DEFAULT_MAX_CONTENT_BYTES = 16 * 1024
-#: The provider kinds' ``gen_ai.provider.name``; the offline echo provider is ``echo``.
-_PROVIDER_NAMES = {"openai": "openai", "anthropic": "anthropic", "echo": "echo"}
 #: Request members that hold the prompt, and the system instructions, in the three APIs.
 _INPUT_MEMBERS = ("messages", "input", "prompt")
 _SYSTEM_MEMBERS = ("system", "instructions")
@@ -147,7 +146,7 @@ class TelemetryMiddleware:
             attributes["gen_ai.request.model"] = ctx.model
         route = ctx.route
         if route is not None:
-            kind = _PROVIDER_NAMES.get(route.provider.config.kind, route.provider.config.kind)
+            kind = provider_name(route.provider.config.kind)
             attributes["gen_ai.provider.name"] = kind
             if not self.latest_conventions:
                 attributes["gen_ai.system"] = kind
