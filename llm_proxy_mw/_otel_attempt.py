@@ -4,7 +4,8 @@
 request is traced: Upstream opens an attempt span around each send through it (``attempt``),
 Retry notes each wait on the request span (``waited``). The attempt span's context goes to the
 provider as W3C ``traceparent`` / ``tracestate`` (through the global propagator), replacing
-the client's own trace headers: the provider's trace is the proxy's.
+the client's own trace headers: the provider's trace is the proxy's. A request sampled out
+opens no attempt span: its own context goes (``propagate``), marked not sampled.
 """
 
 from __future__ import annotations
