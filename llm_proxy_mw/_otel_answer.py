@@ -14,6 +14,7 @@ With ``capture`` set, the first ``capture`` bytes of the answer are kept too (th
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 __all__ = ["AnswerReader"]
 
@@ -44,15 +45,23 @@ class AnswerReader:
         if self._capture and len(self.content) < self._capture:
             self.content = (self.content + chunk)[: self._capture]
         if self.sse:
-            if self.model is None:
-                self._start(chunk)
-            # A reason given, not the ``"finish_reason":null`` of every Chat delta.
-            if _REASON_SET in chunk or _REASON_SPACED in chunk:
-                self._reasons(chunk)
+            self._feed_event(chunk)
             return
         if len(self._head) < _EDGE:
             self._head = (self._head + chunk)[:_EDGE]
         self._tail = chunk[-_EDGE:] if len(chunk) >= _EDGE else (self._tail + chunk)[-_EDGE:]
+
+    def feeder(self) -> Callable[[bytes], None]:
+        """``feed``, or for a stream without ``capture`` its cheaper per-chunk part."""
+        return self._feed_event if self.sse and not self._capture else self.feed
+
+    def _feed_event(self, chunk: bytes) -> None:
+        """A stream's read (its reader's ``feed`` without ``capture``: called per chunk)."""
+        if self.model is None:
+            self._start(chunk)
+        # A reason given, not the ``"finish_reason":null`` of every Chat delta.
+        if _REASON_SET in chunk or _REASON_SPACED in chunk:
+            self._reasons(chunk)
 
     def finish(self) -> None:
         if not self.sse and self._head:

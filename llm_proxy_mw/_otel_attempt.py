@@ -4,13 +4,13 @@
 request is traced: Upstream opens an attempt span around each send through it (``attempt``),
 Retry notes each wait on the request span (``waited``). The attempt span's context goes to the
 provider as W3C ``traceparent`` / ``tracestate`` (through the global propagator), replacing
-the client's own trace headers: the provider's trace is the proxy's.
+the client's own trace headers: the provider's trace is the proxy's. A request sampled out
+opens no attempt span: its own context goes (``propagate``), marked not sampled.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, MutableMapping
-from contextlib import contextmanager
+from collections.abc import MutableMapping
 from typing import TYPE_CHECKING
 from urllib.parse import SplitResult, urlsplit
 
@@ -22,10 +22,11 @@ from llm_proxy_mw.context import RequestContext
 from llm_proxy_mw.errors import ProxyError
 
 if TYPE_CHECKING:
+    from llm_proxy_mw.context import Attempt
     from llm_proxy_mw.providers import Provider
     from llm_proxy_mw.transports import UpstreamRequest
 
-__all__ = ["RequestTrace", "Server", "server_of"]
+__all__ = ["AttemptSpan", "RequestTrace", "Server", "server_of"]
 
 #: The client's trace headers, which the proxy's own replace.
 _TRACE_HEADERS = frozenset({"traceparent", "tracestate"})
@@ -56,17 +57,10 @@ def _redacted(url: str) -> str:
     return SplitResult(parts.scheme, netloc, parts.path, query, "").geturl()
 
 
-class _Carrier(dict[str, str]):
-    """What the propagator writes: lowercase names, as the proxy sends headers."""
-
-    def __setitem__(self, key: str, value: str) -> None:
-        super().__setitem__(key.lower(), value)
-
-
 class RequestTrace:
     """The traced request's span, and the spans of its upstream attempts."""
 
-    __slots__ = ("ctx", "span", "context", "recording", "_tracer", "_servers")
+    __slots__ = ("ctx", "span", "context", "recording", "_tracer", "_servers", "_headers")
 
     def __init__(
         self,
@@ -81,6 +75,7 @@ class RequestTrace:
         self.recording = span.is_recording()
         self._tracer = tracer
         self._servers = servers
+        self._headers: list[tuple[str, str]] | None = None
 
     def server(self, provider: Provider) -> Server:
         """The provider's address and port, worked out once per provider."""
@@ -93,14 +88,9 @@ class RequestTrace:
         """Retry waits ``seconds`` before its next attempt."""
         self.span.add_event("llm_proxy.retry.wait", {"llm_proxy.retry.wait_seconds": seconds})
 
-    @contextmanager
-    def attempt(self, provider: Provider, request: UpstreamRequest) -> Iterator[None]:
-        """A CLIENT span around one attempt, whose context ``request`` carries upstream (a
-        request sampled out has none: its own context goes, marked not sampled)."""
-        if not self.recording:
-            _propagate(request, self.context)
-            yield
-            return
+    def attempt(self, provider: Provider, request: UpstreamRequest) -> AttemptSpan:
+        """A CLIENT span around one attempt (``with``), whose context ``request`` carries
+        upstream. Only for a recording request: else ``propagate``."""
         address, port = self.server(provider)
         span = self._tracer.start_span(
             request.method,
@@ -114,37 +104,62 @@ class RequestTrace:
                 "llm_proxy.provider": provider.name,
             },
         )
-        _propagate(request, set_span_in_context(span, self.context))
-        attempts = self.ctx.attempts
-        before = len(attempts)
-        try:
-            yield
-        except ProxyError as error:
-            if len(attempts) == before:  # not the provider's: the client's upload broke off
+        _replace_trace_headers(request, _injected(set_span_in_context(span, self.context)))
+        return AttemptSpan(span, self.ctx.attempts)
+
+    def propagate(self, request: UpstreamRequest) -> None:
+        """A request sampled out has no attempt span: its own context goes, marked not
+        sampled, worked out once for all its attempts."""
+        if self._headers is None:
+            self._headers = _injected(self.context)
+        _replace_trace_headers(request, self._headers)
+
+
+class AttemptSpan:
+    """The span of one attempt while it runs; what the attempt ended with, when it ends."""
+
+    __slots__ = ("_span", "_attempts", "_before")
+
+    def __init__(self, span: Span, attempts: list[Attempt]) -> None:
+        self._span = span
+        self._attempts = attempts
+        self._before = len(attempts)
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, _: object
+    ) -> None:
+        span, attempts = self._span, self._attempts
+        if error is not None:
+            if not isinstance(error, ProxyError):
+                _failed(span, type(error).__qualname__)
+            elif len(attempts) == self._before:  # not the provider's: the upload broke off
                 _failed(span, error.code)
-            raise
-        except BaseException as error:
-            _failed(span, type(error).__qualname__)
-            raise
-        finally:
-            if len(attempts) > before:
-                record = attempts[-1]
-                if record.status is not None:
-                    span.set_attribute("http.response.status_code", record.status)
-                if record.outcome != "success":
-                    status = record.status
-                    _failed(span, str(status) if status and status >= 400 else record.outcome)
-            span.end()
+        if len(attempts) > self._before:
+            record = attempts[-1]
+            if record.status is not None:
+                span.set_attribute("http.response.status_code", record.status)
+            if record.outcome != "success":
+                status = record.status
+                _failed(span, str(status) if status and status >= 400 else record.outcome)
+        span.end()
 
 
-def _propagate(request: UpstreamRequest, context: Context) -> None:
-    """``request`` carries ``context`` (``traceparent``, ``tracestate``, and what else the
-    global propagator writes), in place of the client's own."""
-    carrier = _Carrier()
+def _injected(context: Context) -> list[tuple[str, str]]:
+    """What the global propagator writes for ``context`` (``traceparent``, ``tracestate``,
+    and whatever else it propagates), with lowercase names, as the proxy sends headers."""
+    carrier: dict[str, str] = {}
     propagate.inject(carrier, context)
-    replaced = _TRACE_HEADERS | carrier.keys()
+    return [(name.lower(), value) for name, value in carrier.items()]
+
+
+def _replace_trace_headers(request: UpstreamRequest, headers: list[tuple[str, str]]) -> None:
+    """``request`` carries ``headers`` in place of the client's own trace headers."""
+    replaced = _TRACE_HEADERS.union(name for name, _ in headers)
     request.headers = [h for h in request.headers if h[0] not in replaced]
-    request.headers.extend(carrier.items())
+    request.headers.extend(headers)
 
 
 def _failed(span: Span, error_type: str) -> None:

@@ -64,6 +64,12 @@ _HISTOGRAMS = (
 )
 
 
+#: A request's attributes, then with ``gen_ai.token.type`` ``input``, then ``output``.
+_AttributeSets = tuple[dict[str, "str | int"], dict[str, "str | int"], dict[str, "str | int"]]
+#: The most attribute sets kept (one per operation, model and provider seen).
+_MAX_SETS = 1024
+
+
 def host_meter_provider() -> MeterProvider | None:
     """The ``MeterProvider`` the host (or ``opentelemetry-instrument``) set globally, if any.
 
@@ -106,7 +112,7 @@ class GenAIMetrics:
             for name, unit, description, buckets in _HISTOGRAMS
         )
         self.models = frozenset(models)
-        self._servers: dict[str, dict[str, str | int]] = {}
+        self._sets: dict[tuple[str | None, ...], _AttributeSets] = {}
 
     def record(self, ctx: RequestContext, status: int, duration: float, chunks: int) -> None:
         """Record one finished request; ``chunks`` is the number of reads of a streamed
@@ -114,7 +120,7 @@ class GenAIMetrics:
         operation = operation_of(ctx.route_path)
         if operation is None:
             return
-        attributes = self._attributes(ctx, operation)
+        attributes, inputs, outputs = self._attributes(ctx, operation)
         error = _error_type(ctx, status)
         if error is None:
             self.duration.record(duration, attributes)
@@ -122,19 +128,29 @@ class GenAIMetrics:
             self.duration.record(duration, {**attributes, "error.type": error})
         usage = ctx.usage
         if prompt := token_count(usage.prompt_tokens):
-            self.tokens.record(prompt, {**attributes, "gen_ai.token.type": "input"})
+            self.tokens.record(prompt, inputs)
         if completion := token_count(usage.completion_tokens):
-            self.tokens.record(completion, {**attributes, "gen_ai.token.type": "output"})
+            self.tokens.record(completion, outputs)
         ttfb = ctx.ttfb
         if chunks and ttfb is not None:
             self.first_chunk.record(ttfb, attributes)
             if chunks > 1:
                 self.per_chunk.record(max(duration - ttfb, 0.0) / (chunks - 1), attributes)
 
-    def _attributes(self, ctx: RequestContext, operation: str) -> dict[str, str | int]:
-        attributes: dict[str, str | int] = {"gen_ai.operation.name": operation}
+    def _attributes(self, ctx: RequestContext, operation: str) -> _AttributeSets:
+        """The request's attributes, and those of its input and output token counts: built
+        once per operation, model and provider, and reused (the SDK copies them)."""
         route = ctx.route
         model = ctx.model
+        key = (
+            (operation, model)
+            if route is None
+            else (operation, model, route.provider.name, route.model)
+        )
+        sets = self._sets.get(key)
+        if sets is not None:
+            return sets
+        attributes: dict[str, str | int] = {"gen_ai.operation.name": operation}
         if model is not None:
             known = route is not None or model in self.models
             attributes["gen_ai.request.model"] = model if known else "other"
@@ -142,11 +158,16 @@ class GenAIMetrics:
             provider = route.provider
             attributes["gen_ai.provider.name"] = provider_name(provider.config.kind)
             attributes["gen_ai.response.model"] = route.model or model or "other"
-            server = self._servers.get(provider.name)
-            if server is None:
-                server = self._servers[provider.name] = _server(provider.base_url)
-            attributes.update(server)
-        return attributes
+            attributes.update(_server(provider.base_url))
+        sets = (
+            attributes,
+            {**attributes, "gen_ai.token.type": "input"},
+            {**attributes, "gen_ai.token.type": "output"},
+        )
+        if len(self._sets) >= _MAX_SETS:  # clients name models: bound what they can add
+            self._sets.clear()
+        self._sets[key] = sets
+        return sets
 
 
 def _server(base_url: str) -> dict[str, str | int]:

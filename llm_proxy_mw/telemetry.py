@@ -97,11 +97,18 @@ class TelemetryMiddleware:
             kind=SpanKind.CLIENT,
         )
         tracing = ctx.telemetry = RequestTrace(ctx, tracer, span, self._servers)
-        if tracing.recording:
-            span_context = span.get_span_context()
-            ctx.trace_id = format(span_context.trace_id, "032x")
-            ctx.span_id = format(span_context.span_id, "016x")
         token = otel_context.attach(tracing.context)
+        if not tracing.recording:
+            # Sampled out: the span only carries the context (to the provider too).
+            try:
+                await self.app(scope, receive, send)
+            finally:
+                otel_context.detach(token)
+                ctx.telemetry = None
+            return
+        span_context = span.get_span_context()
+        ctx.trace_id = format(span_context.trace_id, "032x")
+        ctx.span_id = format(span_context.span_id, "016x")
         responder = _Responder(send, span, self.max_content_bytes * self.capture_content)
         error_type: str | None = None
         try:
@@ -116,8 +123,7 @@ class TelemetryMiddleware:
         finally:
             otel_context.detach(token)
             ctx.telemetry = None
-            if tracing.recording:
-                self._describe(tracing, scope["method"], responder, error_type)
+            self._describe(tracing, scope["method"], responder, error_type)
             span.end()
 
     def _describe(
@@ -214,7 +220,7 @@ class _Responder:
     """The traced request's ``send``: its status, the time of its first body byte (an event,
     for streams), and what the answer says of itself (``AnswerReader``)."""
 
-    __slots__ = ("_send", "_span", "_capture", "status", "answer", "_feed", "_first")
+    __slots__ = ("_send", "_span", "_capture", "status", "answer", "_feed")
 
     def __init__(self, send: Send, span: Span, capture: int) -> None:
         self._send = send
@@ -223,22 +229,25 @@ class _Responder:
         self.status: int | None = None
         self.answer: AnswerReader | None = None
         self._feed: Callable[[bytes], None] | None = None
-        self._first = False  # whether the next body byte is a stream's first
 
     def send(self, message: Message) -> Awaitable[None]:
         if message["type"] == "http.response.body":
             if self._feed is not None and (body := message.get("body")):
-                if self._first:
-                    self._first = False
-                    self._span.add_event("gen_ai.first_chunk")
                 self._feed(body)
         elif message["type"] == "http.response.start":
             self.status = message["status"]
-            if self._span.is_recording():  # else nothing would be recorded
-                answer = _answer_reader(message.get("headers", ()), self._capture)
-                if answer is not None:
-                    self.answer, self._feed, self._first = answer, answer.feed, answer.sse
+            answer = _answer_reader(message.get("headers", ()), self._capture)
+            if answer is not None:
+                self.answer = answer
+                self._feed = self._first_chunk if answer.sse else answer.feeder()
         return self._send(message)
+
+    def _first_chunk(self, body: bytes) -> None:
+        """A stream's first body byte: an event, then each read goes to the reader alone."""
+        assert self.answer is not None
+        self._span.add_event("gen_ai.first_chunk")
+        self._feed = self.answer.feeder()
+        self._feed(body)
 
 
 def _answer_reader(headers: Iterable[tuple[bytes, bytes]], capture: int) -> AnswerReader | None:

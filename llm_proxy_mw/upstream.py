@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 from starlette.types import Receive, Scope, Send
 
@@ -193,7 +192,12 @@ class UpstreamApp:
                 _stream_upload(ctx.upload, request)
             elif hidden is not None:  # the proxy must read what it takes out
                 request.headers = [h for h in request.headers if h[0] != "accept-encoding"]
-        exchange = self._exchange if ctx.telemetry is None else self._traced_exchange
+        exchange = self._exchange
+        if (telemetry := ctx.telemetry) is not None:
+            if telemetry.recording:
+                exchange = self._traced_exchange
+            else:
+                telemetry.propagate(request)
         if watched(ctx):
             # Retry in front already guards the request (and owns its one watcher).
             await exchange(ctx, provider, request, codec, hidden, send)
@@ -204,11 +208,18 @@ class UpstreamApp:
             await exchange(ctx, provider, request, codec, hidden, send)
 
     async def _traced_exchange(
-        self, ctx: RequestContext, provider: Provider, request: UpstreamRequest, *rest: Any
+        self,
+        ctx: RequestContext,
+        provider: Provider,
+        request: UpstreamRequest,
+        codec: Codec | None,
+        hidden: HiddenUsage | None,
+        send: Send,
     ) -> None:
-        """``_exchange`` inside its attempt span, whose trace context goes upstream."""
+        """``_exchange`` inside its attempt span, whose trace context goes upstream (a
+        recording request's: one sampled out only ``propagate``s its context)."""
         with ctx.telemetry.attempt(provider, request):
-            await self._exchange(ctx, provider, request, *rest)
+            await self._exchange(ctx, provider, request, codec, hidden, send)
 
     async def _add_credentials(
         self, ctx: RequestContext, name: str, source: CredentialSource, request: UpstreamRequest

@@ -192,9 +192,9 @@ def test_an_attempt_span_under_the_genai_span_reaches_the_provider(run: Run) -> 
     # The host's ASGI instrumentation also traces each ``send`` (INTERNAL spans) in the
     # context current at the time, the GenAI span's: the attempt is the CLIENT child.
     attempt = run.receiver.wait_for_span(
-        lambda s: s.trace_id == genai.trace_id
-        and s.parent_id == genai.span_id
-        and s.kind == "CLIENT"
+        lambda s: (
+            s.trace_id == genai.trace_id and s.parent_id == genai.span_id and s.kind == "CLIENT"
+        )
     )
     assert attempt.name == "POST"
     received = run.provider.app.wait_for_requests(2)

@@ -465,3 +465,26 @@ async def test_a_request_sampled_out_records_nothing_yet_sends_its_context() -> 
     sent = dict(transport.sent[-1].headers)["traceparent"]
     assert sent != theirs
     assert int(sent.rpartition("-")[2], 16) & 1 == 0  # not sampled
+
+
+@pytest.mark.anyio
+async def test_a_retried_request_sampled_out_sends_one_context_on_each_attempt() -> None:
+    transport = ScriptedTransport(429)
+    proxy = build_proxy(
+        {"providers": {"gpt": provider("openai", GPT)}},
+        transports={"gpt": transport},
+        tracer_provider=TracerProvider(sampler=ALWAYS_OFF),
+    )
+    theirs = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    async with (
+        proxy.lifespan(),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=proxy), base_url="http://h") as client,
+    ):
+        response = await client.post(
+            "/v1/chat/completions", json=CHAT, headers={"traceparent": theirs}
+        )
+    assert response.status_code == 200
+    sent = [[v for k, v in r.headers if k == "traceparent"] for r in transport.sent]
+    assert len(sent) == 2
+    assert sent[0] == sent[1] and len(sent[0]) == 1
+    assert sent[0][0] != theirs
