@@ -3,7 +3,7 @@ is down.
 
 CPU: the full stack (``build_proxy`` over no-op transports, as ``layers`` times it) in three
 configurations, each in a process of its own since global providers are set once per process:
-*none* (OpenTelemetry never imported), *off* (the API imported, no provider configured) and
+*none* (no telemetry layer: ``[otel] enabled = false``), *off* (the layer, no provider) and
 *on* (the SDK's ``TracerProvider`` with a ``BatchSpanProcessor`` and ``MeterProvider`` with a
 periodic reader, both exporting OTLP/HTTP to a local sink). ``time.process_time`` counts every
 thread, the exporters' too. Goals: *on* at most 30 µs over *off*; *off* within noise of *none*.
@@ -99,13 +99,17 @@ def _configure(setting: str, endpoint: str) -> None:
     metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
 
 
-async def _child_rows(quick: bool) -> dict[str, float | None]:
+async def _child_rows(setting: str, quick: bool) -> dict[str, float | None]:
     from llm_proxy_mw import build_proxy
+    from llm_proxy_mw.config import OtelConfig
 
     rounds, seconds = (3, 0.05) if quick else (7, 0.3)
     with tempfile.TemporaryDirectory(prefix="llm-bench-otel-") as store_dir:
         env = make_env(store_dir)
-        proxy = build_proxy(env.config, transports=_noop_transports(env.config))
+        config = env.config
+        if setting == "none":
+            config = config.model_copy(update={"otel": OtelConfig(enabled=False)})
+        proxy = build_proxy(config, transports=_noop_transports(config))
         async with proxy.lifespan(None):
             rows = {}
             for stream in (False, True):
@@ -118,7 +122,7 @@ async def _child_rows(quick: bool) -> dict[str, float | None]:
 def child(setting: str, endpoint: str, quick: bool) -> None:
     """The measured process: configure, time the full stack, print the figures as JSON."""
     _configure(setting, endpoint)
-    print(json.dumps(_run(_child_rows(quick))), flush=True)
+    print(json.dumps(_run(_child_rows(setting, quick))), flush=True)
 
 
 def cpu_figures(quick: bool) -> dict[str, dict[str, Any]]:
@@ -204,7 +208,8 @@ def report(cpu: dict[str, dict[str, Any]], down: dict[str, tuple[Tally, float, f
         "",
         "Full stack `build_proxy()` over no-op transports, µs of CPU per request (every "
         "thread of the process, the exporters' included); each configuration in its own "
-        "process. *none*: OpenTelemetry never imported; *off*: the API imported, no provider; "
+        "process. *none*: no telemetry layer (`[otel] enabled = false`); *off*: the layer, "
+        "no provider; "
         "*on*: SDK TracerProvider + BatchSpanProcessor + MeterProvider with a periodic reader, "
         "OTLP/HTTP to a local sink.",
         "",
