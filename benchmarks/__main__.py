@@ -1,7 +1,7 @@
-"""``python -m benchmarks [layers|translation|overhead|resilience|load|scaling|limits]
+"""``python -m benchmarks [layers|translation|overhead|resilience|load|scaling|limits|otel]
 [--quick]``: print the benchmark tables.
 
-Without a target all seven run (about 9-10 minutes on the 2-core box); ``--quick`` is a smoke test
+Without a target all eight run (about 11-12 minutes on the 2-core box); ``--quick`` is a smoke test
 of a few seconds each, for checking that everything works, not for figures.
 """
 
@@ -13,7 +13,16 @@ import platform
 import sys
 import time
 
-from benchmarks import layers, limits, load_memory, overhead, resilience, scaling, translation
+from benchmarks import (
+    layers,
+    limits,
+    load_memory,
+    otel,
+    overhead,
+    resilience,
+    scaling,
+    translation,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
             "load",
             "scaling",
             "limits",
+            "otel",
         ),
         default="all",
     )
@@ -88,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
             print(scaling.main(quick=args.quick, load=args.load) + "\n", flush=True)
         if args.target in ("all", "limits"):
             print(limits.main(quick=args.quick) + "\n", flush=True)
+        if args.target in ("all", "otel"):
+            print(otel.main(quick=args.quick) + "\n", flush=True)
     except KeyboardInterrupt:
         print("interrupted; every process this run started was stopped", file=sys.stderr)
         return 130

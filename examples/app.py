@@ -5,15 +5,19 @@ Run it with ``make demo`` (or ``uvicorn examples.app:app``). It reads the TOML f
 Anthropic when ``OPENAI_API_KEY`` / ``ANTHROPIC_API_KEY`` are set. The proxy sits in the host's
 route table under a standard ``Mount``, so middleware the host adds (CORS, logging,
 OpenTelemetry's ASGI instrumentation, its own auth) sees proxied requests too.
+``LLM_PROXY_LOG_FORMAT=json`` makes the console JSON, one object per line, with the proxy's
+access record (one per proxied request) among them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime
+import json
 import logging
 import os
 from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from typing import Any, TextIO
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -39,6 +43,59 @@ def redact_logged_urls() -> None:
 
 
 redact_logged_urls()
+
+#: What every ``LogRecord`` has; anything else on a record came in its ``extra``.
+_RECORD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
+    "message",
+    "asctime",
+    "color_message",  # uvicorn's copy of its message, with terminal colours
+}
+
+
+class JsonLines(logging.Formatter):
+    """One JSON object per record: time, level, logger, message, and the record's ``extra``
+    fields at the top level (the access record's ``request_id``, ``status``, ...).
+
+    The standard library's, so that the example needs nothing the proxy does not; a host
+    would use python-json-logger's ``JsonFormatter`` or structlog's the same way.
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        created = datetime.datetime.fromtimestamp(record.created, datetime.UTC)
+        entry: dict[str, Any] = {
+            "time": created.isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for name, value in vars(record).items():
+            if name not in _RECORD_ATTRIBUTES:
+                entry.setdefault(name, value)
+        if record.exc_info:
+            entry["exc_info"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def configure_logging(env: Mapping[str, str] = os.environ, stream: TextIO | None = None) -> None:
+    """``LLM_PROXY_LOG_FORMAT=json``: the proxy's records at INFO (its access records among
+    them) as JSON lines on ``stream`` (stderr), and uvicorn's handlers made JSON too. Any
+    other value leaves logging as the server set it up: readable text."""
+    if env.get("LLM_PROXY_LOG_FORMAT", "text").lower() != "json":
+        return
+    formatter = JsonLines()
+    for name in ("uvicorn", "uvicorn.access"):
+        for handler in logging.getLogger(name).handlers:
+            handler.setFormatter(formatter)
+    proxy_logger = logging.getLogger("llm_proxy_mw")
+    if not any(isinstance(h.formatter, JsonLines) for h in proxy_logger.handlers):
+        handler = logging.StreamHandler(stream)
+        handler.setFormatter(formatter)
+        proxy_logger.addHandler(handler)
+    proxy_logger.setLevel(logging.INFO)
+    proxy_logger.propagate = False  # one line per record, not a second one in text
+
+
+configure_logging()
 
 
 def default_config(env: Mapping[str, str] = os.environ) -> dict[str, Any]:

@@ -20,9 +20,11 @@ from prometheus_client import CollectorRegistry
 from starlette.middleware import Middleware
 from starlette.types import ASGIApp
 
+from llm_proxy_mw._extras import installed
+from llm_proxy_mw._otel_metrics import GenAIMetrics, host_meter_provider
 from llm_proxy_mw.admin import AdminGate
 from llm_proxy_mw.auth import AuthMiddleware
-from llm_proxy_mw.config import ProxyConfig, load_config, parse_config
+from llm_proxy_mw.config import OtelConfig, ProxyConfig, load_config, parse_config
 from llm_proxy_mw.context import RequestContextMiddleware
 from llm_proxy_mw.dashboard import DashboardApp
 from llm_proxy_mw.health import HealthRegistry
@@ -45,6 +47,8 @@ from llm_proxy_mw.upstream import UpstreamApp
 from llm_proxy_mw.usage_app import UsageApp
 
 if TYPE_CHECKING:
+    from opentelemetry.trace import TracerProvider
+
     from llm_proxy_mw.auth._setup import AuthSetup
 
 __all__ = ["LLMProxy", "build_proxy"]
@@ -57,12 +61,14 @@ def build_proxy(
     *,
     transports: Mapping[str, UpstreamTransport] | None = None,
     registry: CollectorRegistry | None = None,
+    tracer_provider: TracerProvider | None = None,
 ) -> LLMProxy:
     """Build the proxy from a config object, a mapping, or the path of a TOML file.
 
     ``transports`` overrides the transport of named providers (tests plug respx through
     ``HttpxTransport``); the others get aiohttp, or the echo transport for ``kind = "echo"``.
     Metrics go to ``registry``, or to a registry of the proxy's own (never the global one).
+    Spans (with the ``otel`` extra) go to ``tracer_provider``, else to the global one.
     """
     config = _as_config(config)
     # The deployments and their health, which the metrics report and routing decides by;
@@ -94,6 +100,11 @@ def build_proxy(
         flush_interval=config.metrics.flush_interval_seconds,
         retention_days=config.metrics.retention_days,
     )
+    # The GenAI metrics go to the host's MeterProvider, if it set one before building.
+    meter_provider = host_meter_provider()
+    otel_metrics = (
+        GenAIMetrics(meter_provider, models=models) if meter_provider is not None else None
+    )
     auth = _auth(config)
     objects = ObjectRoutes(
         open_object_owners(config.store.url, ttl=config.store.object_ttl_days * 86_400)
@@ -123,7 +134,14 @@ def build_proxy(
     pipeline = _stack(
         [
             request_context,
-            Middleware(MetricsMiddleware, metrics=metrics, pricing=pricing, ledger=ledger),
+            *_telemetry(config.otel or OtelConfig(), tracer_provider),
+            Middleware(
+                MetricsMiddleware,
+                metrics=metrics,
+                pricing=pricing,
+                ledger=ledger,
+                otel_metrics=otel_metrics,
+            ),
             *auth_layer,
             *limits_layer,
             Middleware(
@@ -187,6 +205,25 @@ def _providers(config: ProxyConfig, transports: Mapping[str, UpstreamTransport])
     return [
         Provider.from_config(name, provider, transports.get(name))
         for name, provider in config.providers.items()
+    ]
+
+
+def _telemetry(otel: OtelConfig, tracer_provider: TracerProvider | None) -> list[Middleware]:
+    """The request spans, with the ``otel`` extra installed, unless ``[otel]`` turns them
+    off. Without a ``TracerProvider`` (given, or set globally at any time) they cost a check."""
+    if not otel.enabled or not installed("otel"):
+        return []
+    from llm_proxy_mw._otel_names import latest_experimental
+    from llm_proxy_mw.telemetry import TelemetryMiddleware  # the otel extra
+
+    return [
+        Middleware(
+            TelemetryMiddleware,
+            tracer_provider=tracer_provider,
+            capture_content=otel.capture_content,
+            max_content_bytes=otel.max_content_bytes,
+            latest_conventions=latest_experimental(),
+        )
     ]
 
 

@@ -47,6 +47,7 @@ __all__ = [
     "MetricsConfig",
     "ModelConfig",
     "OAuthConfig",
+    "OtelConfig",
     "PoolConfig",
     "PricingConfig",
     "ProviderConfig",
@@ -445,6 +446,17 @@ class MetricsConfig(_Model):
     flush_interval_seconds: float = Field(5.0, gt=0)
 
 
+class OtelConfig(_Model):
+    """``[otel]``: tracing through the host's OpenTelemetry (the ``otel`` extra)."""
+
+    #: Trace requests when a ``TracerProvider`` is set (false: the layer is left out).
+    enabled: bool = True
+    #: Record prompts and completions on the spans (off: never any content).
+    capture_content: bool = False
+    #: The most bytes of prompt, and of completion, one span records.
+    max_content_bytes: int = Field(16 * 1024, ge=0, le=1024 * 1024)
+
+
 class LimitConfig(_Model):
     """One principal's limits (``[limits.default]``, ``[limits.principals."<id>"]``); a key
     left out is not limited."""
@@ -526,6 +538,7 @@ class ProxyConfig(_Model):
     store: StoreConfig = Field(default_factory=StoreConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     limits: LimitsConfig | None = None
+    otel: OtelConfig | None = None
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)
     request_deadline: float = Field(600.0, gt=0)
     #: Seconds for a client to send a whole JSON or form body; past it 408, connection closed.

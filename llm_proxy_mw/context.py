@@ -141,6 +141,9 @@ class RequestContext:
     #: ``telemetry`` layer), for the access record; ``None`` when nothing records it.
     trace_id: str | None = None
     span_id: str | None = None
+    #: The request's ``RequestTrace`` while it is traced (``_otel_attempt.py``): Upstream
+    #: opens each attempt's span through it, Retry notes its waits on it.
+    telemetry: Any = None
     _json: dict[str, Any] | None = None
     _json_parsed: bool = False
 

@@ -2,19 +2,21 @@
 
 It sits outside Auth, so rejected requests count too. It never holds a response back: it
 watches ``send`` for the status, the first body byte and the token usage (``_usage.py``);
-then the request is priced, counted in ``ProxyMetrics`` (``proxy_metrics.py``) and recorded
-in the usage ledger.
+then the request is priced, counted in ``ProxyMetrics`` (``proxy_metrics.py``), recorded
+in the usage ledger, and logged as one access record (``access_log.py``).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from logging import INFO
 from typing import Protocol
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llm_proxy_mw._usage import UsageReader
+from llm_proxy_mw.access_log import access_logger, log_access
 from llm_proxy_mw.context import RequestContext, get_context
 from llm_proxy_mw.errors import ClientDisconnected, ProxyError
 from llm_proxy_mw.proxy_metrics import CLIENT_CLOSED, ProxyMetrics, exposition
@@ -22,6 +24,7 @@ from llm_proxy_mw.wire import WireFormat
 
 __all__ = [
     "CLIENT_CLOSED",
+    "GenAIRecorder",
     "MetricsMiddleware",
     "ProxyMetrics",
     "UsageLedger",
@@ -46,12 +49,21 @@ class UsageLedger(Protocol):
     def add(self, ctx: RequestContext) -> None: ...
 
 
+class GenAIRecorder(Protocol):
+    """Records a finished, priced request on the host's OpenTelemetry meters
+    (``_otel_metrics.GenAIMetrics``); ``chunks``: the reads of a streamed answer, else 0."""
+
+    def record(self, ctx: RequestContext, status: int, duration: float, chunks: int) -> None: ...
+
+
 class MetricsMiddleware:
     """Counts every request through it; ``on_request`` also receives each finished one.
 
     When a request ends, ``ctx.usage`` is final: every count the answer reported (a stream
     cut short is charged its input and the output seen so far, ``UsageReader.charge_cut``).
-    Then ``pricing`` prices it, the metrics count it, and ``ledger`` records it, in that order.
+    Then ``pricing`` prices it, the metrics count it, ``ledger`` records it,
+    ``otel_metrics`` records it on the host's meters, and the access record logs it (when
+    ``llm_proxy_mw.access`` is enabled for INFO), in that order.
     """
 
     def __init__(
@@ -62,12 +74,14 @@ class MetricsMiddleware:
         on_request: Callable[[RequestContext, int, float], None] | None = None,
         pricing: UsagePricing | None = None,
         ledger: UsageLedger | None = None,
+        otel_metrics: GenAIRecorder | None = None,
     ) -> None:
         self.app = app
         self.metrics = metrics
         self.on_request = on_request
         self.pricing = pricing
         self.ledger = ledger
+        self.otel_metrics = otel_metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -76,9 +90,11 @@ class MetricsMiddleware:
         ctx = get_context(scope)
         responder = _Responder(send, ctx)
         self.metrics.in_flight_value.inc(1)
+        error_code: str | None = None
         try:
             await self.app(scope, receive, responder.send)
         except ProxyError as error:
+            error_code = error.code
             if responder.status is None:
                 responder.status = error.status_code
             raise
@@ -96,6 +112,12 @@ class MetricsMiddleware:
             self.metrics.observe(ctx, status, duration)
             if self.ledger is not None:
                 self.ledger.add(ctx)
+            if self.otel_metrics is not None:
+                usage = responder.usage
+                chunks = usage.reads if usage is not None else 0
+                self.otel_metrics.record(ctx, status, duration, chunks)
+            if access_logger.isEnabledFor(INFO):
+                log_access(scope, ctx, status, duration, error_code)
             if self.on_request is not None:
                 self.on_request(ctx, status, duration)
 

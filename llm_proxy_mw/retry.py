@@ -283,6 +283,8 @@ class RetryMiddleware:
                         return
                     wait = wait_or_none
                 if wait > 0:
+                    if ctx.telemetry is not None:
+                        ctx.telemetry.waited(wait)
                     try:
                         await self._sleep(wait)
                     except asyncio.CancelledError:

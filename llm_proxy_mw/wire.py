@@ -19,6 +19,7 @@ from starlette.types import Send
 from llm_proxy_mw.errors import ProxyError
 
 __all__ = [
+    "LOG_ESCAPES",
     "WireFormat",
     "error_body",
     "error_event",
@@ -101,7 +102,7 @@ async def send_json(
 
 #: C0 and C1 controls, DEL and the Unicode line separators, as escapes: a message may quote
 #: the client (a path, a model name), which must not forge a log line or drive a terminal.
-_LOG_ESCAPES = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))} | {
+LOG_ESCAPES = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))} | {
     0x2028: "\\u2028",
     0x2029: "\\u2029",
 }
@@ -120,10 +121,10 @@ def log_error(error: ProxyError, request_id: str, upstream_request_id: str | Non
             "request %s failed: %s (%s) provider=%s status=%d upstream_request_id=%s",
             request_id,
             type(error).__name__,
-            error.message.translate(_LOG_ESCAPES),
+            error.message.translate(LOG_ESCAPES),
             error.provider or "-",
             error.status_code,
-            (upstream_request_id or "-").translate(_LOG_ESCAPES),
+            (upstream_request_id or "-").translate(LOG_ESCAPES),
         )
 
 

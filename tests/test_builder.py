@@ -140,7 +140,8 @@ def layers(app: object) -> list[str]:
 
 
 def test_the_pipeline_is_the_request_flow_outermost_first() -> None:
-    flow = ["RequestContextMiddleware", "MetricsMiddleware", "AuthMiddleware"]
+    flow = ["RequestContextMiddleware", "TelemetryMiddleware", "MetricsMiddleware"]
+    flow += ["AuthMiddleware"]
     flow += ["RetryMiddleware", "RoutingMiddleware", "UpstreamApp"]
     assert layers(build_proxy(guarded()).pipeline) == flow
     flow.remove("AuthMiddleware")  # no [auth]: no layer for it

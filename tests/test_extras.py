@@ -59,7 +59,7 @@ def block(monkeypatch: pytest.MonkeyPatch, *modules: str) -> None:
 
 
 #: The distributions whose module has another name.
-MODULE_OF = {"opentelemetry_api": "opentelemetry"}
+MODULE_OF = {"opentelemetry_api": "opentelemetry.trace"}
 
 
 def requirement_names(extra: str) -> set[str]:
@@ -93,7 +93,7 @@ def test_all_is_every_extra_and_the_core_has_none_of_them() -> None:
         "httpx2",
         "itsdangerous",
         "joserfc",
-        "opentelemetry",
+        "opentelemetry.trace",
         "redis",
     }
 

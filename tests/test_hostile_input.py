@@ -220,6 +220,8 @@ async def test_a_body_that_cannot_be_parsed_is_one_400_and_one_log_line(
     assert len(records) == 1
     assert driver.headers["x-request-id"] in records[0].getMessage()
     assert_single_line(records)
+    assert len(access_records(caplog)) == 1
+    assert_single_line(access_records(caplog))
     assert transport.sent == []
 
 
@@ -680,7 +682,17 @@ async def test_absolute_form_request_target_never_reaches_the_host_it_names(
 
 
 def proxy_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
-    return [r for r in caplog.records if r.name.startswith("llm_proxy_mw")]
+    """The proxy's records but its access records (``access_records``)."""
+    return [
+        r
+        for r in caplog.records
+        if r.name.startswith("llm_proxy_mw") and r.name != "llm_proxy_mw.access"
+    ]
+
+
+def access_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    """One per request that reached the pipeline, beside its failure line."""
+    return [r for r in caplog.records if r.name == "llm_proxy_mw.access"]
 
 
 def assert_single_line(records: list[logging.LogRecord]) -> None:
@@ -724,6 +736,12 @@ async def test_request_id_with_control_characters_is_replaced_never_echoed(
     assert len(records) == 1  # the refused request, once
     assert bad.headers["x-request-id"] in records[0].getMessage()
     assert_single_line(records)
+    accessed = access_records(caplog)  # one per request, each with the id it was given
+    assert [r.getMessage().rpartition(" req=")[2] for r in accessed] == [
+        ok.headers["x-request-id"],
+        bad.headers["x-request-id"],
+    ]
+    assert_single_line(accessed)
 
 
 async def test_sane_request_id_is_kept(recorded: tuple[LLMProxy, RecordingTransport]) -> None:
@@ -761,6 +779,8 @@ async def test_model_name_with_control_characters_is_escaped_in_the_error_and_th
     records = proxy_records(caplog)
     assert len(records) == 1
     assert_single_line(records)
+    assert len(access_records(caplog)) == 1
+    assert_single_line(access_records(caplog))
 
 
 async def test_model_name_with_control_characters_never_becomes_a_metric_label() -> None:
@@ -804,6 +824,7 @@ async def test_unknown_path_with_control_characters_is_one_escaped_log_record(
     records = proxy_records(caplog)
     assert len(records) == 1
     assert_single_line(records)
+    assert access_records(caplog) == []  # no endpoint: nothing was proxied
 
 
 # -- path tricks --------------------------------------------------------------------------------

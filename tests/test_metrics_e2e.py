@@ -17,7 +17,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -141,15 +141,21 @@ def log_tail(log: Path) -> str:
 
 @contextlib.contextmanager
 def app_process(
-    config: Path, log: Path, *, workers: int = 1, env: Mapping[str, str] | None = None
+    config: Path,
+    log: Path,
+    *,
+    workers: int = 1,
+    env: Mapping[str, str] | None = None,
+    launcher: Sequence[str] = (),
 ) -> Iterator[str]:
-    """``python -m uvicorn examples.app:app`` on a socket bound here; yields its base URL."""
+    """``python -m uvicorn examples.app:app`` on a socket bound here, run by ``launcher``
+    (``opentelemetry-instrument``) if given; yields its base URL."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
         sock.bind((LOOPBACK, 0))
         sock.listen(128)
         url = f"http://{LOOPBACK}:{sock.getsockname()[1]}"
-        command = [sys.executable, "-m", "uvicorn", "examples.app:app"]
+        command = [*launcher, sys.executable, "-m", "uvicorn", "examples.app:app"]
         command += ["--fd", str(sock.fileno()), "--log-level", "warning", "--no-access-log"]
         if workers > 1:
             command += ["--workers", str(workers)]

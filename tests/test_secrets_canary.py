@@ -54,6 +54,9 @@ import openai
 import pytest
 import uvicorn.config
 import uvicorn.logging
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -749,7 +752,10 @@ async def test_no_secret_in_logs_responses_exceptions_metrics_or_store(
     upstreams: Upstreams, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     up, c, seen = upstreams, upstreams.canaries, Seen()
-    proxy = build_proxy(proxy_config(up, tmp_path))
+    spans = InMemorySpanExporter()
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
+    proxy = build_proxy(proxy_config(up, tmp_path), tracer_provider=tracer_provider)
     scenario = InProcess(Starlette(routes=[Mount("/llm", app=proxy)]), up, seen)
     with capture_logs(caplog, seen, not_the_proxy(BASE)) as captured:
         async with proxy.lifespan(), scenario.http:
@@ -759,6 +765,11 @@ async def test_no_secret_in_logs_responses_exceptions_metrics_or_store(
             await scenario.sdk()
             exposition = await scenario.call("metrics", "GET", "/metrics", headers=scenario.admin)
     seen.add("metrics exposition", exposition.text)
+    finished = spans.get_finished_spans()
+    for span in finished:
+        seen.add(f"span {span.name}", span.to_json())
+    # The attempts that carried the query secret upstream were traced, and it was masked.
+    assert any("?key=REDACTED" in str((s.attributes or {}).get("url.full")) for s in finished)
     for suffix in ("", "-wal", "-shm", "-journal"):
         path = tmp_path / f"store.db{suffix}"
         if path.exists():
@@ -775,7 +786,9 @@ async def test_no_secret_in_logs_responses_exceptions_metrics_or_store(
     assert set(up.idp.login_secrets) == {c.login_client_secret}
     assert set(up.idp.provider_secrets) == {c.provider_client_secret, c.broken_client_secret}
     assert sum("#" in label for label in c.values) >= 12  # every issued token is a canary
-    assert {"llm_proxy_mw", "llm_proxy_mw.auth", "httpx", "httpx2"} <= captured.loggers
+    # The access records too, every field of each (``render``).
+    loggers = {"llm_proxy_mw", "llm_proxy_mw.access", "llm_proxy_mw.auth", "httpx", "httpx2"}
+    assert loggers <= captured.loggers
     assert any("revoked the family as stolen" in e.text for e in seen.exposures)
     # Metric labels are bounded: configured names, "other" for any other model.
     labels: dict[str, set[str]] = {}
@@ -1001,6 +1014,9 @@ def test_no_secret_in_the_output_of_the_example_app_under_uvicorn(
     assert '"WebSocket /llm/v1/realtime?key=***" 401' in stderr
     # The root logger was at DEBUG: the proxy's own records are in the output too.
     assert "minted token family" in stderr and "revoked the family as stolen" in stderr
+    # And its access records, which quote no query.
+    assert "POST /llm/v1/chat/completions 200 " in stderr
+    assert "POST /llm/v1/chat/completions 401 authentication_error " in stderr
 
 
 # ---- RedactQuerySecrets ---------------------------------------------------------------------

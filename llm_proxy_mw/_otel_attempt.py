@@ -1,0 +1,167 @@
+"""One span per upstream attempt (HTTP client conventions), and the trace context it sends.
+
+``RequestTrace`` is what the telemetry layer puts on the context (``ctx.telemetry``) while a
+request is traced: Upstream opens an attempt span around each send through it (``attempt``),
+Retry notes each wait on the request span (``waited``). The attempt span's context goes to the
+provider as W3C ``traceparent`` / ``tracestate`` (through the global propagator), replacing
+the client's own trace headers: the provider's trace is the proxy's. A request sampled out
+opens no attempt span: its own context goes (``propagate``), marked not sampled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import MutableMapping
+from typing import TYPE_CHECKING
+from urllib.parse import SplitResult, urlsplit
+
+from opentelemetry import propagate
+from opentelemetry.context import Context
+from opentelemetry.trace import Span, SpanKind, StatusCode, Tracer, set_span_in_context
+
+from llm_proxy_mw.context import RequestContext
+from llm_proxy_mw.errors import ProxyError
+
+if TYPE_CHECKING:
+    from llm_proxy_mw.context import Attempt
+    from llm_proxy_mw.providers import Provider
+    from llm_proxy_mw.transports import UpstreamRequest
+
+__all__ = ["AttemptSpan", "RequestTrace", "Server", "server_of"]
+
+#: The client's trace headers, which the proxy's own replace.
+_TRACE_HEADERS = frozenset({"traceparent", "tracestate"})
+
+#: A provider's ``server.address`` and ``server.port``.
+Server = tuple[str, int]
+
+
+def server_of(url: str) -> Server:
+    """The host and port a provider's base URL names (the scheme's port if it names none)."""
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return parts.hostname or "", port
+
+
+def _redacted(url: str) -> str:
+    """``url`` with any user info and every query value replaced by ``REDACTED``: a key may
+    ride in either (``?key=``, ``https://user:secret@host``)."""
+    if "?" not in url and "@" not in url:
+        return url
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = "REDACTED:REDACTED@" + netloc.rpartition("@")[2]
+    query = "&".join(
+        f"{pair.partition('=')[0]}=REDACTED" for pair in parts.query.split("&") if pair
+    )
+    return SplitResult(parts.scheme, netloc, parts.path, query, "").geturl()
+
+
+class RequestTrace:
+    """The traced request's span, and the spans of its upstream attempts."""
+
+    __slots__ = ("ctx", "span", "context", "recording", "_tracer", "_servers", "_headers")
+
+    def __init__(
+        self,
+        ctx: RequestContext,
+        tracer: Tracer,
+        span: Span,
+        servers: MutableMapping[str, Server],
+    ) -> None:
+        self.ctx = ctx
+        self.span = span
+        self.context: Context = set_span_in_context(span)
+        self.recording = span.is_recording()
+        self._tracer = tracer
+        self._servers = servers
+        self._headers: list[tuple[str, str]] | None = None
+
+    def server(self, provider: Provider) -> Server:
+        """The provider's address and port, worked out once per provider."""
+        server = self._servers.get(provider.name)
+        if server is None:
+            server = self._servers[provider.name] = server_of(provider.base_url)
+        return server
+
+    def waited(self, seconds: float) -> None:
+        """Retry waits ``seconds`` before its next attempt."""
+        self.span.add_event("llm_proxy.retry.wait", {"llm_proxy.retry.wait_seconds": seconds})
+
+    def attempt(self, provider: Provider, request: UpstreamRequest) -> AttemptSpan:
+        """A CLIENT span around one attempt (``with``), whose context ``request`` carries
+        upstream. Only for a recording request: else ``propagate``."""
+        address, port = self.server(provider)
+        span = self._tracer.start_span(
+            request.method,
+            self.context,
+            SpanKind.CLIENT,
+            {
+                "http.request.method": request.method,
+                "url.full": _redacted(request.url),
+                "server.address": address,
+                "server.port": port,
+                "llm_proxy.provider": provider.name,
+            },
+        )
+        _replace_trace_headers(request, _injected(set_span_in_context(span, self.context)))
+        return AttemptSpan(span, self.ctx.attempts)
+
+    def propagate(self, request: UpstreamRequest) -> None:
+        """A request sampled out has no attempt span: its own context goes, marked not
+        sampled, worked out once for all its attempts."""
+        if self._headers is None:
+            self._headers = _injected(self.context)
+        _replace_trace_headers(request, self._headers)
+
+
+class AttemptSpan:
+    """The span of one attempt while it runs; what the attempt ended with, when it ends."""
+
+    __slots__ = ("_span", "_attempts", "_before")
+
+    def __init__(self, span: Span, attempts: list[Attempt]) -> None:
+        self._span = span
+        self._attempts = attempts
+        self._before = len(attempts)
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, _: object
+    ) -> None:
+        span, attempts = self._span, self._attempts
+        if error is not None:
+            if not isinstance(error, ProxyError):
+                _failed(span, type(error).__qualname__)
+            elif len(attempts) == self._before:  # not the provider's: the upload broke off
+                _failed(span, error.code)
+        if len(attempts) > self._before:
+            record = attempts[-1]
+            if record.status is not None:
+                span.set_attribute("http.response.status_code", record.status)
+            if record.outcome != "success":
+                status = record.status
+                _failed(span, str(status) if status and status >= 400 else record.outcome)
+        span.end()
+
+
+def _injected(context: Context) -> list[tuple[str, str]]:
+    """What the global propagator writes for ``context`` (``traceparent``, ``tracestate``,
+    and whatever else it propagates), with lowercase names, as the proxy sends headers."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier, context)
+    return [(name.lower(), value) for name, value in carrier.items()]
+
+
+def _replace_trace_headers(request: UpstreamRequest, headers: list[tuple[str, str]]) -> None:
+    """``request`` carries ``headers`` in place of the client's own trace headers."""
+    replaced = _TRACE_HEADERS.union(name for name, _ in headers)
+    request.headers = [h for h in request.headers if h[0] not in replaced]
+    request.headers.extend(headers)
+
+
+def _failed(span: Span, error_type: str) -> None:
+    span.set_attribute("error.type", error_type)
+    span.set_status(StatusCode.ERROR)

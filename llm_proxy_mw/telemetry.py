@@ -1,0 +1,260 @@
+"""``TelemetryMiddleware``: one OpenTelemetry span per proxied request, GenAI conventions.
+
+The span is a CLIENT span, a child of whatever span is current when the request arrives (the
+host's SERVER span, under its ASGI or Starlette instrumentation), named
+``{gen_ai.operation.name} {gen_ai.request.model}``. It is current while the inner layers run;
+Upstream opens a child span per attempt (``_otel_attempt.py``). Its attributes are read from
+the request context once the request ended: Metrics, inside, has filled the usage by then.
+
+It uses only the OpenTelemetry API and the ``TracerProvider`` given, else the global one that
+the host or ``opentelemetry-instrument`` set, whenever it was set. Until one is set, a
+request costs one check of a module global (``_recording_tracer``). Prompt and completion
+content is recorded only with ``capture_content``, bounded by ``max_content_bytes``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import Span, SpanKind, StatusCode, Tracer, TracerProvider
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from llm_proxy_mw._otel_answer import AnswerReader
+from llm_proxy_mw._otel_attempt import RequestTrace, Server
+from llm_proxy_mw._otel_names import (
+    SCHEMA_URL,
+    operation_of,
+    provider_name,
+    request_attributes,
+    span_name,
+)
+from llm_proxy_mw.context import RequestContext, get_context, principal_id
+from llm_proxy_mw.errors import ClientDisconnected, ProxyError
+
+__all__ = ["DEFAULT_MAX_CONTENT_BYTES", "TelemetryMiddleware"]
+
+#: The most bytes of prompt, and of completion, one span records with ``capture_content``.
+DEFAULT_MAX_CONTENT_BYTES = 16 * 1024
+#: Request members that hold the prompt, and the system instructions, in the three APIs.
+_INPUT_MEMBERS = ("messages", "input", "prompt")
+_SYSTEM_MEMBERS = ("system", "instructions")
+
+
+class TelemetryMiddleware:
+    """Traces each proxied request as a GenAI CLIENT span (see the module docstring).
+
+    ``tracer_provider``: the provider to use, else the global one.
+    ``capture_content``: record prompts and completions (``gen_ai.input.messages``,
+    ``gen_ai.system_instructions``, ``gen_ai.output.messages``), each cut at
+    ``max_content_bytes``. ``latest_conventions``: emit only the latest GenAI names, as
+    ``OTEL_SEMCONV_STABILITY_OPT_IN=gen_ai_latest_experimental`` asks (the builder reads it);
+    else the v1.36 ``gen_ai.system`` goes beside ``gen_ai.provider.name``.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        tracer_provider: TracerProvider | None = None,
+        capture_content: bool = False,
+        max_content_bytes: int = DEFAULT_MAX_CONTENT_BYTES,
+        latest_conventions: bool = False,
+    ) -> None:
+        self.app = app
+        self.tracer_provider = tracer_provider
+        self.capture_content = capture_content
+        self.max_content_bytes = max_content_bytes
+        self.latest_conventions = latest_conventions
+        self._provider: TracerProvider | None = None
+        self._tracer: Tracer | None = None
+        self._servers: dict[str, Server] = {}
+
+    def _recording_tracer(self) -> Tracer | None:
+        """The tracer of the provider in use, or ``None`` while there is none to record."""
+        provider = self.tracer_provider
+        if provider is None:
+            # The API's own global (``get_tracer_provider`` reads the environment on each
+            # call until one is set: 70 times the cost); checked in test_telemetry_internals.
+            provider = trace._TRACER_PROVIDER
+            if provider is None:
+                return None
+        if provider is not self._provider:
+            self._tracer = provider.get_tracer("llm_proxy_mw", schema_url=SCHEMA_URL)
+            self._provider = provider
+        return self._tracer
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or (tracer := self._recording_tracer()) is None:
+            await self.app(scope, receive, send)
+            return
+        ctx = get_context(scope)
+        span = tracer.start_span(
+            span_name(ctx.route_path, scope["method"], ctx.model),
+            kind=SpanKind.CLIENT,
+        )
+        tracing = ctx.telemetry = RequestTrace(ctx, tracer, span, self._servers)
+        token = otel_context.attach(tracing.context)
+        if not tracing.recording:
+            # Sampled out: the span only carries the context (to the provider too).
+            try:
+                await self.app(scope, receive, send)
+            finally:
+                otel_context.detach(token)
+                ctx.telemetry = None
+            return
+        span_context = span.get_span_context()
+        ctx.trace_id = format(span_context.trace_id, "032x")
+        ctx.span_id = format(span_context.span_id, "016x")
+        responder = _Responder(send, span, self.max_content_bytes * self.capture_content)
+        error_type: str | None = None
+        try:
+            await self.app(scope, receive, responder.send)
+        except ProxyError as error:
+            error_type = error.code
+            responder.status = responder.status or error.status_code
+            raise
+        except ClientDisconnected:
+            error_type = "client_closed"
+            raise
+        finally:
+            otel_context.detach(token)
+            ctx.telemetry = None
+            self._describe(tracing, scope["method"], responder, error_type)
+            span.end()
+
+    def _describe(
+        self,
+        tracing: RequestTrace,
+        method: str,
+        responder: _Responder,
+        error_type: str | None,
+    ) -> None:
+        """The span's name and attributes, from what the request ended with (the model is
+        known only once a layer read the body)."""
+        ctx, span = tracing.ctx, tracing.span
+        status = responder.status
+        if error_type is None and status is not None and status >= 400:
+            error_type = str(status)
+        body = _parsed_body(ctx)
+        operation = operation_of(ctx.route_path)
+        span.update_name(span_name(ctx.route_path, method, ctx.model))
+        attributes: dict[str, Any] = {
+            "llm_proxy.attempts": len(ctx.attempts),
+            "llm_proxy.principal": principal_id(ctx),
+        }
+        if operation is not None:
+            attributes["gen_ai.operation.name"] = operation
+        if ctx.model:
+            attributes["gen_ai.request.model"] = ctx.model
+        route = ctx.route
+        if route is not None:
+            kind = provider_name(route.provider.config.kind)
+            attributes["gen_ai.provider.name"] = kind
+            if not self.latest_conventions:
+                attributes["gen_ai.system"] = kind
+            address, port = tracing.server(route.provider)
+            attributes["server.address"] = address
+            attributes["server.port"] = port
+        attributes.update(request_attributes(body))
+        answer = responder.answer
+        if answer is not None:
+            answer.finish()
+            attributes.update(answer.attributes())
+            if answer.sse and ctx.ttfb is not None:
+                attributes["gen_ai.response.time_to_first_chunk"] = ctx.ttfb
+            if self.capture_content and answer.content:
+                attributes["gen_ai.output.messages"] = answer.content.decode("utf-8", "replace")
+        usage = ctx.usage
+        if operation is not None and (usage.prompt_tokens or usage.completion_tokens):
+            attributes["gen_ai.usage.input_tokens"] = usage.prompt_tokens
+            attributes["gen_ai.usage.output_tokens"] = usage.completion_tokens
+            # The details only when there are some: each attribute costs the SDK ~0.5 µs.
+            details = (
+                ("gen_ai.usage.cache_read.input_tokens", usage.cache_read_tokens),
+                ("gen_ai.usage.cache_creation.input_tokens", usage.cache_write_tokens),
+                ("gen_ai.usage.reasoning.output_tokens", usage.reasoning_tokens),
+            )
+            attributes.update((name, count) for name, count in details if count)
+        if usage.cost_usd is not None:
+            attributes["llm_proxy.cost_usd"] = float(usage.cost_usd)
+        if self.capture_content and body:
+            attributes.update(self._content(body))
+        if error_type is not None:
+            attributes["error.type"] = error_type
+            span.set_status(StatusCode.ERROR)
+        span.set_attributes(attributes)
+
+    def _content(self, body: dict[str, Any]) -> dict[str, str]:
+        """The prompt and the system instructions, as the client sent them, bounded."""
+        out = {}
+        for member in _INPUT_MEMBERS:
+            if member in body:
+                out["gen_ai.input.messages"] = self._bounded(body[member])
+                break
+        for member in _SYSTEM_MEMBERS:
+            if member in body:
+                out["gen_ai.system_instructions"] = self._bounded(body[member])
+                break
+        return out
+
+    def _bounded(self, value: object) -> str:
+        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+        return text.encode()[: self.max_content_bytes].decode("utf-8", "ignore")
+
+
+def _parsed_body(ctx: RequestContext) -> dict[str, Any] | None:
+    """The request's JSON body if a layer read one (never read here: the request is over)."""
+    if not ctx.body or not ctx.body_is_json:
+        return None
+    try:
+        return ctx.json()
+    except ProxyError:
+        return None
+
+
+class _Responder:
+    """The traced request's ``send``: its status, the time of its first body byte (an event,
+    for streams), and what the answer says of itself (``AnswerReader``)."""
+
+    __slots__ = ("_send", "_span", "_capture", "status", "answer", "_feed")
+
+    def __init__(self, send: Send, span: Span, capture: int) -> None:
+        self._send = send
+        self._span = span
+        self._capture = capture
+        self.status: int | None = None
+        self.answer: AnswerReader | None = None
+        self._feed: Callable[[bytes], None] | None = None
+
+    def send(self, message: Message) -> Awaitable[None]:
+        if message["type"] == "http.response.body":
+            if self._feed is not None and (body := message.get("body")):
+                self._feed(body)
+        elif message["type"] == "http.response.start":
+            self.status = message["status"]
+            answer = _answer_reader(message.get("headers", ()), self._capture)
+            if answer is not None:
+                self.answer = answer
+                self._feed = self._first_chunk if answer.sse else answer.feeder()
+        return self._send(message)
+
+    def _first_chunk(self, body: bytes) -> None:
+        """A stream's first body byte: an event, then each read goes to the reader alone."""
+        assert self.answer is not None
+        self._span.add_event("gen_ai.first_chunk")
+        self._feed = self.answer.feeder()
+        self._feed(body)
+
+
+def _answer_reader(headers: Iterable[tuple[bytes, bytes]], capture: int) -> AnswerReader | None:
+    """A reader for a JSON or SSE answer that is not compressed."""
+    named = dict(headers)
+    if named.get(b"content-encoding", b"identity") != b"identity":
+        return None
+    content_type = named.get(b"content-type", b"")
+    sse = content_type.startswith(b"text/event-stream")
+    return AnswerReader(sse=sse, capture=capture) if sse or b"json" in content_type else None

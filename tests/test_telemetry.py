@@ -1,0 +1,490 @@
+"""The request's GenAI span and its attempt spans, recorded by an SDK ``TracerProvider`` the
+proxy is given (never the global one: it can be set once per process)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+from opentelemetry.trace import SpanKind, StatusCode
+
+from llm_proxy_mw import build_proxy
+from llm_proxy_mw.errors import UpstreamConnectError
+from llm_proxy_mw.transports import UpstreamRequest, UpstreamResponse
+from tests.fakes.transports import RecordingTransport
+
+GPT = "gpt-4o-mini"
+CLAUDE = "claude-sonnet-4-5"
+KEY = "sk-telemetry-provider-key-0123456789"
+CHAT = {"model": GPT, "messages": [{"role": "user", "content": "hi"}]}
+
+
+class ScriptedTransport(RecordingTransport):
+    """Answers each request with the next scripted status (an exception type: raised; bytes:
+    a 200 JSON answer), then like the echo provider."""
+
+    def __init__(self, *script: int | bytes | type[Exception]) -> None:
+        super().__init__()
+        self.script = list(script)
+
+    async def send(self, request: UpstreamRequest) -> UpstreamResponse:
+        if not self.script:
+            return await super().send(request)
+        self.sent.append(request)
+        step = self.script.pop(0)
+        if isinstance(step, type):
+            raise step("scripted")
+        body = b'{"error": {"message": "scripted", "type": "server_error"}}'
+        if isinstance(step, bytes):
+            step, body = 200, step
+        return UpstreamResponse(
+            step,
+            [(b"content-type", b"application/json"), (b"retry-after-ms", b"1")],
+            _chunks(body),
+        )
+
+
+def _chunks(*parts: bytes) -> Callable[[], Any]:
+    remaining = list(parts)
+
+    async def read_chunk() -> bytes:
+        return remaining.pop(0) if remaining else b""
+
+    return read_chunk
+
+
+def provider(kind: str, model: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "kind": kind,
+        "base_url": f"https://{kind}.example:8443/v1",
+        "api_key": KEY,
+        "models": [model],
+        **extra,
+    }
+
+
+@dataclass
+class Traced:
+    client: httpx.AsyncClient
+    exporter: InMemorySpanExporter
+    tracer_provider: TracerProvider
+    transports: dict[str, RecordingTransport]
+
+    def spans(self) -> list[ReadableSpan]:
+        return list(self.exporter.get_finished_spans())
+
+    def request_span(self) -> ReadableSpan:
+        (span,) = [s for s in self.spans() if s.attributes and "llm_proxy.attempts" in s.attributes]
+        return span
+
+    def attempt_spans(self) -> list[ReadableSpan]:
+        return [s for s in self.spans() if s.attributes and "url.full" in s.attributes]
+
+
+@asynccontextmanager
+async def traced(
+    transports: dict[str, RecordingTransport] | None = None,
+    *,
+    providers: dict[str, Any] | None = None,
+    **config: Any,
+) -> AsyncIterator[Traced]:
+    exporter = InMemorySpanExporter()
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
+    providers = providers or {
+        "gpt": provider("openai", GPT),
+        "claude": provider("anthropic", CLAUDE),
+    }
+    transports = transports or {name: RecordingTransport() for name in providers}
+    proxy = build_proxy(
+        {"providers": providers, **config},
+        transports=transports,
+        tracer_provider=tracer_provider,
+    )
+    transport = httpx.ASGITransport(app=proxy)
+    async with (
+        proxy.lifespan(),
+        httpx.AsyncClient(transport=transport, base_url="http://host") as client,
+    ):
+        yield Traced(client, exporter, tracer_provider, transports)
+    tracer_provider.shutdown()
+
+
+# -- the request span ---------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_a_chat_request_is_one_client_span_with_the_genai_attributes() -> None:
+    async with traced() as t:
+        body = {**CHAT, "max_tokens": 50, "temperature": 0.5, "top_p": 1}
+        response = await t.client.post("/v1/chat/completions", json=body)
+    assert response.status_code == 200
+    span = t.request_span()
+    assert span.name == f"chat {GPT}"
+    assert span.kind is SpanKind.CLIENT
+    assert span.status.status_code is StatusCode.UNSET
+    attributes = dict(span.attributes or {})
+    assert attributes["gen_ai.operation.name"] == "chat"
+    assert attributes["gen_ai.provider.name"] == "openai"
+    assert attributes["gen_ai.request.model"] == GPT
+    assert attributes["gen_ai.response.model"] == GPT
+    assert str(attributes["gen_ai.response.id"]).startswith("chatcmpl-")
+    assert attributes["gen_ai.response.finish_reasons"] == ("stop",)
+    assert attributes["gen_ai.usage.input_tokens"] == 1
+    assert attributes["gen_ai.usage.output_tokens"] == 2
+    for detail in ("cache_read.input", "cache_creation.input", "reasoning.output"):
+        assert f"gen_ai.usage.{detail}_tokens" not in attributes  # none used: left out
+    assert attributes["gen_ai.request.max_tokens"] == 50
+    assert attributes["gen_ai.request.temperature"] == 0.5
+    assert attributes["gen_ai.request.top_p"] == 1
+    assert attributes["server.address"] == "openai.example"
+    assert attributes["server.port"] == 8443
+    assert attributes["llm_proxy.attempts"] == 1
+    assert attributes["llm_proxy.principal"] == "anonymous"
+    assert "error.type" not in attributes
+
+
+@pytest.mark.anyio
+async def test_cache_and_reasoning_tokens_when_the_provider_counts_them() -> None:
+    answer = {
+        "id": "msg_1",
+        "type": "message",
+        "model": CLAUDE,
+        "content": [{"type": "text", "text": "ok"}],
+        "stop_reason": "max_tokens",
+        "usage": {
+            "input_tokens": 10,
+            "output_tokens": 3,
+            "cache_read_input_tokens": 100,
+            "cache_creation_input_tokens": 20,
+        },
+    }
+    transports: dict[str, RecordingTransport] = {
+        "claude": ScriptedTransport(json.dumps(answer).encode())
+    }
+    body = {"model": CLAUDE, "max_tokens": 3, "messages": CHAT["messages"]}
+    async with traced(transports, providers={"claude": provider("anthropic", CLAUDE)}) as t:
+        response = await t.client.post(
+            "/v1/messages", json=body, headers={"anthropic-version": "2023-06-01"}
+        )
+    assert response.status_code == 200
+    attributes = dict(t.request_span().attributes or {})
+    assert attributes["gen_ai.usage.input_tokens"] == 130  # as OpenAI counts: cache included
+    assert attributes["gen_ai.usage.cache_read.input_tokens"] == 100
+    assert attributes["gen_ai.usage.cache_creation.input_tokens"] == 20
+    assert attributes["gen_ai.response.finish_reasons"] == ("max_tokens",)
+    assert attributes["gen_ai.response.id"] == "msg_1"
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "kind", "response_id"),
+    [
+        ("/v1/messages", {"model": CLAUDE, "max_tokens": 9}, "anthropic", "msg_"),
+        ("/v1/messages", {"model": GPT, "max_tokens": 9}, "openai", "chatcmpl-"),
+        ("/v1/responses", {"model": GPT, "max_output_tokens": 9}, "openai", "resp_"),
+        ("/v1/responses", {"model": CLAUDE, "max_output_tokens": 9}, "anthropic", "resp_"),
+    ],
+    ids=["messages", "messages-translated", "responses", "responses-translated"],
+)
+@pytest.mark.anyio
+async def test_messages_and_responses_native_and_translated(
+    path: str, body: dict[str, Any], kind: str, response_id: str
+) -> None:
+    prompt = {"input": "hi"} if path == "/v1/responses" else {"messages": CHAT["messages"]}
+    headers = {"anthropic-version": "2023-06-01"} if path == "/v1/messages" else {}
+    async with traced() as t:
+        response = await t.client.post(path, json={**body, **prompt}, headers=headers)
+    assert response.status_code == 200, response.text
+    attributes = dict(t.request_span().attributes or {})
+    assert t.request_span().name == f"chat {body['model']}"
+    assert attributes["gen_ai.operation.name"] == "chat"
+    assert attributes["gen_ai.provider.name"] == kind
+    assert attributes["gen_ai.request.max_tokens"] == 9
+    assert attributes["gen_ai.response.model"] == body["model"]
+    # What the client got: a translated answer keeps the provider's id.
+    assert attributes["gen_ai.response.id"] == response.json()["id"]
+    assert response.json()["id"].startswith(response_id)
+    assert attributes["gen_ai.usage.input_tokens"] >= 1
+    assert attributes["gen_ai.usage.output_tokens"] >= 1
+
+
+@pytest.mark.anyio
+async def test_embeddings_and_other_endpoints() -> None:
+    async with traced() as t:
+        await t.client.post("/v1/embeddings", json={"model": GPT, "input": "hi"})
+        embeddings = t.request_span()
+        t.exporter.clear()
+        await t.client.get("/v1/models")
+    assert embeddings.name == f"embeddings {GPT}"
+    attributes = dict(embeddings.attributes or {})
+    assert attributes["gen_ai.operation.name"] == "embeddings"
+    assert attributes["gen_ai.response.model"] == GPT  # at the end of the answer
+    (models,) = [s for s in t.spans() if s.kind is SpanKind.CLIENT and s.parent is None]
+    assert models.name == "GET models"
+    assert "gen_ai.operation.name" not in (models.attributes or {})
+
+
+@pytest.mark.anyio
+async def test_the_span_is_a_child_of_the_hosts_current_span() -> None:
+    async with traced() as t:
+        tracer = t.tracer_provider.get_tracer("host")
+        with tracer.start_as_current_span("GET /llm", kind=SpanKind.SERVER) as host:
+            await t.client.post("/v1/chat/completions", json=CHAT)
+    span = t.request_span()
+    assert span.parent is not None
+    assert span.parent.span_id == host.get_span_context().span_id
+    assert span.context.trace_id == host.get_span_context().trace_id
+    (attempt,) = t.attempt_spans()
+    assert attempt.parent is not None and attempt.parent.span_id == span.context.span_id
+
+
+@pytest.mark.anyio
+async def test_streams_carry_the_time_to_the_first_chunk() -> None:
+    async with traced() as t:
+        response = await t.client.post("/v1/chat/completions", json={**CHAT, "stream": True})
+    assert response.status_code == 200
+    span = t.request_span()
+    assert [e.name for e in span.events] == ["gen_ai.first_chunk"]
+    attributes = dict(span.attributes or {})
+    assert attributes["gen_ai.response.time_to_first_chunk"] > 0
+    assert attributes["gen_ai.response.finish_reasons"] == ("stop",)
+    assert str(attributes["gen_ai.response.id"]).startswith("chatcmpl-")
+
+
+# -- attempts, retries, fallbacks, errors ----------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_each_attempt_is_a_span_and_each_wait_an_event() -> None:
+    transports: dict[str, RecordingTransport] = {"gpt": ScriptedTransport(429, 503)}
+    async with traced(transports, providers={"gpt": provider("openai", GPT)}) as t:
+        response = await t.client.post("/v1/chat/completions?api-key=hush", json=CHAT)
+    assert response.status_code == 200
+    attempts = sorted(t.attempt_spans(), key=lambda s: s.start_time or 0)
+    assert [a.name for a in attempts] == ["POST"] * 3
+    codes = [dict(a.attributes or {})["http.response.status_code"] for a in attempts]
+    assert codes == [429, 503, 200]
+    assert [dict(a.attributes or {}).get("error.type") for a in attempts] == ["429", "503", None]
+    assert [a.status.status_code for a in attempts] == [StatusCode.ERROR] * 2 + [StatusCode.UNSET]
+    first = dict(attempts[0].attributes or {})
+    assert first["url.full"] == "https://openai.example:8443/v1/chat/completions?api-key=REDACTED"
+    assert first["http.request.method"] == "POST"
+    assert first["server.address"] == "openai.example"
+    span = t.request_span()
+    waits = [e for e in span.events if e.name == "llm_proxy.retry.wait"]
+    assert [dict(e.attributes or {})["llm_proxy.retry.wait_seconds"] for e in waits] == [
+        0.001,
+        0.001,
+    ]
+    assert dict(span.attributes or {})["llm_proxy.attempts"] == 3
+    assert span.status.status_code is StatusCode.UNSET
+
+
+@pytest.mark.anyio
+async def test_a_fallback_shows_each_provider_tried() -> None:
+    transports: dict[str, RecordingTransport] = {
+        "gpt": ScriptedTransport(UpstreamConnectError),
+        "claude": RecordingTransport(),
+    }
+    providers = {
+        "gpt": provider("openai", GPT, fallbacks=["claude"]),
+        "claude": provider("anthropic", CLAUDE),
+    }
+    async with traced(transports, providers=providers) as t:
+        response = await t.client.post("/v1/chat/completions", json=CHAT)
+    assert response.status_code == 200
+    attempts = sorted(t.attempt_spans(), key=lambda s: s.start_time or 0)
+    tried = [dict(a.attributes or {})["llm_proxy.provider"] for a in attempts]
+    assert tried == ["gpt", "claude"]
+    assert dict(attempts[0].attributes or {})["error.type"] == "connect_error"
+    assert dict(attempts[1].attributes or {})["server.address"] == "anthropic.example"
+    assert dict(t.request_span().attributes or {})["gen_ai.provider.name"] == "anthropic"
+
+
+@pytest.mark.anyio
+async def test_a_failed_request_has_its_error_type_and_status() -> None:
+    transports: dict[str, RecordingTransport] = {"gpt": ScriptedTransport(*[500] * 5)}
+    async with traced(transports, providers={"gpt": provider("openai", GPT)}) as t:
+        response = await t.client.post("/v1/chat/completions", json=CHAT)
+    assert response.status_code == 500
+    span = t.request_span()
+    assert span.status.status_code is StatusCode.ERROR
+    assert dict(span.attributes or {})["error.type"] == "500"
+
+
+@pytest.mark.anyio
+async def test_a_request_refused_before_any_attempt_is_an_error_too() -> None:
+    async with traced() as t:
+        response = await t.client.post(
+            "/v1/chat/completions",
+            content=b"{not json",
+            headers={"content-type": "application/json"},
+        )
+    assert response.status_code == 400
+    span = t.request_span()
+    assert span.status.status_code is StatusCode.ERROR
+    assert dict(span.attributes or {})["error.type"] == "invalid_request"
+    assert t.attempt_spans() == []
+
+
+# -- trace context to the provider -----------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_the_provider_gets_the_attempts_traceparent_not_the_clients() -> None:
+    theirs = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    async with traced() as t:
+        await t.client.post(
+            "/v1/chat/completions",
+            json=CHAT,
+            headers={"traceparent": theirs, "tracestate": "client=1"},
+        )
+    sent = dict(t.transports["gpt"].sent[-1].headers)
+    (attempt,) = t.attempt_spans()
+    context = attempt.context
+    ids = f"{context.trace_id:032x}-{context.span_id:016x}"
+    assert sent["traceparent"] == f"00-{ids}-{context.trace_flags:02x}"
+    names = [name for name, _ in t.transports["gpt"].sent[-1].headers]
+    assert names.count("traceparent") == 1
+    assert "tracestate" not in names
+
+
+@pytest.mark.anyio
+async def test_the_context_holds_the_request_spans_ids() -> None:
+    async with traced() as t:
+        response = await t.client.post("/v1/chat/completions", json=CHAT)
+    assert response.status_code == 200
+    span = t.request_span()
+    proxy_ctx_ids = [(s.context.trace_id, s.context.span_id) for s in t.spans() if s.parent is None]
+    assert proxy_ctx_ids == [(span.context.trace_id, span.context.span_id)]
+
+
+@pytest.mark.anyio
+async def test_without_a_tracer_provider_the_clients_trace_headers_pass_as_before() -> None:
+    transport = RecordingTransport()
+    proxy = build_proxy(
+        {"providers": {"gpt": provider("openai", GPT)}}, transports={"gpt": transport}
+    )
+    theirs = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    async with (
+        proxy.lifespan(),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=proxy), base_url="http://h") as client,
+    ):
+        await client.post("/v1/chat/completions", json=CHAT, headers={"traceparent": theirs})
+    assert dict(transport.sent[-1].headers)["traceparent"] == theirs
+
+
+# -- content ---------------------------------------------------------------------------------
+
+
+def everything_recorded(spans: list[ReadableSpan]) -> str:
+    parts = []
+    for span in spans:
+        parts.append(span.name)
+        parts.append(json.dumps(dict(span.attributes or {}), default=str))
+        parts += [json.dumps(dict(e.attributes or {}), default=str) for e in span.events]
+    return "\n".join(parts)
+
+
+@pytest.mark.anyio
+async def test_no_content_is_recorded_by_default() -> None:
+    body = {"model": GPT, "messages": [{"role": "user", "content": "the secret plan"}]}
+    async with traced() as t:
+        await t.client.post("/v1/chat/completions", json=body)
+        await t.client.post("/v1/chat/completions", json={**body, "stream": True})
+    recorded = everything_recorded(t.spans())
+    assert "secret plan" not in recorded
+    assert "gen_ai.input.messages" not in recorded
+    assert KEY not in recorded
+
+
+@pytest.mark.anyio
+async def test_content_is_recorded_bounded_with_capture_content() -> None:
+    body = {
+        "model": GPT,
+        "messages": [
+            {"role": "system", "content": "be brief"},
+            {"role": "user", "content": "x" * 500},
+        ],
+    }
+    async with traced(otel={"capture_content": True, "max_content_bytes": 300}) as t:
+        await t.client.post("/v1/chat/completions", json=body)
+    attributes = dict(t.request_span().attributes or {})
+    prompt = str(attributes["gen_ai.input.messages"])
+    assert prompt.startswith('[{"role":"system","content":"be brief"}')
+    assert len(prompt.encode()) == 300
+    output = str(attributes["gen_ai.output.messages"])
+    assert "echo: " in output and len(output.encode()) <= 300
+
+
+@pytest.mark.anyio
+async def test_latest_conventions_leave_out_the_old_system_attribute(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async with traced() as t:
+        await t.client.post("/v1/chat/completions", json=CHAT)
+    assert dict(t.request_span().attributes or {})["gen_ai.system"] == "openai"
+    monkeypatch.setenv("OTEL_SEMCONV_STABILITY_OPT_IN", "http, gen_ai_latest_experimental")
+    async with traced() as t:
+        await t.client.post("/v1/chat/completions", json=CHAT)
+    attributes = dict(t.request_span().attributes or {})
+    assert "gen_ai.system" not in attributes
+    assert attributes["gen_ai.provider.name"] == "openai"
+
+
+@pytest.mark.anyio
+async def test_a_request_sampled_out_records_nothing_yet_sends_its_context() -> None:
+    transport = RecordingTransport()
+    exporter = InMemorySpanExporter()
+    tracer_provider = TracerProvider(sampler=ALWAYS_OFF)
+    tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
+    proxy = build_proxy(
+        {"providers": {"gpt": provider("openai", GPT)}},
+        transports={"gpt": transport},
+        tracer_provider=tracer_provider,
+    )
+    theirs = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    async with (
+        proxy.lifespan(),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=proxy), base_url="http://h") as client,
+    ):
+        response = await client.post(
+            "/v1/chat/completions", json=CHAT, headers={"traceparent": theirs}
+        )
+    assert response.status_code == 200
+    assert exporter.get_finished_spans() == ()
+    sent = dict(transport.sent[-1].headers)["traceparent"]
+    assert sent != theirs
+    assert int(sent.rpartition("-")[2], 16) & 1 == 0  # not sampled
+
+
+@pytest.mark.anyio
+async def test_a_retried_request_sampled_out_sends_one_context_on_each_attempt() -> None:
+    transport = ScriptedTransport(429)
+    proxy = build_proxy(
+        {"providers": {"gpt": provider("openai", GPT)}},
+        transports={"gpt": transport},
+        tracer_provider=TracerProvider(sampler=ALWAYS_OFF),
+    )
+    theirs = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    async with (
+        proxy.lifespan(),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=proxy), base_url="http://h") as client,
+    ):
+        response = await client.post(
+            "/v1/chat/completions", json=CHAT, headers={"traceparent": theirs}
+        )
+    assert response.status_code == 200
+    sent = [[v for k, v in r.headers if k == "traceparent"] for r in transport.sent]
+    assert len(sent) == 2
+    assert sent[0] == sent[1] and len(sent[0]) == 1
+    assert sent[0][0] != theirs
