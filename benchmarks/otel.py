@@ -10,8 +10,10 @@ thread, the exporters' too. Goals: *on* at most 30 µs over *off*; *off* within 
 
 Collector down: the example app under ``opentelemetry-instrument`` and uvicorn, mixed load
 (``_load_client.mixed``) for 60 s (``--quick``: 5 s) with its OTLP endpoint reachable, then
-unreachable (nothing listens). Goals: p99 latency moves less than 5%; RSS stays bounded (the
-SDK's batch queue drops what it cannot send).
+unreachable (nothing listens), then reachable again, so that drift of a shared machine shows.
+Goals: p99 latency with the collector down at most 5% above the reachable runs' (it may well
+be lower: nothing is exported); RSS stays bounded (the SDK's batch queue drops what it cannot
+send).
 """
 
 from __future__ import annotations
@@ -164,8 +166,8 @@ def _instrumented_app(procs: Processes, workdir: Path, provider_port: int, endpo
 
 
 def collector_down(quick: bool) -> dict[str, tuple[Tally, float, float]]:
-    """Mixed load with the collector reachable, then unreachable: the tally, the RSS after a
-    warm-up and at the end (MiB), each on a fresh app process."""
+    """Mixed load with the collector reachable, unreachable, then reachable again: the
+    tally, the RSS after a warm-up and at the end (MiB), each on a fresh app process."""
     seconds = 5.0 if quick else 60.0
     results = {}
     with (
@@ -179,7 +181,12 @@ def collector_down(quick: bool) -> dict[str, tuple[Tally, float, float]]:
         if not line:
             raise RuntimeError("fake provider did not start:\n" + procs.log_tail("provider"))
         unreachable = f"http://{HOST}:{free_port()}"
-        for label, endpoint in (("reachable", reachable), ("unreachable", unreachable)):
+        runs = (
+            ("reachable", reachable),
+            ("unreachable", unreachable),
+            ("reachable again", reachable),
+        )
+        for label, endpoint in runs:
             app, port = _instrumented_app(procs, Path(directory), int(line), endpoint)
             _run(mixed(port, total=2_000, concurrency=16))  # warm-up
             warm = rss_mb(app.pid)
@@ -224,7 +231,10 @@ def report(cpu: dict[str, dict[str, Any]], down: dict[str, tuple[Tally, float, f
     if down:
         reach, warm_a, peak_a = down["reachable"]
         cut, warm_b, peak_b = down["unreachable"]
-        p99_a, p99_b = reach.percentile_ms(99), cut.percentile_ms(99)
+        again = down["reachable again"][0]
+        p99s = [p for p in (reach.percentile_ms(99), again.percentile_ms(99)) if p]
+        p99_b = cut.percentile_ms(99)
+        p99_a = sum(p99s) / len(p99s) if len(p99s) == 2 else None
         moved = (p99_b / p99_a - 1) if p99_a and p99_b else None
         rows = [
             [
@@ -237,18 +247,20 @@ def report(cpu: dict[str, dict[str, Any]], down: dict[str, tuple[Tally, float, f
             ]
             for label, (t, warm, peak) in down.items()
         ]
-        ok = moved is not None and abs(moved) < P99_GOAL
+        ok = moved is not None and moved < P99_GOAL
         text += [
             "",
             "Collector down: the example app under `opentelemetry-instrument`, mixed load at "
-            "concurrency 16, the OTLP endpoint reachable, then with nothing listening.",
+            "concurrency 16, the OTLP endpoint reachable, then with nothing listening, then "
+            "reachable again.",
             "",
             table(
                 ["collector", "ok", "problems", "p50 ms", "p99 ms", "RSS MiB (warm → peak)"], rows
             ),
             "",
-            f"- p99 moved {num(None if moved is None else moved * 100, 1)}% "
-            f"(goal < {P99_GOAL * 100:g}%): {'meets' if ok else '**misses**'}; peak RSS "
+            f"- p99 with the collector down vs the reachable runs' mean: "
+            f"{num(None if moved is None else moved * 100, 1)}% "
+            f"(goal: under +{P99_GOAL * 100:g}%): {'meets' if ok else '**misses**'}; peak RSS "
             f"{peak_b - warm_b:+.0f} MiB over warm-up with the collector down "
             f"({peak_a - warm_a:+.0f} MiB reachable)",
         ]
