@@ -18,6 +18,7 @@ from opentelemetry import propagate
 from opentelemetry.context import Context
 from opentelemetry.trace import Span, SpanKind, StatusCode, Tracer, set_span_in_context
 
+from llm_proxy_mw._otel_names import Server, server_of
 from llm_proxy_mw.context import RequestContext
 from llm_proxy_mw.errors import ProxyError
 
@@ -26,20 +27,10 @@ if TYPE_CHECKING:
     from llm_proxy_mw.providers import Provider
     from llm_proxy_mw.transports import UpstreamRequest
 
-__all__ = ["AttemptSpan", "RequestTrace", "Server", "server_of"]
+__all__ = ["AttemptSpan", "RequestTrace"]
 
 #: The client's trace headers, which the proxy's own replace.
 _TRACE_HEADERS = frozenset({"traceparent", "tracestate"})
-
-#: A provider's ``server.address`` and ``server.port``.
-Server = tuple[str, int]
-
-
-def server_of(url: str) -> Server:
-    """The host and port a provider's base URL names (the scheme's port if it names none)."""
-    parts = urlsplit(url)
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    return parts.hostname or "", port
 
 
 def _redacted(url: str) -> str:

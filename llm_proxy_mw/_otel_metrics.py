@@ -19,9 +19,8 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
 
-from llm_proxy_mw._otel_names import operation_of, provider_name
+from llm_proxy_mw._otel_names import operation_of, provider_name, server_of
 from llm_proxy_mw._usage import token_count
 from llm_proxy_mw.proxy_metrics import CLIENT_CLOSED
 
@@ -158,7 +157,10 @@ class GenAIMetrics:
             provider = route.provider
             attributes["gen_ai.provider.name"] = provider_name(provider.config.kind)
             attributes["gen_ai.response.model"] = route.model or model or "other"
-            attributes.update(_server(provider.base_url))
+            address, port = server_of(provider.base_url)
+            if address:
+                attributes["server.address"] = address
+                attributes["server.port"] = port
         sets = (
             attributes,
             {**attributes, "gen_ai.token.type": "input"},
@@ -168,15 +170,6 @@ class GenAIMetrics:
             self._sets.clear()
         self._sets[key] = sets
         return sets
-
-
-def _server(base_url: str) -> dict[str, str | int]:
-    """``server.address`` and ``server.port`` of a provider's URL (none without a host)."""
-    parts = urlsplit(base_url)
-    if not parts.hostname:
-        return {}
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    return {"server.address": parts.hostname, "server.port": port}
 
 
 def _error_type(ctx: RequestContext, status: int) -> str | None:

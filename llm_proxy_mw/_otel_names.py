@@ -11,14 +11,17 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 __all__ = [
     "SCHEMA_URL",
     "SEMCONV_VERSION",
+    "Server",
     "latest_experimental",
     "operation_of",
     "provider_name",
     "request_attributes",
+    "server_of",
     "span_name",
 ]
 
@@ -71,6 +74,18 @@ def latest_experimental(environ: Mapping[str, str] = os.environ) -> bool:
 def operation_of(route_path: str) -> str | None:
     """The ``gen_ai.operation.name`` of an endpoint; ``None`` for one that is not a GenAI call."""
     return _OPERATIONS.get(route_path)
+
+
+#: A provider's ``server.address`` and ``server.port``.
+Server = tuple[str, int]
+
+
+def server_of(url: str) -> Server:
+    """The host and port a provider's base URL names (the scheme's port if it names none;
+    an empty host for a URL without one)."""
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return parts.hostname or "", port
 
 
 def provider_name(kind: str) -> str:

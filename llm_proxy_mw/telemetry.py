@@ -24,9 +24,10 @@ from opentelemetry.trace import Span, SpanKind, StatusCode, Tracer, TracerProvid
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llm_proxy_mw._otel_answer import AnswerReader
-from llm_proxy_mw._otel_attempt import RequestTrace, Server
+from llm_proxy_mw._otel_attempt import RequestTrace
 from llm_proxy_mw._otel_names import (
     SCHEMA_URL,
+    Server,
     operation_of,
     provider_name,
     request_attributes,
