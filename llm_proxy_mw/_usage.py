@@ -28,12 +28,20 @@ raises (that would cost the client the rest of its response).
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
     from llm_proxy_mw.context import Usage
 
-__all__ = ["BYTES_PER_TOKEN", "MAX_TOKENS", "UsageReader", "estimated_tokens", "token_count"]
+__all__ = [
+    "BYTES_PER_TOKEN",
+    "MAX_TOKENS",
+    "UsageReader",
+    "answer_format",
+    "estimated_tokens",
+    "token_count",
+]
 
 #: The most tokens one response may report; any real one is far below.
 MAX_TOKENS = 10**9
@@ -156,6 +164,21 @@ class UsageReader:
             if (value := int(number)) <= MAX_TOKENS:
                 setattr(self, _SLOT[name], value)
                 self.seen = True
+
+
+def answer_format(headers: Iterable[tuple[bytes, bytes]]) -> Literal["sse", "json"] | None:
+    """How an answer's body can be read as it goes by, from its response headers: ``"sse"``
+    (an event stream), ``"json"``, or ``None`` (anything else, or compressed)."""
+    kind: Literal["sse", "json"] | None = None
+    for name, value in headers:
+        if name == b"content-type":
+            if value.startswith(b"text/event-stream"):
+                kind = "sse"
+            else:
+                kind = "json" if b"json" in value else None
+        elif name == b"content-encoding" and value != b"identity":
+            return None
+    return kind
 
 
 def token_count(value: object) -> int:

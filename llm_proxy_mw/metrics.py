@@ -15,7 +15,7 @@ from typing import Protocol
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from llm_proxy_mw._usage import UsageReader
+from llm_proxy_mw._usage import UsageReader, answer_format
 from llm_proxy_mw.access_log import access_logger, log_access
 from llm_proxy_mw.context import RequestContext, get_context
 from llm_proxy_mw.errors import ClientDisconnected, ProxyError
@@ -173,12 +173,7 @@ class _Responder:
 def _usage_reader(headers: Iterable[tuple[bytes, bytes]], translated: bool) -> UsageReader | None:
     """A reader for a JSON or SSE answer; of a translated one only streams, for their
     reads (``settle_usage``)."""
-    sse = False
-    json_body = False
-    for name, value in headers:
-        if name == b"content-type":
-            sse = value.startswith(b"text/event-stream")
-            json_body = b"json" in value
-        elif name == b"content-encoding" and value != b"identity":
-            return None
-    return UsageReader(sse=sse) if sse or (json_body and not translated) else None
+    kind = answer_format(headers)
+    if kind == "sse" or (kind == "json" and not translated):
+        return UsageReader(sse=kind == "sse")
+    return None

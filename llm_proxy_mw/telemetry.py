@@ -33,6 +33,7 @@ from llm_proxy_mw._otel_names import (
     request_attributes,
     span_name,
 )
+from llm_proxy_mw._usage import answer_format
 from llm_proxy_mw.context import RequestContext, get_context, principal_id
 from llm_proxy_mw.errors import ClientDisconnected, ProxyError
 
@@ -253,9 +254,5 @@ class _Responder:
 
 def _answer_reader(headers: Iterable[tuple[bytes, bytes]], capture: int) -> AnswerReader | None:
     """A reader for a JSON or SSE answer that is not compressed."""
-    named = dict(headers)
-    if named.get(b"content-encoding", b"identity") != b"identity":
-        return None
-    content_type = named.get(b"content-type", b"")
-    sse = content_type.startswith(b"text/event-stream")
-    return AnswerReader(sse=sse, capture=capture) if sse or b"json" in content_type else None
+    kind = answer_format(headers)
+    return None if kind is None else AnswerReader(sse=kind == "sse", capture=capture)
