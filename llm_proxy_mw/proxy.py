@@ -173,20 +173,11 @@ class LLMProxy:
             return
         history = self.parts.history
         async with contextlib.AsyncExitStack() as started:
-            try:
-                await history.start(require_store=require_store)
-            except StoreError as exc:
-                # The store's own message is the reason; its traceback is the driver's.
-                message = f"llm_proxy_mw: cannot start: the [store] does not open ({exc})"
-                raise StartupError(message) from None
+            await _store_opens(history.start(require_store=require_store))
             started.push_async_callback(history.stop)
             objects = self.parts.objects
             if objects is not None:
-                try:
-                    await objects.start()
-                except StoreError as exc:
-                    message = f"llm_proxy_mw: cannot start: the [store] does not open ({exc})"
-                    raise StartupError(message) from None
+                await _store_opens(objects.start())
                 started.push_async_callback(objects.stop)
             ledger = self.parts.ledger
             if ledger is not None:
@@ -269,3 +260,13 @@ async def _answer(send: Send, event: str, step: Callable[[], Awaitable[None]]) -
         return False
     await send({"type": f"lifespan.{event}.complete"})
     return True
+
+
+async def _store_opens(start: Awaitable[None]) -> None:
+    """Await a store's start; one that does not open stops the proxy's start-up with its
+    own message as the reason (its traceback is the driver's)."""
+    try:
+        await start
+    except StoreError as exc:
+        message = f"llm_proxy_mw: cannot start: the [store] does not open ({exc})"
+        raise StartupError(message) from None
