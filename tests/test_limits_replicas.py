@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
@@ -50,12 +50,19 @@ def _config(redis_url: str) -> str:
     )
 
 
-@pytest.fixture(scope="module")
-def replicas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shared]:
-    with serve_replicas(tmp_path_factory.mktemp("limit-replicas"), _config) as (both, url):
+def _serve_shared(
+    tmp_path_factory: pytest.TempPathFactory, name: str, config_for: Callable[[str], str]
+) -> Iterator[Shared]:
+    """Two replicas configured by ``config_for`` on a fresh Redis, with its url."""
+    with serve_replicas(tmp_path_factory.mktemp(name), config_for) as (both, url):
         shared = Shared(both.a, both.b)
         shared.redis_url = url
         yield shared
+
+
+@pytest.fixture(scope="module")
+def replicas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shared]:
+    yield from _serve_shared(tmp_path_factory, "limit-replicas", _config)
 
 
 def test_rpm_holds_across_both_replicas(replicas: Shared) -> None:
@@ -95,10 +102,7 @@ def _held_config(redis_url: str) -> str:
 
 @pytest.fixture(scope="module")
 def held(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shared]:
-    with serve_replicas(tmp_path_factory.mktemp("held-replicas"), _held_config) as (both, url):
-        shared = Shared(both.a, both.b)
-        shared.redis_url = url
-        yield shared
+    yield from _serve_shared(tmp_path_factory, "held-replicas", _held_config)
 
 
 def _in_flight(redis_url: str, principal: str, count: int) -> None:
