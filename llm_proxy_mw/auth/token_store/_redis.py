@@ -213,7 +213,7 @@ class RedisTokenStore(RedisStoreBase):
                     yield str(message["data"])
         finally:
             try:
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+                await pubsub.aclose()
             except (RedisError, OSError):
                 pass  # the connection is gone already, which is all aclose would achieve
 
