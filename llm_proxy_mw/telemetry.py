@@ -85,7 +85,7 @@ class TelemetryMiddleware:
             if provider is None:
                 return None
         if provider is not self._provider:
-            self._tracer = provider.get_tracer("llm_proxy_mw", schema_url=SCHEMA_URL)
+            self._tracer = _fastest(provider.get_tracer("llm_proxy_mw", schema_url=SCHEMA_URL))
             self._provider = provider
         return self._tracer
 
@@ -206,6 +206,16 @@ class TelemetryMiddleware:
     def _bounded(self, value: object) -> str:
         text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
         return text.encode()[: self.max_content_bytes].decode("utf-8", "ignore")
+
+
+def _fastest(tracer: Tracer) -> Tracer:
+    """``tracer``, or when it is the SDK's own a ``DirectTracer`` over it (``_otel_direct``:
+    the same spans for a fifth of the CPU)."""
+    if type(tracer).__module__ != "opentelemetry.sdk.trace":
+        return tracer  # the SDK is not even loaded: nothing to import
+    from llm_proxy_mw._otel_direct import direct_tracer
+
+    return direct_tracer(tracer) or tracer
 
 
 def _parsed_body(ctx: RequestContext) -> dict[str, Any] | None:
