@@ -14,9 +14,14 @@ from collections.abc import MutableMapping
 from typing import TYPE_CHECKING
 from urllib.parse import SplitResult, urlsplit
 
-from opentelemetry import propagate
+from opentelemetry import baggage, propagate
+from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.context import Context
+from opentelemetry.propagators.composite import CompositePropagator
+from opentelemetry.propagators.textmap import TextMapPropagator
 from opentelemetry.trace import Span, SpanKind, StatusCode, Tracer, set_span_in_context
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from opentelemetry.util.types import AnyValue
 
 from llm_proxy_mw._otel_names import Server, server_of
 from llm_proxy_mw.context import RequestContext
@@ -51,7 +56,16 @@ def _redacted(url: str) -> str:
 class RequestTrace:
     """The traced request's span, and the spans of its upstream attempts."""
 
-    __slots__ = ("ctx", "span", "context", "recording", "_tracer", "_servers", "_headers")
+    __slots__ = (
+        "ctx",
+        "span",
+        "context",
+        "recording",
+        "_tracer",
+        "_start_child",
+        "_servers",
+        "_headers",
+    )
 
     def __init__(
         self,
@@ -65,6 +79,8 @@ class RequestTrace:
         self.context: Context = set_span_in_context(span)
         self.recording = span.is_recording()
         self._tracer = tracer
+        #: A ``DirectTracer``'s quicker way to a child span (``_otel_direct``).
+        self._start_child = getattr(tracer, "start_child", None)
         self._servers = servers
         self._headers: list[tuple[str, str]] | None = None
 
@@ -83,26 +99,48 @@ class RequestTrace:
         """A CLIENT span around one attempt (``with``), whose context ``request`` carries
         upstream. Only for a recording request: else ``propagate``."""
         address, port = self.server(provider)
-        span = self._tracer.start_span(
-            request.method,
-            self.context,
-            SpanKind.CLIENT,
-            {
-                "http.request.method": request.method,
-                "url.full": _redacted(request.url),
-                "server.address": address,
-                "server.port": port,
-                "llm_proxy.provider": provider.name,
-            },
-        )
-        _replace_trace_headers(request, _injected(set_span_in_context(span, self.context)))
+        attributes: dict[str, AnyValue] = {
+            "http.request.method": request.method,
+            "url.full": _redacted(request.url),
+            "server.address": address,
+            "server.port": port,
+            "llm_proxy.provider": provider.name,
+        }
+        if self._start_child is not None:
+            span = self._start_child(
+                self.span, self.context, request.method, SpanKind.CLIENT, attributes
+            )
+        else:
+            span = self._tracer.start_span(
+                request.method, self.context, SpanKind.CLIENT, attributes
+            )
+        _replace_trace_headers(request, self._trace_headers(span))
         return AttemptSpan(span, self.ctx.attempts)
+
+    def _trace_headers(self, span: Span) -> list[tuple[str, str]]:
+        """What the global propagator writes for ``span``: with the default propagators
+        (W3C trace context, and baggage when the context has none) written here, 3 µs less."""
+        if not _default_propagators(propagate.get_global_textmap()) or baggage.get_all(
+            self.context
+        ):
+            return _injected(set_span_in_context(span, self.context))
+        span_context = span.get_span_context()
+        headers = [
+            (
+                "traceparent",
+                f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}"
+                f"-{span_context.trace_flags:02x}",
+            )
+        ]
+        if span_context.trace_state:
+            headers.append(("tracestate", span_context.trace_state.to_header()))
+        return headers
 
     def propagate(self, request: UpstreamRequest) -> None:
         """A request sampled out has no attempt span: its own context goes, marked not
         sampled, worked out once for all its attempts."""
         if self._headers is None:
-            self._headers = _injected(self.context)
+            self._headers = self._trace_headers(self.span)
         _replace_trace_headers(request, self._headers)
 
 
@@ -136,6 +174,24 @@ class AttemptSpan:
                 status = record.status
                 _failed(span, str(status) if status and status >= 400 else record.outcome)
         span.end()
+
+
+#: The global propagator last seen, and whether it is the default one.
+_seen: list[tuple[TextMapPropagator, bool]] = []
+
+
+def _default_propagators(textmap: TextMapPropagator) -> bool:
+    """Whether ``textmap`` is the API's default (``OTEL_PROPAGATORS=tracecontext,baggage``):
+    W3C trace context then W3C baggage, nothing else."""
+    if _seen and _seen[0][0] is textmap:
+        return _seen[0][1]
+    members = getattr(textmap, "_propagators", None)
+    default = type(textmap) is CompositePropagator and [type(p) for p in members or ()] == [
+        TraceContextTextMapPropagator,
+        W3CBaggagePropagator,
+    ]
+    _seen[:] = [(textmap, default)]
+    return default
 
 
 def _injected(context: Context) -> list[tuple[str, str]]:

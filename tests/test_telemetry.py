@@ -1,9 +1,14 @@
 """The request's GenAI span and its attempt spans, recorded by an SDK ``TracerProvider`` the
-proxy is given (never the global one: it can be set once per process)."""
+proxy is given (never the global one: it can be set once per process).
+
+Every test runs twice: with the SDK's ``SimpleSpanProcessor`` the proxy records its spans
+directly (``_otel_direct``), and with a subclass of it (which might hook ``on_start``) it
+records them through the SDK's own span objects."""
 
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -11,14 +16,28 @@ from typing import Any
 
 import httpx
 import pytest
+from opentelemetry import baggage, propagate
+from opentelemetry.context import Context, attach, detach
+from opentelemetry.propagators.textmap import TextMapPropagator
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
-from opentelemetry.trace import SpanKind, StatusCode
+from opentelemetry.trace import (
+    NonRecordingSpan,
+    SpanContext,
+    SpanKind,
+    StatusCode,
+    TraceFlags,
+    TraceState,
+    get_current_span,
+    set_span_in_context,
+)
 
 from llm_proxy_mw import build_proxy
+from llm_proxy_mw._otel_direct import DirectTracer
 from llm_proxy_mw.errors import UpstreamConnectError
+from llm_proxy_mw.telemetry import TelemetryMiddleware
 from llm_proxy_mw.transports import UpstreamRequest, UpstreamResponse
 from tests.fakes.transports import RecordingTransport
 
@@ -72,6 +91,30 @@ def provider(kind: str, model: str, **extra: Any) -> dict[str, Any]:
     }
 
 
+class HookableProcessor(SimpleSpanProcessor):
+    """A processor the proxy cannot know to see spans only at their end."""
+
+
+@pytest.fixture(autouse=True, params=["direct spans", "the SDK's spans"])
+def span_processor(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Which processor ``traced()`` sets up, and so which way the proxy records."""
+    direct = request.param == "direct spans"
+    monkeypatch.setattr(
+        sys.modules[__name__], "PROCESSOR", SimpleSpanProcessor if direct else HookableProcessor
+    )
+
+
+PROCESSOR: type[SimpleSpanProcessor] = SimpleSpanProcessor
+
+
+def recording_tracer(proxy: Any) -> Any:
+    """The tracer the proxy's telemetry layer records with."""
+    app = proxy.pipeline
+    while not isinstance(app, TelemetryMiddleware):
+        app = app.app
+    return app._tracer
+
+
 @dataclass
 class Traced:
     client: httpx.AsyncClient
@@ -99,7 +142,7 @@ async def traced(
 ) -> AsyncIterator[Traced]:
     exporter = InMemorySpanExporter()
     tracer_provider = TracerProvider()
-    tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer_provider.add_span_processor(PROCESSOR(exporter))
     providers = providers or {
         "gpt": provider("openai", GPT),
         "claude": provider("anthropic", CLAUDE),
@@ -116,6 +159,9 @@ async def traced(
         httpx.AsyncClient(transport=transport, base_url="http://host") as client,
     ):
         yield Traced(client, exporter, tracer_provider, transports)
+    tracer = recording_tracer(proxy)
+    assert isinstance(tracer, DirectTracer)
+    assert tracer._processors_allow() is (PROCESSOR is SimpleSpanProcessor)
     tracer_provider.shutdown()
 
 
@@ -356,6 +402,78 @@ async def test_the_provider_gets_the_attempts_traceparent_not_the_clients() -> N
     names = [name for name, _ in t.transports["gpt"].sent[-1].headers]
     assert names.count("traceparent") == 1
     assert "tracestate" not in names
+
+
+HOST_PARENT = SpanContext(
+    0x4BF92F3577B34DA6A3CE929D0E0E4736,
+    0x00F067AA0BA902B7,
+    is_remote=True,
+    trace_flags=TraceFlags(TraceFlags.SAMPLED),
+    trace_state=TraceState([("host", "1")]),
+)
+
+
+async def _post_under(context: Context, t: Traced) -> dict[str, str]:
+    """A request made while ``context`` is current (the host's), and the headers the
+    provider got."""
+    token = attach(context)
+    try:
+        response = await t.client.post("/v1/chat/completions", json=CHAT)
+    finally:
+        detach(token)
+    assert response.status_code == 200
+    return dict(t.transports["gpt"].sent[-1].headers)
+
+
+@pytest.mark.anyio
+async def test_the_provider_gets_the_hosts_trace_and_trace_state() -> None:
+    async with traced() as t:
+        sent = await _post_under(set_span_in_context(NonRecordingSpan(HOST_PARENT)), t)
+    (attempt,) = t.attempt_spans()
+    assert sent["traceparent"] == (
+        f"00-{HOST_PARENT.trace_id:032x}-{attempt.context.span_id:016x}-01"
+    )
+    assert sent["tracestate"] == "host=1"
+    assert "baggage" not in sent
+
+
+@pytest.mark.anyio
+async def test_the_provider_gets_the_hosts_baggage() -> None:
+    context = baggage.set_baggage(
+        "tenant", "acme", set_span_in_context(NonRecordingSpan(HOST_PARENT))
+    )
+    async with traced() as t:
+        sent = await _post_under(context, t)
+    assert sent["baggage"] == "tenant=acme"
+    assert sent["tracestate"] == "host=1"
+    assert sent["traceparent"].split("-")[1] == f"{HOST_PARENT.trace_id:032x}"
+
+
+class VendorPropagator(TextMapPropagator):
+    """A host's own propagator, in place of the W3C ones."""
+
+    def inject(self, carrier: Any, context: Context | None = None, setter: Any = None) -> None:
+        span_context = get_current_span(context).get_span_context()
+        carrier["X-Vendor-Trace"] = f"{span_context.trace_id:x};{span_context.span_id:x}"
+
+    def extract(self, carrier: Any, context: Context | None = None, getter: Any = None) -> Context:
+        return context or Context()
+
+    @property
+    def fields(self) -> set[str]:
+        return {"X-Vendor-Trace"}
+
+
+@pytest.mark.anyio
+async def test_the_provider_gets_what_the_hosts_own_propagator_writes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(propagate, "_HTTP_TEXT_FORMAT", VendorPropagator())
+    async with traced() as t:
+        sent = await _post_under(set_span_in_context(NonRecordingSpan(HOST_PARENT)), t)
+    (attempt,) = t.attempt_spans()
+    assert sent["x-vendor-trace"] == f"{HOST_PARENT.trace_id:x};{attempt.context.span_id:x}"
+    assert "traceparent" not in sent
 
 
 @pytest.mark.anyio
