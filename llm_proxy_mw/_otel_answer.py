@@ -2,8 +2,10 @@
 
 Every API puts the id and the model at the start of its answer (the first event of a stream)
 and the finish reasons near the end (a late event of a stream): a JSON body keeps its first
-and last ``_EDGE`` bytes; a stream looks for a reason in each read with two substring
-searches, and for the id and model only until it found the model.
+and last ``_EDGE`` bytes; a stream reads the id and model from its reads until it found the
+model, then only keeps its last ``_RECENT`` reads (a deque's C ``append`` per read), where
+``finish`` looks for the reasons: a provider's last events give them, before the usage and
+the end.
 Only what the client's API calls ``finish_reason`` (Chat, Completions) or ``stop_reason``
 (Messages) is read; Responses has neither. An embeddings answer names its model at the end.
 A key split across two reads is missed: providers flush whole events.
@@ -14,7 +16,7 @@ With ``capture`` set, the first ``capture`` bytes of the answer are kept too (th
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections import deque
 
 __all__ = ["AnswerReader"]
 
@@ -22,14 +24,24 @@ _EDGE = 2048
 _ID = re.compile(rb'"id"\s*:\s*"([^"\\]{1,128})"')
 _MODEL = re.compile(rb'"model"\s*:\s*"([^"\\]{1,128})"')
 _REASON = re.compile(rb'"(?:finish|stop)_reason"\s*:\s*"([A-Za-z0-9_.\-]{1,40})"')
-_REASON_SET = b'_reason":"'
-_REASON_SPACED = b'_reason": "'
+#: How many of a stream's last reads are searched for its finish reasons.
+_RECENT = 8
 
 
 class AnswerReader:
     """Feed it every body chunk the client gets, ``finish`` it, then read its fields."""
 
-    __slots__ = ("sse", "id", "model", "finish_reasons", "content", "_head", "_tail", "_capture")
+    __slots__ = (
+        "sse",
+        "id",
+        "model",
+        "finish_reasons",
+        "content",
+        "recent",
+        "_head",
+        "_tail",
+        "_capture",
+    )
 
     def __init__(self, *, sse: bool, capture: int = 0) -> None:
         self.sse = sse
@@ -37,6 +49,8 @@ class AnswerReader:
         self.model: str | None = None
         self.finish_reasons: list[str] = []
         self.content = b""
+        #: A stream's last reads (``finish`` searches them for its reasons).
+        self.recent: deque[bytes] = deque(maxlen=_RECENT)
         self._head = b""
         self._tail = b""
         self._capture = capture
@@ -45,26 +59,24 @@ class AnswerReader:
         if self._capture and len(self.content) < self._capture:
             self.content = (self.content + chunk)[: self._capture]
         if self.sse:
-            self._feed_event(chunk)
+            self.feed_stream(chunk)
             return
         if len(self._head) < _EDGE:
             self._head = (self._head + chunk)[:_EDGE]
         self._tail = chunk[-_EDGE:] if len(chunk) >= _EDGE else (self._tail + chunk)[-_EDGE:]
 
-    def feeder(self) -> Callable[[bytes], None]:
-        """``feed``, or for a stream without ``capture`` its cheaper per-chunk part."""
-        return self._feed_event if self.sse and not self._capture else self.feed
-
-    def _feed_event(self, chunk: bytes) -> None:
-        """A stream's read (its reader's ``feed`` without ``capture``: called per chunk)."""
+    def feed_stream(self, chunk: bytes) -> None:
+        """A stream's read: the id and model while the model is not found, and the read
+        kept among the last ones."""
         if self.model is None:
             self._start(chunk)
-        # A reason given, not the ``"finish_reason":null`` of every Chat delta.
-        if _REASON_SET in chunk or _REASON_SPACED in chunk:
-            self._reasons(chunk)
+        self.recent.append(chunk)
 
     def finish(self) -> None:
-        if not self.sse and self._head:
+        if self.sse:
+            self._reasons(b"".join(self.recent))
+            self.recent.clear()
+        elif self._head:
             self._start(self._head)
             if self.model is None:
                 self._start(self._tail)

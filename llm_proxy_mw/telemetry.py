@@ -251,15 +251,24 @@ class _Responder:
             answer = _answer_reader(message.get("headers", ()), self._capture)
             if answer is not None:
                 self.answer = answer
-                self._feed = self._first_chunk if answer.sse else answer.feeder()
+                self._feed = self._first_chunk if answer.sse else answer.feed
         return self._send(message)
 
     def _first_chunk(self, body: bytes) -> None:
         """A stream's first body byte: an event, then each read goes to the reader alone."""
         assert self.answer is not None
         self._span.add_event("gen_ai.first_chunk")
-        self._feed = self.answer.feeder()
+        self._feed = self.answer.feed if self._capture else self._feed_stream
         self._feed(body)
+
+    def _feed_stream(self, body: bytes) -> None:
+        """A stream's read while its reader looks for the model; once it found it, each
+        read is only ``recent.append`` (C: no frame per read)."""
+        answer = self.answer
+        assert answer is not None
+        answer.feed_stream(body)
+        if answer.model is not None:
+            self._feed = answer.recent.append
 
 
 def _answer_reader(headers: Iterable[tuple[bytes, bytes]], capture: int) -> AnswerReader | None:

@@ -1,0 +1,70 @@
+"""``AnswerReader``: the id, model and finish reasons of an answer, read as it goes by."""
+
+from __future__ import annotations
+
+import json
+
+from llm_proxy_mw._otel_answer import _RECENT, AnswerReader
+
+
+def chunk(delta: str, reason: str | None = None) -> bytes:
+    event = {
+        "id": "chatcmpl-1",
+        "model": "gpt-4o-mini",
+        "choices": [{"index": 0, "delta": {"content": delta}, "finish_reason": reason}],
+    }
+    return b"data: " + json.dumps(event).encode() + b"\n\n"
+
+
+def test_a_long_stream_keeps_only_its_last_reads_and_finds_its_reason() -> None:
+    reader = AnswerReader(sse=True)
+    for n in range(200):
+        reader.feed_stream(chunk(str(n)))
+        assert len(reader.recent) <= _RECENT
+    reader.feed_stream(chunk("", "length"))
+    reader.feed_stream(b'data: {"choices":[],"usage":{"prompt_tokens":1}}\n\ndata: [DONE]\n\n')
+    reader.finish()
+    assert reader.attributes() == {
+        "gen_ai.response.id": "chatcmpl-1",
+        "gen_ai.response.model": "gpt-4o-mini",
+        "gen_ai.response.finish_reasons": ["length"],
+    }
+    assert not reader.recent
+
+
+def test_the_model_is_looked_for_until_a_read_names_it() -> None:
+    reader = AnswerReader(sse=True)
+    reader.feed_stream(b": keep-alive\n\n")
+    reader.feed_stream(b"event: message_start\n")
+    reader.feed_stream(
+        b'data: {"type":"message_start","message":{"id":"msg_1","model":"claude-x"}}\n\n'
+    )
+    reader.feed_stream(b'data: {"type":"message_delta","delta":{"stop_reason":"end_turn"}}\n\n')
+    reader.finish()
+    assert reader.id == "msg_1"
+    assert reader.model == "claude-x"
+    assert reader.finish_reasons == ["end_turn"]
+
+
+def test_a_json_answer_is_read_from_its_head_and_tail() -> None:
+    body = json.dumps(
+        {
+            "id": "chatcmpl-2",
+            "model": "gpt-4o",
+            "choices": [{"message": {"content": "x" * 10_000}, "finish_reason": "stop"}],
+        }
+    ).encode()
+    reader = AnswerReader(sse=False)
+    for start in range(0, len(body), 1000):
+        reader.feed(body[start : start + 1000])
+    reader.finish()
+    assert (reader.id, reader.model, reader.finish_reasons) == ("chatcmpl-2", "gpt-4o", ["stop"])
+
+
+def test_content_is_kept_up_to_its_bound_from_a_stream_too() -> None:
+    reader = AnswerReader(sse=True, capture=10)
+    reader.feed(chunk("hello"))
+    reader.feed(chunk("", "stop"))
+    reader.finish()
+    assert reader.content == chunk("hello")[:10]
+    assert reader.finish_reasons == ["stop"]
