@@ -204,9 +204,13 @@ def _injected(context: Context) -> list[tuple[str, str]]:
 
 def _replace_trace_headers(request: UpstreamRequest, headers: list[tuple[str, str]]) -> None:
     """``request`` carries ``headers`` in place of the client's own trace headers."""
-    replaced = _TRACE_HEADERS.union(name for name, _ in headers)
-    request.headers = [h for h in request.headers if h[0] not in replaced]
-    request.headers.extend(headers)
+    replaced = _TRACE_HEADERS
+    if len(headers) > 2 or any(name not in replaced for name, _ in headers):
+        replaced = replaced.union(name for name, _ in headers)  # baggage, a vendor's
+    kept = request.headers
+    if any(header[0] in replaced for header in kept):
+        kept = [header for header in kept if header[0] not in replaced]
+    request.headers = kept + headers
 
 
 def _failed(span: Span, error_type: str) -> None:

@@ -53,6 +53,8 @@ _T = TypeVar("_T")
 _Items = list[_T] | BoundedList[_T]
 #: What ``_plain`` returns for any other value.
 _NOT_PLAIN = object()
+#: Any sampled span of this process, as a parent (what ``_always_on`` looks at).
+_LOCAL_SAMPLED = SpanContext(1, 1, is_remote=False, trace_flags=TraceFlags(TraceFlags.SAMPLED))
 #: ``TraceFlags.RANDOM_TRACE_ID`` (W3C Trace Context level 2), 0 on an API without it.
 _RANDOM_TRACE_ID: int = getattr(TraceFlags, "RANDOM_TRACE_ID", 0)
 
@@ -103,6 +105,17 @@ class DirectTracer(trace.Tracer):
         self._random_ids = random_ids if callable(random_ids) else None
         self._checked: object = None
         self._direct = False
+        self._sampler: Sampler | None = None
+        self._children_on = False
+
+    def _children_always_on(self) -> bool:
+        """Whether the sampler's answer for a child of a sampled local span is known
+        (``_always_on``): worked out again if the sampler changes."""
+        sampler = self.sdk.sampler
+        if sampler is not self._sampler:
+            self._children_on = _always_on(sampler, _LOCAL_SAMPLED)
+            self._sampler = sampler
+        return self._children_on
 
     def _processors_allow(self) -> bool:
         """Whether every processor sees spans only at their end (checked again whenever the
@@ -181,15 +194,15 @@ class DirectTracer(trace.Tracer):
         values (the attempt spans'). Under a direct span that the sampler samples, its
         children are decided without asking it (``_always_on``) and their attributes taken
         as they are."""
+        above = parent._context if type(parent) is DirectSpan else None
+        # A direct parent was started while this tracer was enabled and its processors
+        # allowed: its children go the same way.
         if (
-            type(parent) is not DirectSpan
-            or parent._end is not None
-            or not self._processors_allow()
-            or (self._enabled and not self._enabled())
+            above is None
+            or parent._end is not None  # type: ignore[attr-defined]
+            or not above.trace_flags.sampled
+            or not self._children_always_on()
         ):
-            return self.start_span(name, context, kind, attributes)
-        above = parent._context
-        if not (above.trace_flags.sampled and _always_on(self.sdk.sampler, above)):
             return self.start_span(name, context, kind, attributes)
         span_context = SpanContext(
             above.trace_id,
