@@ -78,6 +78,21 @@ def direct_tracer(tracer: trace.Tracer) -> DirectTracer | None:
         or not hasattr(tracer.span_processor, "_span_processors")
     ):
         return None
+    try:  # an SDK whose ReadableSpan takes other arguments keeps its own spans
+        ReadableSpan(
+            name="probe",
+            resource=tracer.resource,
+            attributes={},
+            events=[],
+            links=[],
+            instrumentation_info=tracer.instrumentation_info,
+            status=_UNSET,
+            start_time=0,
+            end_time=0,
+            instrumentation_scope=scope,
+        )
+    except TypeError:
+        return None
     return DirectTracer(tracer)
 
 
@@ -207,9 +222,9 @@ class DirectTracer(trace.Tracer):
         span_context = SpanContext(
             above.trace_id,
             self.sdk.id_generator.generate_span_id(),
-            False,
-            above.trace_flags,  # sampled, and random as the parent's trace id is
-            above.trace_state,
+            is_remote=False,
+            trace_flags=above.trace_flags,  # sampled, and random as the parent's trace id is
+            trace_state=above.trace_state,
         )
         span = DirectSpan(self, name, span_context, above, kind, None)
         if len(attributes) > self.max_attributes:
@@ -404,19 +419,19 @@ class DirectSpan(Span):
             attributes._immutable = True  # as the SDK leaves its own
         tracer.processor.on_end(
             ReadableSpan(
-                self._name,
-                self._context,
-                self._parent,
-                tracer.resource,
-                attributes,
-                self._events,
-                self._links,
-                self._kind,
-                tracer.info,
-                self._status,
-                self._start,
-                end,
-                tracer.scope,
+                name=self._name,
+                context=self._context,
+                parent=self._parent,
+                resource=tracer.resource,
+                attributes=attributes,
+                events=self._events,
+                links=self._links,
+                kind=self._kind,
+                instrumentation_info=tracer.info,
+                status=self._status,
+                start_time=self._start,
+                end_time=end,
+                instrumentation_scope=tracer.scope,
             )
         )
 

@@ -415,3 +415,17 @@ def test_a_child_started_directly_is_the_child_the_sdk_starts(
         results.append([exported(s) for s in exporter.get_finished_spans()])
     sdk, direct = results
     assert direct == sdk
+
+
+def test_an_sdk_whose_readable_span_takes_other_arguments_keeps_its_own_spans(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import llm_proxy_mw._otel_direct as direct
+
+    class Renamed(ReadableSpan):
+        def __init__(self, label: str, **_: Any) -> None:  # a future SDK's signature
+            super().__init__(label)
+
+    monkeypatch.setattr(direct, "ReadableSpan", Renamed)
+    tracer_provider = provider(InMemorySpanExporter())
+    assert direct_tracer(tracer_provider.get_tracer("test")) is None
