@@ -241,22 +241,18 @@ class DirectTracer(trace.Tracer):
 def _always_on(sampler: Sampler, parent: SpanContext | None) -> bool:
     """Whether ``sampler`` is the SDK's default one (``parentbased_always_on``), or always
     on, and for a span under ``parent`` hands the decision to the SDK's ``ALWAYS_ON``: its
-    answer is then known (record and sample, the parent's trace state, the attributes)."""
+    answer is then known (record and sample, the parent's trace state, the attributes).
+    A ``ParentBased`` without the delegates it had in SDK 1.x is asked as any other."""
     if type(sampler) is ParentBased:
         if parent is None:
-            sampler = sampler._root
+            name = "_root"
         elif parent.is_remote:
-            sampler = (
-                sampler._remote_parent_sampled
-                if parent.trace_flags.sampled
-                else sampler._remote_parent_not_sampled
-            )
+            sampled = parent.trace_flags.sampled
+            name = "_remote_parent_sampled" if sampled else "_remote_parent_not_sampled"
         else:
-            sampler = (
-                sampler._local_parent_sampled
-                if parent.trace_flags.sampled
-                else sampler._local_parent_not_sampled
-            )
+            sampled = parent.trace_flags.sampled
+            name = "_local_parent_sampled" if sampled else "_local_parent_not_sampled"
+        return getattr(sampler, name, None) is ALWAYS_ON
     return sampler is ALWAYS_ON
 
 

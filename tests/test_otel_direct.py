@@ -429,3 +429,14 @@ def test_an_sdk_whose_readable_span_takes_other_arguments_keeps_its_own_spans(
     monkeypatch.setattr(direct, "ReadableSpan", Renamed)
     tracer_provider = provider(InMemorySpanExporter())
     assert direct_tracer(tracer_provider.get_tracer("test")) is None
+
+
+def test_a_parent_based_sampler_without_its_delegates_is_asked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sampler = ParentBased(ALWAYS_ON)
+    monkeypatch.delattr(sampler, "_root")  # as a later SDK might keep it
+    monkeypatch.setattr(sampler, "should_sample", lambda *a, **k: ALWAYS_OFF.should_sample(*a))
+    (_, _), (direct, exporter) = both(sampler=sampler)
+    span = direct.start_span("x")
+    assert not span.is_recording()
