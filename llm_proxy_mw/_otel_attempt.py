@@ -205,7 +205,7 @@ def _injected(context: Context) -> list[tuple[str, str]]:
 def _replace_trace_headers(request: UpstreamRequest, headers: list[tuple[str, str]]) -> None:
     """``request`` carries ``headers`` in place of the client's own trace headers."""
     replaced = _TRACE_HEADERS
-    if len(headers) > 2 or any(name not in replaced for name, _ in headers):
+    if any(name not in replaced for name, _ in headers):
         replaced = replaced.union(name for name, _ in headers)  # baggage, a vendor's
     kept = request.headers
     if any(header[0] in replaced for header in kept):
