@@ -11,12 +11,18 @@ Only what the client's API calls ``finish_reason`` (Chat, Completions) or ``stop
 A key split across two reads is missed: providers flush whole events.
 
 With ``capture`` set, the first ``capture`` bytes of the answer are kept too (the content).
+
+Whichever layer watches the answer go by (Metrics, when it is inside the telemetry layer)
+hands each read to ``take``: the reader's current way to take one, which for a stream whose
+model was found is the deque's own ``append``, so a read costs no Python frame.
 """
 
 from __future__ import annotations
 
 import re
 from collections import deque
+from collections.abc import Callable
+from typing import Any
 
 __all__ = ["AnswerReader"]
 
@@ -26,6 +32,14 @@ _MODEL = re.compile(rb'"model"\s*:\s*"([^"\\]{1,128})"')
 _REASON = re.compile(rb'"(?:finish|stop)_reason"\s*:\s*"([A-Za-z0-9_.\-]{1,40})"')
 #: How many of a stream's last reads are searched for its finish reasons.
 _RECENT = 8
+
+
+def _ignored(chunk: bytes) -> None:
+    """``take`` once the answer is finished."""
+
+
+#: A JSON answer's ``recent``: it keeps no reads.
+_NO_READS: deque[bytes] = deque(maxlen=0)
 
 
 class AnswerReader:
@@ -38,6 +52,7 @@ class AnswerReader:
         "finish_reasons",
         "content",
         "recent",
+        "take",
         "_head",
         "_tail",
         "_capture",
@@ -50,10 +65,14 @@ class AnswerReader:
         self.finish_reasons: list[str] = []
         self.content = b""
         #: A stream's last reads (``finish`` searches them for its reasons).
-        self.recent: deque[bytes] = deque(maxlen=_RECENT)
+        self.recent: deque[bytes] = deque(maxlen=_RECENT) if sse else _NO_READS
+        #: A JSON body's first bytes (at least ``_EDGE`` once it has them) and last ones: the
+        #: chunks themselves while they are that long, not copies.
         self._head = b""
         self._tail = b""
         self._capture = capture
+        #: Takes one read of the answer (``feed``, or quicker ways for a stream).
+        self.take: Callable[[bytes], None] = self._take_read if sse and not capture else self.feed
 
     def feed(self, chunk: bytes) -> None:
         if self._capture and len(self.content) < self._capture:
@@ -62,44 +81,55 @@ class AnswerReader:
             self.feed_stream(chunk)
             return
         if len(self._head) < _EDGE:
-            self._head = (self._head + chunk)[:_EDGE]
-        self._tail = chunk[-_EDGE:] if len(chunk) >= _EDGE else (self._tail + chunk)[-_EDGE:]
+            self._head = self._head + chunk[:_EDGE] if self._head else chunk
+        tail = self._tail
+        self._tail = tail[-_EDGE:] + chunk if tail and len(chunk) < _EDGE else chunk
 
     def feed_stream(self, chunk: bytes) -> None:
         """A stream's read: the id and model while the model is not found, and the read
         kept among the last ones."""
         if self.model is None:
-            self._start(chunk)
+            self._start(chunk, len(chunk))
         self.recent.append(chunk)
 
+    def _take_read(self, chunk: bytes) -> None:
+        """A stream's read while its model is not found; then ``take`` is ``recent.append``."""
+        self.feed_stream(chunk)
+        if self.model is not None:
+            self.take = self.recent.append
+
     def finish(self) -> None:
+        self.take = _ignored  # and the reader no longer refers to itself: no cycle to collect
         if self.sse:
-            self._reasons(b"".join(self.recent))
+            self._reasons(b"".join(self.recent), 0)
             self.recent.clear()
-        elif self._head:
-            self._start(self._head)
+        elif head := self._head:
+            tail = self._tail
+            self._start(head, _EDGE)
             if self.model is None:
-                self._start(self._tail)
-            self._reasons(self._tail)
+                self._start(tail, len(tail))
+            self._reasons(tail, len(tail) - _EDGE)
         self._head = self._tail = b""
 
-    def attributes(self) -> dict[str, str | list[str]]:
+    def add_attributes(self, attributes: dict[str, Any]) -> None:
         """``gen_ai.response.id``, ``.model`` and ``.finish_reasons``: those it found."""
-        found = {
-            "gen_ai.response.id": self.id,
-            "gen_ai.response.model": self.model,
-            "gen_ai.response.finish_reasons": self.finish_reasons,
-        }
-        return {name: value for name, value in found.items() if value}
+        if self.id:
+            attributes["gen_ai.response.id"] = self.id
+        if self.model:
+            attributes["gen_ai.response.model"] = self.model
+        if self.finish_reasons:
+            attributes["gen_ai.response.finish_reasons"] = tuple(self.finish_reasons)
 
-    def _start(self, data: bytes) -> None:
-        if self.id is None and (found := _ID.search(data)):
+    def _start(self, data: bytes, end: int) -> None:
+        """The id and the model, from the first ``end`` bytes of ``data``."""
+        if self.id is None and (found := _ID.search(data, 0, end)):
             self.id = found.group(1).decode("utf-8", "replace")
-        if self.model is None and (found := _MODEL.search(data)):
+        if self.model is None and (found := _MODEL.search(data, 0, end)):
             self.model = found.group(1).decode("utf-8", "replace")
 
-    def _reasons(self, data: bytes) -> None:
-        for reason in _REASON.findall(data):
+    def _reasons(self, data: bytes, start: int) -> None:
+        """The finish reasons in ``data`` from ``start`` on."""
+        for reason in _REASON.findall(data, max(start, 0)):
             text = reason.decode()
             if text not in self.finish_reasons:
                 self.finish_reasons.append(text)

@@ -10,30 +10,35 @@ opens no attempt span: its own context goes (``propagate``), marked not sampled.
 
 from __future__ import annotations
 
-from collections.abc import MutableMapping
-from typing import TYPE_CHECKING
+from collections.abc import Callable, MutableMapping
+from typing import TYPE_CHECKING, Literal
 from urllib.parse import SplitResult, urlsplit
 
-from opentelemetry import baggage, propagate
+from opentelemetry import propagate
+from opentelemetry.baggage import _BAGGAGE_KEY
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.context import Context
 from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.propagators.textmap import TextMapPropagator
-from opentelemetry.trace import Span, SpanKind, StatusCode, Tracer, set_span_in_context
+from opentelemetry.trace import Span, SpanKind, StatusCode, Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from opentelemetry.trace.span import DEFAULT_TRACE_STATE
 from opentelemetry.util.types import AnyValue
 
+from llm_proxy_mw._otel_answer import AnswerReader
+from llm_proxy_mw._otel_context import ids_of, with_span
 from llm_proxy_mw._otel_names import Server, server_of
 from llm_proxy_mw.context import RequestContext
 from llm_proxy_mw.errors import ProxyError
 
 if TYPE_CHECKING:
-    from llm_proxy_mw.context import Attempt
     from llm_proxy_mw.providers import Provider
     from llm_proxy_mw.transports import UpstreamRequest
 
-__all__ = ["AttemptSpan", "RequestTrace"]
+__all__ = ["RequestTrace", "StartChild"]
 
+#: A ``DirectTracer``'s ``start_child``: a quicker way to an attempt span (``_otel_direct``).
+StartChild = Callable[[Span, Context, str, SpanKind, dict[str, AnyValue]], Span]
 #: The client's trace headers, which the proxy's own replace.
 _TRACE_HEADERS = frozenset({"traceparent", "tracestate"})
 
@@ -54,13 +59,17 @@ def _redacted(url: str) -> str:
 
 
 class RequestTrace:
-    """The traced request's span, and the spans of its upstream attempts."""
+    """The traced request's span, the spans of its upstream attempts, and the reader of its
+    answer (``read_answer``: the layer that watches the bytes go by feeds it)."""
 
     __slots__ = (
         "ctx",
         "span",
         "context",
         "recording",
+        "answer",
+        "answer_wanted",
+        "capture",
         "_tracer",
         "_start_child",
         "_servers",
@@ -72,17 +81,29 @@ class RequestTrace:
         ctx: RequestContext,
         tracer: Tracer,
         span: Span,
+        host: Context,
         servers: MutableMapping[str, Server],
+        start_child: StartChild | None = None,
     ) -> None:
         self.ctx = ctx
         self.span = span
-        self.context: Context = set_span_in_context(span)
+        #: ``host``, the context the request came with, with ``span`` current.
+        self.context = with_span(host, span)
         self.recording = span.is_recording()
+        self.answer: AnswerReader | None = None
+        #: Whether a layer inside reads the answer (``read_answer``) for this span.
+        self.answer_wanted = False
+        #: How many bytes of the answer the reader keeps as content.
+        self.capture = 0
         self._tracer = tracer
-        #: A ``DirectTracer``'s quicker way to a child span (``_otel_direct``).
-        self._start_child = getattr(tracer, "start_child", None)
+        self._start_child = start_child
         self._servers = servers
         self._headers: list[tuple[str, str]] | None = None
+
+    def read_answer(self, kind: Literal["sse", "json"]) -> AnswerReader:
+        """The reader of this span's answer, an event stream or a JSON body."""
+        self.answer = AnswerReader(sse=kind == "sse", capture=self.capture)
+        return self.answer
 
     def server(self, provider: Provider) -> Server:
         """The provider's address and port, worked out once per provider."""
@@ -95,10 +116,11 @@ class RequestTrace:
         """Retry waits ``seconds`` before its next attempt."""
         self.span.add_event("llm_proxy.retry.wait", {"llm_proxy.retry.wait_seconds": seconds})
 
-    def attempt(self, provider: Provider, request: UpstreamRequest) -> AttemptSpan:
-        """A CLIENT span around one attempt (``with``), whose context ``request`` carries
-        upstream. Only for a recording request: else ``propagate``."""
-        address, port = self.server(provider)
+    def attempt(self, provider: Provider, request: UpstreamRequest) -> Span:
+        """A CLIENT span for one attempt, whose context ``request`` carries upstream; the
+        caller ends it with ``attempt_ended``. Only for a recording request: else
+        ``propagate``."""
+        address, port = self._servers.get(provider.name) or self.server(provider)
         attributes: dict[str, AnyValue] = {
             "http.request.method": request.method,
             "url.full": _redacted(request.url),
@@ -115,26 +137,25 @@ class RequestTrace:
                 request.method, self.context, SpanKind.CLIENT, attributes
             )
         _replace_trace_headers(request, self._trace_headers(span))
-        return AttemptSpan(span, self.ctx.attempts)
+        return span
 
-    def _trace_headers(self, span: Span) -> list[tuple[str, str]]:
-        """What the global propagator writes for ``span``: with the default propagators
-        (W3C trace context, and baggage when the context has none) written here, 3 µs less."""
-        if not _default_propagators(propagate.get_global_textmap()) or baggage.get_all(
-            self.context
-        ):
-            return _injected(set_span_in_context(span, self.context))
-        span_context = span.get_span_context()
-        headers = [
-            (
-                "traceparent",
-                f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}"
-                f"-{span_context.trace_flags:02x}",
-            )
-        ]
-        if span_context.trace_state:
-            headers.append(("tracestate", span_context.trace_state.to_header()))
-        return headers
+    def attempt_ended(self, span: Span, before: int, error: BaseException | None) -> None:
+        """The attempt's span ends with what it ended with: its status code, and an
+        ``error.type`` when it failed (``before``: the attempts recorded before it)."""
+        attempts = self.ctx.attempts
+        if error is not None:
+            if not isinstance(error, ProxyError):
+                _failed(span, type(error).__qualname__)
+            elif len(attempts) == before:  # not the provider's: the upload broke off
+                _failed(span, error.code)
+        if len(attempts) > before:
+            record = attempts[-1]
+            status = record.status
+            if status is not None:
+                span.set_attribute("http.response.status_code", status)
+            if record.outcome != "success":
+                _failed(span, str(status) if status and status >= 400 else record.outcome)
+        span.end()
 
     def propagate(self, request: UpstreamRequest) -> None:
         """A request sampled out has no attempt span: its own context goes, marked not
@@ -143,46 +164,27 @@ class RequestTrace:
             self._headers = self._trace_headers(self.span)
         _replace_trace_headers(request, self._headers)
 
-
-class AttemptSpan:
-    """The span of one attempt while it runs; what the attempt ended with, when it ends."""
-
-    __slots__ = ("_span", "_attempts", "_before")
-
-    def __init__(self, span: Span, attempts: list[Attempt]) -> None:
-        self._span = span
-        self._attempts = attempts
-        self._before = len(attempts)
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(
-        self, kind: type[BaseException] | None, error: BaseException | None, _: object
-    ) -> None:
-        span, attempts = self._span, self._attempts
-        if error is not None:
-            if not isinstance(error, ProxyError):
-                _failed(span, type(error).__qualname__)
-            elif len(attempts) == self._before:  # not the provider's: the upload broke off
-                _failed(span, error.code)
-        if len(attempts) > self._before:
-            record = attempts[-1]
-            if record.status is not None:
-                span.set_attribute("http.response.status_code", record.status)
-            if record.outcome != "success":
-                status = record.status
-                _failed(span, str(status) if status and status >= 400 else record.outcome)
-        span.end()
+    def _trace_headers(self, span: Span) -> list[tuple[str, str]]:
+        """What the global propagator writes for ``span``: with the default propagators
+        (W3C trace context, and baggage when the context has none) written here, for a
+        fraction of the cost."""
+        if not _default_propagators() or self.context.get(_BAGGAGE_KEY):
+            return _injected(with_span(self.context, span))
+        trace_id, span_id, flags, state = ids_of(span.get_span_context())
+        parent = ("traceparent", f"00-{trace_id:032x}-{span_id:016x}-{flags:02x}")
+        if state is not DEFAULT_TRACE_STATE and state:
+            return [parent, ("tracestate", state.to_header())]
+        return [parent]
 
 
 #: The global propagator last seen, and whether it is the default one.
 _seen: list[tuple[TextMapPropagator, bool]] = []
 
 
-def _default_propagators(textmap: TextMapPropagator) -> bool:
-    """Whether ``textmap`` is the API's default (``OTEL_PROPAGATORS=tracecontext,baggage``):
-    W3C trace context then W3C baggage, nothing else."""
+def _default_propagators() -> bool:
+    """Whether the global propagator is the API's default one (``OTEL_PROPAGATORS`` unset,
+    or ``tracecontext,baggage``): W3C trace context then W3C baggage, nothing else."""
+    textmap = propagate.get_global_textmap()
     if _seen and _seen[0][0] is textmap:
         return _seen[0][1]
     members = getattr(textmap, "_propagators", None)
@@ -205,10 +207,10 @@ def _injected(context: Context) -> list[tuple[str, str]]:
 def _replace_trace_headers(request: UpstreamRequest, headers: list[tuple[str, str]]) -> None:
     """``request`` carries ``headers`` in place of the client's own trace headers."""
     replaced = _TRACE_HEADERS
-    if any(name not in replaced for name, _ in headers):
+    if not replaced.issuperset(dict(headers)):
         replaced = replaced.union(name for name, _ in headers)  # baggage, a vendor's
     kept = request.headers
-    if any(header[0] in replaced for header in kept):
+    if not replaced.isdisjoint(dict(kept)):  # the client sent some (checked in C)
         kept = [header for header in kept if header[0] not in replaced]
     request.headers = kept + headers
 

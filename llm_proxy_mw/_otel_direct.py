@@ -15,8 +15,9 @@ decided again whenever the host adds a processor.
 
 from __future__ import annotations
 
+import random
 import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from time import time_ns
 from typing import Any, TypeVar
 
@@ -25,8 +26,10 @@ from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import Event, ReadableSpan, SynchronousMultiSpanProcessor
 from opentelemetry.sdk.trace import Tracer as SdkTracer
+from opentelemetry.sdk.trace import _Span as SdkSpan
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
-from opentelemetry.sdk.trace.sampling import ALWAYS_ON, Decision, ParentBased, Sampler
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, Decision, ParentBased, Sampler
 from opentelemetry.sdk.util import BoundedList
 from opentelemetry.trace import (
     Link,
@@ -38,7 +41,10 @@ from opentelemetry.trace import (
     StatusCode,
     TraceFlags,
 )
+from opentelemetry.trace.span import DEFAULT_TRACE_STATE
 from opentelemetry.util.types import AnyValue, Attributes
+
+from llm_proxy_mw._otel_context import CONTEXT_IS_A_TUPLE, current, span_of
 
 __all__ = ["DirectSpan", "DirectTracer", "direct_tracer"]
 
@@ -47,16 +53,31 @@ __all__ = ["DirectSpan", "DirectTracer", "direct_tracer"]
 _ON_END_ONLY = (BatchSpanProcessor, SimpleSpanProcessor)
 #: The attribute value types the conventions allow, alone or as a homogeneous sequence.
 _PLAIN = (str, bool, int, float)
+_PLAIN_TYPES = frozenset(_PLAIN)
 _UNSET = Status(StatusCode.UNSET)
 _T = TypeVar("_T")
 #: A span's events or links: a list, or past its limit the SDK's ``BoundedList``.
 _Items = list[_T] | BoundedList[_T]
 #: What ``_plain`` returns for any other value.
 _NOT_PLAIN = object()
-#: Any sampled span of this process, as a parent (what ``_always_on`` looks at).
-_LOCAL_SAMPLED = SpanContext(1, 1, is_remote=False, trace_flags=TraceFlags(TraceFlags.SAMPLED))
 #: ``TraceFlags.RANDOM_TRACE_ID`` (W3C Trace Context level 2), 0 on an API without it.
 _RANDOM_TRACE_ID: int = getattr(TraceFlags, "RANDOM_TRACE_ID", 0)
+#: Each ``TraceFlags`` a span of this tracer can get, by value (built once).
+_FLAGS = {f: TraceFlags(f) for f in (0, 1, _RANDOM_TRACE_ID, 1 | _RANDOM_TRACE_ID)}
+#: What the SDK's ``ParentBased`` sampler consults for a root span, and for a remote or local
+#: parent, sampled or not (``_known_decision``).
+_DELEGATES = {
+    None: "_root",
+    (True, True): "_remote_parent_sampled",
+    (True, False): "_remote_parent_not_sampled",
+    (False, True): "_local_parent_sampled",
+    (False, False): "_local_parent_not_sampled",
+}
+#: A span context is a tuple: ``tuple.__new__`` builds one without ``SpanContext.__new__``'s
+#: checks, for ids it generated itself (``CONTEXT_IS_A_TUPLE`` checked the layout).
+_new_tuple = tuple.__new__
+#: Where an ended, sampled span goes: a processor's queue or its ``on_end``.
+_Sink = Callable[[ReadableSpan], object]
 
 
 def direct_tracer(tracer: trace.Tracer) -> DirectTracer | None:
@@ -70,7 +91,8 @@ def direct_tracer(tracer: trace.Tracer) -> DirectTracer | None:
     scope = getattr(tracer, "_instrumentation_scope", None)
     span_metrics = getattr(tracer, "_tracer_metrics", None)
     if (
-        limits is None
+        not CONTEXT_IS_A_TUPLE
+        or limits is None
         or scope is None
         or getattr(limits, "max_attribute_length", 0) is not None
         or getattr(limits, "max_span_attribute_length", 0) is not None
@@ -78,22 +100,40 @@ def direct_tracer(tracer: trace.Tracer) -> DirectTracer | None:
         or not hasattr(tracer.span_processor, "_span_processors")
     ):
         return None
-    try:  # an SDK whose ReadableSpan takes other arguments keeps its own spans
-        ReadableSpan(
-            name="probe",
-            resource=tracer.resource,
-            attributes={},
-            events=[],
-            links=[],
-            instrumentation_info=tracer.instrumentation_info,
-            status=_UNSET,
-            start_time=0,
-            end_time=0,
-            instrumentation_scope=scope,
-        )
-    except TypeError:
-        return None
+    if not _readable_span_by_position():
+        return None  # an SDK whose ReadableSpan takes other arguments keeps its own spans
     return DirectTracer(tracer)
+
+
+#: ``ReadableSpan``'s arguments, in the order ``DirectSpan.end`` passes them.
+_READABLE_FIELDS = (
+    "name",
+    "context",
+    "parent",
+    "resource",
+    "attributes",
+    "events",
+    "links",
+    "kind",
+    "instrumentation_info",
+    "status",
+    "start_time",
+    "end_time",
+    "instrumentation_scope",
+)
+
+
+def _readable_span_by_position() -> bool:
+    """Whether ``ReadableSpan`` takes ``_READABLE_FIELDS`` by position, as in SDK 1.x: the
+    same values by name and by position make the same span (positional arguments are the
+    quicker call)."""
+    values: list[Any] = [object() for _ in _READABLE_FIELDS]
+    try:
+        by_name = ReadableSpan(**dict(zip(_READABLE_FIELDS, values, strict=True)))
+        by_position = ReadableSpan(*values)
+        return vars(by_name) == vars(by_position)
+    except TypeError:
+        return False
 
 
 def _limit(value: int | None) -> int:
@@ -114,32 +154,45 @@ class DirectTracer(trace.Tracer):
         self.max_attributes = _limit(limits.max_span_attributes)
         self.max_events = _limit(limits.max_events)
         self.max_links = _limit(limits.max_links)
-        enabled = getattr(tracer, "_is_enabled", None)
-        self._enabled = enabled if callable(enabled) else None
-        random_ids = getattr(tracer.id_generator, "is_trace_id_random", None)
-        self._random_ids = random_ids if callable(random_ids) else None
-        self._checked: object = None
-        self._direct = False
+        #: Whether a configurator can disable the tracer (``_tracer_config``, SDK >= 1.39).
+        self._configurable = hasattr(tracer, "_tracer_config")
+        #: The processors last looked at, and where a sampled span goes with them: ``None``
+        #: while one of them needs the SDK's spans (``_route``).
+        self.checked: object = None
+        self.sinks: tuple[_Sink, ...] | None = None
+        #: The sampler last looked at, and its decisions known without asking it.
         self._sampler: Sampler | None = None
-        self._children_on = False
+        self._decisions: dict[object, Decision | None] = {}
 
-    def _children_always_on(self) -> bool:
-        """Whether the sampler's answer for a child of a sampled local span is known
-        (``_always_on``): worked out again if the sampler changes."""
+    def route(self) -> tuple[_Sink, ...] | None:
+        """Where a sampled span goes (``sinks``), worked out again whenever the host adds a
+        processor (the SDK replaces its tuple): ``None`` unless every processor sees spans
+        only at their end. A ``BatchSpanProcessor``'s is its queue's ``emit``, what its
+        ``on_end`` calls for a sampled span."""
+        processors = self.processor._span_processors
+        if processors is not self.checked:
+            sinks = None
+            if all(type(p) in _ON_END_ONLY for p in processors):
+                sinks = tuple(_sink(p) for p in processors)
+            self.sinks, self.checked = sinks, processors
+        return self.sinks
+
+    def _known(self, parent: tuple[bool, bool] | None) -> Decision | None:
+        """The sampler's decision for a span under ``parent`` (remote, sampled; ``None`` for
+        a root) when it hands it to ``ALWAYS_ON`` or ``ALWAYS_OFF``, whose answers are known
+        (``_known_decision``); ``None`` when it must be asked."""
         sampler = self.sdk.sampler
         if sampler is not self._sampler:
-            self._children_on = _always_on(sampler, _LOCAL_SAMPLED)
+            self._decisions = {
+                key: _known_decision(sampler, name) for key, name in _DELEGATES.items()
+            }
             self._sampler = sampler
-        return self._children_on
+        return self._decisions[parent]
 
-    def _processors_allow(self) -> bool:
-        """Whether every processor sees spans only at their end (checked again whenever the
-        host adds one: the SDK replaces its tuple)."""
-        processors = self.processor._span_processors
-        if processors is not self._checked:
-            self._direct = all(type(p) in _ON_END_ONLY for p in processors)
-            self._checked = processors
-        return self._direct
+    def _span_id(self) -> int:
+        if type(ids := self.sdk.id_generator) is RandomIdGenerator:
+            return random.getrandbits(64) or ids.generate_span_id()  # as it would
+        return ids.generate_span_id()
 
     def start_span(
         self,
@@ -152,8 +205,13 @@ class DirectTracer(trace.Tracer):
         record_exception: bool = True,
         set_status_on_exception: bool = True,
     ) -> Span:
-        if links or not self._processors_allow() or (self._enabled and not self._enabled()):
-            return self.sdk.start_span(
+        sdk = self.sdk
+        if (
+            links
+            or self.route() is None
+            or (self._configurable and not sdk._tracer_config.is_enabled)
+        ):
+            return sdk.start_span(
                 name,
                 context,
                 kind,
@@ -163,31 +221,45 @@ class DirectTracer(trace.Tracer):
                 record_exception,
                 set_status_on_exception,
             )
-        parent: SpanContext | None = trace.get_current_span(context).get_span_context()
-        sdk = self.sdk
-        if parent is None or not parent.is_valid:
+        parent_span = span_of(current() if context is None else context)
+        parent: SpanContext | None = None
+        if parent_span is not None and (
+            type(parent_span) in _SPAN_TYPES or isinstance(parent_span, Span)
+        ):
+            parent = parent_span.get_span_context()
+        ids = sdk.id_generator
+        if parent is None or not parent[5]:  # none, or not valid
             parent = None
-            trace_id = sdk.id_generator.generate_trace_id()
-            random_trace_id = self._random_ids is not None and self._random_ids()
+            if type(ids) is RandomIdGenerator:
+                trace_id = random.getrandbits(128) or ids.generate_trace_id()  # as it would
+                random_trace_id = True
+            else:
+                trace_id = ids.generate_trace_id()
+                random_trace_id = ids.is_trace_id_random()
+            decision = self._known(None)
         else:
-            trace_id = parent.trace_id
-            random_trace_id = bool(parent.trace_flags & _RANDOM_TRACE_ID)
-        sampler = sdk.sampler
-        if _always_on(sampler, parent):  # what it would answer, without asking it
-            decision, trace_state = Decision.RECORD_AND_SAMPLE, parent and parent.trace_state
+            trace_id, _, remote, parent_flags, _, _ = parent
+            random_trace_id = bool(parent_flags & _RANDOM_TRACE_ID)
+            decision = self._known((remote, bool(parent_flags & TraceFlags.SAMPLED)))
+        if decision is not None:  # what the sampler would answer, without asking it
+            trace_state = parent and parent[4]
             sampled: Attributes = attributes
         else:
-            result = sampler.should_sample(context, trace_id, name, kind, attributes, None)
+            result = sdk.sampler.should_sample(context, trace_id, name, kind, attributes, None)
             decision, trace_state, sampled = result.decision, result.trace_state, result.attributes
         flags = TraceFlags.SAMPLED if decision is Decision.RECORD_AND_SAMPLE else TraceFlags.DEFAULT
         if random_trace_id:
             flags |= _RANDOM_TRACE_ID
-        span_context = SpanContext(
-            trace_id,
-            sdk.id_generator.generate_span_id(),
-            is_remote=False,
-            trace_flags=TraceFlags(flags),
-            trace_state=trace_state,
+        span_context = _new_tuple(
+            SpanContext,
+            (
+                trace_id,
+                self._span_id(),
+                False,
+                _FLAGS[flags],
+                DEFAULT_TRACE_STATE if trace_state is None else trace_state,
+                True,
+            ),
         )
         if decision is Decision.DROP:
             return NonRecordingSpan(span_context)
@@ -207,24 +279,22 @@ class DirectTracer(trace.Tracer):
         """``start_span(name, context, kind, attributes)`` for a span under ``parent``, the
         span current in ``context``; ``attributes`` are the caller's to give away, plain
         values (the attempt spans'). Under a direct span that the sampler samples, its
-        children are decided without asking it (``_always_on``) and their attributes taken
+        children are decided without asking it (``_known_decision``) and their attributes taken
         as they are."""
         # A direct parent was started while this tracer was enabled and its processors
         # allowed: its children go the same way.
         if (
             type(parent) is not DirectSpan
             or parent._end is not None
-            or not parent._context.trace_flags.sampled
-            or not self._children_always_on()
+            or not parent._sampled
+            or self._known((False, True)) is not Decision.RECORD_AND_SAMPLE
         ):
             return self.start_span(name, context, kind, attributes)
         above = parent._context
-        span_context = SpanContext(
-            above.trace_id,
-            self.sdk.id_generator.generate_span_id(),
-            is_remote=False,
-            trace_flags=above.trace_flags,  # sampled, and random as the parent's trace id is
-            trace_state=above.trace_state,
+        span_context = _new_tuple(
+            SpanContext,
+            # sampled, and random as the parent's trace id is
+            (above[0], self._span_id(), False, above[3], above[4], True),
         )
         span = DirectSpan(self, name, span_context, above, kind, None)
         if len(attributes) > self.max_attributes:
@@ -238,22 +308,30 @@ class DirectTracer(trace.Tracer):
         return self.sdk.start_as_current_span(*args, **kwargs)
 
 
-def _always_on(sampler: Sampler, parent: SpanContext | None) -> bool:
-    """Whether ``sampler`` is the SDK's default one (``parentbased_always_on``), or always
-    on, and for a span under ``parent`` hands the decision to the SDK's ``ALWAYS_ON``: its
-    answer is then known (record and sample, the parent's trace state, the attributes).
-    A ``ParentBased`` without the delegates it had in SDK 1.x is asked as any other."""
+def _known_decision(sampler: Sampler, delegate: str) -> Decision | None:
+    """The decision of ``sampler`` when it is the SDK's ``ALWAYS_ON`` or ``ALWAYS_OFF``, or
+    a ``ParentBased`` (the SDK's default is ``parentbased_always_on``) that hands the span to
+    one of them through ``delegate`` (for a root, or a parent of one kind): both answer with
+    their decision, the parent's trace state and, when on, the span's attributes. A
+    ``ParentBased`` without the delegates it had in SDK 1.x is asked as any other."""
+    decides: object = sampler
     if type(sampler) is ParentBased:
-        if parent is None:
-            name = "_root"
-        elif parent.is_remote:
-            sampled = parent.trace_flags.sampled
-            name = "_remote_parent_sampled" if sampled else "_remote_parent_not_sampled"
-        else:
-            sampled = parent.trace_flags.sampled
-            name = "_local_parent_sampled" if sampled else "_local_parent_not_sampled"
-        return getattr(sampler, name, None) is ALWAYS_ON
-    return sampler is ALWAYS_ON
+        decides = getattr(sampler, delegate, None)
+    if decides is ALWAYS_ON:
+        return Decision.RECORD_AND_SAMPLE
+    if decides is ALWAYS_OFF:
+        return Decision.DROP
+    return None
+
+
+def _sink(processor: object) -> _Sink:
+    """Where ``processor`` takes a sampled span: a ``BatchSpanProcessor``'s queue, when it
+    has the one its ``on_end`` feeds, else its ``on_end``."""
+    if type(processor) is BatchSpanProcessor:
+        emit = getattr(getattr(processor, "_batch_processor", None), "emit", None)
+        if callable(emit):
+            return emit  # type: ignore[no-any-return]
+    return processor.on_end  # type: ignore[attr-defined, no-any-return]
 
 
 def _plain(value: Any) -> Any:
@@ -286,6 +364,7 @@ class DirectSpan(Span):
         "_status",
         "_start",
         "_end",
+        "_sampled",
     )
 
     def __init__(
@@ -308,6 +387,7 @@ class DirectSpan(Span):
         self._status = _UNSET
         self._start = time_ns() if start_time is None else start_time
         self._end: int | None = None
+        self._sampled = bool(context[3] & TraceFlags.SAMPLED)
 
     def get_span_context(self) -> SpanContext:
         return self._context
@@ -316,9 +396,20 @@ class DirectSpan(Span):
         return self._end is None
 
     def set_attribute(self, key: str, value: AnyValue) -> None:
+        attributes = self._attributes
+        if (
+            type(value) in _PLAIN_TYPES
+            and type(attributes) is dict
+            and self._end is None
+            and type(key) is str
+            and key
+            and key not in attributes
+            and len(attributes) < self._tracer.max_attributes
+        ):
+            attributes[key] = value  # the common case: a new plain value, below the limit
+            return
         if self._end is not None:
             return
-        attributes = self._attributes
         if type(attributes) is dict and type(key) is str and key:
             plain = _plain(value)
             if plain is not _NOT_PLAIN:
@@ -351,6 +442,21 @@ class DirectSpan(Span):
                 own[key] = value
             else:
                 self.set_attribute(key, value)
+
+    def adopt_attributes(self, attributes: dict[str, AnyValue]) -> None:
+        """``set_attributes``, for attributes the caller gives away: each a plain value (a
+        string, bool, int, float, or tuple of strings) under a key the span does not have.
+        Taken as they are while the span is below its limit."""
+        own = self._attributes
+        if (
+            self._end is None
+            and type(own) is dict
+            and len(own) + len(attributes) <= self._tracer.max_attributes
+            and own.keys().isdisjoint(attributes)
+        ):
+            own.update(attributes)
+        else:
+            self.set_attributes(attributes)
 
     def add_event(
         self, name: str, attributes: Attributes = None, timestamp: int | None = None
@@ -414,26 +520,38 @@ class DirectSpan(Span):
             return
         self._end = end = time_ns() if end_time is None else end_time
         tracer = self._tracer
+        sinks = tracer.sinks
+        if tracer.processor._span_processors is not tracer.checked:
+            sinks = tracer.route()
+        if sinks is not None and not self._sampled:
+            return  # those processors export only sampled spans
         attributes = self._attributes
-        if isinstance(attributes, BoundedAttributes):
+        if type(attributes) is BoundedAttributes:  # past the limit (not isinstance: an ABC)
             attributes._immutable = True  # as the SDK leaves its own
-        tracer.processor.on_end(
-            ReadableSpan(
-                name=self._name,
-                context=self._context,
-                parent=self._parent,
-                resource=tracer.resource,
-                attributes=attributes,
-                events=self._events,
-                links=self._links,
-                kind=self._kind,
-                instrumentation_info=tracer.info,
-                status=self._status,
-                start_time=self._start,
-                end_time=end,
-                instrumentation_scope=tracer.scope,
-            )
+        readable = ReadableSpan(  # by position: _readable_span_by_position
+            self._name,
+            self._context,
+            self._parent,
+            tracer.resource,
+            attributes,
+            self._events,
+            self._links,
+            self._kind,
+            tracer.info,
+            self._status,
+            self._start,
+            end,
+            tracer.scope,
         )
+        if sinks is None:  # a processor was added that needs to see every span
+            tracer.processor.on_end(readable)
+            return
+        for sink in sinks:
+            sink(readable)
+
+
+#: The spans a parent mostly is, known to be ``Span``s without ``ABCMeta``'s check.
+_SPAN_TYPES = frozenset({DirectSpan, SdkSpan, NonRecordingSpan})
 
 
 def _appended(items: _Items[_T], item: _T, limit: int) -> _Items[_T]:

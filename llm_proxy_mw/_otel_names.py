@@ -20,7 +20,7 @@ __all__ = [
     "latest_experimental",
     "operation_of",
     "provider_name",
-    "request_attributes",
+    "add_request_attributes",
     "server_of",
     "span_name",
 ]
@@ -60,7 +60,7 @@ _OTHER_ENDPOINTS = frozenset(
 
 #: The body members each request attribute comes from, in order of preference.
 _MAX_TOKENS = ("max_completion_tokens", "max_tokens", "max_output_tokens")
-_SAMPLING = (("temperature", "gen_ai.request.temperature"), ("top_p", "gen_ai.request.top_p"))
+_NUMBERS = (int, float)
 
 
 def latest_experimental(environ: Mapping[str, str] = os.environ) -> bool:
@@ -104,18 +104,14 @@ def span_name(route_path: str, method: str, model: str | None) -> str:
     return f"{method} {family}"
 
 
-def request_attributes(body: Mapping[str, Any] | None) -> dict[str, float | int]:
-    """``gen_ai.request.max_tokens``, ``temperature`` and ``top_p``, when the body sets them."""
-    out: dict[str, float | int] = {}
-    if not body:
-        return out
+def add_request_attributes(body: Mapping[str, Any], attributes: dict[str, Any]) -> None:
+    """``gen_ai.request.max_tokens``, ``temperature`` and ``top_p``, when the body sets them
+    (a bool is no number here, though Python's ``bool`` is an ``int``)."""
     for name in _MAX_TOKENS:
-        value = body.get(name)
-        if type(value) is int:
-            out["gen_ai.request.max_tokens"] = value
+        if type(value := body.get(name)) is int:
+            attributes["gen_ai.request.max_tokens"] = value
             break
-    for member, attribute in _SAMPLING:
-        sampling = body.get(member)
-        if isinstance(sampling, int | float) and not isinstance(sampling, bool):
-            out[attribute] = sampling
-    return out
+    if type(temperature := body.get("temperature")) in _NUMBERS:
+        attributes["gen_ai.request.temperature"] = temperature
+    if type(top_p := body.get("top_p")) in _NUMBERS:
+        attributes["gen_ai.request.top_p"] = top_p

@@ -9,9 +9,9 @@ in the usage ledger, and logged as one access record (``access_log.py``).
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from logging import INFO
-from typing import Protocol
+from typing import Any, Literal, Protocol
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -125,17 +125,21 @@ class MetricsMiddleware:
 class _Responder:
     """The wrapped ``send`` of one request: status, first byte, usage; forwards at once.
 
+    It also reads the answer for the telemetry layer outside, when that one asks
+    (``ctx.telemetry.answer_wanted``): one layer watching the bytes instead of two.
     ``send`` returns the inner ``send``'s awaitable rather than being a coroutine itself,
     which would add a frame to create and run per message (per chunk of a stream).
     """
 
-    __slots__ = ("_send", "_ctx", "status", "usage", "_translated")
+    __slots__ = ("_send", "_ctx", "status", "usage", "answer", "_translated")
 
     def __init__(self, send: Send, ctx: RequestContext) -> None:
         self._send = send
         self._ctx = ctx
         self.status: int | None = None
         self.usage: UsageReader | None = None
+        #: The telemetry layer's ``AnswerReader``, when it asked for one.
+        self.answer: Any = None
         self._translated = False
 
     def send(self, message: Message) -> Awaitable[None]:
@@ -146,12 +150,22 @@ class _Responder:
                     self._ctx.ttfb = time.perf_counter() - self._ctx.started
                 if self.usage is not None:
                     self.usage.feed(body)
+                if self.answer is not None:
+                    self.answer.take(body)
         elif message["type"] == "http.response.start":
             self.status = message["status"]
-            route = self._ctx.route
+            ctx = self._ctx
+            route = ctx.route
             self._translated = route is not None and route.codec is not None
-            if not self._ctx.route_path.endswith(_COUNTING_PATHS):
-                self.usage = _usage_reader(message.get("headers", ()), self._translated)
+            counted = not ctx.route_path.endswith(_COUNTING_PATHS)
+            tracing = ctx.telemetry
+            traced = tracing is not None and tracing.answer_wanted
+            if counted or traced:
+                kind = answer_format(message.get("headers", ()))
+                if counted:
+                    self.usage = _usage_reader(kind, self._translated)
+                if traced and kind is not None:
+                    self.answer = tracing.read_answer(kind)
         return self._send(message)
 
     def settle_usage(self, status: int) -> None:
@@ -170,10 +184,9 @@ class _Responder:
             reader.charge_cut(ctx.usage, ctx.body)
 
 
-def _usage_reader(headers: Iterable[tuple[bytes, bytes]], translated: bool) -> UsageReader | None:
-    """A reader for a JSON or SSE answer; of a translated one only streams, for their
-    reads (``settle_usage``)."""
-    kind = answer_format(headers)
+def _usage_reader(kind: Literal["sse", "json"] | None, translated: bool) -> UsageReader | None:
+    """A reader for a JSON or SSE answer (``kind``); of a translated one only streams, for
+    their reads (``settle_usage``)."""
     if kind == "sse" or (kind == "json" and not translated):
         return UsageReader(sse=kind == "sse")
     return None

@@ -15,27 +15,29 @@ content is recorded only with ``capture_content``, bounded by ``max_content_byte
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, Iterable
+import time
+from collections.abc import Awaitable
 from typing import Any
 
-from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.trace import Span, SpanKind, StatusCode, Tracer, TracerProvider
+from opentelemetry.trace import SpanKind, StatusCode, Tracer, TracerProvider
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llm_proxy_mw._otel_answer import AnswerReader
-from llm_proxy_mw._otel_attempt import RequestTrace
+from llm_proxy_mw._otel_attempt import RequestTrace, StartChild
+from llm_proxy_mw._otel_context import attach, current, detach, ids_of
 from llm_proxy_mw._otel_names import (
     SCHEMA_URL,
     Server,
+    add_request_attributes,
     operation_of,
     provider_name,
-    request_attributes,
     span_name,
 )
 from llm_proxy_mw._usage import answer_format
 from llm_proxy_mw.context import RequestContext, get_context, principal_id
 from llm_proxy_mw.errors import ClientDisconnected, ProxyError
+from llm_proxy_mw.metrics import MetricsMiddleware
 
 __all__ = ["DEFAULT_MAX_CONTENT_BYTES", "TelemetryMiddleware"]
 
@@ -73,7 +75,11 @@ class TelemetryMiddleware:
         self.latest_conventions = latest_conventions
         self._provider: TracerProvider | None = None
         self._tracer: Tracer | None = None
+        self._start_child: StartChild | None = None
         self._servers: dict[str, Server] = {}
+        #: Metrics right inside watches the answer go by: it reads it for the span too
+        #: (``RequestTrace.read_answer``), so that one layer looks at each chunk, not two.
+        self._answer_inside = isinstance(app, MetricsMiddleware)
 
     def _recording_tracer(self) -> Tracer | None:
         """The tracer of the provider in use, or ``None`` while there is none to record."""
@@ -85,7 +91,9 @@ class TelemetryMiddleware:
             if provider is None:
                 return None
         if provider is not self._provider:
-            self._tracer = _fastest(provider.get_tracer("llm_proxy_mw", schema_url=SCHEMA_URL))
+            tracer = _fastest(provider.get_tracer("llm_proxy_mw", schema_url=SCHEMA_URL))
+            self._tracer = tracer
+            self._start_child = getattr(tracer, "start_child", None)
             self._provider = provider
         return self._tracer
 
@@ -94,51 +102,57 @@ class TelemetryMiddleware:
             await self.app(scope, receive, send)
             return
         ctx = get_context(scope)
+        host = current()
         span = tracer.start_span(
-            span_name(ctx.route_path, scope["method"], ctx.model),
-            kind=SpanKind.CLIENT,
+            span_name(ctx.route_path, scope["method"], ctx.model), host, SpanKind.CLIENT
         )
-        tracing = ctx.telemetry = RequestTrace(ctx, tracer, span, self._servers)
-        token = otel_context.attach(tracing.context)
+        tracing = ctx.telemetry = RequestTrace(
+            ctx, tracer, span, host, self._servers, self._start_child
+        )
+        token = attach(tracing.context)
         if not tracing.recording:
             # Sampled out: the span only carries the context (to the provider too).
             try:
                 await self.app(scope, receive, send)
             finally:
-                otel_context.detach(token)
+                detach(token)
                 ctx.telemetry = None
             return
-        span_context = span.get_span_context()
-        ctx.trace_id = format(span_context.trace_id, "032x")
-        ctx.span_id = format(span_context.span_id, "016x")
-        responder = _Responder(send, span, self.max_content_bytes * self.capture_content)
+        trace_id, span_id, _, _ = ids_of(span.get_span_context())
+        ctx.trace_id = f"{trace_id:032x}"
+        ctx.span_id = f"{span_id:016x}"
+        tracing.capture = self.max_content_bytes * self.capture_content
+        if self._answer_inside:
+            tracing.answer_wanted = True
+        else:
+            send = _AnswerReading(send, tracing).send
+        status: int | None = None
         error_type: str | None = None
         try:
-            await self.app(scope, receive, responder.send)
+            await self.app(scope, receive, send)
         except ProxyError as error:
             error_type = error.code
-            responder.status = responder.status or error.status_code
+            status = error.status_code
             raise
         except ClientDisconnected:
             error_type = "client_closed"
             raise
         finally:
-            otel_context.detach(token)
+            detach(token)
             ctx.telemetry = None
-            self._describe(tracing, scope["method"], responder, error_type)
+            self._describe(tracing, scope["method"], ctx.status or status, error_type)
             span.end()
 
     def _describe(
         self,
         tracing: RequestTrace,
         method: str,
-        responder: _Responder,
+        status: int | None,
         error_type: str | None,
     ) -> None:
-        """The span's name and attributes, from what the request ended with (the model is
-        known only once a layer read the body)."""
+        """The span's name, attributes and events, from what the request ended with (the
+        model is known only once a layer read the body)."""
         ctx, span = tracing.ctx, tracing.span
-        status = responder.status
         if error_type is None and status is not None and status >= 400:
             error_type = str(status)
         body = _parsed_body(ctx)
@@ -161,13 +175,15 @@ class TelemetryMiddleware:
             address, port = tracing.server(route.provider)
             attributes["server.address"] = address
             attributes["server.port"] = port
-        attributes.update(request_attributes(body))
-        answer = responder.answer
+        if body:
+            add_request_attributes(body, attributes)
+        answer = tracing.answer
         if answer is not None:
             answer.finish()
-            attributes.update(answer.attributes())
+            answer.add_attributes(attributes)
             if answer.sse and ctx.ttfb is not None:
                 attributes["gen_ai.response.time_to_first_chunk"] = ctx.ttfb
+                span.add_event("gen_ai.first_chunk", timestamp=_first_chunk_time(ctx, ctx.ttfb))
             if self.capture_content and answer.content:
                 attributes["gen_ai.output.messages"] = answer.content.decode("utf-8", "replace")
         usage = ctx.usage
@@ -175,12 +191,12 @@ class TelemetryMiddleware:
             attributes["gen_ai.usage.input_tokens"] = usage.prompt_tokens
             attributes["gen_ai.usage.output_tokens"] = usage.completion_tokens
             # The details only when there are some: each attribute costs the SDK ~0.5 µs.
-            details = (
-                ("gen_ai.usage.cache_read.input_tokens", usage.cache_read_tokens),
-                ("gen_ai.usage.cache_creation.input_tokens", usage.cache_write_tokens),
-                ("gen_ai.usage.reasoning.output_tokens", usage.reasoning_tokens),
-            )
-            attributes.update((name, count) for name, count in details if count)
+            if usage.cache_read_tokens:
+                attributes["gen_ai.usage.cache_read.input_tokens"] = usage.cache_read_tokens
+            if usage.cache_write_tokens:
+                attributes["gen_ai.usage.cache_creation.input_tokens"] = usage.cache_write_tokens
+            if usage.reasoning_tokens:
+                attributes["gen_ai.usage.reasoning.output_tokens"] = usage.reasoning_tokens
         if usage.cost_usd is not None:
             attributes["llm_proxy.cost_usd"] = float(usage.cost_usd)
         if self.capture_content and body:
@@ -188,7 +204,11 @@ class TelemetryMiddleware:
         if error_type is not None:
             attributes["error.type"] = error_type
             span.set_status(StatusCode.ERROR)
-        span.set_attributes(attributes)
+        adopt = getattr(span, "adopt_attributes", None)
+        if adopt is not None:
+            adopt(attributes)  # a direct span takes the dict as it is: plain values, new keys
+        else:
+            span.set_attributes(attributes)
 
     def _content(self, body: dict[str, Any]) -> dict[str, str]:
         """The prompt and the system instructions, as the client sent them, bounded."""
@@ -228,50 +248,32 @@ def _parsed_body(ctx: RequestContext) -> dict[str, Any] | None:
         return None
 
 
-class _Responder:
-    """The traced request's ``send``: its status, the time of its first body byte (an event,
-    for streams), and what the answer says of itself (``AnswerReader``)."""
+def _first_chunk_time(ctx: RequestContext, ttfb: float) -> int:
+    """When the first chunk went out, in ns since the epoch (spans' clock), from its time
+    after the request's start (``perf_counter``'s clock)."""
+    return time.time_ns() - round((time.perf_counter() - ctx.started - ttfb) * 1e9)
 
-    __slots__ = ("_send", "_span", "_capture", "status", "answer", "_feed")
 
-    def __init__(self, send: Send, span: Span, capture: int) -> None:
+class _AnswerReading:
+    """The traced request's ``send`` when no Metrics layer inside reads the answer for the
+    span: the reader of the answer, and the time of its first body byte."""
+
+    __slots__ = ("_send", "_tracing", "_answer")
+
+    def __init__(self, send: Send, tracing: RequestTrace) -> None:
         self._send = send
-        self._span = span
-        self._capture = capture
-        self.status: int | None = None
-        self.answer: AnswerReader | None = None
-        self._feed: Callable[[bytes], None] | None = None
+        self._tracing = tracing
+        self._answer: AnswerReader | None = None
 
     def send(self, message: Message) -> Awaitable[None]:
         if message["type"] == "http.response.body":
-            if self._feed is not None and (body := message.get("body")):
-                self._feed(body)
+            if self._answer is not None and (body := message.get("body")):
+                ctx = self._tracing.ctx
+                if ctx.ttfb is None:
+                    ctx.ttfb = time.perf_counter() - ctx.started
+                self._answer.take(body)
         elif message["type"] == "http.response.start":
-            self.status = message["status"]
-            answer = _answer_reader(message.get("headers", ()), self._capture)
-            if answer is not None:
-                self.answer = answer
-                self._feed = self._first_chunk if answer.sse else answer.feed
+            kind = answer_format(message.get("headers", ()))
+            if kind is not None:
+                self._answer = self._tracing.read_answer(kind)
         return self._send(message)
-
-    def _first_chunk(self, body: bytes) -> None:
-        """A stream's first body byte: an event, then each read goes to the reader alone."""
-        assert self.answer is not None
-        self._span.add_event("gen_ai.first_chunk")
-        self._feed = self.answer.feed if self._capture else self._feed_stream
-        self._feed(body)
-
-    def _feed_stream(self, body: bytes) -> None:
-        """A stream's read while its reader looks for the model; once it found it, each
-        read is only ``recent.append`` (C: no frame per read)."""
-        answer = self.answer
-        assert answer is not None
-        answer.feed_stream(body)
-        if answer.model is not None:
-            self._feed = answer.recent.append
-
-
-def _answer_reader(headers: Iterable[tuple[bytes, bytes]], capture: int) -> AnswerReader | None:
-    """A reader for a JSON or SSE answer that is not compressed."""
-    kind = answer_format(headers)
-    return None if kind is None else AnswerReader(sse=kind == "sse", capture=capture)

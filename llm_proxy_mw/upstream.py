@@ -218,8 +218,15 @@ class UpstreamApp:
     ) -> None:
         """``_exchange`` inside its attempt span, whose trace context goes upstream (a
         recording request's: one sampled out only ``propagate``s its context)."""
-        with ctx.telemetry.attempt(provider, request):
+        tracing = ctx.telemetry
+        before = len(ctx.attempts)
+        span = tracing.attempt(provider, request)
+        try:
             await self._exchange(ctx, provider, request, codec, hidden, send)
+        except BaseException as error:
+            tracing.attempt_ended(span, before, error)
+            raise
+        tracing.attempt_ended(span, before, None)
 
     async def _add_credentials(
         self, ctx: RequestContext, name: str, source: CredentialSource, request: UpstreamRequest

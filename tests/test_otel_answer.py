@@ -24,10 +24,12 @@ def test_a_long_stream_keeps_only_its_last_reads_and_finds_its_reason() -> None:
     reader.feed_stream(chunk("", "length"))
     reader.feed_stream(b'data: {"choices":[],"usage":{"prompt_tokens":1}}\n\ndata: [DONE]\n\n')
     reader.finish()
-    assert reader.attributes() == {
+    attributes: dict[str, object] = {}
+    reader.add_attributes(attributes)
+    assert attributes == {
         "gen_ai.response.id": "chatcmpl-1",
         "gen_ai.response.model": "gpt-4o-mini",
-        "gen_ai.response.finish_reasons": ["length"],
+        "gen_ai.response.finish_reasons": ("length",),
     }
     assert not reader.recent
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import random
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,7 +23,7 @@ from opentelemetry.sdk.trace import (
 from opentelemetry.sdk.trace import Span as SdkSpan
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.sdk.trace.id_generator import IdGenerator
+from opentelemetry.sdk.trace.id_generator import IdGenerator, RandomIdGenerator
 from opentelemetry.sdk.trace.sampling import (
     ALWAYS_OFF,
     ALWAYS_ON,
@@ -85,11 +86,11 @@ def provider(
     sampler: Sampler | None = None,
     limits: SpanLimits | None = None,
     processor: type[SpanProcessor] = SimpleSpanProcessor,
-    skip_ids: int = 0,
+    skip_ids: int | None = 0,
 ) -> TracerProvider:
-    tracer_provider = TracerProvider(
-        sampler=sampler, id_generator=CountingIds(skip_ids), span_limits=limits
-    )
+    """``skip_ids``: ``CountingIds``, or with ``None`` the SDK's random ids."""
+    ids = RandomIdGenerator() if skip_ids is None else CountingIds(skip_ids)
+    tracer_provider = TracerProvider(sampler=sampler, id_generator=ids, span_limits=limits)
     tracer_provider.add_span_processor(processor(exporter))  # type: ignore[call-arg]
     return tracer_provider
 
@@ -126,6 +127,7 @@ def both(**options: Any) -> Iterator[tuple[trace.Tracer, InMemorySpanExporter]]:
             found = direct_tracer(tracer)
             assert found is not None
             tracer = found
+        random.seed(20261204)  # the same random ids, if random they are
         yield tracer, exporter
 
 
@@ -194,6 +196,8 @@ SAMPLERS = st.sampled_from(
     [
         None,  # the default, parentbased_always_on
         ALWAYS_ON,
+        ALWAYS_OFF,
+        ParentBased(ALWAYS_OFF),
         TraceIdRatioBased(0.5),
         ParentBased(TraceIdRatioBased(0.5)),
         ParentBased(ALWAYS_ON, local_parent_sampled=TraceIdRatioBased(0.5)),
@@ -208,14 +212,14 @@ SAMPLERS = st.sampled_from(
     limits=LIMITS,
     kind=st.sampled_from(list(SpanKind)),
     sampler=SAMPLERS,
-    skip_ids=st.integers(0, 5),
+    skip_ids=st.one_of(st.integers(0, 5), st.none()),
 )
 def test_any_use_of_a_span_exports_what_the_sdk_exports(
     operations: list[tuple[Any, ...]],
     limits: SpanLimits | None,
     kind: SpanKind,
     sampler: Sampler | None,
-    skip_ids: int,
+    skip_ids: int | None,
 ) -> None:
     logging.disable(logging.WARNING)  # the SDK warns about the invalid values, as it should
     try:

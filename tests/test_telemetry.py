@@ -36,6 +36,7 @@ from opentelemetry.trace import (
 
 from llm_proxy_mw import build_proxy
 from llm_proxy_mw._otel_direct import DirectTracer
+from llm_proxy_mw.context import RequestContextMiddleware
 from llm_proxy_mw.errors import UpstreamConnectError
 from llm_proxy_mw.telemetry import TelemetryMiddleware
 from llm_proxy_mw.transports import UpstreamRequest, UpstreamResponse
@@ -95,24 +96,33 @@ class HookableProcessor(SimpleSpanProcessor):
     """A processor the proxy cannot know to see spans only at their end."""
 
 
-@pytest.fixture(autouse=True, params=["direct spans", "the SDK's spans"])
+@pytest.fixture(
+    autouse=True,
+    params=["direct spans", "the SDK's spans", "the telemetry layer reading the answer itself"],
+)
 def span_processor(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Which processor ``traced()`` sets up, and so which way the proxy records."""
-    direct = request.param == "direct spans"
-    monkeypatch.setattr(
-        sys.modules[__name__], "PROCESSOR", SimpleSpanProcessor if direct else HookableProcessor
-    )
+    """Which processor ``traced()`` sets up, and so which way the proxy records; and whether
+    Metrics reads the answer for the span, as it does right inside the telemetry layer."""
+    sdk = request.param == "the SDK's spans"
+    module = sys.modules[__name__]
+    monkeypatch.setattr(module, "PROCESSOR", HookableProcessor if sdk else SimpleSpanProcessor)
+    monkeypatch.setattr(module, "READS_ITSELF", request.param.endswith("itself"))
 
 
 PROCESSOR: type[SimpleSpanProcessor] = SimpleSpanProcessor
+READS_ITSELF = False
+
+
+def telemetry_layer(proxy: Any) -> TelemetryMiddleware:
+    app = proxy.pipeline
+    while not isinstance(app, TelemetryMiddleware):
+        app = app.app
+    return app
 
 
 def recording_tracer(proxy: Any) -> Any:
     """The tracer the proxy's telemetry layer records with."""
-    app = proxy.pipeline
-    while not isinstance(app, TelemetryMiddleware):
-        app = app.app
-    return app._tracer
+    return telemetry_layer(proxy)._tracer
 
 
 @dataclass
@@ -153,6 +163,9 @@ async def traced(
         transports=transports,
         tracer_provider=tracer_provider,
     )
+    layer = telemetry_layer(proxy)
+    assert layer._answer_inside  # Metrics is right inside it
+    layer._answer_inside = not READS_ITSELF
     transport = httpx.ASGITransport(app=proxy)
     async with (
         proxy.lifespan(),
@@ -161,7 +174,7 @@ async def traced(
         yield Traced(client, exporter, tracer_provider, transports)
     tracer = recording_tracer(proxy)
     assert isinstance(tracer, DirectTracer)
-    assert tracer._processors_allow() is (PROCESSOR is SimpleSpanProcessor)
+    assert (tracer.route() is not None) is (PROCESSOR is SimpleSpanProcessor)
     tracer_provider.shutdown()
 
 
@@ -606,3 +619,45 @@ async def test_a_retried_request_sampled_out_sends_one_context_on_each_attempt()
     assert len(sent) == 2
     assert sent[0] == sent[1] and len(sent[0]) == 1
     assert sent[0][0] != theirs
+
+
+# -- the layer by itself --------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_the_layer_mounted_by_itself_reads_the_answer_it_passes_on() -> None:
+    """Without Metrics inside, the layer watches the answer itself: model, finish reason
+    and the first chunk of a stream, from an app of the host's own."""
+    events = [
+        {"id": "chatcmpl-9", "model": "gpt-own", "choices": [{"delta": {"content": "hi"}}]},
+        {"id": "chatcmpl-9", "choices": [{"delta": {}, "finish_reason": "stop"}]},
+    ]
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        headers = [(b"content-type", b"text/event-stream")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        for event in events:
+            chunk = b"data: " + json.dumps(event).encode() + b"\n\n"
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+
+    exporter = InMemorySpanExporter()
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(PROCESSOR(exporter))
+    layer = TelemetryMiddleware(app, tracer_provider=tracer_provider)
+    assert not layer._answer_inside
+    transport = httpx.ASGITransport(app=RequestContextMiddleware(layer))
+    async with httpx.AsyncClient(transport=transport, base_url="http://host") as client:
+        response = await client.post("/v1/chat/completions", json={"model": "m"})
+    assert response.status_code == 200
+    (span,) = exporter.get_finished_spans()
+    assert span.name == "chat"  # no layer read the body: the model asked for is unknown
+    assert span.attributes is not None
+    assert span.attributes["gen_ai.response.model"] == "gpt-own"
+    assert span.attributes["gen_ai.response.id"] == "chatcmpl-9"
+    assert span.attributes["gen_ai.response.finish_reasons"] == ("stop",)
+    assert span.attributes["gen_ai.response.time_to_first_chunk"] > 0
+    (first_chunk,) = span.events
+    assert first_chunk.name == "gen_ai.first_chunk"
+    assert span.start_time is not None and span.end_time is not None
+    assert span.start_time <= first_chunk.timestamp <= span.end_time

@@ -14,7 +14,7 @@ import pytest
 from opentelemetry import trace
 
 from llm_proxy_mw import build_proxy
-from llm_proxy_mw._otel_names import latest_experimental, request_attributes, span_name
+from llm_proxy_mw._otel_names import add_request_attributes, latest_experimental, span_name
 from llm_proxy_mw.config import ConfigError, parse_config
 from tests.test_builder import layers
 
@@ -126,12 +126,23 @@ def test_span_names_are_bounded(path: str, method: str, model: str | None, name:
     assert span_name(path, method, model) == name
 
 
+def request_attributes(body: dict[str, object]) -> dict[str, object]:
+    attributes: dict[str, object] = {}
+    add_request_attributes(body, attributes)
+    return attributes
+
+
 def test_request_attributes_take_numbers_only() -> None:
     assert request_attributes({"max_tokens": True, "temperature": "hot", "top_p": 0.9}) == {
         "gen_ai.request.top_p": 0.9
     }
     assert request_attributes({"max_output_tokens": 7}) == {"gen_ai.request.max_tokens": 7}
-    assert request_attributes(None) == {}
+    assert request_attributes(
+        {"max_completion_tokens": "9", "max_tokens": 8, "temperature": 0}
+    ) == {
+        "gen_ai.request.max_tokens": 8,
+        "gen_ai.request.temperature": 0,
+    }
 
 
 def test_the_stability_opt_in_is_a_comma_separated_list() -> None:
