@@ -100,12 +100,12 @@ def direct_tracer(tracer: trace.Tracer) -> DirectTracer | None:
         or not hasattr(tracer.span_processor, "_span_processors")
     ):
         return None
-    if not _readable_span_by_position():
+    if not _readable_span_fields():
         return None  # an SDK whose ReadableSpan takes other arguments keeps its own spans
     return DirectTracer(tracer)
 
 
-#: ``ReadableSpan``'s arguments, in the order ``DirectSpan.end`` passes them.
+#: Where ``ReadableSpan`` keeps what its properties return, which a ``DirectSpan`` sets.
 _READABLE_FIELDS = (
     "name",
     "context",
@@ -123,15 +123,14 @@ _READABLE_FIELDS = (
 )
 
 
-def _readable_span_by_position() -> bool:
-    """Whether ``ReadableSpan`` takes ``_READABLE_FIELDS`` by position, as in SDK 1.x: the
-    same values by name and by position make the same span (positional arguments are the
-    quicker call)."""
-    values: list[Any] = [object() for _ in _READABLE_FIELDS]
+def _readable_span_fields() -> bool:
+    """Whether ``ReadableSpan`` keeps each of its arguments, and nothing else, in the field
+    of the same name with an underscore (``name`` in ``_name``), as in SDK 1.x: a
+    ``DirectSpan`` sets those fields, and is then read as any ``ReadableSpan``."""
+    values: dict[str, Any] = {name: object() for name in _READABLE_FIELDS}
     try:
-        by_name = ReadableSpan(**dict(zip(_READABLE_FIELDS, values, strict=True)))
-        by_position = ReadableSpan(*values)
-        return vars(by_name) == vars(by_position)
+        span = ReadableSpan(**values)
+        return vars(span) == {f"_{name}": value for name, value in values.items()}
     except TypeError:
         return False
 
@@ -285,12 +284,12 @@ class DirectTracer(trace.Tracer):
         # allowed: its children go the same way.
         if (
             type(parent) is not DirectSpan
-            or parent._end is not None
+            or parent._end_time is not None
             or not parent._sampled
             or self._known((False, True)) is not Decision.RECORD_AND_SAMPLE
         ):
             return self.start_span(name, context, kind, attributes)
-        above = parent._context
+        above: SpanContext = parent._context  # type: ignore[assignment]  # a DirectSpan's
         span_context = _new_tuple(
             SpanContext,
             # sampled, and random as the parent's trace id is
@@ -344,8 +343,10 @@ def _plain(value: Any) -> Any:
     return _NOT_PLAIN
 
 
-class DirectSpan(Span):
-    """A recording span whose end hands a ``ReadableSpan`` to its tracer's processors.
+class DirectSpan(Span, ReadableSpan):
+    """A recording span that is, once ended, the ``ReadableSpan`` its tracer's processors
+    take: it keeps its fields where ``ReadableSpan`` does (``_readable_span_fields``), and
+    changes nothing once ended, so the SDK's copy at the end is not needed.
 
     Its attributes, events and links are plain containers until one reaches its limit, and
     from then on the SDK's own (which drop the oldest and count what they dropped), so that
@@ -385,22 +386,22 @@ class DirectSpan(Span):
         self._events: _Items[Event] = []
         self._links: _Items[Link] = []
         self._status = _UNSET
-        self._start = time_ns() if start_time is None else start_time
-        self._end: int | None = None
+        self._start_time = time_ns() if start_time is None else start_time
+        self._end_time: int | None = None
         self._sampled = bool(context[3] & TraceFlags.SAMPLED)
 
     def get_span_context(self) -> SpanContext:
-        return self._context
+        return self._context  # type: ignore[return-value]  # always one, unlike a ReadableSpan's
 
     def is_recording(self) -> bool:
-        return self._end is None
+        return self._end_time is None
 
     def set_attribute(self, key: str, value: AnyValue) -> None:
         attributes = self._attributes
         if (
             type(value) in _PLAIN_TYPES
             and type(attributes) is dict
-            and self._end is None
+            and self._end_time is None
             and type(key) is str
             and key
             and key not in attributes
@@ -408,7 +409,7 @@ class DirectSpan(Span):
         ):
             attributes[key] = value  # the common case: a new plain value, below the limit
             return
-        if self._end is not None:
+        if self._end_time is not None:
             return
         if type(attributes) is dict and type(key) is str and key:
             plain = _plain(value)
@@ -426,7 +427,7 @@ class DirectSpan(Span):
     def set_attributes(self, attributes: Mapping[str, AnyValue]) -> None:
         # set_attribute inlined for new plain values while no limit is near
         quick = (
-            self._end is None
+            self._end_time is None
             and len(self._attributes) + len(attributes) <= self._tracer.max_attributes
         )
         for key, value in attributes.items():
@@ -449,7 +450,7 @@ class DirectSpan(Span):
         Taken as they are while the span is below its limit."""
         own = self._attributes
         if (
-            self._end is None
+            self._end_time is None
             and type(own) is dict
             and len(own) + len(attributes) <= self._tracer.max_attributes
             and own.keys().isdisjoint(attributes)
@@ -461,7 +462,7 @@ class DirectSpan(Span):
     def add_event(
         self, name: str, attributes: Attributes = None, timestamp: int | None = None
     ) -> None:
-        if self._end is not None:
+        if self._end_time is not None:
             return
         if attributes:
             attributes = self._bounded(attributes, self._tracer.limits.max_event_attributes)
@@ -470,7 +471,9 @@ class DirectSpan(Span):
         )
 
     def add_link(self, context: SpanContext, attributes: Attributes = None) -> None:
-        if self._end is not None or not (context.is_valid or attributes or context.trace_state):
+        if self._end_time is not None or not (
+            context.is_valid or attributes or context.trace_state
+        ):
             return
         if attributes:
             attributes = self._bounded(attributes, self._tracer.limits.max_link_attributes)
@@ -482,12 +485,12 @@ class DirectSpan(Span):
         return BoundedAttributes(limit, attributes, max_value_len=max_value_len)
 
     def update_name(self, name: str) -> None:
-        if self._end is None:
+        if self._end_time is None:
             self._name = name
 
     def set_status(self, status: Status | StatusCode, description: str | None = None) -> None:
         """As the SDK: UNSET is ignored, and OK is final."""
-        if self._end is not None or self._status.status_code is StatusCode.OK:
+        if self._end_time is not None or self._status.status_code is StatusCode.OK:
             return
         if isinstance(status, StatusCode):
             status = Status(status, description)
@@ -516,9 +519,9 @@ class DirectSpan(Span):
         self.add_event("exception", recorded, timestamp)
 
     def end(self, end_time: int | None = None) -> None:
-        if self._end is not None:
+        if self._end_time is not None:
             return
-        self._end = end = time_ns() if end_time is None else end_time
+        self._end_time = time_ns() if end_time is None else end_time
         tracer = self._tracer
         sinks = tracer.sinks
         if tracer.processor._span_processors is not tracer.checked:
@@ -528,26 +531,14 @@ class DirectSpan(Span):
         attributes = self._attributes
         if type(attributes) is BoundedAttributes:  # past the limit (not isinstance: an ABC)
             attributes._immutable = True  # as the SDK leaves its own
-        readable = ReadableSpan(  # by position: _readable_span_by_position
-            self._name,
-            self._context,
-            self._parent,
-            tracer.resource,
-            attributes,
-            self._events,
-            self._links,
-            self._kind,
-            tracer.info,
-            self._status,
-            self._start,
-            end,
-            tracer.scope,
-        )
+        self._resource = tracer.resource
+        self._instrumentation_info = tracer.info
+        self._instrumentation_scope = tracer.scope
         if sinks is None:  # a processor was added that needs to see every span
-            tracer.processor.on_end(readable)
+            tracer.processor.on_end(self)
             return
         for sink in sinks:
-            sink(readable)
+            sink(self)
 
 
 #: The spans a parent mostly is, known to be ``Span``s without ``ABCMeta``'s check.
