@@ -152,15 +152,17 @@ class ObjectRoutes:
             _UPLOAD_COMPLETE.fullmatch(route_path)
         )
 
-    def answer_reader(self, send: Send) -> AnswerReader:
-        """A ``send`` that keeps the JSON answer to a create, for ``record``."""
-        return AnswerReader(send, self.max_answer_bytes)
+    def answer_reader(self, send: Send, ctx: RequestContext) -> AnswerReader:
+        """A ``send`` that keeps the JSON answer to a create, and records who owns the object
+        before the answer's last bytes go out (``record``)."""
+        return AnswerReader(send, self.max_answer_bytes, self, ctx)
 
     async def record(self, answer: AnswerReader, provider: str) -> None:
         """Record that ``provider`` owns the object ``answer`` created, if it created one.
 
-        Called once the answer was sent: the client never waits for it. A store failure is
-        logged, never raised: the object was created, and the request succeeded.
+        Called before the answer's last bytes go out, so that a client using the object
+        the moment it has the answer finds it where it is. A store failure is logged, never
+        raised: the object was created, and the request succeeded.
         """
         object_id = answer.created_id()
         if object_id is None:
@@ -173,13 +175,17 @@ class ObjectRoutes:
 
 class AnswerReader:
     """Passes every message on at once, keeping references to the body chunks of a 2xx
-    JSON answer, up to ``limit`` bytes (past it, none: the answer is no object to record)."""
+    JSON answer, up to ``limit`` bytes (past it, none: the answer is no object to record).
+    Its last chunk waits for ``routes`` to record the object's owner, the provider of
+    ``ctx``'s current attempt."""
 
-    __slots__ = ("_send", "_limit", "_chunks", "_size", "_keep", "_complete")
+    __slots__ = ("_send", "_limit", "_routes", "_ctx", "_chunks", "_size", "_keep", "_complete")
 
-    def __init__(self, send: Send, limit: int) -> None:
+    def __init__(self, send: Send, limit: int, routes: ObjectRoutes, ctx: RequestContext) -> None:
         self._send = send
         self._limit = limit
+        self._routes = routes
+        self._ctx = ctx
         self._chunks: list[bytes] = []
         self._size = 0
         self._keep = False
@@ -196,8 +202,16 @@ class AnswerReader:
                 self._chunks.clear()
             else:
                 self._chunks.append(chunk)
-                self._complete = not message.get("more_body", False)
+                if not message.get("more_body", False):
+                    self._complete = True
+                    return self._recorded_then_sent(message)
         return self._send(message)
+
+    async def _recorded_then_sent(self, message: Message) -> None:
+        provider = self._ctx.provider
+        if provider is not None:
+            await self._routes.record(self, provider)
+        await self._send(message)
 
     def created_id(self) -> str | None:
         """The ``id`` of the whole JSON object answered, if that is what was sent."""

@@ -262,7 +262,7 @@ class RoutingMiddleware:
             ctx.plan = plan
         ctx.provider = plan.next().name
         route = ctx.route = plan.route
-        objects, answer = self.objects, None
+        objects = self.objects
         if (
             objects is not None
             and scope["method"] == "POST"
@@ -270,8 +270,7 @@ class RoutingMiddleware:
             and route.codec is None  # a translated answer's id means nothing to its provider
             and objects.records(ctx.route_path)
         ):
-            answer = objects.answer_reader(send)
-            send = answer.send
+            send = objects.answer_reader(send, ctx).send
         attempts = ctx.attempts
         first = len(attempts)
         try:
@@ -280,9 +279,6 @@ class RoutingMiddleware:
             # However the call ended: an attempt Upstream made has an outcome of its own.
             if len(attempts) > first:
                 plan.record(attempts[-1])
-        if answer is not None:
-            assert objects is not None
-            await objects.record(answer, ctx.provider)
 
     async def _read_model(self, ctx: RequestContext, scope: Scope, receive: Receive) -> None:
         if ctx.body is None:  # Retry in front has read it already

@@ -194,6 +194,29 @@ async def test_an_object_past_its_ttl_goes_to_the_first_provider(
         assert answer.json() == {"answered_by": "first"}
 
 
+async def test_the_owner_is_known_before_the_answers_last_bytes_go_out(
+    upstreams: dict[str, Upstream],
+) -> None:
+    """A client may use the object the moment it has the answer (it did, racing the record
+    written after the answer, on a busy CI box): the record comes first."""
+    owners = SqliteObjectOwners(":memory:", ttl=TTL)
+    proxy = proxy_with(owners, upstreams)
+    known_at_the_end: list[str | None] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        async def watched(message: Any) -> None:
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                known_at_the_end.append(await owners.owner("file-second"))
+            await send(message)
+
+        await proxy(scope, receive, watched)
+
+    transport = httpx.ASGITransport(app=app)
+    async with proxy.lifespan(), httpx.AsyncClient(transport=transport, base_url="http://p") as c:
+        assert (await create_and_read_back(c)).json() == {"answered_by": "second"}
+    assert known_at_the_end == ["second", "second"]
+
+
 async def test_lists_and_unknown_ids_skip_a_provider_that_keeps_no_objects(
     upstreams: dict[str, Upstream],
 ) -> None:
