@@ -29,7 +29,11 @@ __all__ = ["AnswerReader"]
 _EDGE = 2048
 _ID = re.compile(rb'"id"\s*:\s*"([^"\\]{1,128})"')
 _MODEL = re.compile(rb'"model"\s*:\s*"([^"\\]{1,128})"')
-_REASON = re.compile(rb'"(?:finish|stop)_reason"\s*:\s*"([A-Za-z0-9_.\-]{1,40})"')
+#: Starts with its longest literal, so that ``re`` skips to each ``_reason"`` at once; the
+#: lookbehinds then check the whole key.
+_REASON = re.compile(
+    rb'_reason"(?:(?<="finish_reason")|(?<="stop_reason"))\s*:\s*"([A-Za-z0-9_.\-]{1,40})"'
+)
 #: How many of a stream's last reads are searched for its finish reasons.
 _RECENT = 8
 
