@@ -57,7 +57,8 @@ _PLAIN_TYPES = frozenset(_PLAIN)
 _UNSET = Status(StatusCode.UNSET)
 _T = TypeVar("_T")
 #: A span's events or links: a list, or past its limit the SDK's ``BoundedList``.
-_Items = list[_T] | BoundedList[_T]
+#: None yet is the empty tuple (most spans get none: no list to make and free).
+_Items = tuple[()] | list[_T] | BoundedList[_T]
 #: What ``_plain`` returns for any other value.
 _NOT_PLAIN = object()
 #: ``TraceFlags.RANDOM_TRACE_ID`` (W3C Trace Context level 2), 0 on an API without it.
@@ -383,8 +384,8 @@ class DirectSpan(Span, ReadableSpan):
         self._parent = parent
         self._kind = kind
         self._attributes: dict[str, Any] | BoundedAttributes = {}
-        self._events: _Items[Event] = []
-        self._links: _Items[Link] = []
+        self._events: _Items[Event] = ()
+        self._links: _Items[Link] = ()
         self._status = _UNSET
         self._start_time = time_ns() if start_time is None else start_time
         self._end_time: int | None = None
@@ -547,7 +548,8 @@ _SPAN_TYPES = frozenset({DirectSpan, SdkSpan, NonRecordingSpan})
 
 def _appended(items: _Items[_T], item: _T, limit: int) -> _Items[_T]:
     """``items`` with ``item``: past ``limit``, as the SDK's ``BoundedList``."""
-    if type(items) is list and len(items) >= limit:
-        items = BoundedList.from_seq(limit, items)
-    items.append(item)
-    return items
+    listed: list[_T] | BoundedList[_T] = [] if isinstance(items, tuple) else items
+    if type(listed) is list and len(listed) >= limit:
+        listed = BoundedList.from_seq(limit, listed)
+    listed.append(item)
+    return listed
