@@ -1,7 +1,7 @@
 """``python -m benchmarks [layers|translation|overhead|resilience|load|scaling|limits|otel]
 [--quick]``: print the benchmark tables.
 
-Without a target all eight run (about 11-12 minutes on the 2-core box); ``--quick`` is a smoke test
+Without a target all eight run (about 20 minutes on the 2-core box); ``--quick`` is a smoke test
 of a few seconds each, for checking that everything works, not for figures.
 """
 

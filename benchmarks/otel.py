@@ -27,6 +27,15 @@ repeated: µs per span × spans per request. The GenAI metrics' cost is *traces+
 *traces* on the request's thread. Goals: *traces* − *off* on the request's thread at most
 30 µs per JSON request; *off* within noise of *none*.
 
+Instructions (when valgrind is installed): µs on a shared machine move by ±20% from run to
+run, CPU instructions by under 1%, so the same full stack is also counted by cachegrind
+(``benchmarks._instructions``), per JSON request and per stream, each configuration in a
+child of its own (``--instructions-child``) with its provider passed to ``build_proxy``:
+*none*, *off*, *sampled out* (``ALWAYS_OFF``), *traces* (a ``BatchSpanProcessor`` whose
+exporter never runs during the count: the request's own work, with the proxy's direct spans)
+and *traces* through the SDK's span objects (a subclass of that processor, which the direct
+path leaves to the SDK). No goal of its own: the noise-free comparison beside the µs above.
+
 Collector down: the example app under ``opentelemetry-instrument`` and uvicorn, mixed load
 (``_load_client.mixed``) for 60 s (``--quick``: 5 s) with its OTLP endpoint reachable, then
 unreachable (nothing listens), then reachable again, so that drift of a shared machine shows.
@@ -39,19 +48,21 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from itertools import cycle, islice
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from benchmarks._instructions import instructions_per_request, valgrind
 from benchmarks._load_client import PREFIX, Tally, mixed
 from benchmarks._procs import Processes, cpus, peak_rss_mb, rss_mb
 from benchmarks._table import num, table
@@ -60,6 +71,9 @@ from benchmarks.layers import Case, _measure, _noop_transports, _run, make_env
 from benchmarks.load_memory import write_config
 from benchmarks.overhead import HOST, free_port, wait_ready
 from llm_proxy_mw.config import ProxyConfig
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
 
 __all__ = ["main"]
 
@@ -71,6 +85,16 @@ EXPORT_BATCH = 512
 #: Proxied requests whose spans make that batch, per kind (JSON, SSE).
 CAPTURED_REQUESTS = 4
 P99_GOAL = 0.05
+#: The configurations whose instructions per request cachegrind counts, and their rows.
+INSTRUCTION_SETTINGS = {
+    "none": "none",
+    "off": "off",
+    "sampled-out": "sampled out",
+    "traces": "traces (direct spans)",
+    "sdk-spans": "traces through the SDK's spans",
+}
+#: Requests each counted child drives before the counted ones (in both runs: cancelled).
+INSTRUCTIONS_WARM_UP = 50
 
 
 class _Sink(BaseHTTPRequestHandler):
@@ -206,6 +230,95 @@ def child(setting: str, endpoint: str, quick: bool) -> None:
     print(json.dumps(_run(_child_rows(setting, quick))), flush=True)
 
 
+def _instructions_provider(setting: str) -> TracerProvider | None:
+    """The tracer provider ``setting`` passes to ``build_proxy``: none (the global, the API's
+    no-op), one that samples nothing, or the SDK's with a batch processor (exactly that type:
+    the direct spans; a subclass: the SDK's own span objects)."""
+    if setting in ("none", "off"):
+        return None
+    from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+    from opentelemetry.sdk.trace.export import (
+        BatchSpanProcessor,
+        SpanExporter,
+        SpanExportResult,
+    )
+    from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+
+    if setting == "sampled-out":
+        return TracerProvider(sampler=ALWAYS_OFF)
+    if setting not in ("traces", "sdk-spans"):
+        raise ValueError(f"unknown setting {setting!r}")
+
+    class _Discard(SpanExporter):
+        def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+            return SpanExportResult.SUCCESS
+
+    class _Hooked(BatchSpanProcessor):
+        """Not the exact type the proxy's direct path takes: the SDK's spans, as a host's
+        processor of its own gets them."""
+
+    # A queue and a batch no run fills and a delay no run reaches: the exporter's thread
+    # never wakes while the child counts, so the count is the request's own work (queueing
+    # its spans included; serializing them is the exporter's, measured apart).
+    kind = _Hooked if setting == "sdk-spans" else BatchSpanProcessor
+    processor = kind(
+        _Discard(),
+        max_queue_size=10**6,
+        max_export_batch_size=10**6,
+        schedule_delay_millis=10**8,
+    )
+    provider = TracerProvider()
+    provider.add_span_processor(processor)
+    return provider
+
+
+async def _instructions_drive(setting: str, requests: int, stream: bool) -> None:
+    """Build the full stack for ``setting``, check one request, warm up, drive ``requests``,
+    and leave at once: what shutting down costs is no request's."""
+    from llm_proxy_mw import build_proxy
+    from llm_proxy_mw.config import OtelConfig
+
+    provider = _instructions_provider(setting)
+    with tempfile.TemporaryDirectory(prefix="llm-bench-otel-") as store_dir:
+        config = make_env(store_dir).config
+        if setting == "none":
+            config = config.model_copy(update={"otel": OtelConfig(enabled=False)})
+        transports = _noop_transports(config)
+        proxy = build_proxy(config, transports=transports, tracer_provider=provider)
+        async with proxy.lifespan(None):
+            case = Case("x", proxy, stream=stream)
+            problem, _ = await case.check()
+            if problem:
+                print(f"{setting}: {problem}", file=sys.stderr, flush=True)
+            else:
+                await case.drive(INSTRUCTIONS_WARM_UP)
+                await case.drive(requests)
+            shutil.rmtree(store_dir, ignore_errors=True)
+            os._exit(1 if problem else 0)
+
+
+def instructions_child(setting: str, requests: int, stream: bool) -> None:
+    """The process cachegrind counts (``benchmarks._instructions``), on the loop ``child``
+    runs on."""
+    _run(_instructions_drive(setting, requests, stream))
+
+
+def instruction_figures(quick: bool) -> dict[str, dict[str, float | None]] | None:
+    """Each setting's instructions per JSON request and per stream, counted by cachegrind;
+    None when valgrind is not installed."""
+    if valgrind() is None:
+        return None
+    return {
+        setting: {
+            "sse" if stream else "json": instructions_per_request(
+                setting, stream=stream, quick=quick
+            )
+            for stream in (False, True)
+        }
+        for setting in INSTRUCTION_SETTINGS
+    }
+
+
 def cpu_figures(quick: bool) -> dict[str, dict[str, Any]]:
     """Each configuration's µs per JSON request and per stream, on the request's thread and
     for the whole process, from its own process; with the exporter's cost from *traces*."""
@@ -280,7 +393,67 @@ def _minus(a: float | None, b: float | None) -> float | None:
     return a - b if a is not None and b is not None else None
 
 
-def report(cpu: dict[str, dict[str, Any]], down: dict[str, tuple[Tally, float, float]]) -> str:
+def _over(count: float | None, base: float | None) -> str:
+    """A count and, when there is a base, its difference over it: ``591,509 (+34.5%)``."""
+    if count is None or not base:
+        return num(count, 0)
+    return f"{count:,.0f} ({(count / base - 1) * 100:+.1f}%)"
+
+
+def _signed(value: float | None, digits: int = 0) -> str:
+    return "–" if value is None else f"{value:+,.{digits}f}"
+
+
+def instructions_report(counts: dict[str, dict[str, float | None]] | None) -> list[str]:
+    """The cachegrind section: one line when valgrind is missing."""
+    if counts is None:
+        return [
+            "",
+            "Instructions per request (cachegrind): skipped, valgrind is not installed.",
+        ]
+    off = counts["off"]
+    rows = [
+        [label]
+        + [
+            _over(counts[setting][kind], None if setting == "off" else off[kind])
+            for kind in ("json", "sse")
+        ]
+        for setting, label in INSTRUCTION_SETTINGS.items()
+    ]
+    added = _minus(counts["traces"]["json"], off["json"])
+    share = None if added is None or not off["json"] else added / off["json"] * 100
+    return [
+        "",
+        "The same full stack counted in CPU instructions, which unlike µs do not move with "
+        "the machine's load (under 1% run to run): each configuration in its own process "
+        "under `valgrind --tool=cachegrind`, run for two numbers of requests, the difference "
+        "of the totals over the difference of the counts (start-up cancelled). *sampled "
+        "out*: the SDK's TracerProvider with the `ALWAYS_OFF` sampler; *traces*: the SDK's "
+        "TracerProvider + BatchSpanProcessor, whose exporter never runs during the count, so "
+        "the count is the request's own work; *traces through the SDK's spans*: the same with "
+        "a subclass of BatchSpanProcessor, for which the proxy takes the SDK's own span "
+        "objects instead of its direct path. In parentheses: over *off*.",
+        "",
+        table(
+            [
+                "instructions per request (cachegrind)",
+                "JSON",
+                f"SSE ({N_STREAM_CHUNKS} chunks)",
+            ],
+            rows,
+        ),
+        "",
+        f"- traces − off: {_signed(added)} instructions per JSON request, "
+        f"{_signed(share, 1)}% of the untraced stack; the µs goal is read from the "
+        "thread-time table above, this table being the noise-free comparison",
+    ]
+
+
+def report(
+    cpu: dict[str, dict[str, Any]],
+    down: dict[str, tuple[Tally, float, float]],
+    instructions: dict[str, dict[str, float | None]] | None,
+) -> str:
     none, off, traces, both = (cpu[s] for s in CONFIGURATIONS)
     cost = _minus(traces["json_thread"], off["json_thread"])
     metrics = _minus(both["json_thread"], traces["json_thread"])
@@ -338,6 +511,7 @@ def report(cpu: dict[str, dict[str, Any]], down: dict[str, tuple[Tally, float, f
         f"- off − none: {num(noise, 1)} µs on the request's thread, {num(noise_process, 1)} µs "
         "for the whole process (goal: within noise)",
     ]
+    text += instructions_report(instructions)
     if down:
         reach, warm_a, peak_a = down["reachable"]
         cut, warm_b, peak_b = down["unreachable"]
@@ -378,10 +552,14 @@ def report(cpu: dict[str, dict[str, Any]], down: dict[str, tuple[Tally, float, f
 
 
 def main(*, quick: bool = False) -> str:
-    """Run both parts and return the markdown report."""
-    return report(cpu_figures(quick), collector_down(quick))
+    """Run the three parts and return the markdown report."""
+    cpu = cpu_figures(quick)
+    instructions = instruction_figures(quick)
+    return report(cpu, collector_down(quick), instructions)
 
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--child"]:
         child(sys.argv[2], sys.argv[3], quick="--quick" in sys.argv)
+    if sys.argv[1:2] == ["--instructions-child"]:
+        instructions_child(sys.argv[2], int(sys.argv[3]), stream="--sse" in sys.argv)
