@@ -48,8 +48,8 @@ def detach(token: Token[Context]) -> None:
         return
     try:
         _var.reset(token)
-    except ValueError:
-        otel_context.detach(token)  # logs it
+    except Exception:  # the API's detach never raises either
+        otel_context.detach(token)  # fails again, and logs it
 
 
 def with_span(context: Context, span: Span) -> Context:

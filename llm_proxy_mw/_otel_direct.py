@@ -390,6 +390,9 @@ class DirectSpan(Span, ReadableSpan):
         self._start_time = time_ns() if start_time is None else start_time
         self._end_time: int | None = None
         self._sampled = bool(context[3] & TraceFlags.SAMPLED)
+        self._resource = tracer.resource
+        self._instrumentation_info = tracer.info
+        self._instrumentation_scope = tracer.scope
 
     def get_span_context(self) -> SpanContext:
         return self._context  # type: ignore[return-value]  # always one, unlike a ReadableSpan's
@@ -532,9 +535,6 @@ class DirectSpan(Span, ReadableSpan):
         attributes = self._attributes
         if type(attributes) is BoundedAttributes:  # past the limit (not isinstance: an ABC)
             attributes._immutable = True  # as the SDK leaves its own
-        self._resource = tracer.resource
-        self._instrumentation_info = tracer.info
-        self._instrumentation_scope = tracer.scope
         if sinks is None:  # a processor was added that needs to see every span
             tracer.processor.on_end(self)
             return

@@ -257,6 +257,27 @@ def test_a_direct_span_is_current_and_parents_what_runs_under_it() -> None:
     assert outer_span["parent"] is None
 
 
+def test_a_live_direct_span_reads_as_the_sdks_live_span_does() -> None:
+    """Host code may read the current span as the SDK's ``Span``, a ``ReadableSpan``."""
+    live = []
+    for tracer, _ in both():
+        span = tracer.start_span("live", attributes={"a": 1})
+        assert isinstance(span, ReadableSpan)
+        live.append(
+            (
+                span.name,
+                span.resource,
+                span.instrumentation_scope,
+                span.end_time,
+                dict(span.attributes or {}),
+                span.events,
+            )
+        )
+        span.end()
+    sdk, direct = live
+    assert direct == sdk
+
+
 def test_a_remote_parent_and_its_trace_state_carry_over() -> None:
     remote = SpanContext(
         0xABC << 64,
