@@ -157,7 +157,7 @@ class DirectTracer(trace.Tracer):
         #: Whether a configurator can disable the tracer (``_tracer_config``, SDK >= 1.39).
         self._configurable = hasattr(tracer, "_tracer_config")
         #: The processors last looked at, and where a sampled span goes with them: ``None``
-        #: while one of them needs the SDK's spans (``_route``).
+        #: while one of them needs the SDK's spans (``route``).
         self.checked: object = None
         self.sinks: tuple[_Sink, ...] | None = None
         #: The sampler last looked at, and its decisions known without asking it.
@@ -190,6 +190,7 @@ class DirectTracer(trace.Tracer):
         return self._decisions[parent]
 
     def _span_id(self) -> int:
+        """A new span id: with the SDK's random ids, drawn here as it draws them."""
         if type(ids := self.sdk.id_generator) is RandomIdGenerator:
             return random.getrandbits(64) or ids.generate_span_id()  # as it would
         return ids.generate_span_id()
