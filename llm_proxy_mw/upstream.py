@@ -223,7 +223,7 @@ class UpstreamApp:
         span = tracing.attempt(provider, request)
         try:
             await self._exchange(ctx, provider, request, codec, hidden, send)
-        except BaseException as error:
+        except BaseException as error:  # any ending, cancellation too, ends the span; re-raised
             tracing.attempt_ended(span, before, error)
             raise
         tracing.attempt_ended(span, before, None)
