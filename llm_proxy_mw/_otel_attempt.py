@@ -120,7 +120,7 @@ class RequestTrace:
         """A CLIENT span for one attempt, whose context ``request`` carries upstream; the
         caller ends it with ``attempt_ended``. Only for a recording request: else
         ``propagate``."""
-        address, port = self._servers.get(provider.name) or self.server(provider)
+        address, port = self.server(provider)
         attributes: dict[str, AnyValue] = {
             "http.request.method": request.method,
             "url.full": _redacted(request.url),

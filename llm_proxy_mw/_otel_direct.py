@@ -158,24 +158,24 @@ class DirectTracer(trace.Tracer):
         self._configurable = hasattr(tracer, "_tracer_config")
         #: The processors last looked at, and where a sampled span goes with them: ``None``
         #: while one of them needs the SDK's spans (``route``).
-        self.checked: object = None
-        self.sinks: tuple[_Sink, ...] | None = None
+        self._checked: object = None
+        self._sinks: tuple[_Sink, ...] | None = None
         #: The sampler last looked at, and its decisions known without asking it.
         self._sampler: Sampler | None = None
         self._decisions: dict[object, Decision | None] = {}
 
     def route(self) -> tuple[_Sink, ...] | None:
-        """Where a sampled span goes (``sinks``), worked out again whenever the host adds a
+        """Where a sampled span goes, worked out again whenever the host adds a
         processor (the SDK replaces its tuple): ``None`` unless every processor sees spans
         only at their end. A ``BatchSpanProcessor``'s is its queue's ``emit``, what its
         ``on_end`` calls for a sampled span."""
         processors = self.processor._span_processors
-        if processors is not self.checked:
+        if processors is not self._checked:
             sinks = None
             if all(type(p) in _ON_END_ONLY for p in processors):
                 sinks = tuple(_sink(p) for p in processors)
-            self.sinks, self.checked = sinks, processors
-        return self.sinks
+            self._sinks, self._checked = sinks, processors
+        return self._sinks
 
     def _known(self, parent: tuple[bool, bool] | None) -> Decision | None:
         """The sampler's decision for a span under ``parent`` (remote, sampled; ``None`` for
@@ -430,24 +430,8 @@ class DirectSpan(Span, ReadableSpan):
         attributes[key] = value
 
     def set_attributes(self, attributes: Mapping[str, AnyValue]) -> None:
-        # set_attribute inlined for new plain values while no limit is near
-        quick = (
-            self._end_time is None
-            and len(self._attributes) + len(attributes) <= self._tracer.max_attributes
-        )
         for key, value in attributes.items():
-            own = self._attributes
-            if (
-                quick
-                and type(own) is dict
-                and type(key) is str
-                and key
-                and key not in own
-                and isinstance(value, _PLAIN)
-            ):
-                own[key] = value
-            else:
-                self.set_attribute(key, value)
+            self.set_attribute(key, value)
 
     def adopt_attributes(self, attributes: dict[str, AnyValue]) -> None:
         """``set_attributes``, for attributes the caller gives away: each a plain value (a
@@ -528,9 +512,7 @@ class DirectSpan(Span, ReadableSpan):
             return
         self._end_time = time_ns() if end_time is None else end_time
         tracer = self._tracer
-        sinks = tracer.sinks
-        if tracer.processor._span_processors is not tracer.checked:
-            sinks = tracer.route()
+        sinks = tracer.route()
         if sinks is not None and not self._sampled:
             return  # those processors export only sampled spans
         attributes = self._attributes

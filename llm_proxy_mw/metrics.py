@@ -11,10 +11,11 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 from logging import INFO
-from typing import Any, Literal, Protocol
+from typing import Literal, Protocol
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from llm_proxy_mw._otel_answer import AnswerReader
 from llm_proxy_mw._usage import UsageReader, answer_format
 from llm_proxy_mw.access_log import access_logger, log_access
 from llm_proxy_mw.context import RequestContext, get_context
@@ -138,8 +139,8 @@ class _Responder:
         self._ctx = ctx
         self.status: int | None = None
         self.usage: UsageReader | None = None
-        #: The telemetry layer's ``AnswerReader``, when it asked for one.
-        self.answer: Any = None
+        #: The telemetry layer's reader of the answer, when it asked for one.
+        self.answer: AnswerReader | None = None
         self._translated = False
 
     def send(self, message: Message) -> Awaitable[None]:
