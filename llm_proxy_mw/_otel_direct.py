@@ -15,9 +15,9 @@ decided again whenever the host adds a processor.
 
 from __future__ import annotations
 
-import random
 import traceback
 from collections.abc import Callable, Mapping, Sequence
+from random import getrandbits
 from time import time_ns
 from typing import Any, TypeVar
 
@@ -41,10 +41,11 @@ from opentelemetry.trace import (
     StatusCode,
     TraceFlags,
 )
+from opentelemetry.trace.propagation import _SPAN_KEY
 from opentelemetry.trace.span import DEFAULT_TRACE_STATE
 from opentelemetry.util.types import AnyValue, Attributes
 
-from llm_proxy_mw._otel_context import CONTEXT_IS_A_TUPLE, current, span_of
+from llm_proxy_mw._otel_context import CONTEXT_IS_A_TUPLE, current
 
 __all__ = ["DirectSpan", "DirectTracer", "direct_tracer"]
 
@@ -59,6 +60,10 @@ _T = TypeVar("_T")
 #: A span's events or links: a list, or past its limit the SDK's ``BoundedList``.
 #: None yet is the empty tuple (most spans get none: no list to make and free).
 _Items = tuple[()] | list[_T] | BoundedList[_T]
+#: The decisions and the flag a span's sampling turns on (names bound once: a hot path).
+_RECORD_AND_SAMPLE = Decision.RECORD_AND_SAMPLE
+_DROP = Decision.DROP
+_SAMPLED = int(TraceFlags.SAMPLED)
 #: What ``_plain`` returns for any other value.
 _NOT_PLAIN = object()
 #: ``TraceFlags.RANDOM_TRACE_ID`` (W3C Trace Context level 2), 0 on an API without it.
@@ -163,6 +168,20 @@ class DirectTracer(trace.Tracer):
         #: The sampler last looked at, and its decisions known without asking it.
         self._sampler: Sampler | None = None
         self._decisions: dict[object, Decision | None] = {}
+        #: This tracer's spans: what they all share is their class's, set once, not on each.
+        self.span_type: type[DirectSpan] = type(
+            "DirectSpan",
+            (DirectSpan,),
+            {
+                "__slots__": (),
+                "_tracer": self,
+                "_resource": self.resource,
+                "_instrumentation_info": self.info,
+                "_instrumentation_scope": self.scope,
+            },
+        )
+        #: The spans a parent mostly is, known to be ``Span``s without ``ABCMeta``'s check.
+        self._parent_types = frozenset({self.span_type, SdkSpan, NonRecordingSpan})
 
     def route(self) -> tuple[_Sink, ...] | None:
         """Where a sampled span goes, worked out again whenever the host adds a
@@ -189,12 +208,6 @@ class DirectTracer(trace.Tracer):
             self._sampler = sampler
         return self._decisions[parent]
 
-    def _span_id(self) -> int:
-        """A new span id: with the SDK's random ids, drawn here as it draws them."""
-        if type(ids := self.sdk.id_generator) is RandomIdGenerator:
-            return random.getrandbits(64) or ids.generate_span_id()  # as it would
-        return ids.generate_span_id()
-
     def start_span(
         self,
         name: str,
@@ -207,9 +220,11 @@ class DirectTracer(trace.Tracer):
         set_status_on_exception: bool = True,
     ) -> Span:
         sdk = self.sdk
+        if self.processor._span_processors is not self._checked:
+            self.route()  # the host added a processor since
         if (
             links
-            or self.route() is None
+            or self._sinks is None
             or (self._configurable and not sdk._tracer_config.is_enabled)
         ):
             return sdk.start_span(
@@ -222,17 +237,17 @@ class DirectTracer(trace.Tracer):
                 record_exception,
                 set_status_on_exception,
             )
-        parent_span = span_of(current() if context is None else context)
+        parent_span: Any = (current() if context is None else context).get(_SPAN_KEY)
         parent: SpanContext | None = None
         if parent_span is not None and (
-            type(parent_span) in _SPAN_TYPES or isinstance(parent_span, Span)
+            type(parent_span) in self._parent_types or isinstance(parent_span, Span)
         ):
             parent = parent_span.get_span_context()
         ids = sdk.id_generator
         if parent is None or not parent[5]:  # none, or not valid
             parent = None
             if type(ids) is RandomIdGenerator:
-                trace_id = random.getrandbits(128) or ids.generate_trace_id()  # as it would
+                trace_id = getrandbits(128) or ids.generate_trace_id()  # as it would
                 random_trace_id = True
             else:
                 trace_id = ids.generate_trace_id()
@@ -241,30 +256,33 @@ class DirectTracer(trace.Tracer):
         else:
             trace_id, _, remote, parent_flags, _, _ = parent
             random_trace_id = bool(parent_flags & _RANDOM_TRACE_ID)
-            decision = self._known((remote, bool(parent_flags & TraceFlags.SAMPLED)))
+            decision = self._known((remote, bool(parent_flags & _SAMPLED)))
         if decision is not None:  # what the sampler would answer, without asking it
             trace_state = parent and parent[4]
             sampled: Attributes = attributes
         else:
             result = sdk.sampler.should_sample(context, trace_id, name, kind, attributes, None)
             decision, trace_state, sampled = result.decision, result.trace_state, result.attributes
-        flags = TraceFlags.SAMPLED if decision is Decision.RECORD_AND_SAMPLE else TraceFlags.DEFAULT
+        flags = _SAMPLED if decision is _RECORD_AND_SAMPLE else 0
         if random_trace_id:
             flags |= _RANDOM_TRACE_ID
+        span_id = getrandbits(64) if type(ids) is RandomIdGenerator else 0
         span_context = _new_tuple(
             SpanContext,
             (
                 trace_id,
-                self._span_id(),
+                span_id or ids.generate_span_id(),  # as the SDK's random ids draw it
                 False,
                 _FLAGS[flags],
                 DEFAULT_TRACE_STATE if trace_state is None else trace_state,
                 True,
             ),
         )
-        if decision is Decision.DROP:
+        if decision is _DROP:
             return NonRecordingSpan(span_context)
-        span = DirectSpan(self, name, span_context, parent, kind, start_time)
+        span = self.span_type(
+            name, span_context, parent, kind, start_time, decision is _RECORD_AND_SAMPLE
+        )
         if sampled:
             span.set_attributes(sampled)
         return span
@@ -285,19 +303,21 @@ class DirectTracer(trace.Tracer):
         # A direct parent was started while this tracer was enabled and its processors
         # allowed: its children go the same way.
         if (
-            type(parent) is not DirectSpan
+            type(parent) is not self.span_type
             or parent._end_time is not None
             or not parent._sampled
-            or self._known((False, True)) is not Decision.RECORD_AND_SAMPLE
+            or self._known((False, True)) is not _RECORD_AND_SAMPLE
         ):
             return self.start_span(name, context, kind, attributes)
         above: SpanContext = parent._context  # type: ignore[assignment]  # a DirectSpan's
+        ids = self.sdk.id_generator
+        span_id = getrandbits(64) if type(ids) is RandomIdGenerator else 0
         span_context = _new_tuple(
             SpanContext,
             # sampled, and random as the parent's trace id is
-            (above[0], self._span_id(), False, above[3], above[4], True),
+            (above[0], span_id or ids.generate_span_id(), False, above[3], above[4], True),
         )
-        span = DirectSpan(self, name, span_context, above, kind, None)
+        span = self.span_type(name, span_context, above, kind, None, True)
         if len(attributes) > self.max_attributes:
             span.set_attributes(attributes)
         else:
@@ -319,9 +339,9 @@ def _known_decision(sampler: Sampler, delegate: str) -> Decision | None:
     if type(sampler) is ParentBased:
         decides = getattr(sampler, delegate, None)
     if decides is ALWAYS_ON:
-        return Decision.RECORD_AND_SAMPLE
+        return _RECORD_AND_SAMPLE
     if decides is ALWAYS_OFF:
-        return Decision.DROP
+        return _DROP
     return None
 
 
@@ -355,45 +375,35 @@ class DirectSpan(Span, ReadableSpan):
     the span exports as the SDK's would.
     """
 
-    __slots__ = (
-        "_tracer",
-        "_name",
-        "_context",
-        "_parent",
-        "_kind",
-        "_attributes",
-        "_events",
-        "_links",
-        "_status",
-        "_start",
-        "_end",
-        "_sampled",
-    )
+    __slots__ = ("_name", "_context", "_parent", "_kind", "_attributes", "_sampled")
+
+    #: What a span has until it gets some (most get none: no list to make and free).
+    _events: _Items[Event] = ()
+    _links: _Items[Link] = ()
+    _status = _UNSET
+    #: Set by each tracer's own subclass (``DirectTracer.span_type``).
+    _tracer: DirectTracer
+    _resource: Any
+    _instrumentation_info: Any
+    _instrumentation_scope: Any
 
     def __init__(
         self,
-        tracer: DirectTracer,
         name: str,
         context: SpanContext,
         parent: SpanContext | None,
         kind: SpanKind,
         start_time: int | None,
+        sampled: bool,
     ) -> None:
-        self._tracer = tracer
         self._name = name
         self._context = context
         self._parent = parent
         self._kind = kind
         self._attributes: dict[str, Any] | BoundedAttributes = {}
-        self._events: _Items[Event] = ()
-        self._links: _Items[Link] = ()
-        self._status = _UNSET
         self._start_time = time_ns() if start_time is None else start_time
         self._end_time: int | None = None
-        self._sampled = bool(context[3] & TraceFlags.SAMPLED)
-        self._resource = tracer.resource
-        self._instrumentation_info = tracer.info
-        self._instrumentation_scope = tracer.scope
+        self._sampled = sampled
 
     def get_span_context(self) -> SpanContext:
         return self._context  # type: ignore[return-value]  # always one, unlike a ReadableSpan's
@@ -442,7 +452,7 @@ class DirectSpan(Span, ReadableSpan):
             self._end_time is None
             and type(own) is dict
             and len(own) + len(attributes) <= self._tracer.max_attributes
-            and own.keys().isdisjoint(attributes)
+            and (not own or own.keys().isdisjoint(attributes))
         ):
             own.update(attributes)
         else:
@@ -512,7 +522,9 @@ class DirectSpan(Span, ReadableSpan):
             return
         self._end_time = time_ns() if end_time is None else end_time
         tracer = self._tracer
-        sinks = tracer.route()
+        sinks = tracer._sinks
+        if tracer.processor._span_processors is not tracer._checked:
+            sinks = tracer.route()  # the host added a processor since
         if sinks is not None and not self._sampled:
             return  # those processors export only sampled spans
         attributes = self._attributes
@@ -523,10 +535,6 @@ class DirectSpan(Span, ReadableSpan):
             return
         for sink in sinks:
             sink(self)
-
-
-#: The spans a parent mostly is, known to be ``Span``s without ``ABCMeta``'s check.
-_SPAN_TYPES = frozenset({DirectSpan, SdkSpan, NonRecordingSpan})
 
 
 def _appended(items: _Items[_T], item: _T, limit: int) -> _Items[_T]:
