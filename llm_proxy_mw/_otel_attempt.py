@@ -21,6 +21,7 @@ from opentelemetry.context import Context
 from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.propagators.textmap import TextMapPropagator
 from opentelemetry.trace import Span, SpanKind, StatusCode, Tracer
+from opentelemetry.trace.propagation import _SPAN_KEY
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.trace.span import DEFAULT_TRACE_STATE
 from opentelemetry.util.types import AnyValue
@@ -74,6 +75,8 @@ class RequestTrace:
         "_start_child",
         "_servers",
         "_headers",
+        "_plain",
+        "_replaced",
     )
 
     def __init__(
@@ -82,13 +85,13 @@ class RequestTrace:
         tracer: Tracer,
         span: Span,
         host: Context,
-        servers: MutableMapping[str, Server],
+        servers: MutableMapping[str, dict[str, AnyValue]],
         start_child: StartChild | None = None,
     ) -> None:
         self.ctx = ctx
         self.span = span
         #: ``host``, the context the request came with, with ``span`` current.
-        self.context = with_span(host, span)
+        self.context = Context({**host, _SPAN_KEY: span})  # as ``set_span_in_context``
         self.recording = span.is_recording()
         self.answer: AnswerReader | None = None
         #: Whether a layer inside reads the answer (``read_answer``) for this span.
@@ -99,6 +102,10 @@ class RequestTrace:
         self._start_child = start_child
         self._servers = servers
         self._headers: list[tuple[str, str]] | None = None
+        #: Whether the trace headers are the default propagators' (``_trace_headers``), and
+        #: the client's headers that the proxy's replace.
+        self._plain: bool | None = None
+        self._replaced = _TRACE_HEADERS
 
     def read_answer(self, kind: Literal["sse", "json"]) -> AnswerReader:
         """The reader of this span's answer, an event stream or a JSON body."""
@@ -106,11 +113,22 @@ class RequestTrace:
         return self.answer
 
     def server(self, provider: Provider) -> Server:
-        """The provider's address and port, worked out once per provider."""
-        server = self._servers.get(provider.name)
-        if server is None:
-            server = self._servers[provider.name] = server_of(provider.base_url)
-        return server
+        """The provider's address and port."""
+        known = self._provider_attributes(provider)
+        return known["server.address"], known["server.port"]  # type: ignore[return-value]
+
+    def _provider_attributes(self, provider: Provider) -> dict[str, AnyValue]:
+        """An attempt span's ``server.address``, ``server.port`` and ``llm_proxy.provider``,
+        worked out once per provider."""
+        known = self._servers.get(provider.name)
+        if known is None:
+            address, port = server_of(provider.base_url)
+            known = self._servers[provider.name] = {
+                "server.address": address,
+                "server.port": port,
+                "llm_proxy.provider": provider.name,
+            }
+        return known
 
     def waited(self, seconds: float) -> None:
         """Retry waits ``seconds`` before its next attempt."""
@@ -120,13 +138,10 @@ class RequestTrace:
         """A CLIENT span for one attempt, whose context ``request`` carries upstream; the
         caller ends it with ``attempt_ended``. Only for a recording request: else
         ``propagate``."""
-        address, port = self.server(provider)
         attributes: dict[str, AnyValue] = {
             "http.request.method": request.method,
             "url.full": _redacted(request.url),
-            "server.address": address,
-            "server.port": port,
-            "llm_proxy.provider": provider.name,
+            **self._provider_attributes(provider),
         }
         if self._start_child is not None:
             span = self._start_child(
@@ -136,7 +151,7 @@ class RequestTrace:
             span = self._tracer.start_span(
                 request.method, self.context, SpanKind.CLIENT, attributes
             )
-        _replace_trace_headers(request, self._trace_headers(span))
+        _replace_trace_headers(request, self._trace_headers(span), self._replaced)
         return span
 
     def attempt_ended(self, span: Span, before: int, error: BaseException | None) -> None:
@@ -162,18 +177,25 @@ class RequestTrace:
         sampled, worked out once for all its attempts."""
         if self._headers is None:
             self._headers = self._trace_headers(self.span)
-        _replace_trace_headers(request, self._headers)
+        _replace_trace_headers(request, self._headers, self._replaced)
 
     def _trace_headers(self, span: Span) -> list[tuple[str, str]]:
         """What the global propagator writes for ``span``: with the default propagators
         (W3C trace context, and baggage when the context has none) written here, for a
-        fraction of the cost."""
-        if not _default_propagators() or self.context.get(_BAGGAGE_KEY):
-            return _injected(with_span(self.context, span))
+        fraction of the cost, else by the propagator (``_replaced`` then names what it
+        writes)."""
+        plain = self._plain
+        if plain is None:
+            plain = self._plain = _default_propagators() and not self.context.get(_BAGGAGE_KEY)
+        if not plain:
+            headers = _injected(with_span(self.context, span))
+            self._replaced = _TRACE_HEADERS.union(name for name, _ in headers)
+            return headers
         trace_id, span_id, flags, state = ids_of(span.get_span_context())
-        trace_hex = trace_id.to_bytes(16, "big").hex()  # as {:032x}, for a third of the CPU
-        span_hex = span_id.to_bytes(8, "big").hex()
-        parent = ("traceparent", f"00-{trace_hex}-{span_hex}-{flags:02x}")
+        # A recording request's trace id is on the context already, in hex.
+        # ``to_bytes().hex()`` is ``{:032x}`` for a third of the CPU.
+        trace_hex = self.ctx.trace_id or trace_id.to_bytes(16, "big").hex()
+        parent = ("traceparent", f"00-{trace_hex}-{span_id.to_bytes(8, 'big').hex()}-{flags:02x}")
         if state is not DEFAULT_TRACE_STATE and state:
             return [parent, ("tracestate", state.to_header())]
         return [parent]
@@ -206,11 +228,10 @@ def _injected(context: Context) -> list[tuple[str, str]]:
     return [(name.lower(), value) for name, value in carrier.items()]
 
 
-def _replace_trace_headers(request: UpstreamRequest, headers: list[tuple[str, str]]) -> None:
-    """``request`` carries ``headers`` in place of the client's own trace headers."""
-    replaced = _TRACE_HEADERS
-    if not replaced.issuperset(dict(headers)):
-        replaced = replaced.union(name for name, _ in headers)  # baggage, a vendor's
+def _replace_trace_headers(
+    request: UpstreamRequest, headers: list[tuple[str, str]], replaced: frozenset[str]
+) -> None:
+    """``request`` carries ``headers`` in place of the client's own ``replaced`` ones."""
     kept = request.headers
     if not replaced.isdisjoint(dict(kept)):  # the client sent some (checked in C)
         kept = [header for header in kept if header[0] not in replaced]

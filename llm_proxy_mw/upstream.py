@@ -192,41 +192,28 @@ class UpstreamApp:
                 _stream_upload(ctx.upload, request)
             elif hidden is not None:  # the proxy must read what it takes out
                 request.headers = [h for h in request.headers if h[0] != "accept-encoding"]
-        exchange = self._exchange
-        if (telemetry := ctx.telemetry) is not None:
-            if telemetry.recording:
-                exchange = self._traced_exchange
-            else:
-                telemetry.propagate(request)
-        if watched(ctx):
-            # Retry in front already guards the request (and owns its one watcher).
-            await exchange(ctx, provider, request, codec, hidden, send)
-            return
-        if ctx.upload is not None:
-            receive = ctx.upload.receive_after_body
-        async with cancel_on_disconnect(ctx, receive):
-            await exchange(ctx, provider, request, codec, hidden, send)
-
-    async def _traced_exchange(
-        self,
-        ctx: RequestContext,
-        provider: Provider,
-        request: UpstreamRequest,
-        codec: Codec | None,
-        hidden: HiddenUsage | None,
-        send: Send,
-    ) -> None:
-        """``_exchange`` inside its attempt span, whose trace context goes upstream (a
-        recording request's: one sampled out only ``propagate``s its context)."""
-        tracing = ctx.telemetry
-        before = len(ctx.attempts)
-        span = tracing.attempt(provider, request)
+        traced = ctx.telemetry
+        if traced is not None and not traced.recording:
+            traced.propagate(request)  # sampled out: its context goes, with no attempt span
+            traced = None
+        if traced is not None:
+            before = len(ctx.attempts)
+            span = traced.attempt(provider, request)
         try:
-            await self._exchange(ctx, provider, request, codec, hidden, send)
+            if watched(ctx):
+                # Retry in front already guards the request (and owns its one watcher).
+                await self._exchange(ctx, provider, request, codec, hidden, send)
+            else:
+                if ctx.upload is not None:
+                    receive = ctx.upload.receive_after_body
+                async with cancel_on_disconnect(ctx, receive):
+                    await self._exchange(ctx, provider, request, codec, hidden, send)
         except BaseException as error:  # any ending, cancellation too, ends the span; re-raised
-            tracing.attempt_ended(span, before, error)
+            if traced is not None:
+                traced.attempt_ended(span, before, error)
             raise
-        tracing.attempt_ended(span, before, None)
+        if traced is not None:
+            traced.attempt_ended(span, before, None)
 
     async def _add_credentials(
         self, ctx: RequestContext, name: str, source: CredentialSource, request: UpstreamRequest
