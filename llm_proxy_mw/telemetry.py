@@ -21,6 +21,7 @@ from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, StatusCode, Tracer, TracerProvider
+from opentelemetry.util.types import AnyValue
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llm_proxy_mw._otel_answer import AnswerReader
@@ -28,7 +29,6 @@ from llm_proxy_mw._otel_attempt import RequestTrace, StartChild
 from llm_proxy_mw._otel_context import attach, current, detach, ids_of
 from llm_proxy_mw._otel_names import (
     SCHEMA_URL,
-    Server,
     add_request_attributes,
     operation_of,
     provider_name,
@@ -46,6 +46,12 @@ DEFAULT_MAX_CONTENT_BYTES = 16 * 1024
 #: Request members that hold the prompt, and the system instructions, in the three APIs.
 _INPUT_MEMBERS = ("messages", "input", "prompt")
 _SYSTEM_MEMBERS = ("system", "instructions")
+#: A span's endpoint, method, model and provider; and its name, operation and attributes.
+_NameKey = tuple[str, str, str | None, str | None]
+_Named = tuple[str, str | None, dict[str, Any]]
+#: How many names ``_name`` keeps, and the longest model name it keeps one for.
+_MAX_NAMED = 1024
+_MAX_NAMED_MODEL = 256
 
 
 class TelemetryMiddleware:
@@ -76,7 +82,9 @@ class TelemetryMiddleware:
         self._provider: TracerProvider | None = None
         self._tracer: Tracer | None = None
         self._start_child: StartChild | None = None
-        self._servers: dict[str, Server] = {}
+        #: Each provider's attributes on an attempt span (``RequestTrace.server``).
+        self._servers: dict[str, dict[str, AnyValue]] = {}
+        self._named: dict[_NameKey, _Named] = {}
         #: Metrics right inside watches the answer go by: it reads it for the span too
         #: (``RequestTrace.read_answer``), so that one layer looks at each chunk, not two.
         self._answer_inside = isinstance(app, MetricsMiddleware)
@@ -156,25 +164,18 @@ class TelemetryMiddleware:
         if error_type is None and status is not None and status >= 400:
             error_type = str(status)
         body = _parsed_body(ctx)
-        operation = operation_of(ctx.route_path)
-        span.update_name(span_name(ctx.route_path, method, ctx.model))
+        route = ctx.route
+        key = (ctx.route_path, method, ctx.model, route.provider.name if route else None)
+        named = self._named.get(key)
+        if named is None:
+            named = self._name(tracing, key)
+        name, operation, common = named
+        span.update_name(name)
         attributes: dict[str, Any] = {
+            **common,
             "llm_proxy.attempts": len(ctx.attempts),
             "llm_proxy.principal": principal_id(ctx),
         }
-        if operation is not None:
-            attributes["gen_ai.operation.name"] = operation
-        if ctx.model:
-            attributes["gen_ai.request.model"] = ctx.model
-        route = ctx.route
-        if route is not None:
-            kind = provider_name(route.provider.config.kind)
-            attributes["gen_ai.provider.name"] = kind
-            if not self.latest_conventions:
-                attributes["gen_ai.system"] = kind
-            address, port = tracing.server(route.provider)
-            attributes["server.address"] = address
-            attributes["server.port"] = port
         if body:
             add_request_attributes(body, attributes)
         answer = tracing.answer
@@ -209,6 +210,33 @@ class TelemetryMiddleware:
             adopt(attributes)  # a direct span takes the dict as it is: plain values, new keys
         else:
             span.set_attributes(attributes)
+
+    def _name(self, tracing: RequestTrace, key: _NameKey) -> _Named:
+        """The span's name, operation and the attributes that follow from its endpoint,
+        method, model and provider; kept for the next such request (a bounded number: the
+        model is the client's to name)."""
+        route_path, method, model, _ = key
+        operation = operation_of(route_path)
+        common: dict[str, Any] = {}
+        if operation is not None:
+            common["gen_ai.operation.name"] = operation
+        if model:
+            common["gen_ai.request.model"] = model
+        route = tracing.ctx.route
+        if route is not None:
+            kind = provider_name(route.provider.config.kind)
+            common["gen_ai.provider.name"] = kind
+            if not self.latest_conventions:
+                common["gen_ai.system"] = kind
+            address, port = tracing.server(route.provider)
+            common["server.address"] = address
+            common["server.port"] = port
+        named = (span_name(route_path, method, model), operation, common)
+        if model is None or len(model) <= _MAX_NAMED_MODEL:
+            if len(self._named) >= _MAX_NAMED:
+                self._named.clear()
+            self._named[key] = named
+        return named
 
     def _content(self, body: dict[str, Any]) -> dict[str, str]:
         """The prompt and the system instructions, as the client sent them, bounded."""

@@ -7,6 +7,8 @@ records them through the SDK's own span objects."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -14,6 +16,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 from opentelemetry import baggage, propagate
@@ -33,13 +36,15 @@ from opentelemetry.trace import (
     get_current_span,
     set_span_in_context,
 )
+from starlette.types import Message
 
-from llm_proxy_mw import build_proxy
+from llm_proxy_mw import build_proxy, telemetry
 from llm_proxy_mw._otel_direct import DirectTracer
 from llm_proxy_mw.context import RequestContextMiddleware
-from llm_proxy_mw.errors import UpstreamConnectError
+from llm_proxy_mw.errors import ClientDisconnected, UpstreamConnectError
 from llm_proxy_mw.telemetry import TelemetryMiddleware
 from llm_proxy_mw.transports import UpstreamRequest, UpstreamResponse
+from tests.asgi_helpers import GUARD_SECONDS, http_scope
 from tests.fakes.transports import RecordingTransport
 
 GPT = "gpt-4o-mini"
@@ -131,6 +136,7 @@ class Traced:
     exporter: InMemorySpanExporter
     tracer_provider: TracerProvider
     transports: dict[str, RecordingTransport]
+    proxy: Any
 
     def spans(self) -> list[ReadableSpan]:
         return list(self.exporter.get_finished_spans())
@@ -171,7 +177,7 @@ async def traced(
         proxy.lifespan(),
         httpx.AsyncClient(transport=transport, base_url="http://host") as client,
     ):
-        yield Traced(client, exporter, tracer_provider, transports)
+        yield Traced(client, exporter, tracer_provider, transports, proxy)
     tracer = recording_tracer(proxy)
     assert isinstance(tracer, DirectTracer)
     assert (tracer.route() is not None) is (PROCESSOR is SimpleSpanProcessor)
@@ -393,6 +399,69 @@ async def test_a_request_refused_before_any_attempt_is_an_error_too() -> None:
     assert span.status.status_code is StatusCode.ERROR
     assert dict(span.attributes or {})["error.type"] == "invalid_request"
     assert t.attempt_spans() == []
+
+
+class StallingTransport(RecordingTransport):
+    """A provider that takes the request and never answers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sending = asyncio.Event()
+
+    async def send(self, request: UpstreamRequest) -> UpstreamResponse:
+        self.sent.append(request)
+        self.sending.set()
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+
+@pytest.mark.anyio
+async def test_a_client_that_leaves_mid_attempt_ends_both_spans_as_errors() -> None:
+    stalling = StallingTransport()
+    body = json.dumps(CHAT).encode()
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        if not stalling.sent:
+            return {"type": "http.request", "body": body, "more_body": False}
+        await stalling.sending.wait()
+        return {"type": "http.disconnect"}  # the client is gone while the provider thinks
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    providers = {"gpt": provider("openai", GPT)}
+    async with traced({"gpt": stalling}, providers=providers) as t:
+        with anyio.fail_after(GUARD_SECONDS):
+            with contextlib.suppress(ClientDisconnected):
+                await t.proxy(http_scope(body=body), receive, send)
+    assert sent == []  # nobody to answer
+    request_span = t.request_span()
+    assert request_span.status.status_code is StatusCode.ERROR
+    assert dict(request_span.attributes or {})["error.type"] == "client_closed"
+    (attempt,) = t.attempt_spans()
+    assert attempt.status.status_code is StatusCode.ERROR
+    assert dict(attempt.attributes or {})["error.type"] == "CancelledError"  # cut short
+    assert attempt.end_time is not None and attempt.parent is not None
+    assert attempt.parent.span_id == request_span.context.span_id
+
+
+@pytest.mark.anyio
+async def test_span_names_stay_right_while_what_they_are_kept_for_stays_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Clients name models: the layer keeps a bounded number of names (here 2) and none for
+    # a model name longer than it keeps.
+    monkeypatch.setattr(telemetry, "_MAX_NAMED", 2)
+    models = ["model-a", "model-b", "model-c", "m" * (telemetry._MAX_NAMED_MODEL + 1)]
+    async with traced(providers={"gpt": provider("openai", GPT)}) as t:
+        for model in models:
+            await t.client.post("/v1/chat/completions", json={**CHAT, "model": model})
+            assert len(telemetry_layer(t.proxy)._named) <= 2
+        await t.client.post("/v1/chat/completions", json=CHAT)
+    names = [s.name for s in t.spans() if s.kind is SpanKind.CLIENT and s.name != "POST"]
+    assert names == [f"chat {model}" for model in models] + [f"chat {GPT}"]
+    assert len(telemetry_layer(t.proxy)._named) <= 2
 
 
 # -- trace context to the provider -----------------------------------------------------------
