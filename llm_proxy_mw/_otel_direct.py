@@ -452,11 +452,14 @@ class DirectSpan(Span, ReadableSpan):
             self._end_time is None
             and type(own) is dict
             and len(own) + len(attributes) <= self._tracer.max_attributes
-            and (not own or own.keys().isdisjoint(attributes))
         ):
-            own.update(attributes)
-        else:
-            self.set_attributes(attributes)
+            if not own:
+                self._attributes = attributes  # the dict itself: no copy
+                return
+            if own.keys().isdisjoint(attributes):
+                own.update(attributes)
+                return
+        self.set_attributes(attributes)
 
     def add_event(
         self, name: str, attributes: Attributes = None, timestamp: int | None = None
