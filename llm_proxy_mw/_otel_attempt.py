@@ -21,7 +21,6 @@ from opentelemetry.context import Context
 from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.propagators.textmap import TextMapPropagator
 from opentelemetry.trace import Span, SpanKind, StatusCode, Tracer
-from opentelemetry.trace.propagation import _SPAN_KEY
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.trace.span import DEFAULT_TRACE_STATE
 from opentelemetry.util.types import AnyValue
@@ -91,7 +90,7 @@ class RequestTrace:
         self.ctx = ctx
         self.span = span
         #: ``host``, the context the request came with, with ``span`` current.
-        self.context = Context({**host, _SPAN_KEY: span})  # as ``set_span_in_context``
+        self.context = with_span(host, span)
         self.recording = span.is_recording()
         self.answer: AnswerReader | None = None
         #: Whether a layer inside reads the answer (``read_answer``) for this span.

@@ -41,11 +41,10 @@ from opentelemetry.trace import (
     StatusCode,
     TraceFlags,
 )
-from opentelemetry.trace.propagation import _SPAN_KEY
 from opentelemetry.trace.span import DEFAULT_TRACE_STATE
 from opentelemetry.util.types import AnyValue, Attributes
 
-from llm_proxy_mw._otel_context import CONTEXT_IS_A_TUPLE, current
+from llm_proxy_mw._otel_context import CONTEXT_IS_A_TUPLE, current, span_of
 
 __all__ = ["DirectSpan", "DirectTracer", "direct_tracer"]
 
@@ -208,6 +207,12 @@ class DirectTracer(trace.Tracer):
             self._sampler = sampler
         return self._decisions[parent]
 
+    def _span_id(self) -> int:
+        """A new span id: with the SDK's random ids, drawn here as it draws them."""
+        if type(ids := self.sdk.id_generator) is RandomIdGenerator:
+            return getrandbits(64) or ids.generate_span_id()  # as it would
+        return ids.generate_span_id()
+
     def start_span(
         self,
         name: str,
@@ -220,11 +225,9 @@ class DirectTracer(trace.Tracer):
         set_status_on_exception: bool = True,
     ) -> Span:
         sdk = self.sdk
-        if self.processor._span_processors is not self._checked:
-            self.route()  # the host added a processor since
         if (
             links
-            or self._sinks is None
+            or self.route() is None
             or (self._configurable and not sdk._tracer_config.is_enabled)
         ):
             return sdk.start_span(
@@ -237,7 +240,7 @@ class DirectTracer(trace.Tracer):
                 record_exception,
                 set_status_on_exception,
             )
-        parent_span: Any = (current() if context is None else context).get(_SPAN_KEY)
+        parent_span = span_of(current() if context is None else context)
         parent: SpanContext | None = None
         if parent_span is not None and (
             type(parent_span) in self._parent_types or isinstance(parent_span, Span)
@@ -266,12 +269,11 @@ class DirectTracer(trace.Tracer):
         flags = _SAMPLED if decision is _RECORD_AND_SAMPLE else 0
         if random_trace_id:
             flags |= _RANDOM_TRACE_ID
-        span_id = getrandbits(64) if type(ids) is RandomIdGenerator else 0
         span_context = _new_tuple(
             SpanContext,
             (
                 trace_id,
-                span_id or ids.generate_span_id(),  # as the SDK's random ids draw it
+                self._span_id(),
                 False,
                 _FLAGS[flags],
                 DEFAULT_TRACE_STATE if trace_state is None else trace_state,
@@ -310,12 +312,10 @@ class DirectTracer(trace.Tracer):
         ):
             return self.start_span(name, context, kind, attributes)
         above: SpanContext = parent._context  # type: ignore[assignment]  # a DirectSpan's
-        ids = self.sdk.id_generator
-        span_id = getrandbits(64) if type(ids) is RandomIdGenerator else 0
         span_context = _new_tuple(
             SpanContext,
             # sampled, and random as the parent's trace id is
-            (above[0], span_id or ids.generate_span_id(), False, above[3], above[4], True),
+            (above[0], self._span_id(), False, above[3], above[4], True),
         )
         span = self.span_type(name, span_context, above, kind, None, True)
         if len(attributes) > self.max_attributes:
@@ -525,9 +525,7 @@ class DirectSpan(Span, ReadableSpan):
             return
         self._end_time = time_ns() if end_time is None else end_time
         tracer = self._tracer
-        sinks = tracer._sinks
-        if tracer.processor._span_processors is not tracer._checked:
-            sinks = tracer.route()  # the host added a processor since
+        sinks = tracer.route()
         if sinks is not None and not self._sampled:
             return  # those processors export only sampled spans
         attributes = self._attributes
