@@ -180,8 +180,7 @@ class TelemetryMiddleware:
             add_request_attributes(body, attributes)
         answer = tracing.answer
         if answer is not None:
-            answer.finish()
-            answer.add_attributes(attributes)
+            answer.finish(attributes)
             if answer.sse and ctx.ttfb is not None:
                 attributes["gen_ai.response.time_to_first_chunk"] = ctx.ttfb
                 span.add_event("gen_ai.first_chunk", timestamp=_first_chunk_time(ctx, ctx.ttfb))

@@ -23,9 +23,8 @@ def test_a_long_stream_keeps_only_its_last_reads_and_finds_its_reason() -> None:
         assert len(reader.recent) <= _RECENT
     reader.feed_stream(chunk("", "length"))
     reader.feed_stream(b'data: {"choices":[],"usage":{"prompt_tokens":1}}\n\ndata: [DONE]\n\n')
-    reader.finish()
     attributes: dict[str, object] = {}
-    reader.add_attributes(attributes)
+    reader.finish(attributes)
     assert attributes == {
         "gen_ai.response.id": "chatcmpl-1",
         "gen_ai.response.model": "gpt-4o-mini",
@@ -42,10 +41,13 @@ def test_the_model_is_looked_for_until_a_read_names_it() -> None:
         b'data: {"type":"message_start","message":{"id":"msg_1","model":"claude-x"}}\n\n'
     )
     reader.feed_stream(b'data: {"type":"message_delta","delta":{"stop_reason":"end_turn"}}\n\n')
-    reader.finish()
-    assert reader.id == "msg_1"
-    assert reader.model == "claude-x"
-    assert reader.finish_reasons == ["end_turn"]
+    attributes: dict[str, object] = {}
+    reader.finish(attributes)
+    assert attributes == {
+        "gen_ai.response.id": "msg_1",
+        "gen_ai.response.model": "claude-x",
+        "gen_ai.response.finish_reasons": ("end_turn",),
+    }
 
 
 def test_a_json_answer_is_read_from_its_head_and_tail() -> None:
@@ -59,14 +61,45 @@ def test_a_json_answer_is_read_from_its_head_and_tail() -> None:
     reader = AnswerReader(sse=False)
     for start in range(0, len(body), 1000):
         reader.feed(body[start : start + 1000])
-    reader.finish()
-    assert (reader.id, reader.model, reader.finish_reasons) == ("chatcmpl-2", "gpt-4o", ["stop"])
+    attributes: dict[str, object] = {}
+    reader.finish(attributes)
+    assert attributes == {
+        "gen_ai.response.id": "chatcmpl-2",
+        "gen_ai.response.model": "gpt-4o",
+        "gen_ai.response.finish_reasons": ("stop",),
+    }
 
 
 def test_content_is_kept_up_to_its_bound_from_a_stream_too() -> None:
     reader = AnswerReader(sse=True, capture=10)
     reader.feed(chunk("hello"))
     reader.feed(chunk("", "stop"))
-    reader.finish()
+    attributes: dict[str, object] = {}
+    reader.finish(attributes)
     assert reader.content == chunk("hello")[:10]
-    assert reader.finish_reasons == ["stop"]
+    assert attributes["gen_ai.response.finish_reasons"] == ("stop",)
+
+
+def test_each_reason_of_several_choices_counts_once_in_order() -> None:
+    reasons = ["length", "stop", "length"]
+    body = json.dumps(
+        {
+            "id": "chatcmpl-3",
+            "model": "gpt-4o",
+            "choices": [{"index": n, "finish_reason": r} for n, r in enumerate(reasons)],
+        }
+    ).encode()
+    reader = AnswerReader(sse=False)
+    reader.feed(body)
+    attributes: dict[str, object] = {}
+    reader.finish(attributes)
+    assert attributes["gen_ai.response.finish_reasons"] == ("length", "stop")
+
+
+def test_an_escaped_id_or_model_is_left_out_rather_than_cut() -> None:
+    body = b'{"id": "chat\\"cmpl", "model": "gpt-4o\\u00e9", "choices": []}'
+    reader = AnswerReader(sse=False)
+    reader.feed(body)
+    attributes: dict[str, object] = {}
+    reader.finish(attributes)
+    assert attributes == {}
