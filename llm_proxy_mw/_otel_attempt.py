@@ -41,6 +41,9 @@ __all__ = ["RequestTrace", "StartChild"]
 StartChild = Callable[[Span, Context, str, SpanKind, dict[str, AnyValue]], Span]
 #: The client's trace headers, which the proxy's own replace.
 _TRACE_HEADERS = frozenset({"traceparent", "tracestate"})
+#: The trace flags a span mostly has, in ``traceparent``'s hex: a lookup costs half of
+#: formatting the ``TraceFlags`` (an ``int`` subclass) with ``02x``.
+_FLAGS_HEX = {flags: f"{flags:02x}" for flags in range(4)}
 
 
 def _redacted(url: str) -> str:
@@ -194,7 +197,11 @@ class RequestTrace:
         # A recording request's trace id is on the context already, in hex.
         # ``to_bytes().hex()`` is ``{:032x}`` for a third of the CPU.
         trace_hex = self.ctx.trace_id or trace_id.to_bytes(16, "big").hex()
-        parent = ("traceparent", f"00-{trace_hex}-{span_id.to_bytes(8, 'big').hex()}-{flags:02x}")
+        span_hex = span_id.to_bytes(8, "big").hex()
+        parent = (
+            "traceparent",
+            f"00-{trace_hex}-{span_hex}-{_FLAGS_HEX.get(flags) or f'{flags:02x}'}",
+        )
         if state is not DEFAULT_TRACE_STATE and state:
             return [parent, ("tracestate", state.to_header())]
         return [parent]
@@ -232,8 +239,10 @@ def _replace_trace_headers(
 ) -> None:
     """``request`` carries ``headers`` in place of the client's own ``replaced`` ones."""
     kept = request.headers
-    if not replaced.isdisjoint(dict(kept)):  # the client sent some (checked in C)
-        kept = [header for header in kept if header[0] not in replaced]
+    for name, _ in kept:  # half the cost of ``replaced.isdisjoint(dict(kept))``
+        if name in replaced:  # the client sent some
+            kept = [header for header in kept if header[0] not in replaced]
+            break
     request.headers = kept + headers
 
 
