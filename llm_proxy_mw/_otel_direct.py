@@ -10,7 +10,8 @@ span to the processors as the ``ReadableSpan`` they export, for a few µs a span
 
 Anything else (another processor, even a subclass; links at the start; a tracer disabled by
 its configurator; attribute length limits; the SDK's own span metrics) takes the SDK's path,
-decided again whenever the host adds a processor.
+decided again for the spans started after the host adds a processor (a span ends into the
+processors of its start).
 """
 
 from __future__ import annotations
@@ -227,7 +228,7 @@ class DirectTracer(trace.Tracer):
         sdk = self.sdk
         if (
             links
-            or self.route() is None
+            or (sinks := self.route()) is None
             or (self._configurable and not sdk._tracer_config.is_enabled)
         ):
             return sdk.start_span(
@@ -283,7 +284,7 @@ class DirectTracer(trace.Tracer):
         if decision is _DROP:
             return NonRecordingSpan(span_context)
         span = self.span_type(
-            name, span_context, parent, kind, start_time, decision is _RECORD_AND_SAMPLE
+            name, span_context, parent, kind, start_time, decision is _RECORD_AND_SAMPLE, sinks
         )
         if sampled:
             span.set_attributes(sampled)
@@ -317,7 +318,7 @@ class DirectTracer(trace.Tracer):
             # sampled, and random as the parent's trace id is
             (above[0], self._span_id(), False, above[3], above[4], True),
         )
-        span = self.span_type(name, span_context, above, kind, None, True)
+        span = self.span_type(name, span_context, above, kind, None, True, parent._sinks)
         if len(attributes) > self.max_attributes:
             span.set_attributes(attributes)
         else:
@@ -375,7 +376,7 @@ class DirectSpan(Span, ReadableSpan):
     the span exports as the SDK's would.
     """
 
-    __slots__ = ("_name", "_context", "_parent", "_kind", "_attributes", "_sampled")
+    __slots__ = ("_name", "_context", "_parent", "_kind", "_attributes", "_sampled", "_sinks")
 
     #: What a span has until it gets some (most get none: no list to make and free).
     _events: _Items[Event] = ()
@@ -395,6 +396,7 @@ class DirectSpan(Span, ReadableSpan):
         kind: SpanKind,
         start_time: int | None,
         sampled: bool,
+        sinks: tuple[_Sink, ...],
     ) -> None:
         self._name = name
         self._context = context
@@ -404,6 +406,9 @@ class DirectSpan(Span, ReadableSpan):
         self._start_time = time_ns() if start_time is None else start_time
         self._end_time: int | None = None
         self._sampled = sampled
+        #: Where it goes once ended: its tracer's route when it started (a processor the
+        #: host adds later sees the spans started after it).
+        self._sinks = sinks
 
     def get_span_context(self) -> SpanContext:
         return self._context  # type: ignore[return-value]  # always one, unlike a ReadableSpan's
@@ -524,17 +529,12 @@ class DirectSpan(Span, ReadableSpan):
         if self._end_time is not None:
             return
         self._end_time = time_ns() if end_time is None else end_time
-        tracer = self._tracer
-        sinks = tracer.route()
-        if sinks is not None and not self._sampled:
-            return  # those processors export only sampled spans
+        if not self._sampled:
+            return  # its processors export only sampled spans
         attributes = self._attributes
         if type(attributes) is BoundedAttributes:  # past the limit (not isinstance: an ABC)
             attributes._immutable = True  # as the SDK leaves its own
-        if sinks is None:  # a processor was added that needs to see every span
-            tracer.processor.on_end(self)
-            return
-        for sink in sinks:
+        for sink in self._sinks:
             sink(self)
 
 

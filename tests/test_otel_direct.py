@@ -343,18 +343,23 @@ def test_a_batch_or_simple_processor_takes_the_direct_path() -> None:
         tracer_provider.shutdown()
 
 
-def test_a_processor_with_a_start_hook_gets_the_sdks_spans_even_when_added_later() -> None:
+def test_a_processor_with_a_start_hook_gets_the_sdks_spans_of_spans_started_after_it() -> None:
     exporter = InMemorySpanExporter()
     tracer_provider = provider(exporter)
     direct = direct_tracer(tracer_provider.get_tracer("test"))
     assert direct is not None
-    assert isinstance(direct.start_span("before"), DirectSpan)
+    before = direct.start_span("before")
+    assert isinstance(before, DirectSpan)
     tracer_provider.add_span_processor(StartHook(exporter))
     span = direct.start_span("after")
     assert isinstance(span, SdkSpan)
     span.end()
     (finished, _) = exporter.get_finished_spans()  # one per processor
     assert finished.attributes == {"hooked": True}
+    # A span in flight ends where it started: the processors of its start, not the new one.
+    exporter.clear()
+    before.end()
+    assert [s.name for s in exporter.get_finished_spans()] == ["before"]
 
 
 def test_links_at_the_start_take_the_sdks_path() -> None:
