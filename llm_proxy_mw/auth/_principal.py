@@ -25,12 +25,15 @@ class Principal:
     scopes: frozenset[str] = field(default_factory=frozenset)
     subject: str | None = None
     identity: Identity | None = field(default=None, repr=False)
+    #: Who owns what this principal mints: namespaced by kind, so an API key named ``alice``
+    #: and a GitHub user ``alice`` never share tokens. A proxy token acts for the principal
+    #: that minted it, whose id is its ``sub``. Worked out once: several layers read it on
+    #: every request.
+    owner_id: str = field(init=False, repr=False, compare=False)
 
-    @property
-    def owner_id(self) -> str:
-        """Who owns what this principal mints: namespaced by kind, so an API key named
-        ``alice`` and a GitHub user ``alice`` never share tokens. A proxy token acts for the
-        principal that minted it, whose id is its ``sub``."""
+    def __post_init__(self) -> None:
         if self.kind == "token":
-            return self.subject or self.name
-        return f"{self.kind}:{self.subject or self.name}"
+            owner = self.subject or self.name
+        else:
+            owner = f"{self.kind}:{self.subject or self.name}"
+        object.__setattr__(self, "owner_id", owner)
