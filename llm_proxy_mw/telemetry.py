@@ -129,7 +129,8 @@ class TelemetryMiddleware:
         trace_id, span_id, _, _ = ids_of(span.get_span_context())
         ctx.trace_id = trace_id.to_bytes(16, "big").hex()  # as {:032x}, for a third of the CPU
         ctx.span_id = span_id.to_bytes(8, "big").hex()
-        tracing.capture = self.max_content_bytes * self.capture_content
+        if self.capture_content:
+            tracing.capture = self.max_content_bytes
         if self._answer_inside:
             tracing.answer_wanted = True
         else:
