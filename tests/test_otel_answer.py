@@ -7,6 +7,13 @@ import json
 from llm_proxy_mw._otel_answer import _RECENT, AnswerReader
 
 
+def finished(reader: AnswerReader) -> dict[str, object]:
+    """The attributes ``reader`` gives the span once the answer ended."""
+    attributes: dict[str, object] = {}
+    reader.finish(attributes)
+    return attributes
+
+
 def chunk(delta: str, reason: str | None = None) -> bytes:
     event = {
         "id": "chatcmpl-1",
@@ -23,8 +30,7 @@ def test_a_long_stream_keeps_only_its_last_reads_and_finds_its_reason() -> None:
         assert len(reader.recent) <= _RECENT
     reader.feed_stream(chunk("", "length"))
     reader.feed_stream(b'data: {"choices":[],"usage":{"prompt_tokens":1}}\n\ndata: [DONE]\n\n')
-    attributes: dict[str, object] = {}
-    reader.finish(attributes)
+    attributes = finished(reader)
     assert attributes == {
         "gen_ai.response.id": "chatcmpl-1",
         "gen_ai.response.model": "gpt-4o-mini",
@@ -41,8 +47,7 @@ def test_the_model_is_looked_for_until_a_read_names_it() -> None:
         b'data: {"type":"message_start","message":{"id":"msg_1","model":"claude-x"}}\n\n'
     )
     reader.feed_stream(b'data: {"type":"message_delta","delta":{"stop_reason":"end_turn"}}\n\n')
-    attributes: dict[str, object] = {}
-    reader.finish(attributes)
+    attributes = finished(reader)
     assert attributes == {
         "gen_ai.response.id": "msg_1",
         "gen_ai.response.model": "claude-x",
@@ -61,8 +66,7 @@ def test_a_json_answer_is_read_from_its_head_and_tail() -> None:
     reader = AnswerReader(sse=False)
     for start in range(0, len(body), 1000):
         reader.feed(body[start : start + 1000])
-    attributes: dict[str, object] = {}
-    reader.finish(attributes)
+    attributes = finished(reader)
     assert attributes == {
         "gen_ai.response.id": "chatcmpl-2",
         "gen_ai.response.model": "gpt-4o",
@@ -74,8 +78,7 @@ def test_content_is_kept_up_to_its_bound_from_a_stream_too() -> None:
     reader = AnswerReader(sse=True, capture=10)
     reader.feed(chunk("hello"))
     reader.feed(chunk("", "stop"))
-    attributes: dict[str, object] = {}
-    reader.finish(attributes)
+    attributes = finished(reader)
     assert reader.content == chunk("hello")[:10]
     assert attributes["gen_ai.response.finish_reasons"] == ("stop",)
 
@@ -91,8 +94,7 @@ def test_each_reason_of_several_choices_counts_once_in_order() -> None:
     ).encode()
     reader = AnswerReader(sse=False)
     reader.feed(body)
-    attributes: dict[str, object] = {}
-    reader.finish(attributes)
+    attributes = finished(reader)
     assert attributes["gen_ai.response.finish_reasons"] == ("length", "stop")
 
 
@@ -100,6 +102,5 @@ def test_an_escaped_id_or_model_is_left_out_rather_than_cut() -> None:
     body = b'{"id": "chat\\"cmpl", "model": "gpt-4o\\u00e9", "choices": []}'
     reader = AnswerReader(sse=False)
     reader.feed(body)
-    attributes: dict[str, object] = {}
-    reader.finish(attributes)
+    attributes = finished(reader)
     assert attributes == {}
