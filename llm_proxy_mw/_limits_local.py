@@ -38,7 +38,10 @@ def gcra_take(tat: float, now: float, limit: int, amount: int) -> tuple[float, f
     for a full one): the new ``tat``, and seconds to wait before it would pass (> 0: it does
     not pass now, and ``tat`` must stay as it was)."""
     new = max(tat, now) + min(amount, limit) * WINDOW / limit
-    return new, new - now - WINDOW
+    wait = new - now - WINDOW
+    # A take of the whole bucket waits ``(now + WINDOW) - now - WINDOW``: 0, or a rounding
+    # error (~1e-13 at a monotonic clock's magnitude) that must not refuse the request.
+    return new, wait if wait > _EPSILON else 0.0
 
 
 def gcra_adjust(tat: float, now: float, limit: int, amount: int) -> float:

@@ -71,7 +71,7 @@ if tpm > 0 then
   tk = base(KEYS[2]) + math.min(tokens, tpm) * 60 / tpm
   wait = math.max(wait, tk - now - 60)
 end
-if wait > 0 then return '1 ' .. wait .. ' -1 0 -1 0' end
+if wait > 1e-9 then return '1 ' .. wait .. ' -1 0 -1 0' end  -- not a rounding error
 local rr, rs, tr, ts = -1, '0', -1, '0'
 if rpm > 0 then
   put(KEYS[1], rq)

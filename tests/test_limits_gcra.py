@@ -21,6 +21,15 @@ def backend(clock: FakeClock, wall: float = 1_764_000_000.0) -> LocalLimits:
     return LocalLimits(clock=clock, wall_clock=lambda: wall)
 
 
+def test_a_take_of_the_whole_bucket_passes_whatever_the_clock_rounds() -> None:
+    now = 4044.324  # (now + 60) - now - 60 is 4.5e-13 in floating point, not 0
+    assert (now + 60.0) - now - 60.0 > 0
+    tat, wait = gcra_take(0.0, now, 1, 1)
+    assert wait <= 0  # rpm = 1: the first request passes
+    _, wait = gcra_take(tat, now, 1, 1)
+    assert wait == pytest.approx(60.0)
+
+
 def test_gcra_passes_a_full_bucket_then_one_unit_per_interval() -> None:
     tat, now = 0.0, 100.0
     for _ in range(60):
