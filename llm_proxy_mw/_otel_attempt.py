@@ -237,13 +237,13 @@ def _injected(context: Context) -> list[tuple[str, str]]:
 def _replace_trace_headers(
     request: UpstreamRequest, headers: list[tuple[str, str]], replaced: frozenset[str]
 ) -> None:
-    """``request`` carries ``headers`` in place of the client's own ``replaced`` ones."""
-    kept = request.headers
-    for name, _ in kept:  # half the cost of ``replaced.isdisjoint(dict(kept))``
-        if name in replaced:  # the client sent some
-            kept = [header for header in kept if header[0] not in replaced]
-            break
-    request.headers = kept + headers
+    """``request`` carries ``headers`` in place of the client's own ``replaced`` ones. It
+    was built without the client's ``traceparent`` and ``tracestate`` (Upstream asks
+    ``Provider.request_headers`` to leave them out): only the other headers that the host's
+    propagator writes are looked for."""
+    if replaced is not _TRACE_HEADERS:
+        request.headers = [header for header in request.headers if header[0] not in replaced]
+    request.headers += headers
 
 
 def _failed(span: Span, error_type: str) -> None:

@@ -69,6 +69,9 @@ FORWARDED_REQUEST_HEADERS = frozenset(
 #: Header families forwarded by prefix: the SDKs' ``x-stainless-*`` (OS, runtime, retry count,
 #: timeouts) and Anthropic's ``anthropic-version``, ``anthropic-beta`` and the like.
 FORWARDED_REQUEST_PREFIXES = (b"anthropic-", b"x-stainless-")
+#: The client's W3C trace context, which a traced request's own replaces (``_otel_attempt``).
+TRACE_CONTEXT_HEADERS = frozenset({b"traceparent", b"tracestate"})
+_FORWARDED_BUT_TRACE_CONTEXT = FORWARDED_REQUEST_HEADERS - TRACE_CONTEXT_HEADERS
 
 #: Members of those families that pick the workspace or organization a key bills, as
 #: ``openai-organization`` and ``openai-project`` do for OpenAI: the operator's to set.
@@ -224,21 +227,27 @@ class Provider:
             url += "?" + query_string.decode("latin-1")
         return url
 
-    def request_headers(self, headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
-        """The client's headers that the APIs use, plus the provider's own."""
-        return forward_request_headers(headers, self)
+    def request_headers(
+        self, headers: Iterable[tuple[bytes, bytes]], *, trace_context: bool = True
+    ) -> list[tuple[str, str]]:
+        """The client's headers that the APIs use, plus the provider's own; without its
+        ``traceparent`` and ``tracestate`` when ``trace_context`` is false (a traced request
+        sends its own)."""
+        return forward_request_headers(headers, self, trace_context)
 
 
 def forward_request_headers(
-    headers: Iterable[tuple[bytes, bytes]], provider: Provider
+    headers: Iterable[tuple[bytes, bytes]], provider: Provider, trace_context: bool = True
 ) -> list[tuple[str, str]]:
-    """The allowed client headers (``FORWARDED_REQUEST_HEADERS`` and the prefixed families),
-    minus those ``Connection`` names and those the provider sets, then the provider's own."""
+    """The allowed client headers (``FORWARDED_REQUEST_HEADERS``, less the trace context
+    unless ``trace_context``, and the prefixed families), minus those ``Connection`` names
+    and those the provider sets, then the provider's own."""
     replaced = provider.replaced_request_headers
+    allowed = FORWARDED_REQUEST_HEADERS if trace_context else _FORWARDED_BUT_TRACE_CONTEXT
     out: list[tuple[str, str]] = []
     has_version = False
     for name, value in headers:
-        if name in FORWARDED_REQUEST_HEADERS or (
+        if name in allowed or (
             name.startswith(FORWARDED_REQUEST_PREFIXES) and name not in _UNFORWARDED_IN_FAMILIES
         ):
             if name in replaced:

@@ -174,8 +174,13 @@ class UpstreamApp:
         if route is not None:
             model, codec = route.model, route.codec
         hidden: HiddenUsage | None = None
+        traced = ctx.telemetry
+        # A traced request sends its own trace context, not the client's (``_otel_attempt``).
+        trace_context = traced is None
         if codec is not None:
-            request = translated_request(ctx, provider, codec, model, scope["headers"])
+            request = translated_request(
+                ctx, provider, codec, model, scope["headers"], trace_context=trace_context
+            )
         else:
             fallback = model if model is not None and model != ctx.model else None
             if (asking := body_asking_usage(ctx, fallback)) is not None:
@@ -185,14 +190,13 @@ class UpstreamApp:
             request = UpstreamRequest(
                 scope["method"],
                 provider.url_for(ctx.route_path, scope["query_string"]),
-                provider.request_headers(scope["headers"]),
+                provider.request_headers(scope["headers"], trace_context=trace_context),
                 body,
             )
             if ctx.upload is not None:
                 _stream_upload(ctx.upload, request)
             elif hidden is not None:  # the proxy must read what it takes out
                 request.headers = [h for h in request.headers if h[0] != "accept-encoding"]
-        traced = ctx.telemetry
         if traced is not None and not traced.recording:
             traced.propagate(request)  # sampled out: its context goes, with no attempt span
             traced = None

@@ -467,23 +467,31 @@ async def test_span_names_stay_right_while_what_they_are_kept_for_stays_bounded(
 # -- trace context to the provider -----------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    ("model", "provider_name"), [(GPT, "gpt"), (CLAUDE, "claude")], ids=["as-is", "translated"]
+)
 @pytest.mark.anyio
-async def test_the_provider_gets_the_attempts_traceparent_not_the_clients() -> None:
+async def test_the_provider_gets_the_attempts_traceparent_not_the_clients(
+    model: str, provider_name: str
+) -> None:
     theirs = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
     async with traced() as t:
-        await t.client.post(
+        response = await t.client.post(
             "/v1/chat/completions",
-            json=CHAT,
-            headers={"traceparent": theirs, "tracestate": "client=1"},
+            json={**CHAT, "model": model},
+            headers={"traceparent": theirs, "tracestate": "client=1", "baggage": "k=v"},
         )
-    sent = dict(t.transports["gpt"].sent[-1].headers)
+    assert response.status_code == 200, response.text
+    sent = dict(t.transports[provider_name].sent[-1].headers)
     (attempt,) = t.attempt_spans()
     context = attempt.context
     ids = f"{context.trace_id:032x}-{context.span_id:016x}"
     assert sent["traceparent"] == f"00-{ids}-{context.trace_flags:02x}"
-    names = [name for name, _ in t.transports["gpt"].sent[-1].headers]
+    names = [name for name, _ in t.transports[provider_name].sent[-1].headers]
     assert names.count("traceparent") == 1
     assert "tracestate" not in names
+    # The proxy's context has no baggage of its own: the client's goes on, as untraced.
+    assert sent["baggage"] == "k=v"
 
 
 HOST_PARENT = SpanContext(

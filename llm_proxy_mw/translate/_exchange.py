@@ -59,15 +59,22 @@ def translated_request(
     codec: Codec,
     model: str | None,
     headers: list[tuple[bytes, bytes]],
+    *,
+    trace_context: bool = True,
 ) -> UpstreamRequest:
     """The provider's request for the client's; ``UntranslatableError`` before anything is
-    sent when it has no equivalent. ``model``: the one to ask for, else the client's."""
+    sent when it has no equivalent. ``model``: the one to ask for, else the client's;
+    ``trace_context``: whether the client's trace headers go (``Provider.request_headers``)."""
     body = ctx.json()
     if body is None:
         raise InvalidRequestError("The request body must be a JSON object.")
     target = Target(model or ctx.model or "", provider.config.default_max_tokens)
     translated = compact_json(codec.request(body, target))
-    forwarded = [(n, v) for n, v in provider.request_headers(headers) if n not in _NOT_FORWARDED]
+    forwarded = [
+        (n, v)
+        for n, v in provider.request_headers(headers, trace_context=trace_context)
+        if n not in _NOT_FORWARDED
+    ]
     forwarded.append(("content-type", "application/json"))
     url = provider.url_for(_PATH_OF[codec.provider], b"")
     return UpstreamRequest("POST", url, forwarded, translated)
