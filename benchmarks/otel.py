@@ -16,7 +16,11 @@ exporter keeps up, as in a service that is not overloaded, and never wakes durin
 flush exports on the calling thread: ``process_time`` counts it, ``thread_time`` does not.
 *traces* is also timed back to back on the request's thread (``layers._measure``): the batch
 queue then overflows (the SDK drops spans) and the request's thread takes turns on the
-interpreter with the saturated exporter's, a figure reported beside the goal's.
+interpreter with the saturated exporter's, a figure reported beside the goal's. The four
+configurations run ``REPEATS`` times, in turn, in an order that turns around each time: each
+figure is the median of the repetitions, and a difference (*traces* − *off*) is taken within
+each repetition, then the median of those, printed with each repetition's (µs on a shared
+machine drift by more than the goal's margin between two runs minutes apart).
 
 The goal (tracing on with a batch exporter at most 30 µs of CPU per request over tracing off)
 is read on the request's thread: *traces* − *off* there is what tracing adds to a request. The
@@ -84,6 +88,8 @@ __all__ = ["main"]
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGURATIONS = ("none", "off", "traces", "traces+metrics")
+#: Times the four configurations are run, in turn (``cpu_figures``; ``--quick``: once).
+REPEATS = 3
 ON_GOAL_US = 30.0
 #: The spans one encode serializes: the ``BatchSpanProcessor``'s default export batch.
 EXPORT_BATCH = 512
@@ -366,19 +372,55 @@ def instruction_figures(quick: bool) -> dict[str, dict[str, float | None]] | Non
     }
 
 
-def cpu_figures(quick: bool) -> dict[str, dict[str, Any]]:
+def cpu_figures(quick: bool) -> list[dict[str, dict[str, Any]]]:
     """Each configuration's µs per JSON request and per stream, on the request's thread and
-    for the whole process, from its own process; with the exporter's cost from *traces*."""
-    figures = {}
+    for the whole process, from its own process; with the exporter's cost from *traces*.
+
+    One dict per repetition (``REPEATS``), in an order that turns around at each: a drift of
+    a shared machine then weighs on every configuration alike, and a difference is read
+    within each repetition (``_paired``)."""
+    runs = []
     with collector() as endpoint:
-        for setting in CONFIGURATIONS:
-            argv = [sys.executable, "-m", "benchmarks.otel", "--child", setting, endpoint]
-            argv += ["--quick"] if quick else []
-            done = subprocess.run(
-                argv, cwd=ROOT, capture_output=True, text=True, timeout=600, check=True
-            )
-            figures[setting] = json.loads(done.stdout.strip().splitlines()[-1])
-    return figures
+        for repetition in range(1 if quick else REPEATS):
+            order = CONFIGURATIONS[:: -1 if repetition % 2 else 1]
+            figures = {}
+            for setting in order:
+                argv = [sys.executable, "-m", "benchmarks.otel", "--child", setting, endpoint]
+                argv += ["--quick"] if quick else []
+                done = subprocess.run(
+                    argv, cwd=ROOT, capture_output=True, text=True, timeout=600, check=True
+                )
+                figures[setting] = json.loads(done.stdout.strip().splitlines()[-1])
+            runs.append(figures)
+    return runs
+
+
+def _medians(runs: list[dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """Each configuration's figures, each the median of the repetitions that have it."""
+    medians: dict[str, dict[str, Any]] = {}
+    for setting in CONFIGURATIONS:
+        keys = {key for run in runs for key in run[setting]}
+        medians[setting] = {}
+        for key in keys:
+            values = [run[setting][key] for run in runs if run[setting].get(key) is not None]
+            medians[setting][key] = statistics.median(values) if values else None
+    return medians
+
+
+def _paired(
+    runs: list[dict[str, dict[str, Any]]], minuend: str, subtrahend: str, key: str
+) -> list[float]:
+    """``minuend`` − ``subtrahend`` on ``key`` in each repetition that has both."""
+    return [
+        a - b
+        for run in runs
+        if (a := run[minuend].get(key)) is not None and (b := run[subtrahend].get(key)) is not None
+    ]
+
+
+def _spread(values: list[float]) -> str:
+    """Each repetition's value, for the report: ``(repetitions: 31.2, 35.0, 33.4)``."""
+    return f"(repetitions: {', '.join(f'{v:.1f}' for v in values)})" if values else ""
 
 
 def _instrumented_app(procs: Processes, workdir: Path, provider_port: int, endpoint: str) -> Any:
@@ -497,12 +539,15 @@ def instructions_report(counts: dict[str, dict[str, float | None]] | None) -> li
 
 
 def report(
-    cpu: dict[str, dict[str, Any]],
+    runs: list[dict[str, dict[str, Any]]],
     down: dict[str, tuple[Tally, float, float]],
     instructions: dict[str, dict[str, float | None]] | None,
 ) -> str:
+    cpu = _medians(runs)
     none, off, traces, both = (cpu[s] for s in CONFIGURATIONS)
-    cost = _minus(traces["json_thread"], off["json_thread"])
+    costs = _paired(runs, "traces", "off", "json_thread")
+    cost = statistics.median(costs) if costs else None
+    sse_costs = _paired(runs, "traces", "off", "sse_thread")
     saturated = _minus(traces.get("json_thread_saturated"), off["json_thread"])
     metrics = _minus(both["json_thread"], traces["json_thread"])
     noise = _minus(off["json_thread"], none["json_thread"])
@@ -527,7 +572,8 @@ def report(
         "configuration in its own process: on the request's thread (`time.thread_time()`, the "
         "event loop's) and for the whole process (`time.process_time()`, every thread: the "
         "exporters', and the proxy's own store flushes), each the median of its own rounds "
-        "(so process − thread is only indicative). *none*: no telemetry layer "
+        f"(so process − thread is only indicative), then the median of {len(runs)} "
+        "repetition(s) of the four, run in turn. *none*: no telemetry layer "
         "(`[otel] enabled = false`); *off*: the layer, no provider; *traces*: SDK "
         "TracerProvider + BatchSpanProcessor, OTLP/HTTP to a local sink; *traces+metrics*: the "
         "same + MeterProvider with a periodic OTLP reader (the GenAI metrics). Requests run in "
@@ -548,9 +594,11 @@ def report(
             rows,
         ),
         "",
-        f"- traces − off on the request's thread: {num(cost, 1)} µs per JSON request "
-        f"(goal ≤ {ON_GOAL_US:g}): {verdict}; read on the request's thread since the "
-        "exporter's thread, off the request's path, is reported apart (next line)",
+        f"- traces − off on the request's thread: {num(cost, 1)} µs per JSON request, the "
+        f"median of each repetition's difference {_spread(costs)} (goal ≤ {ON_GOAL_US:g}): "
+        f"{verdict}; read on the request's thread since the exporter's thread, off the "
+        "request's path, is reported apart; per SSE stream: "
+        f"{num(statistics.median(sse_costs) if sse_costs else None, 1)} µs {_spread(sse_costs)}",
         f"- the same back to back, the exporter saturated (its queue overflows, the SDK drops "
         f"spans): {num(saturated, 1)} µs over off on the request's thread, which then takes "
         "turns on the interpreter with the exporter's",
@@ -605,9 +653,9 @@ def report(
 
 def main(*, quick: bool = False) -> str:
     """Run the three parts and return the markdown report."""
-    cpu = cpu_figures(quick)
+    runs = cpu_figures(quick)
     instructions = instruction_figures(quick)
-    return report(cpu, collector_down(quick), instructions)
+    return report(runs, collector_down(quick), instructions)
 
 
 if __name__ == "__main__":
