@@ -403,8 +403,12 @@ def _medians(runs: list[dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]
         medians[setting] = {}
         for key in keys:
             values = [run[setting][key] for run in runs if run[setting].get(key) is not None]
-            medians[setting][key] = statistics.median(values) if values else None
+            medians[setting][key] = _median(values)
     return medians
+
+
+def _median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
 
 
 def _paired(
@@ -546,7 +550,7 @@ def report(
     cpu = _medians(runs)
     none, off, traces, both = (cpu[s] for s in CONFIGURATIONS)
     costs = _paired(runs, "traces", "off", "json_thread")
-    cost = statistics.median(costs) if costs else None
+    cost = _median(costs)
     sse_costs = _paired(runs, "traces", "off", "sse_thread")
     saturated = _minus(traces.get("json_thread_saturated"), off["json_thread"])
     metrics = _minus(both["json_thread"], traces["json_thread"])
@@ -598,7 +602,7 @@ def report(
         f"median of each repetition's difference {_spread(costs)} (goal ≤ {ON_GOAL_US:g}): "
         f"{verdict}; read on the request's thread since the exporter's thread, off the "
         "request's path, is reported apart; per SSE stream: "
-        f"{num(statistics.median(sse_costs) if sse_costs else None, 1)} µs {_spread(sse_costs)}",
+        f"{num(_median(sse_costs), 1)} µs {_spread(sse_costs)}",
         f"- the same back to back, the exporter saturated (its queue overflows, the SDK drops "
         f"spans): {num(saturated, 1)} µs over off on the request's thread, which then takes "
         "turns on the interpreter with the exporter's",

@@ -30,6 +30,7 @@ from llm_proxy_mw._otel_context import ids_of, with_span
 from llm_proxy_mw._otel_names import Server, server_of
 from llm_proxy_mw.context import RequestContext
 from llm_proxy_mw.errors import ProxyError
+from llm_proxy_mw.providers import TRACE_CONTEXT_HEADERS
 
 if TYPE_CHECKING:
     from llm_proxy_mw.providers import Provider
@@ -40,7 +41,7 @@ __all__ = ["RequestTrace", "StartChild"]
 #: A ``DirectTracer``'s ``start_child``: a quicker way to an attempt span (``_otel_direct``).
 StartChild = Callable[[Span, Context, str, SpanKind, dict[str, AnyValue]], Span]
 #: The client's trace headers, which the proxy's own replace.
-_TRACE_HEADERS = frozenset({"traceparent", "tracestate"})
+_TRACE_HEADERS = frozenset(name.decode() for name in TRACE_CONTEXT_HEADERS)
 #: The trace flags a span mostly has, in ``traceparent``'s hex: a lookup costs half of
 #: formatting the ``TraceFlags`` (an ``int`` subclass) with ``02x``.
 _FLAGS_HEX = {flags: f"{flags:02x}" for flags in range(4)}

@@ -63,8 +63,6 @@ _Items = tuple[()] | list[_T] | BoundedList[_T]
 #: The decisions and the flag a span's sampling turns on (names bound once: a hot path).
 _RECORD_AND_SAMPLE = Decision.RECORD_AND_SAMPLE
 _DROP = Decision.DROP
-#: The key of ``_DELEGATES`` for a child of a local, sampled span.
-_LOCAL_SAMPLED = (False, True)
 _SAMPLED = int(TraceFlags.SAMPLED)
 #: What ``_plain`` returns for any other value.
 _NOT_PLAIN = object()
@@ -170,8 +168,6 @@ class DirectTracer(trace.Tracer):
         #: The sampler last looked at, and its decisions known without asking it.
         self._sampler: Sampler | None = None
         self._decisions: dict[object, Decision | None] = {}
-        #: The id generator when it is the SDK's random one, whose ids are drawn here.
-        self._random_ids = ids if type(ids := tracer.id_generator) is RandomIdGenerator else None
         #: This tracer's spans: what they all share is their class's, set once, not on each.
         self.span_type: type[DirectSpan] = type(
             "DirectSpan",
@@ -204,17 +200,19 @@ class DirectTracer(trace.Tracer):
         """The sampler's decision for a span under ``parent`` (remote, sampled; ``None`` for
         a root) when it hands it to ``ALWAYS_ON`` or ``ALWAYS_OFF``, whose answers are known
         (``_known_decision``); ``None`` when it must be asked."""
-        return self._known_decisions()[parent]
-
-    def _known_decisions(self) -> dict[object, Decision | None]:
-        """``_known`` for each kind of parent, worked out again when the sampler changes."""
         sampler = self.sdk.sampler
         if sampler is not self._sampler:
             self._decisions = {
                 key: _known_decision(sampler, name) for key, name in _DELEGATES.items()
             }
             self._sampler = sampler
-        return self._decisions
+        return self._decisions[parent]
+
+    def _span_id(self) -> int:
+        """A new span id: with the SDK's random ids, drawn here as it draws them."""
+        if type(ids := self.sdk.id_generator) is RandomIdGenerator:
+            return getrandbits(64) or ids.generate_span_id()  # as it would
+        return ids.generate_span_id()
 
     def start_span(
         self,
@@ -276,8 +274,7 @@ class DirectTracer(trace.Tracer):
             SpanContext,
             (
                 trace_id,
-                # with the SDK's random ids, drawn here as it draws them
-                (getrandbits(64) if ids is self._random_ids else 0) or ids.generate_span_id(),
+                self._span_id(),
                 False,
                 _FLAGS[flags],
                 DEFAULT_TRACE_STATE if trace_state is None else trace_state,
@@ -308,28 +305,18 @@ class DirectTracer(trace.Tracer):
         as they are."""
         # A direct parent was started while this tracer was enabled and its processors
         # allowed: its children go the same way.
-        decisions = self._decisions if self.sdk.sampler is self._sampler else None
         if (
             type(parent) is not self.span_type
             or parent._end_time is not None
             or not parent._sampled
-            or (decisions or self._known_decisions())[_LOCAL_SAMPLED] is not _RECORD_AND_SAMPLE
+            or self._known((False, True)) is not _RECORD_AND_SAMPLE
         ):
             return self.start_span(name, context, kind, attributes)
         above: SpanContext = parent._context  # type: ignore[assignment]  # a DirectSpan's
-        ids = self.sdk.id_generator
         span_context = _new_tuple(
             SpanContext,
-            # sampled, and random as the parent's trace id is; a random id drawn as the
-            # SDK's generator draws it
-            (
-                above[0],
-                (getrandbits(64) if ids is self._random_ids else 0) or ids.generate_span_id(),
-                False,
-                above[3],
-                above[4],
-                True,
-            ),
+            # sampled, and random as the parent's trace id is
+            (above[0], self._span_id(), False, above[3], above[4], True),
         )
         if len(attributes) <= self.max_attributes:  # taken as it is
             return self.span_type(

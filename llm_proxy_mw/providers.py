@@ -24,6 +24,7 @@ __all__ = [
     "FORWARDED_REQUEST_HEADERS",
     "FORWARDED_REQUEST_PREFIXES",
     "HOP_BY_HOP",
+    "TRACE_CONTEXT_HEADERS",
     "Provider",
     "forward_request_headers",
     "upstream_path",
