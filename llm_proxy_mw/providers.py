@@ -24,8 +24,8 @@ __all__ = [
     "FORWARDED_REQUEST_HEADERS",
     "FORWARDED_REQUEST_PREFIXES",
     "HOP_BY_HOP",
-    "TRACE_CONTEXT_HEADERS",
     "Provider",
+    "TRACE_CONTEXT_HEADERS",
     "forward_request_headers",
     "upstream_path",
 ]
