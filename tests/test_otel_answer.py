@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+
+from hypothesis import given
+from hypothesis import strategies as st
 
 from llm_proxy_mw._otel_answer import _RECENT, AnswerReader
 
@@ -104,3 +108,27 @@ def test_an_escaped_id_or_model_is_left_out_rather_than_cut() -> None:
     reader.feed(body)
     attributes = finished(reader)
     assert attributes == {}
+
+
+@given(cuts=st.lists(st.integers(min_value=1, max_value=10_100), max_size=12))
+def test_a_json_answer_taken_in_any_reads_gives_what_it_gives_whole(cuts: list[int]) -> None:
+    body = json.dumps(
+        {
+            "id": "chatcmpl-4",
+            "model": "gpt-4o",
+            "choices": [{"message": {"content": "y" * 10_000}, "finish_reason": "length"}],
+        }
+    ).encode()
+    expected = {
+        "gen_ai.response.id": "chatcmpl-4",
+        "gen_ai.response.model": "gpt-4o",
+        "gen_ai.response.finish_reasons": ("length",),
+    }
+    whole = AnswerReader(sse=False)
+    whole.take(body)
+    assert finished(whole) == expected
+    reader = AnswerReader(sse=False)
+    edges = sorted({0, len(body), *(min(cut, len(body)) for cut in cuts)})
+    for start, end in itertools.pairwise(edges):
+        reader.take(body[start:end])
+    assert finished(reader) == expected

@@ -343,6 +343,21 @@ def test_a_batch_or_simple_processor_takes_the_direct_path() -> None:
         tracer_provider.shutdown()
 
 
+def test_each_of_several_processors_gets_each_ended_span_once() -> None:
+    first, second = InMemorySpanExporter(), InMemorySpanExporter()
+    tracer_provider = provider(first)
+    tracer_provider.add_span_processor(SimpleSpanProcessor(second))
+    direct = direct_tracer(tracer_provider.get_tracer("test"))
+    assert direct is not None
+    for name in ("one", "two"):
+        span = direct.start_span(name)
+        assert isinstance(span, DirectSpan)
+        span.end()
+        span.end()  # ending again hands it to no one
+    for exporter in (first, second):
+        assert [span.name for span in exporter.get_finished_spans()] == ["one", "two"]
+
+
 def test_a_processor_with_a_start_hook_gets_the_sdks_spans_of_spans_started_after_it() -> None:
     exporter = InMemorySpanExporter()
     tracer_provider = provider(exporter)
