@@ -6,6 +6,11 @@ store pushes it to the other replicas (Redis pub/sub), and after every (re)subsc
 the whole set is reloaded, so that nothing published while the connection was down is
 missed; a periodic reload is the safety net for a push lost in any other way. A family is
 forgotten once it has expired, since none of its tokens can be valid after that.
+
+Stopping cancels the two loops again until they end: a store's client may lose a
+cancellation (redis-py 8 now and then does, in a pub/sub read), and then a loop would run on
+and the host's shutdown wait for it forever. Past ``stop_patience`` they are left running,
+with a warning, rather than holding the shutdown.
 """
 
 from __future__ import annotations
@@ -21,6 +26,10 @@ __all__ = ["RevocationSync"]
 
 logger = logging.getLogger("llm_proxy_mw.auth")
 
+#: How long stopping waits for the loops to end, and how often it cancels them again.
+STOP_PATIENCE = 5.0
+_CANCEL_AGAIN_EVERY = 0.25
+
 
 class RevocationSync:
     """``revoked`` maps each revoked family id to its expiry. ``clock`` gives epoch seconds;
@@ -33,11 +42,13 @@ class RevocationSync:
         clock: Callable[[], float],
         horizon: float,
         interval: float = 10.0,
+        stop_patience: float = STOP_PATIENCE,
     ) -> None:
         self.store = store
         self.clock = clock
         self.horizon = horizon
         self.interval = interval
+        self.stop_patience = stop_patience
         self.revoked: dict[str, float] = {}
         self._failing = False
 
@@ -54,9 +65,39 @@ class RevocationSync:
     async def run(self, ready: Callable[[], Awaitable[object]]) -> None:
         """Listen for pushes and reload periodically, until cancelled. ``ready`` opens the
         store (and raises while it cannot be opened)."""
-        async with asyncio.TaskGroup() as tasks:
-            tasks.create_task(self._listen(ready))
-            tasks.create_task(self._reload_periodically(ready))
+        loops = {
+            asyncio.create_task(self._listen(ready), name="llm_proxy_mw-token-pushes"),
+            asyncio.create_task(
+                self._reload_periodically(ready), name="llm_proxy_mw-token-reloads"
+            ),
+        }
+        try:
+            await asyncio.gather(*loops)  # they end only when cancelled
+        finally:
+            await self._stop(loops)
+
+    async def _stop(self, loops: set[asyncio.Task[None]]) -> None:
+        """Cancel ``loops`` and wait for them to end, cancelling again each one still
+        running after ``_CANCEL_AGAIN_EVERY`` (its store's client lost the cancellation),
+        for at most ``stop_patience`` seconds."""
+        running = {loop for loop in loops if not loop.done()}
+        for loop in running:
+            if not loop.cancelling():  # not yet cancelled along with ``run``: a loop failed
+                loop.cancel()
+        deadline = asyncio.get_running_loop().time() + self.stop_patience
+        while running:
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                logger.warning(
+                    "llm_proxy_mw: the token revocation sync did not stop within %.1f s "
+                    "(its store's client kept it running); left running",
+                    self.stop_patience,
+                )
+                return
+            await asyncio.wait(running, timeout=min(_CANCEL_AGAIN_EVERY, left))
+            running = {loop for loop in running if not loop.done()}
+            for loop in running:
+                loop.cancel()
 
     async def _listen(self, ready: Callable[[], Awaitable[object]]) -> None:
         backoff = 0.5
