@@ -13,13 +13,14 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any, cast
 
 import pytest
 
 from llm_proxy_mw.auth.token_store import RevocationSync, TokenStore
 from llm_proxy_mw.auth.token_store._redis import RedisTokenStore
+from llm_proxy_mw.errors import StoreError
 from tests.fakes.redis_server import redis_server
 
 pytestmark = pytest.mark.anyio
@@ -36,15 +37,20 @@ async def _ready() -> None:
 class _Store:
     """What the sync asks of a store: no revocations, and a push listener made by the test."""
 
-    def __init__(self, listener: Any) -> None:
+    url = "redis://fake"
+
+    def __init__(self, listener: Any, revoked: Any = None) -> None:
         self.listening = asyncio.Event()
         self._listener = listener
+        self._revoked = revoked
 
-    def revocations(self) -> AsyncIterator[str | None]:
+    def revocations(self) -> AsyncGenerator[str | None, None]:
         self.listening.set()
-        return cast("AsyncIterator[str | None]", self._listener())
+        return cast("AsyncGenerator[str | None, None]", self._listener())
 
     async def revoked(self, now: float) -> dict[str, float]:
+        if self._revoked is not None:
+            return cast("dict[str, float]", await self._revoked())
         return {}
 
     async def purge(self, now: float) -> int:
@@ -110,6 +116,74 @@ async def test_a_sync_that_cannot_be_stopped_is_left_with_a_warning(
     still[0].cancel()
     done, _ = await asyncio.wait(still, timeout=BOUND)
     assert done
+
+
+async def test_a_sync_stopped_while_it_reloads_has_closed_its_subscription() -> None:
+    """Stopped in the reload after subscribing (outside the store's generator), the sync
+    ends only once the generator closed its subscription, which takes the client some I/O:
+    not left to whenever the generator is collected, after the host closed the store."""
+    reloading = asyncio.Event()
+    closing: list[str] = []
+
+    async def listener() -> AsyncIterator[str | None]:
+        try:
+            yield None  # subscribed
+            await asyncio.Event().wait()
+        finally:
+            closing.append("unsubscribing")
+            for _ in range(3):
+                await asyncio.sleep(0)  # the client's round trip
+            closing.append("closed")
+
+    async def revoked() -> dict[str, float]:
+        reloading.set()
+        await asyncio.Event().wait()  # a reload the stop lands in
+        return {}
+
+    store = _Store(listener, revoked)
+    task = asyncio.create_task(_sync(store).run(_ready))
+    await asyncio.wait_for(reloading.wait(), BOUND)
+    await _stop(task)
+    assert closing == ["unsubscribing", "closed"]
+
+
+async def test_a_failed_reload_has_closed_its_subscription_when_reported() -> None:
+    """A reload that fails after subscribing has ended that subscription by the time the
+    failure is logged, and the sync subscribes again after its backoff."""
+    events: list[str] = []
+    reloaded_again = asyncio.Event()
+
+    async def listener() -> AsyncIterator[str | None]:
+        events.append("subscribed")
+        try:
+            yield None
+            await asyncio.Event().wait()
+        finally:
+            for _ in range(3):
+                await asyncio.sleep(0)  # the client's round trip
+            events.append("closed")
+
+    async def revoked() -> dict[str, float]:
+        if "failure logged" not in events:
+            raise StoreError("redis://fake: token store: connection reset")
+        reloaded_again.set()
+        return {}
+
+    class _Noting(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "cannot sync token revocations" in record.getMessage():
+                events.append("failure logged")
+
+    handler = _Noting(logging.WARNING)
+    logger = logging.getLogger("llm_proxy_mw.auth")
+    logger.addHandler(handler)
+    try:
+        task = asyncio.create_task(_sync(_Store(listener, revoked)).run(_ready))
+        await asyncio.wait_for(reloaded_again.wait(), BOUND)  # after the sync's backoff
+        await _stop(task)
+    finally:
+        logger.removeHandler(handler)
+    assert events[:4] == ["subscribed", "closed", "failure logged", "subscribed"]
 
 
 class _Crash(BaseException):

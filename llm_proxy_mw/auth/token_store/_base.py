@@ -8,7 +8,7 @@ so the store must be as protected as a config file holding secrets.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -100,10 +100,11 @@ class TokenStore(Protocol):
         that, none of its tokens is valid anyway, so the revocation need not be known."""
         ...
 
-    def revocations(self) -> AsyncIterator[str | None]:
+    def revocations(self) -> AsyncGenerator[str | None, None]:
         """Family ids as replicas revoke them. It first yields ``None`` once it listens, so
         that the caller can reload the revocations without missing one in between; a
-        single-process store yields nothing else."""
+        single-process store yields nothing else. A generator: its caller closes it (and
+        with it the subscription) when it stops listening."""
         ...
 
     async def purge(self, now: float) -> int:

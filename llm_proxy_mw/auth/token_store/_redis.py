@@ -21,7 +21,7 @@ family and tells every replica in the same atomic step.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any, cast
 
 from redis.exceptions import RedisError
@@ -195,7 +195,7 @@ class RedisTokenStore(RedisStoreBase):
             )
         return {family_id: float(expires) for family_id, expires in pairs}
 
-    async def revocations(self) -> AsyncIterator[str | None]:
+    async def revocations(self) -> AsyncGenerator[str | None, None]:
         pubsub = self._redis().pubsub()
         try:
             with self._errors("subscribe"):

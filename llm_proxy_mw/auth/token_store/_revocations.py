@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from contextlib import aclosing
 
 from llm_proxy_mw.auth.token_store._base import StoreError, TokenStore
 from llm_proxy_mw.errors import ProxyError
@@ -104,13 +105,16 @@ class RevocationSync:
         while True:
             try:
                 await ready()
-                async for family_id in self.store.revocations():
-                    if family_id is None:  # (re)subscribed
-                        await self.reload()
-                        backoff = self._recovered()
-                    elif family_id not in self.revoked:
-                        # Its expiry is not pushed; the next reload sets the real one.
-                        self.revoked[family_id] = self.clock() + self.horizon
+                # Closed here, whatever ends the loop (a failed reload, the stop): its
+                # subscription is gone before the sync goes on, not whenever it is collected.
+                async with aclosing(self.store.revocations()) as pushes:
+                    async for family_id in pushes:
+                        if family_id is None:  # (re)subscribed
+                            await self.reload()
+                            backoff = self._recovered()
+                        elif family_id not in self.revoked:
+                            # Its expiry is not pushed; the next reload sets the real one.
+                            self.revoked[family_id] = self.clock() + self.horizon
             except (StoreError, ProxyError) as exc:
                 self._failed(exc)
             except Exception:  # a bug here must not end revocation pushes for the whole run

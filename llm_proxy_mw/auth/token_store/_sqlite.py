@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import sqlite3
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any, TypeVar
@@ -111,7 +111,7 @@ class SqliteTokenStore:
         )
         return {family_id: expires for family_id, expires in rows}
 
-    async def revocations(self) -> AsyncIterator[str | None]:
+    async def revocations(self) -> AsyncGenerator[str | None, None]:
         # One process: every revocation is already in its memory, nothing to hear about.
         yield None
         await asyncio.Event().wait()
