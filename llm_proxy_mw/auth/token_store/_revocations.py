@@ -85,9 +85,10 @@ class RevocationSync:
         for loop in running:
             if not loop.cancelling():  # not yet cancelled along with ``run``: a loop failed
                 loop.cancel()
-        deadline = asyncio.get_running_loop().time() + self.stop_patience
+        clock = asyncio.get_running_loop().time
+        deadline = clock() + self.stop_patience
         while running:
-            left = deadline - asyncio.get_running_loop().time()
+            left = deadline - clock()
             if left <= 0:
                 logger.warning(
                     "llm_proxy_mw: the token revocation sync did not stop within %.1f s "
@@ -95,8 +96,7 @@ class RevocationSync:
                     self.stop_patience,
                 )
                 return
-            await asyncio.wait(running, timeout=min(_CANCEL_AGAIN_EVERY, left))
-            running = {loop for loop in running if not loop.done()}
+            _, running = await asyncio.wait(running, timeout=min(_CANCEL_AGAIN_EVERY, left))
             for loop in running:
                 loop.cancel()
 
